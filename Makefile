@@ -1,0 +1,36 @@
+# Token Hub. `make demo` and `make test` work on a fresh clone with Python 3.11 and make.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-soak bench schemas up clean
+
+# The virtualenv is made once and reinstalled only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run with PYTHON=python3" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tokenhub demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak
+
+bench: $(STAMP)
+	$(BIN)/tokenhub bench
+
+schemas: $(STAMP)
+	$(BIN)/python -m tokenhub.contracts.schema_export
+
+up: $(STAMP)
+	$(BIN)/tokenhub up
+
+clean:
+	rm -rf $(VENV) .tokenhub

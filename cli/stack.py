@@ -1,0 +1,135 @@
+"""`tokenhub up`, `run` and `init`: the local stack and the services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from tokenhub.contracts.topics import LEDGER_POSTED, PRICEBOOK_PUBLISHED, REGISTRY_CHANGED, TOKENS_CONSUMED, TOKENS_PRICED
+from tokenhub.infra.migrate import migrate
+from tokenhub.infra.processes import SERVICES, ServiceProcesses
+from tokenhub.infra.settings import STACK_ENV_FILE, load_settings
+from tokenhub.infra.topics import create_topics
+from tokenhub.services.common.kafka import create_producer
+
+__all__ = ["SERVICES", "init", "up", "run_service", "prepare"]
+
+log = structlog.get_logger()
+
+# The archived streams, in the order a new broker needs them (DESIGN.md decision 11):
+# configuration first, then each stage's output. (topic, query of key and value)
+ARCHIVED_STREAMS: Final = (
+    (REGISTRY_CHANGED.name, "select entity_id as key, payload::text::bytea as value from metering.registry_changes order by changed_at"),
+    (PRICEBOOK_PUBLISHED.name, "select book_id as key, payload as value from pricing.price_books order by effective_from, version"),
+    (TOKENS_CONSUMED.name, "select payer_bu as key, payload as value from pricing.consumed_archive order by event_time"),
+    (TOKENS_PRICED.name, "select convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' as key, payload as value from ledger.priced_archive order by received_at"),
+    (LEDGER_POSTED.name, "select chain as key, payload as value from ledger.entries order by chain, sequence"),
+)
+REPUBLISH_BATCH: Final = 5_000
+
+
+async def prepare(bootstrap_servers: str, database_url: str) -> int:
+    """Migrations and topics; on a new, empty broker, republish the archives."""
+    await migrate(database_url)
+    created = await create_topics(bootstrap_servers)
+    if not created:
+        return 0
+    return await republish(bootstrap_servers, database_url)
+
+
+async def republish(bootstrap_servers: str, database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    producer: AIOKafkaProducer = create_producer(bootstrap_servers, client_id="tokenhub-republish")
+    await producer.start()
+    published = 0
+    try:
+        for topic, query in ARCHIVED_STREAMS:
+            async with connection.transaction():
+                cursor = connection.cursor(query, prefetch=REPUBLISH_BATCH)
+                async for row in cursor:
+                    await producer.send(topic, row["value"], key=(row["key"] or "").encode())
+                    published += 1
+            await producer.flush()
+    finally:
+        await producer.stop()
+        await connection.close()
+    if published:
+        log.info("archives_republished", events=published)
+    return published
+
+
+async def init(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    bootstrap_servers, database_url = settings.require_stack()
+    republished = await prepare(bootstrap_servers, database_url)
+    print(f"topics and migrations ready (republished {republished} archived events)")
+    return 0
+
+
+async def run_service(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.require_stack()
+    module = importlib.import_module(f"tokenhub.services.{arguments.service}.app")
+    await module.build(settings).run()
+    return 0
+
+
+async def up(arguments: argparse.Namespace) -> int:
+    from tokenhub.infra.embedded import EmbeddedStack
+
+    settings = load_settings()
+    state_dir = Path(settings.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stack = EmbeddedStack(state_dir=state_dir, durable=True)
+    endpoints = stack.start()
+    services = ServiceProcesses(_service_env(endpoints.bootstrap_servers, endpoints.database_url), state_dir / "logs")
+    try:
+        await prepare(endpoints.bootstrap_servers, endpoints.database_url)
+        stack.write_env_file(state_dir / STACK_ENV_FILE)
+        services.start()
+        print(
+            "Token Hub is up.\n"
+            f"  broker    {endpoints.bootstrap_servers}\n"
+            f"  database  {endpoints.database_url}\n"
+            f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
+            "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        await _wait_for_signal(services)
+    finally:
+        services.stop()
+        (state_dir / STACK_ENV_FILE).unlink(missing_ok=True)
+        stack.stop()
+    return 0
+
+
+def _service_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
+    return {"TOKENHUB_BOOTSTRAP_SERVERS": bootstrap_servers, "TOKENHUB_DATABASE_URL": database_url}
+
+
+async def _wait_for_signal(services: ServiceProcesses) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stopping.set)
+    while not stopping.is_set():
+        exited = services.exited()
+        if exited:
+            log.error("service_exited", services=exited)
+            for name in exited:
+                service = name
+                services.processes.pop(name)
+                services.start(service)  # a crashed service is restarted; its effects are idempotent
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=1.0)
+        except TimeoutError:
+            continue

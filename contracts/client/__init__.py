@@ -1,0 +1,11 @@
+"""`tokenhub.client`: the producer client for usage events.
+
+Builds CloudEvents 1.0 usage events with ids that make retries safe, maps
+provider usage objects into Token Hub's disjoint classes, and sends batches
+to `usage.reported` with acks=all and retries (DESIGN.md Delivery semantics).
+"""
+
+from tokenhub.client.mapping import from_anthropic_usage, from_dashscope_usage, from_openai_usage
+from tokenhub.client.producer import UsageClient, usage_event
+
+__all__ = ["UsageClient", "usage_event", "from_openai_usage", "from_anthropic_usage", "from_dashscope_usage"]

@@ -1,0 +1,85 @@
+"""Send usage events to Kafka: batched, retried, safe to retry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.events import CLOUDEVENTS_TYPE, UsageData, UsageReported
+from tokenhub.contracts.topics import USAGE_REPORTED
+
+SEND_ATTEMPTS_MAX: Final = 5
+SEND_BACKOFF_S: Final = 0.5
+IN_FLIGHT_MAX: Final = 10_000
+"""Sends awaited together: bounds memory while keeping the pipe full."""
+
+
+def usage_event(source: str, event_id: str, time: datetime, data: UsageData | Mapping[str, Any], **extensions: str) -> UsageReported:
+    """A CloudEvent for one request. `source` + `event_id` is the idempotency key:
+    derive `event_id` from the request (for example its request id) so that a
+    retry sends the same id."""
+    return UsageReported(
+        specversion="1.0",
+        id=event_id,
+        source=source,
+        type=CLOUDEVENTS_TYPE,
+        time=time,
+        datacontenttype="application/json",
+        data=data if isinstance(data, UsageData) else UsageData.model_validate(data),
+        **extensions,
+    )
+
+
+class UsageClient:
+    """Async producer of usage events (structured CloudEvents in the value)."""
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str = "tokenhub-client", linger_ms: int = 5) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=linger_ms,
+            max_batch_size=512 * 1024,
+        )
+
+    async def __aenter__(self) -> UsageClient:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._producer.stop()
+
+    async def send_raw(self, values: Iterable[tuple[bytes, bytes]], headers: list[tuple[str, bytes]] | None = None) -> int:
+        """Send (key, value) pairs; each is retried until acknowledged or attempts run out."""
+        sent = 0
+        pending: list[tuple[bytes, bytes, asyncio.Future[Any]]] = []
+        for key, value in values:
+            pending.append((key, value, await self._producer.send(USAGE_REPORTED.name, value, key=key, headers=headers)))
+            if len(pending) >= IN_FLIGHT_MAX:
+                sent += await self._settle(pending, headers)
+                pending = []
+        sent += await self._settle(pending, headers)
+        return sent
+
+    async def _settle(self, pending: list[tuple[bytes, bytes, asyncio.Future[Any]]], headers: list[tuple[str, bytes]] | None) -> int:
+        for key, value, future in pending:
+            for attempt in range(SEND_ATTEMPTS_MAX):
+                try:
+                    await future
+                    break
+                except KafkaError:
+                    if attempt + 1 == SEND_ATTEMPTS_MAX:
+                        raise
+                    await asyncio.sleep(SEND_BACKOFF_S * (attempt + 1))
+                    future = await self._producer.send(USAGE_REPORTED.name, value, key=key, headers=headers)
+        return len(pending)
+
+    async def report(self, events: Iterable[UsageReported]) -> int:
+        return await self.send_raw((event.data.consumer_bu.encode(), canonical_json(event)) for event in events)

@@ -1,0 +1,47 @@
+"""Deterministic ids: uuid5 over a fixed namespace and the event's cause
+(DESIGN.md decision 9), so reprocessing yields the same id."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Final
+
+from pydantic import AfterValidator
+
+NAMESPACE: Final = uuid.UUID("6f1c3d1e-7a52-5b8e-9a7c-2d4e0b5f9c11")
+"""The Token Hub namespace. Never change it: every derived id depends on it."""
+
+_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot appear in slugs or ids we accept
+_SLUG: Final = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+SLUG_LENGTH_MAX: Final = 64
+
+
+def derive_id(*parts: str) -> uuid.UUID:
+    """The id of a derived event from the parts of its cause, in order."""
+    for part in parts:
+        if _SEPARATOR in part:
+            raise ValueError("id parts must not contain the unit separator")
+    return uuid.uuid5(NAMESPACE, _SEPARATOR.join(parts))
+
+
+def consumed_id(usage_source: str, usage_id: str, payer_bu: str) -> uuid.UUID:
+    return derive_id("usage", usage_source, usage_id, "consumed", payer_bu)
+
+
+def priced_id(consumed: uuid.UUID, book_id: str, book_version: int | None, kind: str = "charge") -> uuid.UUID:
+    """Charges depend only on their consumption (one price per consumption);
+    corrections and reversals also name the book version that caused them."""
+    if kind == "charge":
+        return derive_id("priced", str(consumed))
+    return derive_id("priced", str(consumed), kind, book_id, str(book_version))
+
+
+def check_slug(value: str) -> str:
+    if len(value) > SLUG_LENGTH_MAX or not _SLUG.match(value):
+        raise ValueError(f"{value!r} is not a slug (lower-case letters, digits and single dashes)")
+    return value
+
+
+BuId = Annotated[str, AfterValidator(check_slug)]
+"""A business unit id: a slug such as `taobao-tmall`."""

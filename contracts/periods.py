@@ -1,0 +1,89 @@
+"""Periods `[start, end)` in the company time zone with ISO names
+(`2026-03`, `2026-W11`, `2026-03-14`), stored and compared in UTC."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
+
+PeriodKind = Literal["month", "week", "day"]
+
+_MONTH: Final = re.compile(r"^(\d{4})-(\d{2})$")
+_WEEK: Final = re.compile(r"^(\d{4})-W(\d{2})$")
+_DAY: Final = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+
+
+class PeriodError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+    name: str
+    kind: PeriodKind
+
+    def __contains__(self, moment: datetime) -> bool:
+        return self.start <= require_aware(moment) < self.end
+
+    def next(self, zone: str) -> Period:
+        return containing(self.end, self.kind, zone)
+
+
+def require_aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise PeriodError(f"timestamp {moment.isoformat()} has no time zone")
+    return moment.astimezone(UTC)
+
+
+def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+
+
+def _build(kind: PeriodKind, first_day: date, last_day_exclusive: date, name: str, zone: ZoneInfo) -> Period:
+    return Period(_local_midnight(first_day, zone), _local_midnight(last_day_exclusive, zone), name, kind)
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+
+
+def containing(moment: datetime, kind: PeriodKind, zone: str) -> Period:
+    """The period of `kind` that contains `moment`, in the company time zone."""
+    tz = ZoneInfo(zone)
+    local = require_aware(moment).astimezone(tz).date()
+    if kind == "month":
+        first = local.replace(day=1)
+        return _build(kind, first, _next_month(first), f"{first:%Y-%m}", tz)
+    if kind == "week":
+        iso_year, iso_week, iso_weekday = local.isocalendar()
+        first = local - timedelta(days=iso_weekday - 1)
+        return _build(kind, first, first + timedelta(days=7), f"{iso_year}-W{iso_week:02d}", tz)
+    if kind == "day":
+        return _build(kind, local, local + timedelta(days=1), f"{local:%Y-%m-%d}", tz)
+    raise PeriodError(f"unknown period kind {kind!r}")
+
+
+def parse(name: str, zone: str) -> Period:
+    """A period from its ISO name."""
+    tz = ZoneInfo(zone)
+    if match := _MONTH.match(name):
+        first = date(int(match[1]), int(match[2]), 1)
+        return _build("month", first, _next_month(first), name, tz)
+    if match := _WEEK.match(name):
+        try:
+            first = date.fromisocalendar(int(match[1]), int(match[2]), 1)
+        except ValueError as error:
+            raise PeriodError(f"no such week {name!r}") from error
+        return _build("week", first, first + timedelta(days=7), name, tz)
+    if match := _DAY.match(name):
+        try:
+            first = date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError as error:
+            raise PeriodError(f"no such day {name!r}") from error
+        return _build("day", first, first + timedelta(days=1), name, tz)
+    raise PeriodError(f"{name!r} is not a period name (2026-03, 2026-W11 or 2026-03-14)")

@@ -1,0 +1,59 @@
+"""FastStream wiring shared by the services: one broker, batch subscribers with
+every option explicit, and at-least-once acknowledgement."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+from faststream import FastStream
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
+
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+from tokenhub.services.common.runtime import Runtime
+
+BATCH_WAIT_MS = 100
+"""How long a subscriber waits to fill a batch: latency bought for throughput."""
+
+RecordsHandler = Callable[[Runtime, Sequence[ConsumerRecord]], Awaitable[None]]
+
+
+async def raw_decoder(message: Any) -> Any:
+    """Keep the bytes: handlers parse them with the contracts, once."""
+    return message.body
+
+
+def create_broker(runtime: Runtime) -> KafkaBroker:
+    bootstrap_servers, _ = runtime.settings.require_stack()
+    return KafkaBroker(bootstrap_servers, client_id=f"tokenhub-{runtime.service}", logger=None)
+
+
+def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, handler: RecordsHandler) -> None:
+    """A batch subscriber that commits offsets only after `handler` succeeded:
+    on an error the batch is rewound (NACK_ON_ERROR), never skipped."""
+
+    async def consume(body: list[bytes], message: KafkaMessage) -> None:
+        await runtime.process(message.raw_message, lambda records: handler(runtime, records))
+
+    broker.subscriber(
+        topic,
+        group_id=group_id,
+        batch=True,
+        max_records=BATCH_RECORDS_MAX,
+        batch_timeout_ms=BATCH_WAIT_MS,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        decoder=raw_decoder,
+    )(consume)
+
+
+def create_app(runtime: Runtime, broker: KafkaBroker) -> FastStream:
+    app = FastStream(broker, logger=None)
+    app.on_startup(runtime.start)
+    app.on_shutdown(runtime.stop)
+    return app

@@ -1,0 +1,121 @@
+"""The ledger's tables: asyncpg here and only here."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Final
+
+import asyncpg
+
+from tokenhub.contracts.events import LedgerPosted
+from tokenhub.services.ledger.domain import ChainHead, entry_id_for
+
+INSERT_ARCHIVE: Final = """
+insert into ledger.priced_archive (priced_id, payload_sha256, payload)
+select * from unnest($1::uuid[], $2::text[], $3::bytea[])
+on conflict (priced_id) do nothing
+returning priced_id
+"""
+SELECT_ARCHIVE_HASHES: Final = """
+select priced_id, payload_sha256 from ledger.priced_archive where priced_id = any($1::uuid[])
+"""
+LOCK_CHAINS: Final = """
+select chain, sequence, head_hash from ledger.chains where chain = any($1::text[]) order by chain for update
+"""
+UPSERT_CHAINS: Final = """
+insert into ledger.chains (chain, sequence, head_hash)
+select * from unnest($1::text[], $2::bigint[], $3::text[])
+on conflict (chain) do update set sequence = excluded.sequence, head_hash = excluded.head_hash
+"""
+INSERT_ENTRIES: Final = """
+insert into ledger.entries (entry_id, priced_id, kind, corrects_id, chain, sequence, payer_bu, consumer_bu,
+    provider_bu, app, model, amount, tokens, event_time, posted_at, entry_hash, previous_hash, payload)
+select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::bigint[], $7::text[],
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::numeric[], $13::bigint[], $14::timestamptz[],
+    $15::timestamptz[], $16::text[], $17::text[], $18::bytea[])
+"""
+INSERT_POSTINGS: Final = """
+insert into ledger.postings (entry_id, leg, ledger, account, debit, credit)
+select * from unnest($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::numeric[], $6::numeric[])
+"""
+UPSERT_BALANCES: Final = """
+insert into ledger.balances (ledger, account, debit_total, credit_total)
+select * from unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[])
+on conflict (ledger, account) do update set
+    debit_total = balances.debit_total + excluded.debit_total,
+    credit_total = balances.credit_total + excluded.credit_total
+"""
+INSERT_ALERT: Final = """
+insert into ledger.alerts (alert_id, kind, detail) values ($1, $2, $3) on conflict (alert_id) do nothing
+returning alert_id
+"""
+SELECT_OFFSETS: Final = """
+select kafka_partition, next_offset from ledger.offsets where cluster_id = $1 and topic = $2
+"""
+UPSERT_OFFSETS: Final = """
+insert into ledger.offsets (cluster_id, topic, kafka_partition, next_offset)
+select $1, $2, * from unnest($3::int[], $4::bigint[])
+on conflict (cluster_id, topic, kafka_partition) do update set next_offset = greatest(offsets.next_offset, excluded.next_offset)
+"""
+
+
+async def lock_chain_heads(connection: asyncpg.Connection, chains: list[str]) -> dict[str, ChainHead]:
+    rows = await connection.fetch(LOCK_CHAINS, sorted(set(chains)))
+    return {row["chain"]: ChainHead(row["chain"], row["sequence"], row["head_hash"]) for row in rows}
+
+
+async def write_entries(connection: asyncpg.Connection, posted: list[LedgerPosted], payloads: list[bytes]) -> None:
+    await connection.execute(
+        INSERT_ENTRIES,
+        [entry_id(entry) for entry in posted],
+        [entry.priced_id for entry in posted],
+        [entry.kind for entry in posted],
+        [entry.corrects_id for entry in posted],
+        [entry.chain for entry in posted],
+        [entry.sequence for entry in posted],
+        [entry.payer_bu for entry in posted],
+        [entry.consumer_bu for entry in posted],
+        [entry.provider_bu for entry in posted],
+        [entry.app for entry in posted],
+        [entry.model for entry in posted],
+        [entry.amount for entry in posted],
+        [entry.tokens for entry in posted],
+        [entry.event_time for entry in posted],
+        [entry.posted_at for entry in posted],
+        [entry.entry_hash for entry in posted],
+        [entry.previous_hash for entry in posted],
+        payloads,
+    )
+    legs = [(entry_id(entry), index, posting) for entry in posted for index, posting in enumerate(entry.postings)]
+    await connection.execute(
+        INSERT_POSTINGS,
+        [entry for entry, _, _ in legs],
+        [index for _, index, _ in legs],
+        [posting.ledger for _, _, posting in legs],
+        [posting.account for _, _, posting in legs],
+        [posting.debit for _, _, posting in legs],
+        [posting.credit for _, _, posting in legs],
+    )
+
+
+def entry_id(entry: LedgerPosted) -> uuid.UUID:
+    return entry_id_for(entry.priced_id)
+
+
+async def update_balances(connection: asyncpg.Connection, deltas: dict[tuple[str, str], tuple[Decimal, Decimal]]) -> None:
+    keys = sorted(deltas)  # a fixed order: concurrent batches lock rows the same way round
+    await connection.execute(
+        UPSERT_BALANCES,
+        [ledger for ledger, _ in keys],
+        [account for _, account in keys],
+        [deltas[key][0] for key in keys],
+        [deltas[key][1] for key in keys],
+    )
+
+
+async def save_chain_heads(connection: asyncpg.Connection, heads: list[ChainHead]) -> None:
+    await connection.execute(
+        UPSERT_CHAINS, [head.chain for head in heads], [head.sequence for head in heads], [head.head_hash for head in heads]
+    )
+

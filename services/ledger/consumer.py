@@ -1,0 +1,122 @@
+"""The ledger's consumer: plain aiokafka with partitions assigned by the
+instance itself (instance i of n takes partitions p with p mod n = i), offsets
+kept in Postgres as a hint tagged with the broker's cluster id. No group join,
+so a restart resumes in milliseconds instead of a rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Final
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tokenhub.contracts.topics import TOKENS_PRICED
+from tokenhub.infra.topics import broker_cluster_id
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX
+from tokenhub.services.common.runtime import INFRASTRUCTURE_ERRORS, Runtime, maybe_crash
+from tokenhub.services.ledger import handlers
+from tokenhub.services.ledger.adapters import store
+
+POLL_TIMEOUT_MS: Final = 200
+METADATA_WAIT_S: Final = 30.0
+INFRASTRUCTURE_RETRY_S: Final = 1.0
+
+log = structlog.get_logger()
+
+
+class LedgerConsumer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.consumer: AIOKafkaConsumer | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cluster_id = ""
+
+    async def start(self) -> None:
+        bootstrap_servers, _ = self.runtime.settings.require_stack()
+        self.cluster_id = await broker_cluster_id(bootstrap_servers)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"tokenhub-ledger-{self.runtime.settings.instance_index}",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+        partitions = await self._my_partitions()
+        self.consumer.assign(partitions)
+        await self._seek_to_stored(partitions)
+        self.task = asyncio.create_task(self._run(), name="ledger-consumer")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def _my_partitions(self) -> list[TopicPartition]:
+        assert self.consumer is not None
+        settings = self.runtime.settings
+        deadline = asyncio.get_running_loop().time() + METADATA_WAIT_S
+        while True:
+            partitions = self.consumer.partitions_for_topic(TOKENS_PRICED.name)
+            if partitions:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"topic {TOKENS_PRICED.name} does not exist; run `tokenhub init`")
+            await self.consumer.topics()  # refreshes metadata
+            await asyncio.sleep(0.5)
+        mine = sorted(p for p in partitions if p % settings.instance_count == settings.instance_index)
+        log.info("ledger_partitions_assigned", partitions=mine, instance=settings.instance_index, cluster_id=self.cluster_id)
+        return [TopicPartition(TOKENS_PRICED.name, p) for p in mine]
+
+    async def _seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        async with self.runtime.db().acquire() as connection:
+            rows = await connection.fetch(store.SELECT_OFFSETS, self.cluster_id, TOKENS_PRICED.name)
+        stored = {row["kafka_partition"]: row["next_offset"] for row in rows}
+        for partition in partitions:
+            if partition.partition in stored:
+                self.consumer.seek(partition, stored[partition.partition])
+            else:
+                # A new broker (other cluster id) or a first start: read from the start;
+                # event ids make the republished history a no-op.
+                await self.consumer.seek_to_beginning(partition)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._consume()
+            except INFRASTRUCTURE_ERRORS as error:
+                # The database or broker is away: nothing was stored past the last
+                # offsets we kept, so resume from them once it is back.
+                log.warning("ledger_consumer_paused", error=repr(error), retry_in_s=INFRASTRUCTURE_RETRY_S)
+                await asyncio.sleep(INFRASTRUCTURE_RETRY_S)
+                await self._seek_to_stored(list(self.consumer.assignment()) if self.consumer else [])
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                log.exception("ledger_consumer_failed")
+                os._exit(1)  # a bug, not bad data: stop so the supervisor restarts us
+
+    async def _consume(self) -> None:
+        assert self.consumer is not None
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=BATCH_RECORDS_MAX)
+            records = [record for partition_records in batches.values() for record in partition_records]
+            if not records:
+                continue
+            await self.runtime.process(records, lambda batch: handlers.post_records(self.runtime, batch))
+            next_offsets = {tp.partition: max(record.offset for record in rs) + 1 for tp, rs in batches.items() if rs}
+            async with self.runtime.db().acquire() as connection:
+                await connection.execute(
+                    store.UPSERT_OFFSETS, self.cluster_id, TOKENS_PRICED.name, list(next_offsets), list(next_offsets.values())
+                )
+            maybe_crash(self.runtime.settings, "ledger.before_outbox_publish")
+            await self.runtime.relay()

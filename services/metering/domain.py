@@ -1,0 +1,300 @@
+"""Metering's functional core: raw usage in, Token consumption or a reason out.
+
+Pure: no I/O, no clock, no logging. The shell passes `now` and the state it
+loaded (catalogue, conversion tables, funding agreements).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Final
+
+import orjson
+from pydantic import ValidationError
+
+from tokenhub.contracts.canonical import canonical_json, sha256_hex
+from tokenhub.contracts.events import TokenConsumed, UsageData, UsageReported
+from tokenhub.contracts.ids import consumed_id, derive_id
+from tokenhub.contracts.money import split_largest_remainder
+from tokenhub.contracts.registry import ConversionTable, FundingAgreement, ModelEntry
+from tokenhub.contracts.tokens import context_input_tokens
+
+
+class Reason:
+    """Machine-readable reason codes for rejected usage."""
+
+    NOT_JSON: Final = "not_json"
+    MISSING_FIELD: Final = "missing_field"
+    INVALID_FIELD: Final = "invalid_field"
+    UNKNOWN_FIELD: Final = "unknown_field"
+    UNKNOWN_BU: Final = "unknown_bu"
+    UNKNOWN_MODEL: Final = "unknown_model"
+    NEGATIVE_QUANTITY: Final = "negative_quantity"
+    ABSURD_QUANTITY: Final = "absurd_quantity"
+    EMPTY_USAGE: Final = "empty_usage"
+    CLASS_NOT_OFFERED: Final = "class_not_offered"
+    NO_CONVERSION: Final = "no_conversion"
+    TIME_WITHOUT_ZONE: Final = "time_without_zone"
+    TIME_IN_FUTURE: Final = "time_in_future"
+    TIME_TOO_OLD: Final = "time_too_old"
+    OVERSIZED: Final = "oversized"
+    CONFLICTING_DUPLICATE: Final = "conflicting_duplicate"
+
+
+ALL_REASONS: Final = tuple(value for name, value in vars(Reason).items() if name.isupper())
+
+TEXT_FIELDS: Final = {
+    "input_tokens": "input",
+    "cache_read_tokens": "cache_read",
+    "cache_write_tokens": "cache_write",
+    "output_tokens": "output",
+    "reasoning_tokens": "reasoning",
+    "embedding_tokens": "input",  # an embedding request's tokens are its input
+}
+
+# (usage field, conversion unit, qualifier field): non-text units become Tokens.
+UNIT_FIELDS: Final = (
+    ("image_count", "image", "image_size"),
+    ("video_seconds", "video_second", "video_resolution"),
+    ("audio_seconds", "audio_second", None),
+    ("agent_steps", "agent_step", None),
+    ("tool_calls", "tool_call", None),
+    ("api_calls", "api_call", None),
+)
+
+CE_HEADER_PREFIX: Final = "ce_"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    business_units: frozenset[str]
+    models: dict[str, ModelEntry]
+    conversion_tables: tuple[ConversionTable, ...] = ()  # ordered by effective_from
+    funding: tuple[FundingAgreement, ...] = ()
+
+    def conversion_at(self, moment: datetime) -> ConversionTable | None:
+        in_force = [table for table in self.conversion_tables if table.effective_from <= moment]
+        return max(in_force, key=lambda table: (table.effective_from, table.version), default=None)
+
+    def funding_for(self, consumer_bu: str, app: str | None, model: str, moment: datetime) -> FundingAgreement | None:
+        matching = [rule for rule in self.funding if rule.applies(consumer_bu, app, model, moment)]
+        return max(matching, key=lambda rule: (rule.specificity, rule.effective_from, rule.agreement_id), default=None)
+
+
+@dataclass(frozen=True)
+class Limits:
+    now: datetime
+    accepted_window: timedelta
+    future_skew: timedelta
+    message_bytes_max: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason_code: str
+    message: str
+    usage_source: str | None = None
+    usage_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Metered:
+    """An accepted usage event: its idempotency key, content hash and consumption."""
+
+    usage: UsageReported
+    content_sha256: str
+    consumed: tuple[TokenConsumed, ...]
+
+
+@dataclass(frozen=True)
+class RawUsage:
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+
+
+class UsageError(Exception):
+    def __init__(self, reason_code: str, message: str, usage_source: str | None = None, usage_id: str | None = None):
+        super().__init__(message)
+        self.rejection = Rejection(reason_code, message, usage_source, usage_id)
+
+
+def rejected_id(raw: RawUsage, reason_code: str) -> str:
+    """Deterministic: the same bad bytes rejected for the same reason are stored once."""
+    return str(derive_id("rejected", sha256_hex(raw.value), sha256_hex(canonical_json(sorted_headers(raw))), reason_code))
+
+
+def sorted_headers(raw: RawUsage) -> dict[str, str]:
+    return {name: _header_text(value) for name, value in sorted(raw.headers)}
+
+
+def _header_text(value: bytes | None) -> str:
+    if value is None:
+        return ""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode()
+
+
+def parse_envelope(raw: RawUsage) -> dict[str, object]:
+    """The CloudEvent as a dict, from either content mode of the Kafka binding:
+    binary (`ce_*` headers, data in the value) or structured (all in the value)."""
+    try:
+        body = orjson.loads(raw.value)
+    except orjson.JSONDecodeError as error:
+        raise UsageError(Reason.NOT_JSON, f"value is not JSON: {error}") from None
+    attributes = {
+        name[len(CE_HEADER_PREFIX):]: _header_text(value)
+        for name, value in raw.headers
+        if name.startswith(CE_HEADER_PREFIX)
+    }
+    if attributes:
+        envelope: dict[str, object] = dict(attributes)
+        envelope["data"] = body
+        return envelope
+    if not isinstance(body, dict):
+        raise UsageError(Reason.INVALID_FIELD, "a structured CloudEvent must be a JSON object")
+    return body
+
+
+def _reason_for(error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    if kind == "missing":
+        return Reason.MISSING_FIELD, f"missing field {location}"
+    if kind == "extra_forbidden":
+        return Reason.UNKNOWN_FIELD, f"unknown field {location}: quantities we do not understand are not dropped"
+    if kind == "timezone_aware":
+        return Reason.TIME_WITHOUT_ZONE, f"{location} has no time zone"
+    if kind in ("greater_than_equal", "greater_than"):
+        return Reason.NEGATIVE_QUANTITY, f"{location} must not be negative"
+    if kind in ("less_than_equal", "less_than"):
+        return Reason.ABSURD_QUANTITY, f"{location} is larger than any real request"
+    return Reason.INVALID_FIELD, f"{location}: {first['msg']}"
+
+
+def validate_envelope(envelope: dict[str, object]) -> UsageReported:
+    source = envelope.get("source") if isinstance(envelope.get("source"), str) else None
+    usage_id = envelope.get("id") if isinstance(envelope.get("id"), str) else None
+    try:
+        return UsageReported.model_validate(envelope)
+    except ValidationError as error:
+        reason_code, message = _reason_for(error)
+        raise UsageError(reason_code, message, source, usage_id) from None  # type: ignore[arg-type]
+
+
+def check_time(usage: UsageReported, limits: Limits) -> None:
+    if usage.time > limits.now + limits.future_skew:
+        raise UsageError(Reason.TIME_IN_FUTURE, f"event time {usage.time.isoformat()} is more than "
+                         f"{int(limits.future_skew.total_seconds())} s in the future", usage.source, usage.id)
+    if usage.time < limits.now - limits.accepted_window:
+        raise UsageError(Reason.TIME_TOO_OLD, f"event time {usage.time.isoformat()} is older than the accepted "
+                         f"window of {limits.accepted_window.days} days", usage.source, usage.id)
+
+
+def to_tokens(data: UsageData, model: ModelEntry, table: ConversionTable | None) -> tuple[dict[str, int], dict[str, Decimal], int | None]:
+    """Token quantities per class, raw units measured, and the conversion version used."""
+    tokens: dict[str, int] = {}
+    raw_units: dict[str, Decimal] = {}
+    for field_name, token_class in TEXT_FIELDS.items():
+        quantity = getattr(data, field_name)
+        if quantity:
+            tokens[token_class] = tokens.get(token_class, 0) + quantity
+            raw_units[field_name] = Decimal(quantity)
+    used_table = False
+    for field_name, unit, qualifier_field in UNIT_FIELDS:
+        quantity = getattr(data, field_name)
+        if quantity is None or quantity == 0:
+            continue
+        if quantity < 0:
+            raise UsageError(Reason.NEGATIVE_QUANTITY, f"data.{field_name} must not be negative")
+        qualifier = getattr(data, qualifier_field) if qualifier_field else None
+        rule = table.rule_for(unit, qualifier) if table else None
+        if rule is None:
+            version = f"version {table.version}" if table else "no table"
+            raise UsageError(Reason.NO_CONVERSION, f"no conversion for {unit}" + (f":{qualifier}" if qualifier else "")
+                             + f" in force ({version})")
+        # A partial Token is charged as a whole one: producers measure seconds, not Tokens.
+        converted = math.ceil(Decimal(quantity) * rule.tokens_per_unit)
+        tokens[rule.token_class] = tokens.get(rule.token_class, 0) + converted
+        raw_units[field_name] = Decimal(quantity)
+        used_table = True
+    offered = set(model.token_classes)
+    unexpected = sorted(set(tokens) - offered)
+    if unexpected:
+        raise UsageError(Reason.CLASS_NOT_OFFERED, f"model {model.model_id} does not produce {', '.join(unexpected)} Tokens")
+    return tokens, raw_units, (table.version if used_table and table else None)
+
+
+def meter(raw: RawUsage, catalogue: Catalogue, limits: Limits) -> Metered:
+    """Validate one usage event and turn it into one TokenConsumed per payer."""
+    if len(raw.value) > limits.message_bytes_max:
+        raise UsageError(Reason.OVERSIZED, f"message of {len(raw.value)} bytes exceeds {limits.message_bytes_max}")
+    usage = validate_envelope(parse_envelope(raw))
+    check_time(usage, limits)
+    data = usage.data
+    source, usage_id = usage.source, usage.id
+    unknown_bus = [bu for bu in (data.consumer_bu,) if bu not in catalogue.business_units]
+    if unknown_bus:
+        raise UsageError(Reason.UNKNOWN_BU, f"unknown business unit {unknown_bus[0]}", source, usage_id)
+    model = catalogue.models.get(data.model)
+    if model is None or not model.active:
+        raise UsageError(Reason.UNKNOWN_MODEL, f"unknown model or tool {data.model}", source, usage_id)
+    try:
+        tokens, raw_units, conversion_version = to_tokens(data, model, catalogue.conversion_at(usage.time))
+    except UsageError as error:
+        raise UsageError(error.rejection.reason_code, error.rejection.message, source, usage_id) from None
+    if not tokens or sum(tokens.values()) == 0:
+        raise UsageError(Reason.EMPTY_USAGE, "usage carries no quantity", source, usage_id)
+    agreement = catalogue.funding_for(data.consumer_bu, data.app, data.model, usage.time)
+    consumed = split_by_payer(usage, model, tokens, raw_units, conversion_version, agreement)
+    return Metered(usage, sha256_hex(canonical_json(usage)), consumed)
+
+
+def split_by_payer(
+    usage: UsageReported,
+    model: ModelEntry,
+    tokens: dict[str, int],
+    raw_units: dict[str, Decimal],
+    conversion_version: int | None,
+    agreement: FundingAgreement | None,
+) -> tuple[TokenConsumed, ...]:
+    """One TokenConsumed per payer; each class split by largest remainder so the
+    parts sum exactly to the whole (DESIGN.md decision 1, invariant 6)."""
+    data = usage.data
+    payers = [(share.bu, share.percent) for share in agreement.payers] if agreement else [(data.consumer_bu, Decimal(100))]
+    weights = [percent for _, percent in payers]
+    parts_by_class = {token_class: split_largest_remainder(quantity, weights) for token_class, quantity in tokens.items()}
+    request_input = context_input_tokens(tokens)
+    cause = str(derive_id("usage", usage.source, usage.id))
+    consumed = (
+        TokenConsumed(
+            id=consumed_id(usage.source, usage.id, payer_bu),
+            event_time=usage.time,
+            cause_id=cause,
+            usage_source=usage.source,
+            usage_id=usage.id,
+            payer_bu=payer_bu,
+            consumer_bu=data.consumer_bu,
+            provider_bu=model.provider_bu,
+            app=data.app,
+            product=data.product,
+            model=data.model,
+            tokens={token_class: parts[index] for token_class, parts in parts_by_class.items() if parts[index]},
+            request_input_tokens=request_input,
+            raw_units=raw_units,
+            conversion_version=conversion_version,
+            share_percent=percent,
+            payer_index=index,
+            payer_count=len(payers),
+            funding_agreement_id=agreement.agreement_id if agreement else None,
+        )
+        for index, (payer_bu, percent) in enumerate(payers)
+    )
+    # A payer whose share rounds to no Token at all gets no event; the parts still sum to the whole.
+    return tuple(event for event in consumed if event.tokens)

@@ -1,0 +1,64 @@
+"""Pricing's tables: asyncpg here and only here."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+
+from tokenhub.contracts.events import PriceBookPublished, decode
+
+# Pricing consumption takes this lock shared and storing a book takes it
+# exclusively, so consumption parked for want of a book is always visible to
+# the transaction that stores the book and unparks it.
+_BOOKS_LOCK_KEY: Final = 0x70_72_69_63_65  # fixed, arbitrary
+LOCK_BOOKS_SHARED: Final = f"select pg_advisory_xact_lock_shared({_BOOKS_LOCK_KEY})"
+LOCK_BOOKS_EXCLUSIVE: Final = f"select pg_advisory_xact_lock({_BOOKS_LOCK_KEY})"
+
+INSERT_BOOK: Final = """
+insert into pricing.price_books (book_id, version, effective_from, payload, retroactive, actor, reason, published_at)
+values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (book_id, version) do nothing
+returning version
+"""
+SELECT_BOOKS: Final = "select payload from pricing.price_books"
+SELECT_BOOK_KEYS: Final = "select book_id, version from pricing.price_books"
+
+INSERT_ARCHIVE: Final = """
+insert into pricing.consumed_archive (consumed_id, payer_bu, model, event_time, payload)
+select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[])
+on conflict (consumed_id) do nothing
+returning consumed_id
+"""
+INSERT_PARKED: Final = """
+insert into pricing.parked (consumed_id, model, event_time, reason)
+select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
+on conflict (consumed_id) do update set reason = excluded.reason
+"""
+INSERT_PRICED: Final = """
+insert into pricing.priced (priced_id, consumed_id, kind, book_id, book_version, total_amount, payload)
+select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::bytea[])
+on conflict (priced_id) do nothing
+returning priced_id
+"""
+SELECT_PARKED_FOR_UPDATE: Final = """
+select archive.payload from pricing.parked parked
+join pricing.consumed_archive archive using (consumed_id)
+order by parked.event_time
+for update of parked skip locked
+"""
+DELETE_PARKED: Final = "delete from pricing.parked where consumed_id = any($1::uuid[])"
+
+
+class BookCache:
+    """Price book versions, reloaded only when a new version was stored."""
+
+    def __init__(self) -> None:
+        self._keys: frozenset[tuple[str, int]] = frozenset()
+        self._books: list[PriceBookPublished] = []
+
+    async def load(self, connection: asyncpg.Connection) -> list[PriceBookPublished]:
+        keys = frozenset((row["book_id"], row["version"]) for row in await connection.fetch(SELECT_BOOK_KEYS))
+        if keys != self._keys:
+            self._books = [decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(SELECT_BOOKS)]
+            self._keys = keys
+        return self._books

@@ -1,0 +1,134 @@
+"""Pricing's functional core: a Priced event is a pure function of its
+TokenConsumed and the price book version in force at its event time
+(DESIGN.md decision 6). No I/O, clock or logging here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from tokenhub.contracts.events import (
+    ContextTier,
+    ModelPrice,
+    PeriodTiers,
+    Priced,
+    PricedLine,
+    PriceBookPublished,
+    TokenConsumed,
+)
+from tokenhub.contracts.ids import priced_id
+from tokenhub.contracts.money import line_amount, quantize
+
+
+class Unpriceable(Exception):
+    """No price applies; the consumption is parked until one does."""
+
+
+@dataclass(frozen=True)
+class BookIndex:
+    """Every published version, to find the one in force at a time."""
+
+    versions: tuple[PriceBookPublished, ...]
+
+    @classmethod
+    def of(cls, books: Iterable[PriceBookPublished]) -> BookIndex:
+        return cls(tuple(sorted(books, key=lambda book: (book.effective_from, book.version, book.book_id))))
+
+    def in_force(self, model: str, moment) -> PriceBookPublished | None:  # noqa: ANN001 - datetime
+        """The latest version effective at `moment` that prices `model`."""
+        chosen = None
+        for book in self.versions:
+            if book.effective_from > moment:
+                break
+            if book.price_for(model) is not None:
+                chosen = book
+        return chosen
+
+
+def context_tier(price: ModelPrice, request_input_tokens: int) -> ContextTier | None:
+    """The highest tier whose threshold the request's whole input exceeds."""
+    reached = [tier for tier in price.context_tiers if request_input_tokens > tier.above_input_tokens]
+    return max(reached, key=lambda tier: tier.above_input_tokens, default=None)
+
+
+def price_factor(price: ModelPrice, payer_bu: str) -> Decimal | None:
+    for adjustment in price.bu_adjustments:
+        if adjustment.bu == payer_bu:
+            return adjustment.factor
+    return None
+
+
+def price(consumed: TokenConsumed, book: PriceBookPublished) -> Priced:
+    """Price one consumption with one book version."""
+    entry = book.price_for(consumed.model)
+    if entry is None:
+        raise Unpriceable(f"book {book.book_id} v{book.version} has no price for {consumed.model}")
+    tier = context_tier(entry, consumed.request_input_tokens)
+    unit_prices = dict(entry.unit_prices_per_million)
+    if tier is not None:
+        unit_prices.update(tier.unit_prices_per_million)
+    factor = price_factor(entry, consumed.payer_bu)
+    lines = []
+    for token_class, tokens in consumed.tokens.items():
+        if token_class not in unit_prices:
+            raise Unpriceable(f"book {book.book_id} v{book.version} has no {token_class} price for {consumed.model}")
+        unit_price = unit_prices[token_class] if factor is None else quantize(unit_prices[token_class] * factor)
+        lines.append(PricedLine(token_class=token_class, tokens=tokens, unit_price_per_million=unit_price,
+                                amount=line_amount(tokens, unit_price)))
+    return Priced(
+        id=priced_id(consumed.id, book.book_id, book.version),
+        event_time=consumed.event_time,
+        cause_id=str(consumed.id),
+        consumed_id=consumed.id,
+        payer_bu=consumed.payer_bu,
+        consumer_bu=consumed.consumer_bu,
+        provider_bu=consumed.provider_bu,
+        app=consumed.app,
+        model=consumed.model,
+        book_id=book.book_id,
+        book_version=book.version,
+        context_tier=tier.name if tier else None,
+        price_factor=factor,
+        currency=book.currency,
+        lines=tuple(lines),
+        total_tokens=sum(line.tokens for line in lines),
+        total_amount=sum((line.amount for line in lines), Decimal(0)),
+    )
+
+
+def price_in_force(consumed: TokenConsumed, books: BookIndex) -> Priced:
+    book = books.in_force(consumed.model, consumed.event_time)
+    if book is None:
+        raise Unpriceable(f"no price book prices {consumed.model} at {consumed.event_time.isoformat()}")
+    return price(consumed, book)
+
+
+def period_tier_charge(period_total_tokens: int, schedule: PeriodTiers) -> Decimal:
+    """The charge for a period total under graduated or volume tiers (decision 7).
+
+    Tiers cover (from, to], the first from 0, the last open-ended. Graduated:
+    each unit at its own tier's price plus every reached tier's flat fee (the
+    first tier's even at zero). Volume: all units at the one tier the total
+    falls in, plus that tier's flat fee.
+    """
+    if period_total_tokens < 0:
+        raise ValueError("a period total cannot be negative")
+    tiers: Sequence = schedule.tiers
+    if schedule.mode == "volume":
+        for tier in tiers:
+            if tier.up_to_tokens is None or period_total_tokens <= tier.up_to_tokens:
+                return quantize(line_amount(period_total_tokens, tier.unit_price_per_million) + tier.flat_fee)
+        raise ValueError("the last tier must be open-ended")
+    charge = Decimal(0)
+    lower = 0
+    for index, tier in enumerate(tiers):
+        if index > 0 and period_total_tokens <= lower:
+            break
+        upper = tier.up_to_tokens
+        in_tier = max(0, (period_total_tokens if upper is None else min(period_total_tokens, upper)) - lower)
+        charge += line_amount(in_tier, tier.unit_price_per_million) + tier.flat_fee
+        if upper is None:
+            break
+        lower = upper
+    return quantize(charge)
