@@ -203,3 +203,51 @@ async def replay(arguments: argparse.Namespace) -> int:
         await pool.close()
     print(render.replay_json(report) if arguments.json else render.replay_text(report))
     return 0 if report.ok else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    emit_parser = subparsers.add_parser("emit", help="send usage events (JSON lines) or generate them")
+    emit_parser.add_argument("file", nargs="?", help="JSON-lines file of CloudEvents, - for stdin")
+    emit_parser.add_argument("--generate", type=int, metavar="N", help="generate N realistic events instead")
+    emit_parser.add_argument("--seed", type=int, default=7)
+    emit_parser.add_argument("--now", help="injected clock for generated events (ISO time with zone)")
+    emit_parser.set_defaults(handler=emit)
+
+    books = subparsers.add_parser("pricebook", help="price books").add_subparsers(dest="action", required=True)
+    publish = books.add_parser("publish", help="validate and publish a price book version (YAML or JSON)")
+    publish.add_argument("file")
+    publish.add_argument("--retroactive", action="store_true", help="allow a version effective in the past")
+    publish.add_argument("--actor", default=None)
+    publish.add_argument("--reason", default="published from the CLI")
+    publish.set_defaults(handler=pricebook)
+
+    registry_parser = subparsers.add_parser("registry", help="publish business units, models, conversion tables and funding from a file")
+    registry_parser.add_argument("file")
+    registry_parser.add_argument("--actor", default=None)
+    registry_parser.add_argument("--reason", default="registered from the CLI")
+    registry_parser.set_defaults(handler=registry)
+
+    balance_parser = subparsers.add_parser("balance", help="balances per business unit")
+    balance_parser.add_argument("bu", nargs="?")
+    balance_parser.add_argument("--as-of", help="ISO time with zone")
+    balance_parser.add_argument("--by", choices=("event-time", "posting-time"), default="event-time")
+    balance_parser.add_argument("--json", action="store_true")
+    balance_parser.set_defaults(handler=balance)
+
+    invoice_actions = subparsers.add_parser("invoice", help="invoices").add_subparsers(dest="action", required=True)
+    for name in ("list", "show"):
+        command = invoice_actions.add_parser(name)
+        command.add_argument("bu", nargs="?")
+        command.add_argument("--period", help="for example 2026-03")
+        command.add_argument("--json", action="store_true")
+        command.set_defaults(handler=invoice)
+    close = invoice_actions.add_parser("close", help="close a period: issue its invoices")
+    close.add_argument("period")
+    close.add_argument("--actor", default=None)
+    close.set_defaults(handler=invoice)
+
+    replay_parser = subparsers.add_parser("replay", help="rebuild balances from tokens.priced and diff them against the ledger")
+    replay_parser.add_argument("--bu")
+    replay_parser.add_argument("--json", action="store_true")
+    replay_parser.add_argument("--idle-timeout", type=float, default=3.0, help="seconds without records that end the read")
+    replay_parser.set_defaults(handler=replay)

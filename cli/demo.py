@@ -253,3 +253,10 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
     finally:
         await pool.close()
 
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="run the whole pipeline on a realistic day and print the results")
+    demo.add_argument("--events", type=int, default=EVENTS_DEFAULT)
+    demo.add_argument("--seed", type=int, default=SEED_DEFAULT)
+    demo.set_defaults(handler=run)

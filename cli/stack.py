@@ -20,7 +20,7 @@ from tokenhub.infra.settings import STACK_ENV_FILE, load_settings
 from tokenhub.infra.topics import create_topics
 from tokenhub.services.common.kafka import create_producer
 
-__all__ = ["SERVICES", "init", "up", "run_service", "prepare"]
+__all__ = ["SERVICES", "init", "up", "run_service", "prepare", "register"]
 
 log = structlog.get_logger()
 
@@ -133,3 +133,11 @@ async def _wait_for_signal(services: ServiceProcesses) -> None:
             await asyncio.wait_for(stopping.wait(), timeout=1.0)
         except TimeoutError:
             continue
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    subparsers.add_parser("up", help="start the embedded stack and all four services in the foreground").set_defaults(handler=up)
+    run = subparsers.add_parser("run", help="run one service")
+    run.add_argument("service", choices=SERVICES)
+    run.set_defaults(handler=run_service)
+    subparsers.add_parser("init", help="create topics and apply migrations").set_defaults(handler=init)

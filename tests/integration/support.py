@@ -1,0 +1,127 @@
+"""Helpers for integration tests: a unique world per test (business units,
+models, a price book), usage to emit, and expected amounts computed by hand."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from tokenhub.cli.commands import build_book, publish_events, registry_events
+from tokenhub.client import UsageClient, usage_event
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.events import UsageReported
+from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+from tokenhub.infra.pipeline import counters, settled, wait_until
+from tokenhub.infra.settings import Settings
+
+SETTLE_TIMEOUT_S = 90.0
+MILLION = Decimal(1_000_000)
+
+
+@dataclass
+class World:
+    """Business units, one provider and one model, unique to a test."""
+
+    settings: Settings
+    prefix: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
+    input_price: Decimal = Decimal("2.4")
+    output_price: Decimal = Decimal("9.6")
+
+    @property
+    def provider(self) -> str:
+        return f"{self.prefix}-provider"
+
+    @property
+    def model(self) -> str:
+        return f"{self.prefix}-qwen-max"
+
+    def bu(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    async def publish(self, consumers: list[str], funding: list[dict[str, Any]] | None = None) -> None:
+        now = datetime.now(UTC)
+        registry = {
+            "business_units": [{"bu_id": self.bu(name), "display_name": name.title()} for name in consumers]
+            + [{"bu_id": self.provider, "display_name": "Provider"}],
+            "models": [{"model_id": self.model, "provider_bu": self.provider, "modality": "text",
+                        "token_classes": ["input", "cache_read", "output", "reasoning"]}],
+            "funding_agreements": funding or [],
+        }
+        await publish_events(self.settings, REGISTRY_CHANGED.name, registry_events(registry, "tests", "test world", now))
+        book = build_book({
+            "book_id": f"{self.prefix}-book", "version": 1, "currency": "CNY",
+            "effective_from": (now - timedelta(days=30)).isoformat(),
+            "models": [{"model": self.model, "unit_prices_per_million": {
+                "input": str(self.input_price), "output": str(self.output_price),
+                "cache_read": "0.48", "reasoning": "9.6"}}],
+        }, self.settings, "tests", "test prices", retroactive=True)
+        await publish_events(self.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
+        await self.wait_registered(len(consumers) + 1)
+
+    async def wait_registered(self, business_units: int) -> None:
+        connection = await asyncpg.connect(self.settings.database_url)
+        try:
+            async def ready() -> bool:
+                units = await connection.fetchval(
+                    "select count(*) from metering.business_units where bu_id like $1", f"{self.prefix}-%")
+                models = await connection.fetchval("select count(*) from metering.models where model_id = $1", self.model)
+                books = await connection.fetchval("select count(*) from pricing.price_books where book_id = $1",
+                                                  f"{self.prefix}-book")
+                return units == business_units and models == 1 and books == 1
+            await wait_until(ready, 30, "the test registry")
+        finally:
+            await connection.close()
+
+    def usage(self, consumer: str, index: int, input_tokens: int, output_tokens: int, **extra: Any) -> UsageReported:
+        return usage_event(f"tests/{self.prefix}", f"req-{index}", datetime.now(UTC) - timedelta(hours=1),
+                           {"consumer_bu": self.bu(consumer), "model": self.model,
+                            "input_tokens": input_tokens, "output_tokens": output_tokens, **extra})
+
+    def expected_amount(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """By hand: Tokens times the price per million, per class."""
+        return (Decimal(input_tokens) * self.input_price + Decimal(output_tokens) * self.output_price) / MILLION
+
+
+async def emit(settings: Settings, events: list[UsageReported]) -> None:
+    async with UsageClient(settings.bootstrap_servers or "") as client:
+        await client.report(events)
+
+
+async def emit_raw(settings: Settings, values: list[tuple[bytes, bytes]], headers: list[tuple[str, bytes]] | None = None) -> None:
+    async with UsageClient(settings.bootstrap_servers or "") as client:
+        await client.send_raw(values, headers=headers)
+
+
+async def read_counters(settings: Settings) -> dict[str, int]:
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        return await counters(connection)
+    finally:
+        await connection.close()
+
+
+async def wait_settled(settings: Settings, before: dict[str, int], sent: int) -> dict[str, int]:
+    """Wait until `sent` more usage messages went all the way through."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        latest: dict[str, int] = {}
+
+        async def done() -> bool:
+            nonlocal latest
+            latest = await counters(connection)
+            delta = {name: latest.get(name, 0) - before.get(name, 0) for name in latest}
+            return settled(delta, sent)
+
+        await wait_until(done, SETTLE_TIMEOUT_S, f"{sent} usage events to settle")
+        return latest
+    finally:
+        await connection.close()
+
+
+def delta(after: dict[str, int], before: dict[str, int], name: str) -> int:
+    return after.get(name, 0) - before.get(name, 0)
