@@ -72,7 +72,10 @@ def parse(name: str, zone: str) -> Period:
     """A period from its ISO name."""
     tz = ZoneInfo(zone)
     if match := _MONTH.match(name):
-        first = date(int(match[1]), int(match[2]), 1)
+        try:
+            first = date(int(match[1]), int(match[2]), 1)
+        except ValueError as error:
+            raise PeriodError(f"no such month {name!r}") from error
         return _build("month", first, _next_month(first), name, tz)
     if match := _WEEK.match(name):
         try:
