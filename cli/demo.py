@@ -21,6 +21,7 @@ import asyncpg
 import yaml
 
 from tokenhub.cli import render
+from tokenhub.cli.invoicing_commands import render_settlement, settlement_for
 from tokenhub.cli.queries import balances, invoices, replay_topic
 from tokenhub.client import UsageClient, usage_event
 from tokenhub.contracts.canonical import canonical_json
@@ -246,6 +247,9 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
         print(render.invoice_list(await invoices(pool, settings, bu=None, period=f"{DAY:%Y-%m}")))
         print()
         print(render.invoice_text(next(invoice for invoice in issued if invoice.payer_bu == "dingtalk")))
+        settlement, final = await settlement_for(pool, settings, f"{DAY:%Y-%m}")
+        _section(f"settlement between business units for {DAY:%Y-%m}")
+        print(render_settlement(settlement, final))
         _section("replay from tokens.priced")
         report = await replay_topic(pool, settings.bootstrap_servers or "", bu=None, idle_timeout_s=3.0)
         print(render.replay_text(report))

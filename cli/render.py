@@ -35,7 +35,7 @@ def money(amount: Decimal, places: int = 2) -> str:
     return f"{round_to_minor(amount, places):,.{places}f}"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> str:
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> str:
     body = [list(headers)] + [list(row) for row in rows]
     widths = [max(len(row[column]) for row in body) for column in range(len(headers))]
     lines = []
@@ -48,14 +48,14 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: set[int
 
 
 def balances_table(rows: list[BalanceRow], currency: str) -> str:
-    table = _table(
+    rendered = table(
         ("business unit", "name", f"spend {currency}", f"revenue {currency}", f"net {currency}", "Tokens consumed", "Tokens served"),
         [(row.bu, row.display_name, money(row.spend), money(row.revenue), money(row.net),
           f"{row.tokens_consumed:,}", f"{row.tokens_served:,}") for row in rows],
         right={2, 3, 4, 5, 6},
     )
     total_net = sum((row.net for row in rows), Decimal(0))
-    return f"{table}\nnet positions sum to {total_net:f} (zero in a balanced ledger)"
+    return f"{rendered}\nnet positions sum to {total_net:f} (zero in a balanced ledger)"
 
 
 def balances_json(rows: list[BalanceRow]) -> str:
@@ -67,7 +67,7 @@ def balances_json(rows: list[BalanceRow]) -> str:
 
 
 def invoice_list(invoices: list[InvoiceIssued]) -> str:
-    return _table(
+    return table(
         ("payer", "period", "number", "status", "lines", f"total {invoices[0].currency if invoices else ''}".strip()),
         [(invoice.payer_bu, invoice.period, str(invoice.number), invoice.status, str(len(invoice.lines)),
           f"{invoice.total:,.2f}") for invoice in invoices],
@@ -79,7 +79,7 @@ def invoice_text(invoice: InvoiceIssued) -> str:
     header = (f"INVOICE {invoice.payer_bu}-{invoice.number:04d}  [{invoice.status}]\n"
               f"payer {invoice.payer_bu}   period {invoice.period} "
               f"({invoice.period_start.isoformat()} to {invoice.period_end.isoformat()}, end exclusive)")
-    lines = _table(
+    lines = table(
         ("kind", "period", "provider", "consumer", "model", "class", "Tokens", "per million", "amount"),
         [(line.kind, line.period, line.provider_bu, line.consumer_bu, line.model, line.token_class or "",
           f"{line.tokens:,}", f"{line.unit_price_per_million:f}".rstrip("0").rstrip(".") if line.unit_price_per_million is not None else "",

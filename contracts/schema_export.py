@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from tokenhub.contracts import events, registry, topics
+from tokenhub.contracts import events, registry, settlement, topics
 
 SCHEMAS_DIR: Final = Path(__file__).parent / "schemas"
 
@@ -25,6 +25,7 @@ TOPIC_MODELS: Final[dict[str, type[BaseModel]]] = {
     topics.REGISTRY_CHANGED.name: registry.RegistryChanged,
     topics.LEDGER_POSTED.name: events.LedgerPosted,
     topics.INVOICES_ISSUED.name: events.InvoiceIssued,
+    topics.SETTLEMENTS_NETTED.name: settlement.SettlementNetted,
 }
 
 

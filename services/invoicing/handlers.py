@@ -13,11 +13,13 @@ from aiokafka.structs import ConsumerRecord
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, LedgerPosted, decode
 from tokenhub.contracts.periods import Period, containing, parse
-from tokenhub.contracts.topics import INVOICES_ISSUED
+from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.settlement import SettlementNetted
+from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.common.runtime import Runtime
-from tokenhub.services.invoicing import domain
+from tokenhub.services.invoicing import domain, netting
 from tokenhub.services.invoicing.adapters import store
 
 SCHEMA = "invoicing"
@@ -109,6 +111,43 @@ async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str,
             await stage(connection, SCHEMA, [OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)])
             issued.append(invoice)
         await connection.execute(store.INSERT_CLOSED_PERIOD, period.name, now, actor)
-        await bump_counters(connection, SCHEMA, {"invoices_issued": len(issued)})
+        settled = 0
+        if period.kind == "month":
+            settled = await _settle(connection, settings, period, now)
+        await bump_counters(connection, SCHEMA, {"invoices_issued": len(issued), "settlements": settled})
     log.info("period_closed", period=period.name, invoices=len(issued), actor=actor)
     return issued
+
+
+def build_settlement(settings: Settings, period: Period, postings: Sequence[LedgerPosted]) -> SettlementNetted:
+    matrix = netting.gross_flows(postings)
+    positions = netting.positions_from_matrix(matrix)
+    rounded, absorber = netting.round_positions(positions, settings.currency_minor_units, "half_even")
+    return SettlementNetted(
+        id=derive_id("settlement", period.name),
+        event_time=period.end,
+        cause_id=f"settlement:{period.name}",
+        period=period.name,
+        currency=settings.currency,
+        matrix=matrix,
+        positions=positions,
+        rounded_positions=rounded,
+        rounding_residue_bu=absorber,
+        transfers=netting.transfers(rounded),
+    )
+
+
+async def invoiced_postings(connection: asyncpg.Connection, period: Period) -> list[LedgerPosted]:
+    return [decode(LedgerPosted, row["payload"]) for row in await connection.fetch(store.SELECT_PERIOD_INVOICED_POSTINGS, period.name)]
+
+
+async def _settle(connection: asyncpg.Connection, settings: Settings, period: Period, now: datetime) -> int:
+    """Net the month's invoiced flows once, when the month closes; published on settlements.netted."""
+    settlement = build_settlement(settings, period, await invoiced_postings(connection, period))
+    payload = canonical_json(settlement)
+    created = await connection.fetchval(store.INSERT_SETTLEMENT, period.name, orjson.loads(payload), now)
+    if created is None:
+        return 0
+    await stage(connection, SCHEMA, [OutboxRow(SETTLEMENTS_NETTED.name, period.name.encode(), payload)])
+    log.info("period_settled", period=period.name, transfers=len(settlement.transfers))
+    return 1

@@ -23,7 +23,9 @@ from tokenhub.contracts.events import (
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.periods import parse
 from tokenhub.contracts.registry import BusinessUnit, ModelEntry, registry_change
+from tokenhub.infra.settings import Settings
 from tokenhub.services.invoicing.domain import build_invoice
+from tokenhub.services.invoicing.handlers import build_settlement
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tokenhub.services.metering.domain import Catalogue, Limits, RawUsage, meter
 from tokenhub.services.pricing.domain import price
@@ -87,6 +89,8 @@ INVOICE = build_invoice("taobao-tmall", parse("2026-03", "Asia/Shanghai"), [("20
                         currency="CNY", minor_units=2, rounding_mode="half_even", status="issued",
                         issued_at=datetime(2026, 4, 2, 1, 0, tzinfo=UTC))
 
+SETTLEMENT = build_settlement(Settings(currency="CNY", currency_minor_units=2), parse("2026-03", "Asia/Shanghai"), [POSTED])
+
 EXAMPLES: dict[str, BaseModel] = {
     "usage_reported": USAGE,
     "registry_changed": REGISTRY,
@@ -96,6 +100,7 @@ EXAMPLES: dict[str, BaseModel] = {
     "priced": PRICED,
     "ledger_posted": POSTED,
     "invoice_issued": INVOICE,
+    "settlement_netted": SETTLEMENT,
 }
 
 assert CONSUMED.id == consumed_id("gateway/taobao", "req-000123", "taobao-tmall")

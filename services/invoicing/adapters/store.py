@@ -37,3 +37,12 @@ insert into invoicing.closed_periods (period, closed_at, actor) values ($1, $2, 
 SELECT_CLOSED_PERIODS: Final = "select period from invoicing.closed_periods"
 SELECT_WATERMARK: Final = "select max(event_time) from invoicing.postings"
 SELECT_OPEN_PERIODS: Final = "select distinct period from invoicing.postings where invoice_id is null order by period"
+SELECT_PERIOD_INVOICED_POSTINGS: Final = """
+select p.payload from invoicing.postings p join invoicing.invoices i using (invoice_id)
+where i.period = $1
+"""
+INSERT_SETTLEMENT: Final = """
+insert into invoicing.settlements (period, payload, settled_at) values ($1, $2, $3)
+on conflict (period) do nothing returning period
+"""
+SELECT_SETTLEMENT: Final = "select payload from invoicing.settlements where period = $1"
