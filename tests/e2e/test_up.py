@@ -49,6 +49,15 @@ def _stop_up(process: subprocess.Popen[str]) -> list[int]:
     return [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
 
+def _wait_for_registry(cwd: Path, business_units: int) -> None:
+    """Registry changes and usage travel on different topics: usage for a BU
+    metering has not heard of yet is rejected (and stored), so wait."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(json.loads(_tokenhub(cwd, "bu", "list", "--json").stdout)) < business_units:
+        assert time.monotonic() < deadline, "the registry never arrived"
+        time.sleep(0.3)
+
+
 def _balances(cwd: Path) -> dict[str, dict]:
     return {row["bu"]: row for row in json.loads(_tokenhub(cwd, "balance", "--json").stdout)}
 
@@ -66,6 +75,7 @@ def test_up_serves_commands_stops_cleanly_and_restarts_without_double_counting(t
     up = _start_up(tmp_path)
     try:
         _tokenhub(tmp_path, "registry", str(ROOT / "infra/demo/registry.yaml"))
+        _wait_for_registry(tmp_path, business_units=9)
         _tokenhub(tmp_path, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive")
         sent = _tokenhub(tmp_path, "emit", "--generate", "200", "--seed", "3")
         assert "sent 200 usage events" in sent.stdout

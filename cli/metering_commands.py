@@ -1,0 +1,293 @@
+"""Registry, funding, conversion tables and rejected usage: metering's commands.
+Changes are published as `registry.changed` events with actor and reason."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from tokenhub.cli import render
+from tokenhub.cli.commands import _actor, _read_document, publish_events
+from tokenhub.cli.errors import CliError
+from tokenhub.client import UsageClient
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.registry import (
+    BusinessUnit,
+    ConversionTable,
+    FundingAgreement,
+    ModelEntry,
+    PayerShare,
+    RegistryKind,
+    registry_change,
+)
+from tokenhub.contracts.topics import REGISTRY_CHANGED
+from tokenhub.infra.settings import Settings, clock, load_settings
+from tokenhub.services.common.db import create_pool
+
+SELECT_BUSINESS_UNITS: Final = """
+select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
+from metering.business_units order by bu_id
+"""
+SELECT_MODELS: Final = """
+select model_id, provider_bu, display_name, modality, token_classes, active, actor, reason, changed_at
+from metering.models order by model_id
+"""
+SELECT_FUNDING: Final = """
+select agreement_id, consumer_bu, app, model_pattern, payers, effective_from, effective_to, actor, reason, changed_at
+from metering.funding_agreements order by consumer_bu, agreement_id
+"""
+SELECT_CONVERSION: Final = """
+select version, effective_from, rules, actor, reason, published_at from metering.conversion_tables order by version
+"""
+SELECT_REJECTED: Final = """
+select rejected_id, reason_code, message, usage_source, usage_id, topic, received_at, resubmitted_at, resubmitted_by,
+       length(original_bytes) as size
+from metering.rejected_usage where $1::text is null or reason_code = $1 order by received_at, rejected_id
+limit $2
+"""
+SELECT_REJECTED_ONE: Final = "select original_bytes, headers, reason_code from metering.rejected_usage where rejected_id = $1"
+MARK_RESUBMITTED: Final = """
+update metering.rejected_usage set resubmitted_at = $2, resubmitted_by = $3 where rejected_id = $1
+"""
+LIST_LIMIT: Final = 1_000  # a person reads a page, a tool pages with --reason
+
+
+async def _publish_change(settings: Settings, kind: RegistryKind, entity: Any, entity_id: str, arguments: argparse.Namespace) -> None:
+    change = registry_change(kind, entity, entity_id, _actor(arguments), arguments.reason, clock(settings))
+    await publish_events(settings, REGISTRY_CHANGED.name, [(entity_id.encode(), canonical_json(change))])
+    print(f"published {kind.replace('_', ' ')} {entity_id} (actor {change.actor}: {change.reason})")
+
+
+async def _rows(query: str, *parameters: Any) -> list[dict[str, Any]]:
+    settings = load_settings()
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            return [dict(row) for row in await connection.fetch(query, *parameters)]
+    finally:
+        await pool.close()
+
+
+def _jsonable(rows: list[dict[str, Any]]) -> str:
+    def default(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return f"{value:f}"
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        return str(value)
+    return orjson.dumps(rows, default=default, option=orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATETIME).decode()
+
+
+def _show(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print(_jsonable(rows))
+        return
+    if not rows:
+        print("(none)")
+        return
+    print(render.table(columns, [[_cell(row[column]) for column in columns] for row in rows], right=set()))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return ", ".join(_cell(item) if not isinstance(item, dict) else f"{item.get('bu')} {item.get('percent')}%" for item in value)
+    return str(value)
+
+
+def _time(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise CliError(f"{name} {text} needs a time zone, for example {text}+08:00")
+    return moment
+
+
+async def bu(arguments: argparse.Namespace) -> int:
+    if arguments.action == "list":
+        _show(await _rows(SELECT_BUSINESS_UNITS), ["bu_id", "display_name", "parent_group", "cost_centre", "active"], arguments.json)
+        return 0
+    settings = load_settings()
+    unit = BusinessUnit(bu_id=arguments.bu_id, display_name=arguments.name, parent_group=arguments.group,
+                        cost_centre=arguments.cost_centre, active=not arguments.inactive)
+    await _publish_change(settings, "business_unit", unit, unit.bu_id, arguments)
+    return 0
+
+
+async def model(arguments: argparse.Namespace) -> int:
+    if arguments.action == "list":
+        _show(await _rows(SELECT_MODELS), ["model_id", "provider_bu", "modality", "token_classes", "active"], arguments.json)
+        return 0
+    settings = load_settings()
+    entry = ModelEntry(model_id=arguments.model_id, provider_bu=arguments.provider, display_name=arguments.name,
+                       modality=arguments.modality, token_classes=tuple(arguments.classes.split(",")),
+                       active=not arguments.inactive)
+    await _publish_change(settings, "model", entry, entry.model_id, arguments)
+    return 0
+
+
+def _payer(text: str) -> PayerShare:
+    bu_id, _, percent = text.partition("=")
+    try:
+        return PayerShare(bu=bu_id, percent=Decimal(percent))
+    except (InvalidOperation, ValueError) as error:
+        raise CliError(f"--payer {text}: expected BU=PERCENT, for example taobao-tmall=30") from error
+
+
+async def funding(arguments: argparse.Namespace) -> int:
+    if arguments.action == "list":
+        _show(await _rows(SELECT_FUNDING), ["agreement_id", "consumer_bu", "app", "model_pattern", "payers",
+                                            "effective_from", "effective_to"], arguments.json)
+        return 0
+    settings = load_settings()
+    if arguments.action == "end":
+        rows = [row for row in await _rows(SELECT_FUNDING) if row["agreement_id"] == arguments.agreement_id]
+        if not rows:
+            raise CliError(f"no funding agreement {arguments.agreement_id}")
+        row = rows[0]
+        agreement = FundingAgreement(
+            agreement_id=row["agreement_id"], consumer_bu=row["consumer_bu"], app=row["app"],
+            model_pattern=row["model_pattern"], payers=row["payers"], effective_from=row["effective_from"],
+            effective_to=_time(arguments.at, "--at") or clock(settings))
+    else:
+        agreement = FundingAgreement(
+            agreement_id=arguments.agreement_id, consumer_bu=arguments.consumer, app=arguments.app,
+            model_pattern=arguments.model_pattern, payers=tuple(_payer(text) for text in arguments.payer),
+            effective_from=_time(arguments.effective_from, "--from") or clock(settings),
+            effective_to=_time(arguments.effective_to, "--to"))
+    await _publish_change(settings, "funding_agreement", agreement, agreement.agreement_id, arguments)
+    return 0
+
+
+async def conversion(arguments: argparse.Namespace) -> int:
+    if arguments.action == "show":
+        rows = await _rows(SELECT_CONVERSION)
+        if arguments.json:
+            print(_jsonable(rows))
+        for row in [] if arguments.json else rows:
+            print(f"version {row['version']} effective {row['effective_from'].isoformat()} ({row['actor']}: {row['reason']})")
+            print(render.table(["unit", "class", "Tokens per unit"],
+                               [[rule["unit"], rule["token_class"], rule["tokens_per_unit"]] for rule in row["rules"]], right={2}))
+        return 0
+    settings = load_settings()
+    table = ConversionTable.model_validate(_read_document(arguments.file))
+    await _publish_change(settings, "conversion_table", table, str(table.version), arguments)
+    return 0
+
+
+async def rejected(arguments: argparse.Namespace) -> int:
+    if arguments.action == "list":
+        rows = await _rows(SELECT_REJECTED, arguments.reason_code, LIST_LIMIT)
+        _show(rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], arguments.json)
+        return 0
+    settings = load_settings()
+    bootstrap_servers, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            row = await connection.fetchrow(SELECT_REJECTED_ONE, _uuid(arguments.rejected_id))
+            if row is None:
+                raise CliError(f"no rejected usage {arguments.rejected_id}")
+            value = Path(arguments.file).read_bytes() if arguments.file else row["original_bytes"]
+            headers = [] if arguments.file else [(name, text.encode()) for name, text in (row["headers"] or {}).items()
+                                                  if not text.startswith("base64:")]
+            async with UsageClient(bootstrap_servers) as client:
+                await client.send_raw([(b"", value)], headers=headers or None)
+            await connection.execute(MARK_RESUBMITTED, _uuid(arguments.rejected_id), clock(settings),
+                                     f"{_actor(arguments)}: {arguments.reason}")
+    finally:
+        await pool.close()
+    print(f"resubmitted {arguments.rejected_id} ({'corrected from ' + arguments.file if arguments.file else 'as it was'}); "
+          "metering validates it again")
+    return 0
+
+
+def _uuid(text: str) -> Any:
+    import uuid
+
+    try:
+        return uuid.UUID(text)
+    except ValueError as error:
+        raise CliError(f"{text} is not a rejected usage id") from error
+
+
+def _audit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--actor", default=None, help="who makes the change (default: the login name)")
+    parser.add_argument("--reason", required=True, help="why: kept with the change")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    units = subparsers.add_parser("bu", help="business units").add_subparsers(dest="action", required=True)
+    add = units.add_parser("add", help="register or update a business unit")
+    add.add_argument("bu_id")
+    add.add_argument("--name", required=True)
+    add.add_argument("--group")
+    add.add_argument("--cost-centre")
+    add.add_argument("--inactive", action="store_true")
+    _audit(add)
+    add.set_defaults(handler=bu)
+    units.add_parser("list").add_argument("--json", action="store_true")
+    units.choices["list"].set_defaults(handler=bu)
+
+    models = subparsers.add_parser("model", help="models, tools and agents").add_subparsers(dest="action", required=True)
+    add = models.add_parser("add", help="register or update a model, tool or agent")
+    add.add_argument("model_id")
+    add.add_argument("--provider", required=True, help="the BU that provides it")
+    add.add_argument("--modality", required=True, choices=("text", "embedding", "image", "video", "audio", "agent", "tool"))
+    add.add_argument("--classes", required=True, help="comma-separated Token classes, e.g. input,cache_read,output")
+    add.add_argument("--name")
+    add.add_argument("--inactive", action="store_true")
+    _audit(add)
+    add.set_defaults(handler=model)
+    models.add_parser("list").add_argument("--json", action="store_true")
+    models.choices["list"].set_defaults(handler=model)
+
+    agreements = subparsers.add_parser("funding", help="who pays for whom").add_subparsers(dest="action", required=True)
+    put = agreements.add_parser("set", help="create or replace a funding agreement")
+    put.add_argument("agreement_id")
+    put.add_argument("--consumer", required=True)
+    put.add_argument("--app")
+    put.add_argument("--model-pattern", help="shell-style, for example qwen-*")
+    put.add_argument("--payer", action="append", required=True, help="BU=PERCENT, repeated; shares sum to 100")
+    put.add_argument("--from", dest="effective_from", help="effective from (ISO time with zone; default now)")
+    put.add_argument("--to", dest="effective_to")
+    _audit(put)
+    put.set_defaults(handler=funding)
+    agreements.add_parser("list").add_argument("--json", action="store_true")
+    agreements.choices["list"].set_defaults(handler=funding)
+    end = agreements.add_parser("end", help="end an agreement at a time (default now)")
+    end.add_argument("agreement_id")
+    end.add_argument("--at")
+    _audit(end)
+    end.set_defaults(handler=funding)
+
+    tables = subparsers.add_parser("conversion", help="conversion tables: non-text units to Tokens").add_subparsers(dest="action", required=True)
+    publish = tables.add_parser("publish", help="publish a conversion table version (YAML or JSON)")
+    publish.add_argument("file")
+    _audit(publish)
+    publish.set_defaults(handler=conversion)
+    tables.add_parser("show").add_argument("--json", action="store_true")
+    tables.choices["show"].set_defaults(handler=conversion)
+
+    rejects = subparsers.add_parser("rejected", help="rejected usage, stored with its original bytes").add_subparsers(dest="action", required=True)
+    listing = rejects.add_parser("list")
+    listing.add_argument("--reason", dest="reason_code", help="a reason code, e.g. unknown_bu")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=rejected)
+    resubmit = rejects.add_parser("resubmit", help="send a rejected event back, as it was or corrected")
+    resubmit.add_argument("rejected_id")
+    resubmit.add_argument("--file", help="the corrected event (JSON)")
+    resubmit.add_argument("--actor", default=None)
+    resubmit.add_argument("--reason", default="resubmitted after correction")
+    resubmit.set_defaults(handler=rejected)

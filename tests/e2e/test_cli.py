@@ -1,0 +1,116 @@
+"""The CLI as a person runs it, against the session's real stack: registry
+changes with actor and reason, bad input rejected with its reason and stored,
+resubmitted once corrected, and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import World
+from tokenhub.contracts.money import format_amount
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+WAIT_S = 60
+
+
+def _run(backend, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
+    environment.update({"TOKENHUB_BOOTSTRAP_SERVERS": backend.endpoints.bootstrap_servers,
+                        "TOKENHUB_DATABASE_URL": backend.endpoints.database_url})
+    result = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", *arguments], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tokenhub {' '.join(arguments)}: {result.stderr}")
+    return result
+
+
+def _poll(backend, arguments: tuple[str, ...], accept) -> list[dict]:  # noqa: ANN001
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        rows = json.loads(_run(backend, *arguments).stdout)
+        if accept(rows):
+            return rows
+        assert time.monotonic() < deadline, f"tokenhub {' '.join(arguments)} never showed what was expected: {rows}"
+        time.sleep(0.3)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert fragment in result.stderr
+
+
+async def test_registry_commands_record_actor_and_reason(backend) -> None:
+    slug = f"e2e-{uuid.uuid4().hex[:6]}"
+    _run(backend, "bu", "add", slug, "--name", "E2E Unit", "--group", "Tests", "--cost-centre", "CC-9",
+         "--actor", "alice", "--reason", "new team")
+    rows = _poll(backend, ("bu", "list", "--json"), lambda rows: any(row["bu_id"] == slug for row in rows))
+    unit = next(row for row in rows if row["bu_id"] == slug)
+    assert (unit["display_name"], unit["cost_centre"], unit["actor"], unit["reason"]) == ("E2E Unit", "CC-9", "alice", "new team")
+
+    bad_shares = _run(backend, "funding", "set", f"{slug}-split", "--consumer", slug, "--payer", f"{slug}=60",
+                      "--payer", "cainiao=30", "--reason", "x", check=False)
+    _one_line_error(bad_shares, "sum to 100")
+
+
+async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_accepted(backend, tmp_path: Path) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    good = world.usage("shop", 1, 1000, 100)
+    bad = world.usage("shop", 2, 1000, 100).model_dump(mode="json")
+    bad["data"]["consumer_bu"] = world.bu("nobody")
+    lines = [good.model_dump_json(), json.dumps(bad), "{not json"]
+    usage_file = tmp_path / "usage.jsonl"
+    usage_file.write_text("\n".join(lines) + "\n")
+    assert "sent 3 usage events" in _run(backend, "emit", str(usage_file)).stdout
+
+    def ours(rows: list[dict]) -> list[dict]:
+        return [row for row in rows if row["usage_source"] == f"tests/{world.prefix}"]
+    rejected = _poll(backend, ("rejected", "list", "--reason", "unknown_bu", "--json"), lambda rows: len(ours(rows)) == 1)
+    row = ours(rejected)[0]
+    assert row["usage_id"] == "req-2" and world.bu("nobody") in row["message"]
+    not_json = _poll(backend, ("rejected", "list", "--reason", "not_json", "--json"),
+                     lambda rows: any(item["size"] == len("{not json") for item in rows))
+    assert not_json
+
+    fixed = dict(bad, data=dict(bad["data"], consumer_bu=world.bu("shop")))
+    fixed_file = tmp_path / "fixed.json"
+    fixed_file.write_text(json.dumps(fixed))
+    _run(backend, "rejected", "resubmit", row["rejected_id"], "--file", str(fixed_file), "--actor", "bob")
+    balances = _poll(backend, ("balance", world.bu("shop"), "--json"),
+                     lambda rows: rows and rows[0]["tokens_consumed"] == 2_200)
+    assert balances[0]["spend"] == "0.006720000000" == format_amount(2 * world.expected_amount(1000, 100))
+    resubmitted = ours(json.loads(_run(backend, "rejected", "list", "--reason", "unknown_bu", "--json").stdout))[0]
+    assert resubmitted["resubmitted_by"].startswith("bob")
+
+
+async def test_price_books_are_validated_before_publishing(backend, tmp_path: Path) -> None:
+    book = {"book_id": "e2e", "version": 1, "currency": "CNY",
+            "effective_from": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+            "models": [{"model": "m", "unit_prices_per_million": {"input": "1"}}]}
+    path = tmp_path / "book.json"
+    path.write_text(json.dumps(book))
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), check=False), "--retroactive")
+    path.write_text(json.dumps(dict(book, currency="USD")))
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", check=False), "settlement currency")
+    path.write_text(json.dumps(dict(book, models=[{"model": "m", "unit_prices_per_million": {"input": "-1"}}])))
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", check=False), "negative price")
+    path.write_text(json.dumps(dict(book, models=[{"model": "m", "unit_prices_per_million": {"input": 0.1}}])))
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", check=False), "float")
+    _one_line_error(_run(backend, "pricebook", "publish", str(tmp_path / "missing.yaml"), check=False), "no such file")
+
+
+async def test_queries_fail_in_one_line(backend) -> None:
+    _one_line_error(_run(backend, "invoice", "show", "no-such-bu", check=False), "no invoice")
+    _one_line_error(_run(backend, "balance", "--as-of", "2026-03-01T00:00:00", check=False), "time zone")
+    _one_line_error(_run(backend, "settle", "2026-W11", check=False), "monthly")
