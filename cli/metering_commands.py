@@ -29,6 +29,7 @@ from tokenhub.contracts.registry import (
 from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
+from tokenhub.services.metering.adapters import keys
 
 SELECT_BUSINESS_UNITS: Final = """
 select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
@@ -222,6 +223,29 @@ def _uuid(text: str) -> Any:
         raise CliError(f"{text} is not a rejected usage id") from error
 
 
+async def api_keys(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            if arguments.action == "create":
+                key_id, key = await keys.create(connection, arguments.source, _actor(arguments), arguments.reason)
+                print(f"key {key_id} for sources {', '.join(arguments.source)}:\n{key}\n"
+                      "It is shown once; only its SHA-256 is stored.")
+                return 0
+            if arguments.action == "revoke":
+                if not await keys.revoke(connection, arguments.key_id):
+                    raise CliError(f"no active key {arguments.key_id}")
+                print(f"revoked key {arguments.key_id}")
+                return 0
+            rows = [dict(row) for row in await connection.fetch(keys.SELECT_KEYS)]
+    finally:
+        await pool.close()
+    _show(rows, ["key_id", "sources", "actor", "reason", "created_at", "revoked_at"], arguments.json)
+    return 0
+
+
 def _audit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor", default=None, help="who makes the change (default: the login name)")
     parser.add_argument("--reason", required=True, help="why: kept with the change")
@@ -279,6 +303,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     publish.set_defaults(handler=conversion)
     tables.add_parser("show").add_argument("--json", action="store_true")
     tables.choices["show"].set_defaults(handler=conversion)
+
+    key_actions = subparsers.add_parser("keys", help="API keys for HTTP ingest").add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="a new key, bound to the sources it may report for")
+    create.add_argument("--source", action="append", required=True, help="a source or shell-style pattern, repeated")
+    _audit(create)
+    create.set_defaults(handler=api_keys)
+    key_actions.add_parser("list").add_argument("--json", action="store_true")
+    key_actions.choices["list"].set_defaults(handler=api_keys)
+    revoke = key_actions.add_parser("revoke")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=api_keys)
 
     rejects = subparsers.add_parser("rejected", help="rejected usage, stored with its original bytes").add_subparsers(dest="action", required=True)
     listing = rejects.add_parser("list")

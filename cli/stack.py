@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from tokenhub.contracts.topics import LEDGER_POSTED, PRICEBOOK_PUBLISHED, REGISTRY_CHANGED, TOKENS_CONSUMED, TOKENS_PRICED
 from tokenhub.infra.migrate import migrate
+from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
 from tokenhub.infra.settings import STACK_ENV_FILE, load_settings
 from tokenhub.infra.topics import create_topics
@@ -90,7 +91,8 @@ async def up(arguments: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     stack = EmbeddedStack(state_dir=state_dir, durable=True)
     endpoints = stack.start()
-    services = ServiceProcesses(_service_env(endpoints.bootstrap_servers, endpoints.database_url), state_dir / "logs")
+    environment = with_http_port(_service_env(endpoints.bootstrap_servers, endpoints.database_url))
+    services = ServiceProcesses(environment, state_dir / "logs")
     try:
         await prepare(endpoints.bootstrap_servers, endpoints.database_url)
         stack.write_env_file(state_dir / STACK_ENV_FILE)
@@ -100,6 +102,7 @@ async def up(arguments: argparse.Namespace) -> int:
             f"  broker    {endpoints.bootstrap_servers}\n"
             f"  database  {endpoints.database_url}\n"
             f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
+            f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
             "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
             "Ctrl-C stops everything.",
             flush=True,

@@ -12,7 +12,7 @@ from typing import Final
 
 import asyncpg
 
-from tokenhub.infra.embedded import EmbeddedStack, StackEndpoints
+from tokenhub.infra.embedded import EmbeddedStack, StackEndpoints, free_port
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
 
 COUNTER_SCHEMAS: Final = ("metering", "pricing", "ledger", "invoicing")
@@ -31,13 +31,18 @@ def service_env(endpoints: StackEndpoints, extra: dict[str, str] | None = None) 
     }
 
 
+def with_http_port(env: dict[str, str]) -> dict[str, str]:
+    """A free port for metering's HTTP ingest unless one is set."""
+    return {"TOKENHUB_HTTP_PORT": str(free_port()), **env}
+
+
 class LocalPipeline:
     """Start with `start()`, stop with `stop()`; nothing is left running."""
 
     def __init__(self, state_dir: Path | None = None, env: dict[str, str] | None = None,
                  services: tuple[str, ...] = SERVICES) -> None:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tokenhub-"))
-        self.extra_env = env or {}
+        self.extra_env = with_http_port(env or {})
         self.stack = EmbeddedStack(state_dir=self.state_dir)
         self.endpoints: StackEndpoints | None = None
         self.services: ServiceProcesses | None = None

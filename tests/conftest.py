@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tokenhub.infra.embedded import StackEndpoints
-from tokenhub.infra.pipeline import LocalPipeline
+from tokenhub.infra.pipeline import LocalPipeline, with_http_port
 from tokenhub.infra.processes import ServiceProcesses
 from tokenhub.infra.settings import Settings
 
@@ -45,6 +45,7 @@ class Backend:
         self.services = services
         self.pipeline = pipeline
         self.settings = Settings(bootstrap_servers=endpoints.bootstrap_servers, database_url=endpoints.database_url)
+        self.http_port = int(services.env["TOKENHUB_HTTP_PORT"])
 
 
 @contextlib.contextmanager
@@ -55,8 +56,8 @@ def _docker_backend() -> Iterator[tuple[StackEndpoints, ServiceProcesses]]:
     with KafkaContainer().with_kraft() as kafka, PostgresContainer("postgres:16", driver=None) as postgres:
         url = postgres.get_connection_url()
         endpoints = StackEndpoints(kafka.get_bootstrap_server(), url, "docker")
-        yield endpoints, ServiceProcesses({"TOKENHUB_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
-                                           "TOKENHUB_DATABASE_URL": url}, Path(tempfile.mkdtemp()) / "logs")
+        environment = with_http_port({"TOKENHUB_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers, "TOKENHUB_DATABASE_URL": url})
+        yield endpoints, ServiceProcesses(environment, Path(tempfile.mkdtemp()) / "logs")
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -1,7 +1,11 @@
-"""Metering: usage.reported and registry.changed in, tokens.consumed and usage.rejected out."""
+"""Metering: usage.reported and registry.changed in, tokens.consumed and
+usage.rejected out; HTTP ingest and metrics served beside the consumers."""
 
 from __future__ import annotations
 
+import asyncio
+
+import uvicorn
 from faststream import FastStream
 
 from tokenhub.contracts.topics import REGISTRY_CHANGED, USAGE_REPORTED
@@ -9,8 +13,30 @@ from tokenhub.infra.settings import Settings
 from tokenhub.services.common.app import create_app, create_broker, subscribe
 from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.metering import handlers
+from tokenhub.services.metering.http import create_http_app
 
 GROUP_ID = "metering"
+
+
+class HttpServer:
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        config = uvicorn.Config(create_http_app(runtime), host=settings.http_host, port=settings.http_port,
+                                log_level="warning", lifespan="off", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(), name="metering-http")
+        while not self.server.started and not self.task.done():
+            await asyncio.sleep(0.01)
+        if self.task.done():
+            self.task.result()  # raises why it could not serve (for example, the port is taken)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
 
 
 def build(settings: Settings) -> FastStream:
@@ -18,4 +44,8 @@ def build(settings: Settings) -> FastStream:
     broker = create_broker(runtime)
     subscribe(broker, runtime, REGISTRY_CHANGED.name, f"{GROUP_ID}.registry", handlers.handle_registry_records)
     subscribe(broker, runtime, USAGE_REPORTED.name, GROUP_ID, handlers.handle_usage_records)
-    return create_app(runtime, broker)
+    app = create_app(runtime, broker)
+    http = HttpServer(runtime)
+    app.after_startup(http.start)
+    app.on_shutdown(http.stop)
+    return app

@@ -43,14 +43,18 @@ class World:
     def bu(self, name: str) -> str:
         return f"{self.prefix}-{name}"
 
-    async def publish(self, consumers: list[str], funding: list[dict[str, Any]] | None = None) -> None:
+    async def publish(self, consumers: list[str], funding: list[dict[str, Any]] | None = None,
+                      extra_models: list[dict[str, Any]] | None = None,
+                      conversion_tables: list[dict[str, Any]] | None = None,
+                      extra_prices: list[dict[str, Any]] | None = None) -> None:
         now = datetime.now(UTC)
         registry = {
             "business_units": [{"bu_id": self.bu(name), "display_name": name.title()} for name in consumers]
             + [{"bu_id": self.provider, "display_name": "Provider"}],
             "models": [{"model_id": self.model, "provider_bu": self.provider, "modality": "text",
-                        "token_classes": ["input", "cache_read", "output", "reasoning"]}],
+                        "token_classes": ["input", "cache_read", "output", "reasoning"]}] + (extra_models or []),
             "funding_agreements": funding or [],
+            "conversion_tables": conversion_tables or [],
         }
         await publish_events(self.settings, REGISTRY_CHANGED.name, registry_events(registry, "tests", "test world", now))
         book = build_book({
@@ -58,29 +62,34 @@ class World:
             "effective_from": (now - timedelta(days=30)).isoformat(),
             "models": [{"model": self.model, "unit_prices_per_million": {
                 "input": str(self.input_price), "output": str(self.output_price),
-                "cache_read": "0.48", "reasoning": "9.6"}}],
+                "cache_read": "0.48", "reasoning": "9.6"}}] + (extra_prices or []),
         }, self.settings, "tests", "test prices", retroactive=True)
         await publish_events(self.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
-        await self.wait_registered(len(consumers) + 1)
+        await self.wait_registered(len(consumers) + 1, 1 + len(extra_models or []), len(funding or []))
 
-    async def wait_registered(self, business_units: int) -> None:
+    async def wait_registered(self, business_units: int, models: int = 1, agreements: int = 0) -> None:
         connection = await asyncpg.connect(self.settings.database_url)
         try:
             async def ready() -> bool:
                 units = await connection.fetchval(
                     "select count(*) from metering.business_units where bu_id like $1", f"{self.prefix}-%")
-                models = await connection.fetchval("select count(*) from metering.models where model_id = $1", self.model)
+                known = await connection.fetchval(
+                    "select count(*) from metering.models where provider_bu = $1", self.provider)
+                funded = await connection.fetchval(
+                    "select count(*) from metering.funding_agreements where consumer_bu like $1", f"{self.prefix}-%")
                 books = await connection.fetchval("select count(*) from pricing.price_books where book_id = $1",
                                                   f"{self.prefix}-book")
-                return units == business_units and models == 1 and books == 1
+                return units == business_units and known == models and funded == agreements and books == 1
             await wait_until(ready, 30, "the test registry")
         finally:
             await connection.close()
 
-    def usage(self, consumer: str, index: int, input_tokens: int, output_tokens: int, **extra: Any) -> UsageReported:
-        return usage_event(f"tests/{self.prefix}", f"req-{index}", datetime.now(UTC) - timedelta(hours=1),
-                           {"consumer_bu": self.bu(consumer), "model": self.model,
-                            "input_tokens": input_tokens, "output_tokens": output_tokens, **extra})
+    def usage(self, consumer: str, index: int, input_tokens: int, output_tokens: int, *,
+              time: datetime | None = None, **extra: Any) -> UsageReported:
+        data = {"consumer_bu": self.bu(consumer), "model": self.model, "input_tokens": input_tokens,
+                "output_tokens": output_tokens, **extra}
+        return usage_event(f"tests/{self.prefix}", f"req-{index}", time or datetime.now(UTC) - timedelta(hours=1),
+                           {name: value for name, value in data.items() if value is not None})
 
     def expected_amount(self, input_tokens: int, output_tokens: int) -> Decimal:
         """By hand: Tokens times the price per million, per class."""

@@ -1,0 +1,99 @@
+"""HTTP ingest: `POST /v1/events` with one CloudEvent (`application/cloudevents+json`)
+or a batch (`application/cloudevents-batch+json`), authenticated by an API key
+bound to the sources it may report for. Usage goes through the same metering
+core, dedup and rejected store as Kafka, so nothing is lost. `GET /metrics`."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Final
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tokenhub.services.common.runtime import Runtime
+from tokenhub.services.metering import domain, handlers
+from tokenhub.services.metering.adapters import keys
+
+SINGLE: Final = "application/cloudevents+json"
+BATCH: Final = "application/cloudevents-batch+json"
+BATCH_EVENTS_MAX: Final = 1_000  # one transaction per request: bounded like a Kafka batch
+BODY_BYTES_MAX: Final = 8 * 1024 * 1024
+
+
+def _problem(status: int, title: str) -> JSONResponse:
+    return JSONResponse({"error": title}, status_code=status)
+
+
+def _split(body: bytes, content_type: str) -> list[bytes] | None:
+    """Each event's bytes. A batch is split into its elements; a body that is not a
+    JSON array is metered as one event, so its bytes are stored with a reason."""
+    if content_type.startswith(BATCH):
+        try:
+            items = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return [body]
+        if not isinstance(items, list):
+            return [body]
+        return [orjson.dumps(item) for item in items]
+    return [body]
+
+
+def _source(value: bytes) -> str | None:
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    source = event.get("source") if isinstance(event, dict) else None
+    return source if isinstance(source, str) else None
+
+
+def create_http_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="Token Hub ingest", version="1")
+
+    @app.post("/v1/events", status_code=202)
+    async def ingest(request: Request) -> Response:
+        authorization = request.headers.get("authorization", "")
+        token = authorization.removeprefix("Bearer ").strip()
+        if not token:
+            return _problem(401, "missing API key: send Authorization: Bearer <key>")
+        async with runtime.db().acquire() as connection:
+            api_key = await keys.lookup(connection, token)
+        if api_key is None:
+            return _problem(401, "unknown or revoked API key")
+        content_type = request.headers.get("content-type", "")
+        if not (content_type.startswith(SINGLE) or content_type.startswith(BATCH) or content_type.startswith("application/json")):
+            return _problem(415, f"content type must be {SINGLE} or {BATCH}")
+        body = await request.body()
+        if len(body) > BODY_BYTES_MAX:
+            return _problem(413, f"body larger than {BODY_BYTES_MAX} bytes; send smaller batches")
+        values = _split(body, content_type)
+        if values is None or len(values) > BATCH_EVENTS_MAX:
+            return _problem(413, f"at most {BATCH_EVENTS_MAX} events per request")
+        foreign = sorted({source for value in values if (source := _source(value)) is not None
+                          and not any(fnmatch.fnmatchcase(source, allowed) for allowed in api_key.sources)})
+        if foreign:
+            return _problem(403, f"key {api_key.key_id} may not report for source {foreign[0]}")
+        headers = (("http_key_id", api_key.key_id.encode()),)
+        batch = [handlers.Incoming(domain.RawUsage(value, headers), topic="http") for value in values]
+        outcome = await handlers.meter_batch(runtime, batch)
+        position = {id(incoming): index for index, incoming in enumerate(batch)}
+        return JSONResponse({
+            "accepted": outcome.accepted,
+            "duplicates": outcome.duplicates,
+            "rejected": [{"index": position[id(incoming)], "id": rejection.usage_id, "source": rejection.usage_source,
+                          "reason_code": rejection.reason_code, "message": rejection.message}
+                         for incoming, rejection in outcome.rejected],
+        }, status_code=202)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,291 @@
+"""Metering on the real stack: HTTP ingest with API keys, both CloudEvents
+content modes, every class of bad input stored and published with its reason
+while valid usage flows, dedup across restarts and instances, funding by event
+time, and non-text usage converted to exact Tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tokenhub.contracts.canonical import canonical_json, sha256_hex
+from tokenhub.contracts.topics import USAGE_REJECTED
+from tokenhub.infra.embedded import free_port
+from tokenhub.infra.pipeline import wait_until
+from tokenhub.services.metering.adapters import keys
+from tests.integration.support import World, delta, emit, emit_raw, read_counters, wait_settled
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _fetch(settings, query: str, *parameters):  # noqa: ANN001, ANN202
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        return await connection.fetch(query, *parameters)
+    finally:
+        await connection.close()
+
+
+async def _consumed(world: World) -> list[dict]:
+    rows = await _fetch(world.settings, "select payload from pricing.consumed_archive where model like $1 order by event_time",
+                        f"{world.prefix}-%")
+    return [orjson.loads(row["payload"]) for row in rows]
+
+
+async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        _, key = await keys.create(connection, [f"tests/{world.prefix}"], "tests", "http ingest test")
+        _, foreign_key = await keys.create(connection, ["gateway/elsewhere"], "tests", "foreign source")
+    finally:
+        await connection.close()
+    url = f"http://127.0.0.1:{backend.http_port}/v1/events"
+    good = [world.usage("shop", index, 1_000, 100) for index in range(3)]
+    bad = world.usage("shop", 99, 1_000, 100).model_dump(mode="json")
+    bad["data"]["consumer_bu"] = world.bu("ghost")
+    async with httpx.AsyncClient(timeout=30) as client:
+        single = await client.post(url, content=canonical_json(good[0]), headers={
+            "authorization": f"Bearer {key}", "content-type": "application/cloudevents+json"})
+        batch_body = orjson.dumps([orjson.loads(canonical_json(event)) for event in good[1:]] + [bad])
+        batch = await client.post(url, content=batch_body, headers={
+            "authorization": f"Bearer {key}", "content-type": "application/cloudevents-batch+json"})
+        again = await client.post(url, content=canonical_json(good[0]), headers={
+            "authorization": f"Bearer {key}", "content-type": "application/cloudevents+json"})
+        wrong = await client.post(url, content=canonical_json(good[0]), headers={
+            "authorization": "Bearer thk_nope_nope", "content-type": "application/cloudevents+json"})
+        missing = await client.post(url, content=canonical_json(good[0]), headers={"content-type": "application/cloudevents+json"})
+        foreign = await client.post(url, content=canonical_json(good[0]), headers={
+            "authorization": f"Bearer {foreign_key}", "content-type": "application/cloudevents+json"})
+        metrics = await client.get(f"http://127.0.0.1:{backend.http_port}/metrics")
+    assert (single.status_code, single.json()) == (202, {"accepted": 1, "duplicates": 0, "rejected": []})
+    assert batch.status_code == 202
+    assert batch.json()["accepted"] == 2
+    assert [(item["index"], item["id"], item["reason_code"]) for item in batch.json()["rejected"]] == [(2, "req-99", "unknown_bu")]
+    assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
+    assert (wrong.status_code, missing.status_code, foreign.status_code) == (401, 401, 403)
+    assert "gateway" not in wrong.text and f"tests/{world.prefix}" in foreign.text
+    assert "tokenhub_metering_accepted_total" in metrics.text
+
+    async def posted() -> bool:
+        rows = await _fetch(world.settings, "select count(*) as n from ledger.entries where payer_bu = $1", world.bu("shop"))
+        return rows[0]["n"] == 3
+    await wait_until(posted, 60, "HTTP usage to reach the ledger")
+
+
+async def test_binary_and_structured_content_modes_are_both_accepted(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    structured = world.usage("shop", 1, 2_000, 200)
+    binary = world.usage("shop", 2, 3_000, 300)
+    headers = [(f"ce_{name}", str(value).encode()) for name, value in
+               orjson.loads(canonical_json(binary)).items() if name != "data"]
+    before = await read_counters(world.settings)
+    await emit(world.settings, [structured])
+    await emit_raw(world.settings, [(b"shop", orjson.dumps(orjson.loads(canonical_json(binary))["data"]))], headers=headers)
+    after = await wait_settled(world.settings, before, 2)
+    assert delta(after, before, "metering.accepted") == 2
+    consumed = {event["usage_id"]: event["tokens"] for event in await _consumed(world)}
+    assert consumed == {"req-1": {"input": 2_000, "output": 200}, "req-2": {"input": 3_000, "output": 300}}
+
+
+def _envelope(world: World, index: int, **changes) -> dict:  # noqa: ANN003
+    event = orjson.loads(canonical_json(world.usage("shop", index, 1_000, 100)))
+    data = changes.pop("data", None)
+    if data is not None:
+        event["data"] = {**event["data"], **data}
+    for name, value in changes.items():
+        if value is None:
+            event.pop(name, None)
+        else:
+            event[name] = value
+    return event
+
+
+async def test_every_class_of_bad_input_is_stored_and_published_while_valid_usage_flows(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    now = datetime.now(UTC)
+    cases: list[tuple[str, bytes]] = [
+        ("not_json", b"\xff\xfe not json at all"),
+        ("missing_field", orjson.dumps(_envelope(world, 101, source=None))),
+        ("invalid_field", orjson.dumps(_envelope(world, 102, specversion="0.3"))),
+        ("unknown_field", orjson.dumps(_envelope(world, 103, data={"thinking_tokens": 5}))),
+        ("unknown_bu", orjson.dumps(_envelope(world, 104, data={"consumer_bu": world.bu("ghost")}))),
+        ("unknown_model", orjson.dumps(_envelope(world, 105, data={"model": "no-such-model"}))),
+        ("negative_quantity", orjson.dumps(_envelope(world, 106, data={"input_tokens": -1}))),
+        ("absurd_quantity", orjson.dumps(_envelope(world, 107, data={"output_tokens": 10**14}))),
+        ("time_without_zone", orjson.dumps(_envelope(world, 108, time="2026-11-01T10:00:00"))),
+        ("time_in_future", orjson.dumps(_envelope(world, 109, time=(now + timedelta(minutes=6)).isoformat()))),
+        ("time_too_old", orjson.dumps(_envelope(world, 110, time=(now - timedelta(days=36)).isoformat()))),
+        ("oversized", orjson.dumps(_envelope(world, 111, subject="x" * 400, padding="y" * 70_000))),
+        ("conflicting_duplicate", orjson.dumps(_envelope(world, 0, data={"input_tokens": 999_999}))),
+    ]
+    valid = [world.usage("shop", index, 1_000 + index, 10) for index in range(len(cases) + 1)]
+    before = await read_counters(world.settings)
+    await emit(world.settings, valid[:1])  # req-0 first, so that its conflicting copy arrives later
+    await wait_settled(world.settings, before, 1)
+    values: list[tuple[bytes, bytes]] = []
+    for index, (_, value) in enumerate(cases):
+        values.append((b"shop", value))
+        values.append((b"shop", canonical_json(valid[index + 1])))
+    await emit_raw(world.settings, values)
+    after = await wait_settled(world.settings, before, 1 + len(values))
+    assert delta(after, before, "metering.accepted") == len(valid)
+    assert delta(after, before, "ledger.posted") == len(valid)
+    for reason, _ in cases:
+        assert delta(after, before, f"metering.rejected.{reason}") == 1, reason
+
+    stored = await _fetch(world.settings, "select reason_code, original_bytes, rejected_id, message from metering.rejected_usage "
+                          "where original_sha256 = any($1::text[])", [sha256_hex(value) for _, value in cases])
+    by_reason = {row["reason_code"]: row for row in stored}
+    assert set(by_reason) == {reason for reason, _ in cases}
+    for reason, value in cases:
+        assert bytes(by_reason[reason]["original_bytes"]) == value, reason
+
+    published = await _read_rejections(world.settings.bootstrap_servers, {str(row["rejected_id"]) for row in stored})
+    assert {event["reason_code"] for event in published} == {reason for reason, _ in cases}
+    assert all(event["message"] for event in published)
+
+
+async def _read_rejections(bootstrap_servers: str, references: set[str]) -> list[dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    found: dict[str, dict] = {}
+    try:
+        partitions = [TopicPartition(USAGE_REJECTED.name, p) for p in consumer.partitions_for_topic(USAGE_REJECTED.name) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < len(references) and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    if event["rejected_ref"] in references:
+                        found[event["rejected_ref"]] = event
+    finally:
+        await consumer.stop()
+    return list(found.values())
+
+
+async def test_one_event_twice_is_counted_once_across_a_restart_and_with_two_instances(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    events = [world.usage("shop", index, 500, 50) for index in range(40)]
+    before = await read_counters(world.settings)
+    await emit(world.settings, events)
+    first = await wait_settled(world.settings, before, len(events))
+
+    backend.services.stop_one("metering")
+    backend.services.start("metering")
+    await emit(world.settings, events)
+    second = await wait_settled(world.settings, first, len(events))
+    assert delta(second, first, "metering.duplicates") == 40
+    assert delta(second, first, "metering.accepted") == 0
+
+    backend.services.start("metering", name="metering-2", extra_env={"TOKENHUB_HTTP_PORT": str(free_port())})
+    try:
+        more = [world.usage("shop", index, 700, 70) for index in range(40, 80)]
+        await emit(world.settings, more + events + more)
+        third = await wait_settled(world.settings, second, 120)
+    finally:
+        backend.services.stop_one("metering-2")
+    assert delta(third, second, "metering.accepted") == 40
+    assert delta(third, second, "metering.duplicates") == 80
+    rows = await _fetch(world.settings, "select count(*) as n, count(distinct priced_id) as d from ledger.entries where payer_bu = $1",
+                        world.bu("shop"))
+    assert (rows[0]["n"], rows[0]["d"]) == (80, 80)
+
+
+async def test_funding_by_event_time_and_an_exact_three_way_split(backend) -> None:
+    world = World(backend.settings)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    await world.publish(["app", "alpha", "beta", "gamma"], funding=[{
+        "agreement_id": f"{world.prefix}-shared", "consumer_bu": world.bu("app"),
+        "payers": [{"bu": world.bu("alpha"), "percent": "33.3"}, {"bu": world.bu("beta"), "percent": "33.3"},
+                   {"bu": world.bu("gamma"), "percent": "33.4"}],
+        "effective_from": start.isoformat()}])
+    before_rule = world.usage("app", 1, 1_001, 333, time=start - timedelta(microseconds=1))
+    at_rule = world.usage("app", 2, 1_001, 333, time=start)
+    before = await read_counters(world.settings)
+    await emit(world.settings, [before_rule, at_rule])
+    await wait_settled(world.settings, before, 2)
+    consumed = await _consumed(world)
+    by_usage: dict[str, list[dict]] = {}
+    for event in consumed:
+        by_usage.setdefault(event["usage_id"], []).append(event)
+    assert [event["payer_bu"] for event in by_usage["req-1"]] == [world.bu("app")]
+    shares = sorted(by_usage["req-2"], key=lambda event: event["payer_index"])
+    assert [event["payer_bu"] for event in shares] == [world.bu("alpha"), world.bu("beta"), world.bu("gamma")]
+    assert [event["tokens"]["input"] for event in shares] == [333, 333, 335]
+    assert [event["tokens"]["output"] for event in shares] == [111, 111, 111]
+    assert all(event["request_input_tokens"] == 1_001 for event in shares)
+    rows = await _fetch(world.settings, "select payer_bu, sum(amount) as spend from ledger.entries where payer_bu like $1 "
+                        "group by payer_bu", f"{world.prefix}-%")
+    spend = {row["payer_bu"]: row["spend"] for row in rows}
+    assert sum(spend[world.bu(name)] for name in ("alpha", "beta", "gamma")) == world.expected_amount(1_001, 333)
+    assert spend[world.bu("app")] == world.expected_amount(1_001, 333)
+
+
+async def test_each_modality_becomes_exact_tokens_of_its_table_version(backend) -> None:
+    world = World(backend.settings)
+    effective = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    models = [
+        {"model_id": f"{world.prefix}-image", "provider_bu": world.provider, "modality": "image", "token_classes": ["input", "image"]},
+        {"model_id": f"{world.prefix}-video", "provider_bu": world.provider, "modality": "video", "token_classes": ["video"]},
+        {"model_id": f"{world.prefix}-audio", "provider_bu": world.provider, "modality": "audio", "token_classes": ["audio"]},
+        {"model_id": f"{world.prefix}-agent", "provider_bu": world.provider, "modality": "agent", "token_classes": ["agent_step", "tool_call"]},
+        {"model_id": f"{world.prefix}-tool", "provider_bu": world.provider, "modality": "tool", "token_classes": ["api_call"]},
+        {"model_id": f"{world.prefix}-embed", "provider_bu": world.provider, "modality": "embedding", "token_classes": ["input"]},
+    ]
+    version = 1000 + int(world.prefix[1:5], 16)  # unique per test run: versions are global
+    table = {"version": version, "effective_from": effective, "rules": [
+        {"unit": "image:1024x1024", "token_class": "image", "tokens_per_unit": "1290"},
+        {"unit": "image:*", "token_class": "image", "tokens_per_unit": "1000"},
+        {"unit": "video_second:720p", "token_class": "video", "tokens_per_unit": "4000.5"},
+        {"unit": "audio_second", "token_class": "audio", "tokens_per_unit": "25"},
+        {"unit": "agent_step", "token_class": "agent_step", "tokens_per_unit": "500"},
+        {"unit": "tool_call", "token_class": "tool_call", "tokens_per_unit": "200"},
+        {"unit": "api_call", "token_class": "api_call", "tokens_per_unit": "100"},
+    ]}
+    prices = [{"model": model["model_id"], "unit_prices_per_million": dict.fromkeys(model["token_classes"], "1")}
+              for model in models]
+    await world.publish(["shop"], extra_models=models, conversion_tables=[table], extra_prices=prices)
+
+    def event(index: int, model: str, **quantities):  # noqa: ANN003, ANN202
+        input_tokens = quantities.pop("input_tokens", None)
+        return world.usage("shop", index, input_tokens, None, model=f"{world.prefix}-{model}", **quantities)  # type: ignore[arg-type]
+    events = [
+        event(1, "image", input_tokens=40, image_count=3, image_size="1024x1024"),
+        event(2, "image", image_count=2, image_size="512x512"),
+        event(3, "video", video_seconds="7.5", video_resolution="720p"),
+        event(4, "audio", audio_seconds="61.04"),
+        event(5, "agent", agent_steps=12, tool_calls=7),
+        event(6, "tool", api_calls=3),
+        event(7, "embed", embedding_tokens=812),
+    ]
+    before = await read_counters(world.settings)
+    await emit(world.settings, events)
+    await wait_settled(world.settings, before, len(events))
+    consumed = {event["usage_id"]: event for event in await _consumed(world)}
+    assert consumed["req-1"]["tokens"] == {"input": 40, "image": 3870}
+    assert consumed["req-2"]["tokens"] == {"image": 2000}
+    assert consumed["req-3"]["tokens"] == {"video": 30004}  # 7.5 x 4000.5 = 30003.75, a partial Token rounds up
+    assert consumed["req-4"]["tokens"] == {"audio": 1526}  # 61.04 x 25 = 1526
+    assert consumed["req-5"]["tokens"] == {"agent_step": 6000, "tool_call": 1400}
+    assert consumed["req-6"]["tokens"] == {"api_call": 300}
+    assert consumed["req-7"]["tokens"] == {"input": 812}
+    assert {usage_id: event.get("conversion_version") for usage_id, event in consumed.items()} == {
+        "req-1": version, "req-2": version, "req-3": version, "req-4": version, "req-5": version, "req-6": version,
+        "req-7": None}
+    assert consumed["req-3"]["raw_units"] == {"video_seconds": "7.5"}
+    rows = await _fetch(world.settings, "select sum(amount) as spend from ledger.entries where payer_bu = $1", world.bu("shop"))
+    assert rows[0]["spend"] == Decimal(40 + 3870 + 2000 + 30004 + 1526 + 6000 + 1400 + 300 + 812) / 10**6
