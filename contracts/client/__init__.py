@@ -6,6 +6,6 @@ to `usage.reported` with acks=all and retries (DESIGN.md Delivery semantics).
 """
 
 from tokenhub.client.mapping import from_anthropic_usage, from_dashscope_usage, from_openai_usage
-from tokenhub.client.producer import UsageClient, usage_event
+from tokenhub.client.producer import SyncUsageClient, UsageClient, usage_event
 
-__all__ = ["UsageClient", "usage_event", "from_openai_usage", "from_anthropic_usage", "from_dashscope_usage"]
+__all__ = ["UsageClient", "SyncUsageClient", "usage_event", "from_openai_usage", "from_anthropic_usage", "from_dashscope_usage"]

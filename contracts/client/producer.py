@@ -83,3 +83,35 @@ class UsageClient:
 
     async def report(self, events: Iterable[UsageReported]) -> int:
         return await self.send_raw((event.data.consumer_bu.encode(), canonical_json(event)) for event in events)
+
+
+class SyncUsageClient:
+    """The same client for code without an event loop: a private loop in a thread.
+    `report` blocks until every event is acknowledged (acks=all)."""
+
+    def __init__(self, bootstrap_servers: str, **options: Any) -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tokenhub-client", daemon=True)
+        self._thread.start()
+        self._client = UsageClient(bootstrap_servers, **options)
+        self._call(self._client.__aenter__())
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def report(self, events: Iterable[UsageReported]) -> int:
+        return int(self._call(self._client.report(list(events))))
+
+    def close(self) -> None:
+        self._call(self._client.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncUsageClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ from tokenhub.services.metering.metrics import METRICS
 
 SCHEMA = "metering"
 log = structlog.get_logger()
+
+PRUNE_INTERVAL_S = 60.0
+PRUNE_ROWS_MAX = 10_000
+"""Dedup keys are kept for the accepted window plus the future skew: an older
+event is rejected as too old before dedup is consulted, so its key can go.
+Pruned in bounded slices so one batch never pays for a whole backlog."""
+_last_prune = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,23 @@ async def meter_batch(runtime: Runtime, batch: Sequence[Incoming]) -> Outcome:
             counts["rejected"] = len(rejected_rows)
             await bump_counters(connection, SCHEMA, counts)
     await runtime.relay()
+    await _prune_dedup(runtime, current_limits)
     METRICS.observe_batch(len(fresh), duplicates, [rejection.reason_code for _, rejection in rejected],
                           (runtime.now() - started).total_seconds())
     log.info("usage_metered", accepted=len(fresh), duplicates=duplicates, rejected=len(rejected), consumed=len(rows))
     return Outcome(len(fresh), duplicates, rejected)
+
+
+async def _prune_dedup(runtime: Runtime, current_limits: domain.Limits) -> None:
+    global _last_prune
+    if time.monotonic() - _last_prune < PRUNE_INTERVAL_S:
+        return
+    _last_prune = time.monotonic()
+    horizon = current_limits.now - current_limits.accepted_window - current_limits.future_skew
+    async with runtime.db().acquire() as connection:
+        pruned = await connection.fetchval(store.PRUNE_DEDUP, horizon, PRUNE_ROWS_MAX)
+    if pruned:
+        log.info("dedup_pruned", rows=pruned, older_than=horizon.isoformat())
 
 
 async def _dedup(connection, metered):  # noqa: ANN001, ANN202 - internal helper over the batch

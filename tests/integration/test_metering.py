@@ -289,3 +289,30 @@ async def test_each_modality_becomes_exact_tokens_of_its_table_version(backend) 
     assert consumed["req-3"]["raw_units"] == {"video_seconds": "7.5"}
     rows = await _fetch(world.settings, "select sum(amount) as spend from ledger.entries where payer_bu = $1", world.bu("shop"))
     assert rows[0]["spend"] == Decimal(40 + 3870 + 2000 + 30004 + 1526 + 6000 + 1400 + 300 + 812) / 10**6
+
+
+async def test_the_sync_client_reports_and_dedup_keys_are_pruned_after_the_window(backend) -> None:
+    from tokenhub.client import SyncUsageClient
+    from tokenhub.services.metering.adapters.store import PRUNE_DEDUP
+
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    before = await read_counters(world.settings)
+    events = [world.usage("shop", index, 100, 10) for index in range(5)]
+    with SyncUsageClient(world.settings.bootstrap_servers or "") as client:
+        assert await asyncio.to_thread(client.report, events) == 5
+    after = await wait_settled(world.settings, before, 5)
+    assert delta(after, before, "metering.accepted") == 5
+
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        old = datetime.now(UTC) - timedelta(days=40)
+        await connection.execute("insert into metering.dedup (usage_source, usage_id, content_sha256, event_time) "
+                                 "values ($1, 'old', 'x', $2)", f"tests/{world.prefix}", old)
+        pruned = await connection.fetchval(PRUNE_DEDUP, datetime.now(UTC) - timedelta(days=35, minutes=5), 10_000)
+        remaining = await connection.fetchval("select count(*) from metering.dedup where usage_source = $1",
+                                              f"tests/{world.prefix}")
+    finally:
+        await connection.close()
+    assert pruned >= 1
+    assert remaining == 5

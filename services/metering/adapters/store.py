@@ -37,6 +37,13 @@ SELECT_DEDUP: Final = """
 select usage_source, usage_id, content_sha256 from metering.dedup
 where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[]))
 """
+PRUNE_DEDUP: Final = """
+with old as (
+    delete from metering.dedup where ctid in (select ctid from metering.dedup where event_time < $1 limit $2)
+    returning 1
+)
+select count(*) from old
+"""
 INSERT_REJECTED: Final = """
 insert into metering.rejected_usage (
     rejected_id, reason_code, message, original_bytes, original_sha256, headers,

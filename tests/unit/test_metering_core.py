@@ -1,0 +1,84 @@
+"""Metering's pure core: reasons for bad input, conversion, and who pays."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.registry import ConversionRule, ConversionTable, FundingAgreement, PayerShare
+from tokenhub.services.metering.domain import Reason, RawUsage, UsageError, meter
+from tests.contract.examples import CATALOGUE, LIMITS, USAGE
+
+T = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _raw(**data_changes) -> RawUsage:  # noqa: ANN003
+    event = orjson.loads(canonical_json(USAGE))
+    event["data"].update(data_changes)
+    return RawUsage(orjson.dumps(event))
+
+
+def _reason(raw: RawUsage, catalogue=CATALOGUE, limits=LIMITS) -> str:  # noqa: ANN001
+    with pytest.raises(UsageError) as caught:
+        meter(raw, catalogue, limits)
+    return caught.value.rejection.reason_code
+
+
+def test_reasons_for_bad_quantities() -> None:
+    assert _reason(_raw(input_tokens=-1)) == Reason.NEGATIVE_QUANTITY
+    assert _reason(_raw(input_tokens=10**14)) == Reason.ABSURD_QUANTITY
+    assert _reason(_raw(input_tokens=0, cache_read_tokens=0, output_tokens=0, reasoning_tokens=0)) == Reason.EMPTY_USAGE
+    assert _reason(_raw(image_count=1)) == Reason.NO_CONVERSION
+    assert _reason(_raw(mystery=1)) == Reason.UNKNOWN_FIELD
+    assert _reason(RawUsage(b"[1, 2]")) == Reason.INVALID_FIELD
+    assert _reason(RawUsage(b"x" * 70_000)) == Reason.OVERSIZED
+
+
+def test_the_event_time_window_is_inclusive_of_its_edges() -> None:
+    event = orjson.loads(canonical_json(USAGE))
+    event["time"] = (LIMITS.now + LIMITS.future_skew).isoformat()
+    assert meter(RawUsage(orjson.dumps(event)), CATALOGUE, LIMITS).consumed
+    event["time"] = (LIMITS.now + LIMITS.future_skew + timedelta(microseconds=1)).isoformat()
+    assert _reason(RawUsage(orjson.dumps(event))) == Reason.TIME_IN_FUTURE
+    event["time"] = (LIMITS.now - LIMITS.accepted_window - timedelta(microseconds=1)).isoformat()
+    assert _reason(RawUsage(orjson.dumps(event))) == Reason.TIME_TOO_OLD
+
+
+def test_binary_mode_headers_make_the_same_event_as_structured_mode() -> None:
+    structured = meter(RawUsage(canonical_json(USAGE)), CATALOGUE, LIMITS)
+    attributes = orjson.loads(canonical_json(USAGE))
+    data = attributes.pop("data")
+    headers = tuple((f"ce_{name}", str(value).encode()) for name, value in attributes.items())
+    binary = meter(RawUsage(orjson.dumps(data), headers), CATALOGUE, LIMITS)
+    assert binary.content_sha256 == structured.content_sha256
+    assert binary.consumed == structured.consumed
+
+
+def test_the_most_specific_funding_rule_wins_and_splits_exactly() -> None:
+    broad = FundingAgreement(agreement_id="broad", consumer_bu="taobao-tmall", effective_from=T,
+                             payers=(PayerShare(bu="qwen-platform", percent=Decimal(100)),))
+    narrow = FundingAgreement(agreement_id="narrow", consumer_bu="taobao-tmall", app="search-assistant",
+                              model_pattern="qwen-*", effective_from=T,
+                              payers=(PayerShare(bu="taobao-tmall", percent=Decimal("50")),
+                                      PayerShare(bu="qwen-platform", percent=Decimal("50"))))
+    catalogue = CATALOGUE.__class__(CATALOGUE.business_units, CATALOGUE.models, (), (broad, narrow))
+    consumed = meter(RawUsage(canonical_json(USAGE)), catalogue, LIMITS).consumed
+    assert [event.funding_agreement_id for event in consumed] == ["narrow", "narrow"]
+    for token_class, quantity in USAGE.model_dump()["data"].items():
+        if token_class.endswith("_tokens") and quantity:
+            name = token_class.removesuffix("_tokens")
+            assert sum(event.tokens.get(name, 0) for event in consumed) == quantity
+
+
+def test_conversion_rounds_partial_tokens_up_and_prefers_the_exact_size() -> None:
+    table = ConversionTable(version=3, effective_from=T, rules=(
+        ConversionRule(unit="image:*", token_class="image", tokens_per_unit=Decimal("1000")),
+        ConversionRule(unit="image:1024x1024", token_class="image", tokens_per_unit=Decimal("1290.5")),
+    ))
+    assert table.rule_for("image", "1024x1024").tokens_per_unit == Decimal("1290.5")
+    assert table.rule_for("image", "64x64").tokens_per_unit == Decimal("1000")
+    assert table.rule_for("video_second", "720p") is None
