@@ -95,8 +95,12 @@ class SyncUsageClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tokenhub-client", daemon=True)
         self._thread.start()
-        self._client = UsageClient(bootstrap_servers, **options)
-        self._call(self._client.__aenter__())
+        self._client: UsageClient = self._call(self._open(bootstrap_servers, options))
+
+    @staticmethod
+    async def _open(bootstrap_servers: str, options: dict[str, Any]) -> UsageClient:
+        # aiokafka binds a producer to the loop it is made in: make it on ours.
+        return await UsageClient(bootstrap_servers, **options).__aenter__()
 
     def _call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
