@@ -178,6 +178,22 @@ async def _wait_registry(database_url: str, business_units: int, models: int) ->
         await connection.close()
 
 
+USAGE_BY_CLASS: Final = """
+select token.key as token_class, string_agg(distinct archive.model, ', ' order by archive.model) as models,
+       sum(token.value::bigint) as tokens
+from pricing.consumed_archive archive, jsonb_each_text(convert_from(archive.payload, 'UTF8')::jsonb -> 'tokens') token
+group by token.key order by tokens desc
+"""
+SHARED_COST: Final = """
+select payload ->> 'funding_agreement_id' as agreement, payload ->> 'consumer_bu' as consumer_bu,
+       payload ->> 'payer_bu' as payer_bu, payload ->> 'share_percent' as share, count(*) as events,
+       sum((select sum(value::bigint) from jsonb_each_text(payload -> 'tokens'))) as tokens
+from (select convert_from(payload, 'UTF8')::jsonb as payload from pricing.consumed_archive) consumed
+where payload ? 'funding_agreement_id'
+group by 1, 2, 3, 4 order by 1, 3
+"""
+
+
 def _section(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
@@ -222,6 +238,16 @@ async def _report(pipeline: LocalPipeline, events: list[UsageReported], figures:
           f"priced {figures.get('pricing.priced', 0)}, posted {figures.get('ledger.posted', 0)}")
     pool = await create_pool(pipeline.env["TOKENHUB_DATABASE_URL"], size_max=2)
     try:
+        async with pool.acquire() as connection:
+            by_class = await connection.fetch(USAGE_BY_CLASS)
+            shared = await connection.fetch(SHARED_COST)
+        _section("Tokens by class: text, image, video and agent usage")
+        print(render.table(["class", "models", "Tokens"], [[row["token_class"], row["models"], f"{row['tokens']:,}"]
+                                                        for row in by_class], right={2}))
+        _section("shared costs: funding agreements applied")
+        print(render.table(["agreement", "consumer", "payer", "share %", "events", "Tokens"],
+                           [[row["agreement"], row["consumer_bu"], row["payer_bu"], row["share"], str(row["events"]),
+                             f"{row['tokens']:,}"] for row in shared], right={3, 4, 5}))
         rows = await balances(pool)
         _section("balances per business unit (CNY, Tokens)")
         print(render.balances_table(rows, "CNY"))

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import CLOUDEVENTS_TYPE, UsageData, UsageReported
+from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.topics import USAGE_REPORTED
 
 SEND_ATTEMPTS_MAX: Final = 5
@@ -20,10 +21,14 @@ IN_FLIGHT_MAX: Final = 10_000
 """Sends awaited together: bounds memory while keeping the pipe full."""
 
 
-def usage_event(source: str, event_id: str, time: datetime, data: UsageData | Mapping[str, Any], **extensions: str) -> UsageReported:
+def usage_event(source: str, event_id: str | None, time: datetime, data: UsageData | Mapping[str, Any], **extensions: str) -> UsageReported:
     """A CloudEvent for one request. `source` + `event_id` is the idempotency key:
-    derive `event_id` from the request (for example its request id) so that a
-    retry sends the same id."""
+    pass the request's own id where there is one. Without it the id is derived
+    from the source, time and measured usage, so a retry of the same report
+    carries the same id and is counted once."""
+    usage = data if isinstance(data, UsageData) else UsageData.model_validate(data)
+    if event_id is None:
+        event_id = str(derive_id("client", source, time.isoformat(), canonical_json(usage).decode()))
     return UsageReported(
         specversion="1.0",
         id=event_id,
@@ -31,7 +36,7 @@ def usage_event(source: str, event_id: str, time: datetime, data: UsageData | Ma
         type=CLOUDEVENTS_TYPE,
         time=time,
         datacontenttype="application/json",
-        data=data if isinstance(data, UsageData) else UsageData.model_validate(data),
+        data=usage,
         **extensions,
     )
 

@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter, start_http_server
 
 from tokenhub.contracts.topics import DEAD_LETTER
 from tokenhub.infra.settings import Settings, clock
@@ -37,6 +38,11 @@ INFRASTRUCTURE_ERRORS: Final = (
 )
 
 log = structlog.get_logger()
+
+# Every service's own metrics; metering serves them on its HTTP port, the others
+# on TOKENHUB_METRICS_PORT when it is set.
+RECORDS_PROCESSED = Counter("tokenhub_records_processed", "Records handled", ["service"])
+RECORDS_DEAD_LETTERED = Counter("tokenhub_records_dead_lettered", "Records dead-lettered after bounded retries", ["service"])
 
 
 def maybe_crash(settings: Settings, point: str) -> None:
@@ -70,6 +76,8 @@ class Runtime:
         self.pool = await create_pool(database_url)
         self.producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}")
         await self.producer.start()
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port)
         leftover = await self.relay()
         log.info("service_started", service=self.service, outbox_relayed=leftover)
 
@@ -126,6 +134,7 @@ class Runtime:
             for attempt in range(RETRIES_MAX):
                 try:
                     await handle(records)
+                    RECORDS_PROCESSED.labels(service=self.service).inc(len(records))
                     return
                 except INFRASTRUCTURE_ERRORS:
                     raise
@@ -139,6 +148,7 @@ class Runtime:
                     raise
                 except Exception as error:  # noqa: BLE001 - the reason travels with the record
                     await self.dead_letter(record, repr(error)[:1000])
+                    RECORDS_DEAD_LETTERED.labels(service=self.service).inc()
         finally:
             structlog.contextvars.clear_contextvars()
 
