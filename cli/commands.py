@@ -22,12 +22,11 @@ from tokenhub.contracts.events import PriceBookPublished
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.periods import parse
 from tokenhub.contracts.registry import PAYLOAD_MODELS, registry_change
-from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.invoicing.handlers import close_period
-from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
 
 def _actor(arguments: argparse.Namespace) -> str:
@@ -71,22 +70,6 @@ def build_book(document: dict[str, Any], settings: Settings, actor: str, reason:
         "reason": document.get("reason", reason),
         "published_at": now,
     })
-
-
-async def pricebook(arguments: argparse.Namespace) -> int:
-    settings = load_settings()
-    if arguments.action != "publish":
-        raise CliError(f"unknown action {arguments.action}")
-    document = _read_document(arguments.file)
-    book = build_book(document, settings, _actor(arguments), arguments.reason, arguments.retroactive)
-    try:
-        validate_book(book, settings.currency, clock(settings), retroactive=arguments.retroactive)
-    except PriceBookInvalid as error:
-        raise CliError(str(error)) from None
-    await publish_events(settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
-    print(f"published price book {book.book_id} version {book.version} effective {book.effective_from.isoformat()} "
-          f"({len(book.models)} models)")
-    return 0
 
 
 def registry_events(document: dict[str, Any], actor: str, reason: str, at: datetime) -> list[tuple[bytes, bytes]]:
@@ -212,14 +195,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     emit_parser.add_argument("--seed", type=int, default=7)
     emit_parser.add_argument("--now", help="injected clock for generated events (ISO time with zone)")
     emit_parser.set_defaults(handler=emit)
-
-    books = subparsers.add_parser("pricebook", help="price books").add_subparsers(dest="action", required=True)
-    publish = books.add_parser("publish", help="validate and publish a price book version (YAML or JSON)")
-    publish.add_argument("file")
-    publish.add_argument("--retroactive", action="store_true", help="allow a version effective in the past")
-    publish.add_argument("--actor", default=None)
-    publish.add_argument("--reason", default="published from the CLI")
-    publish.set_defaults(handler=pricebook)
 
     registry_parser = subparsers.add_parser("registry", help="publish business units, models, conversion tables and funding from a file")
     registry_parser.add_argument("file")

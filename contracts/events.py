@@ -295,7 +295,8 @@ class InvoiceLine(Frozen):
     """Tokens and money of one provider x consumer x model x token class at one
     unit price; adjustments name the period their usage belonged to."""
 
-    kind: Literal["usage", "adjustment", "period_tier"]
+    kind: Literal["usage", "adjustment", "credit", "period_tier"] = Field(
+        description="credit: reversals of earlier charges (repricing); adjustment: usage of an earlier period")
     period: str
     provider_bu: BuId
     consumer_bu: BuId

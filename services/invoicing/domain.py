@@ -23,7 +23,10 @@ def invoice_lines(postings: Sequence[tuple[str, LedgerPosted]], period: str) -> 
     postings of an earlier period become adjustment lines naming it."""
     grouped: dict[tuple, tuple[int, Decimal]] = defaultdict(lambda: (0, Decimal(0)))
     for posting_period, posted in postings:
-        kind = "usage" if posting_period == period else "adjustment"
+        if posted.kind == "reversal":
+            kind = "credit"
+        else:
+            kind = "usage" if posting_period == period else "adjustment"
         for line in posted.lines:
             key = (kind, posting_period, posted.provider_bu, posted.consumer_bu, posted.model, line.token_class,
                    line.unit_price_per_million)

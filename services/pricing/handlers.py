@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, PriceBookPublished, TokenConsumed, decode
@@ -14,10 +15,13 @@ from tokenhub.contracts.topics import TOKENS_PRICED
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.pricing import domain
+from tokenhub.services.pricing import reprice as reprice_domain
 from tokenhub.services.pricing.adapters import store
 
 SCHEMA = "pricing"
 log = structlog.get_logger()
+PARKED = Counter("tokenhub_pricing_parked", "Consumption parked for want of a price")
+UNPARKED = Counter("tokenhub_pricing_unparked", "Parked consumption priced once a book arrived")
 BOOKS = store.BookCache()
 
 
@@ -56,6 +60,7 @@ async def _price_and_park(
         except domain.Unpriceable as reason:
             parked.append((event, str(reason)))
     if parked:
+        PARKED.inc(len(parked))
         await connection.execute(
             store.INSERT_PARKED,
             [event.id for event, _ in parked],
@@ -106,7 +111,30 @@ async def handle_pricebook_records(runtime: Runtime, records: Sequence[ConsumerR
             except domain.Unpriceable:
                 continue
         await connection.execute(store.DELETE_PARKED, [event.consumed_id for event in priced])
+        UNPARKED.inc(len(priced))
         await stage_priced(connection, priced)
         await bump_counters(connection, SCHEMA, {"books": stored, "priced": len(priced), "unparked": len(priced)})
     await runtime.relay()
     log.info("pricebook_applied", versions=stored, unparked=len(priced), still_parked=len(waiting) - len(priced))
+
+
+async def reprice(pool: asyncpg.Pool, start, end, model: str | None) -> tuple[int, int]:  # noqa: ANN001 - datetimes
+    """Reverse and correct every current Priced in [start, end) whose price the
+    books in force now give differently; one transaction. Returns (examined, corrected)."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(store.LOCK_BOOKS_EXCLUSIVE)
+        rows = await connection.fetch(store.SELECT_CURRENT_PRICED, start, end, model)
+        books = domain.BookIndex.of(await BOOKS.load(connection))
+        corrections = []
+        for row in rows:
+            outcome = reprice_domain.correct(decode(TokenConsumed, row["consumed"]), decode(Priced, row["priced"]), books)
+            if outcome is not None:
+                corrections.append(outcome)
+        events = [event for outcome in corrections for event in (outcome.reversal, outcome.correction)]
+        await stage_priced(connection, events)
+        await connection.execute(store.MARK_SUPERSEDED,
+                                 [outcome.reversal.corrects_id for outcome in corrections],
+                                 [outcome.correction.id for outcome in corrections])
+        await bump_counters(connection, SCHEMA, {"reversed": len(corrections), "corrected": len(corrections)})
+    log.info("repriced", examined=len(rows), corrected=len(corrections), model=model)
+    return len(rows), len(corrections)

@@ -114,3 +114,24 @@ async def test_queries_fail_in_one_line(backend) -> None:
     _one_line_error(_run(backend, "invoice", "show", "no-such-bu", check=False), "no invoice")
     _one_line_error(_run(backend, "balance", "--as-of", "2026-03-01T00:00:00", check=False), "time zone")
     _one_line_error(_run(backend, "settle", "2026-W11", check=False), "monthly")
+
+
+async def test_pricebook_show_parked_and_litellm_import(backend, tmp_path: Path) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    shown = json.loads(_run(backend, "pricebook", "show", world.model, "--json").stdout)
+    assert shown[0]["book_id"] == f"{world.prefix}-book"
+    assert shown[0]["unit_prices_per_million"]["input"] == "2.400000000000"
+    before = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+    _one_line_error(_run(backend, "pricebook", "show", world.model, "--at", before, check=False), "no price applies")
+    assert isinstance(json.loads(_run(backend, "pricing", "parked", "--json").stdout), list)
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "litellm_prices.json"
+    output = tmp_path / "book.json"
+    _run(backend, "pricebook", "import-litellm", str(fixture), "--models", "qwen-max-intl", "--rate", "7.2",
+         "--source-currency", "USD", "--output", str(output))
+    book = json.loads(output.read_text())
+    assert book["models"][0]["unit_prices_per_million"]["input"] == "11.520000000000"
+    _one_line_error(_run(backend, "pricebook", "import-litellm", str(fixture), "--source-currency", "USD", check=False),
+                    "--rate")
+    _one_line_error(_run(backend, "reprice", "--from", "2026-03-02T00:00:00+08:00", "--to", "2026-03-01T00:00:00+08:00",
+                         check=False), "before")

@@ -62,3 +62,21 @@ class BookCache:
             self._books = [decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(SELECT_BOOKS)]
             self._keys = keys
         return self._books
+SELECT_CURRENT_PRICED: Final = """
+select priced.payload as priced, archive.payload as consumed
+from pricing.priced priced join pricing.consumed_archive archive using (consumed_id)
+where priced.superseded_by is null and priced.kind <> 'reversal'
+  and archive.event_time >= $1 and archive.event_time < $2 and ($3::text is null or archive.model = $3)
+order by archive.event_time, priced.priced_id
+for update of priced
+"""
+MARK_SUPERSEDED: Final = """
+update pricing.priced set superseded_by = data.successor
+from unnest($1::uuid[], $2::uuid[]) as data(priced_id, successor)
+where priced.priced_id = data.priced_id
+"""
+SELECT_PARKED: Final = """
+select parked.consumed_id, parked.model, parked.event_time, parked.reason, parked.parked_at, archive.payer_bu
+from pricing.parked parked join pricing.consumed_archive archive using (consumed_id)
+order by parked.event_time
+"""

@@ -1,0 +1,47 @@
+"""Retroactive corrections (pure): after a retroactive book, each affected
+Priced gets a reversal and a corrected Priced whose ids name the new book
+version. History is never edited; repricing against the same version again
+changes nothing, a later version corrects again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenhub.contracts.events import Priced, PricedLine, TokenConsumed
+from tokenhub.contracts.ids import priced_id
+from tokenhub.services.pricing.domain import BookIndex, price_in_force
+
+
+@dataclass(frozen=True)
+class Correction:
+    reversal: Priced
+    correction: Priced
+
+
+def reverse(current: Priced, book_id: str, book_version: int) -> Priced:
+    """The exact negative of `current`, linked to it."""
+    lines = tuple(PricedLine(token_class=line.token_class, tokens=-line.tokens,
+                             unit_price_per_million=line.unit_price_per_million, amount=-line.amount)
+                  for line in current.lines)
+    return current.model_copy(update={
+        "id": priced_id(current.consumed_id, book_id, book_version, "reversal"),
+        "cause_id": str(current.id),
+        "kind": "reversal",
+        "corrects_id": current.id,
+        "lines": lines,
+        "total_tokens": -current.total_tokens,
+        "total_amount": -current.total_amount,
+    })
+
+
+def correct(consumed: TokenConsumed, current: Priced, books: BookIndex) -> Correction | None:
+    """None when the version in force is the one `current` was priced with."""
+    repriced = price_in_force(consumed, books)
+    if (repriced.book_id, repriced.book_version) == (current.book_id, current.book_version):
+        return None
+    correction = repriced.model_copy(update={
+        "id": priced_id(consumed.id, repriced.book_id, repriced.book_version, "correction"),
+        "kind": "correction",
+        "corrects_id": current.id,
+    })
+    return Correction(reverse(current, repriced.book_id, repriced.book_version), correction)
