@@ -167,8 +167,13 @@ async def invoice(arguments: argparse.Namespace) -> int:
     if arguments.action == "show" and not found:
         raise CliError("no invoice matches" + (f" {arguments.bu}" if arguments.bu else "")
                        + (f" for {arguments.period}" if arguments.period else ""))
-    if arguments.json:
+    output_format = "json" if arguments.json else arguments.format
+    if output_format == "json":
         print(render.invoices_json(found))
+    elif output_format == "csv":
+        print(render.invoice_csv(found))
+    elif output_format == "html":
+        print(render.invoice_html(found))
     elif arguments.action == "list":
         print(render.invoice_list(found))
     else:
@@ -215,6 +220,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command.add_argument("bu", nargs="?")
         command.add_argument("--period", help="for example 2026-03")
         command.add_argument("--json", action="store_true")
+        command.add_argument("--format", choices=("text", "csv", "html"), default="text")
         command.set_defaults(handler=invoice)
     close = invoice_actions.add_parser("close", help="close a period: issue its invoices")
     close.add_argument("period")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+import getpass
+from decimal import Decimal
+from typing import Final
+
 import orjson
 
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.events import decode
-from tokenhub.contracts.periods import parse
+from tokenhub.contracts.periods import containing, parse
 from tokenhub.contracts.settlement import SettlementNetted
-from tokenhub.infra.settings import Settings, load_settings
+from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.invoicing.adapters import store
-from tokenhub.services.invoicing.handlers import build_settlement, invoiced_postings
+from tokenhub.services.invoicing.handlers import build_settlement, draft_invoice, invoiced_postings, set_cycle
 
 
 async def settlement_for(pool, settings: Settings, period_name: str) -> tuple[SettlementNetted, bool]:  # noqa: ANN001
@@ -65,7 +69,77 @@ async def settle(arguments: argparse.Namespace) -> int:
     return 0
 
 
+SELECT_SPEND: Final = """
+select p.payload ->> 'consumer_bu' as consumer_bu, coalesce(p.payload ->> 'app', '-') as app,
+       p.payload ->> 'model' as model, line ->> 'token_class' as token_class,
+       sum((line ->> 'tokens')::bigint) as tokens, sum((line ->> 'amount')::numeric) as amount
+from invoicing.postings p, jsonb_array_elements(p.payload -> 'lines') line
+where p.payer_bu = $1 and p.event_time >= $2 and p.event_time < $3
+group by 1, 2, 3, 4 order by 1, 2, 3, 4
+"""
+
+
+async def spend(arguments: argparse.Namespace) -> int:
+    """Month to date: what the payer spends, by consumer, app, model and class,
+    and the period tier its running total has reached."""
+    settings = load_settings()
+    _, database_url = settings.require_stack()
+    month = parse(arguments.period, settings.timezone) if arguments.period else containing(clock(settings), "month", settings.timezone)
+    if month.kind != "month":
+        raise CliError(f"spend is month to date: give a month such as 2026-03, not {arguments.period}")
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            rows = [dict(row) for row in await connection.fetch(SELECT_SPEND, arguments.bu, month.start, month.end)]
+            draft = await draft_invoice(connection, settings, arguments.bu, month)
+    finally:
+        await pool.close()
+    tiers = [line for line in (draft.lines if draft else ()) if line.kind == "period_tier" and line.period == month.name]
+    total = sum((row["amount"] for row in rows), Decimal(0))
+    if arguments.json:
+        print(orjson.dumps({
+            "bu": arguments.bu, "period": month.name, "spend": f"{total:f}",
+            "lines": [{**row, "amount": f"{row['amount']:f}"} for row in rows],
+            "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": f"{line.amount:f}"} for line in tiers],
+        }, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    from tokenhub.cli.render import table
+
+    print(f"{arguments.bu}: month to date {month.name}, {total:,.6f} {settings.currency}")
+    print(table(["consumer", "app", "model", "class", "Tokens", "amount"],
+                [[row["consumer_bu"], row["app"], row["model"], row["token_class"], f"{row['tokens']:,}",
+                  f"{row['amount']:,.6f}"] for row in rows], right={4, 5}))
+    for line in tiers:
+        print(f"period tier so far: {line.model} at {line.tokens:,} Tokens -> {line.amount:,.6f} {settings.currency}")
+    return 0
+
+
+async def cycle(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        await set_cycle(pool, arguments.bu, arguments.every, arguments.actor or getpass.getuser(), arguments.reason,
+                        clock(settings))
+    finally:
+        await pool.close()
+    print(f"{arguments.bu} is billed every {arguments.every} from now on (periods nest in months)")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    command = subparsers.add_parser("spend", help="month to date: spend by consumer, app, model and class, and the tier reached")
+    command.add_argument("bu")
+    command.add_argument("--period", help="a month (default: this month)")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=spend)
+    command = subparsers.add_parser("billing-cycle", help="bill a payer every month (default), week or day")
+    command.add_argument("bu")
+    command.add_argument("--every", choices=("month", "week", "day"), required=True)
+    command.add_argument("--actor")
+    command.add_argument("--reason", required=True)
+    command.set_defaults(handler=cycle)
+
     command = subparsers.add_parser("settle", help="the month's BU-by-BU matrix, net positions and settlement transfers")
     command.add_argument("period", help="a month, for example 2026-03")
     command.add_argument("--json", action="store_true")

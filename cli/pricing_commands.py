@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -16,6 +17,7 @@ from tokenhub.cli.commands import _actor, _read_document, build_book, publish_ev
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished, decode
+from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.registry import ConversionTable
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
 from tokenhub.infra.settings import clock, load_settings
@@ -25,10 +27,12 @@ from tokenhub.services.common.outbox import relay
 from tokenhub.services.pricing import handlers
 from tokenhub.services.pricing.adapters import store
 from tokenhub.services.pricing.domain import BookIndex, context_tier
-from tokenhub.services.pricing.litellm import LiteLLMImportError, book_document
+from tokenhub.services.pricing.litellm import LiteLLMImportError, import_book
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
+# Tools may read every schema: the import converts through metering's conversion tables.
 SELECT_CONVERSION_TABLES: Final = "select version, effective_from, rules from metering.conversion_tables"
+PARKED_SHOWN_MAX: Final = 1_000  # a screenful to act on; the total is printed beside it
 
 
 def _time(text: str | None, name: str) -> datetime | None:
@@ -47,6 +51,18 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
         validate_book(book, settings.currency, clock(settings), retroactive=arguments.retroactive)
     except PriceBookInvalid as error:
         raise CliError(str(error)) from None
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            existing = await connection.fetchval(store.SELECT_BOOK_VERSION, book.book_id, book.version)
+            latest = await connection.fetchval("select max(version) from pricing.price_books where book_id = $1",
+                                               book.book_id)
+    finally:
+        await pool.close()
+    if existing is not None:
+        raise CliError(f"version {book.version} of book {book.book_id} is already published and never changes; "
+                       f"publish version {latest + 1} instead")
     await publish_events(settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
     print(f"published price book {book.book_id} version {book.version} effective {book.effective_from.isoformat()} "
           f"({len(book.models)} models)")
@@ -109,28 +125,36 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
     if not path.exists():
         raise CliError(f"no such file: {arguments.file}")
     try:
+        # Numbers straight to Decimal: a binary float cannot hold 1.6e-06 exactly.
         price_map = json.loads(path.read_text(), parse_float=Decimal)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CliError(f"{arguments.file} is not a JSON price map: {error}") from None
+    if not isinstance(price_map, dict):
+        raise CliError(f"{arguments.file} is not a LiteLLM price map (an object of models)")
+    try:
         rate = Decimal(arguments.rate)
-    except (json.JSONDecodeError, InvalidOperation) as error:
-        raise CliError(f"cannot read {arguments.file} or --rate: {error}") from None
-    if arguments.source_currency and arguments.source_currency != settings.currency and arguments.rate == "1":
-        raise CliError(f"the list is in {arguments.source_currency}: give --rate to convert to {settings.currency}")
+    except InvalidOperation:
+        raise CliError(f"--rate {arguments.rate} is not a decimal number") from None
     effective_from = _time(arguments.effective_from, "--effective-from") or clock(settings)
     table = await _conversion_table(effective_from) if settings.database_url else None
+    models = [name.strip() for name in arguments.models.split(",") if name.strip()] if arguments.models else None
     try:
-        document = book_document(price_map, arguments.models.split(",") if arguments.models else None,
-                                 book_id=arguments.book_id, version=arguments.version, effective_from=effective_from,
-                                 currency=settings.currency, rate=rate, source_currency=arguments.source_currency,
-                                 table=table)
+        imported = import_book(price_map, models, book_id=arguments.book_id, version=arguments.version,
+                               effective_from=effective_from, currency=settings.currency, rate=rate,
+                               source_currency=arguments.source_currency, table=table)
     except LiteLLMImportError as error:
         raise CliError(str(error)) from None
-    document = {key: value for key, value in document.items() if value is not None}
+    for model, reason in imported.skipped.items():
+        print(f"skipped {model}: {reason}", file=sys.stderr)
+    for model, keys in imported.ignored.items():
+        print(f"{model}: left out {', '.join(keys)} (no such price in a book)", file=sys.stderr)
+    document = imported.document
     if arguments.output:
         Path(arguments.output).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {arguments.output}: {len(document['models'])} models")
-    if arguments.publish:
+    elif arguments.publish:
         await _publish_book(document, arguments)
-    if not arguments.output and not arguments.publish:
+    else:
         print(json.dumps(document, indent=2))
     return 0
 
@@ -151,20 +175,26 @@ async def _conversion_table(moment: datetime) -> ConversionTable | None:
 async def parked(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     _, database_url = settings.require_stack()
+    if arguments.limit < 1:
+        raise CliError("--limit must be at least 1")
     pool = await create_pool(database_url, size_max=1)
     try:
         async with pool.acquire() as connection:
-            rows = [dict(row) for row in await connection.fetch(store.SELECT_PARKED)]
+            rows = [dict(row) for row in await connection.fetch(store.SELECT_PARKED, arguments.limit)]
+            total = await connection.fetchval(store.COUNT_PARKED)
     finally:
         await pool.close()
     if arguments.json:
-        print(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATETIME).decode())
+        print(orjson.dumps([{"consumed_id": str(row["consumed_id"]), "payer_bu": row["payer_bu"], "model": row["model"],
+                             "event_time": row["event_time"].isoformat(), "parked_at": row["parked_at"].isoformat(),
+                             "reason": row["reason"]} for row in rows], option=orjson.OPT_INDENT_2).decode())
     elif not rows:
         print("nothing parked: every consumption has a price")
     else:
         print(render.table(["consumed id", "payer", "model", "event time", "why"],
                            [[str(row["consumed_id"]), row["payer_bu"], row["model"], row["event_time"].isoformat(),
                              row["reason"]] for row in rows], right=set()))
+        print(f"{total} parked" + (f", the first {len(rows)} shown (--limit)" if total > len(rows) else ""))
     return 0
 
 
@@ -178,13 +208,25 @@ async def reprice(arguments: argparse.Namespace) -> int:
     producer = create_producer(bootstrap_servers, client_id="tokenhub-reprice")
     await producer.start()
     try:
-        examined, corrected = await handlers.reprice(pool, start, end, arguments.model)
-        published = await relay(pool, producer, handlers.SCHEMA)
+        # Pricing's own code on pricing's own schema: the corrections are written
+        # with their outbox rows in one transaction per page, then relayed, exactly
+        # as the service publishes its Priced events (the service relays leftovers too).
+        report = await handlers.reprice(pool, start, end, arguments.model,
+                                        after_page=lambda: relay(pool, producer, handlers.SCHEMA))
+        await relay(pool, producer, handlers.SCHEMA)
     finally:
         await producer.stop()
         await pool.close()
-    print(f"examined {examined} priced consumptions; corrected {corrected} "
-          f"({2 * corrected} events: a reversal and a correction each); published {published}")
+    if arguments.json:
+        print(orjson.dumps({"examined": report.examined, "corrected": report.corrected,
+                            "events": 2 * report.corrected, "unpriceable": report.unpriceable,
+                            "difference": format_amount(report.difference)}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"examined {report.examined} priced consumptions; corrected {report.corrected} "
+          f"({2 * report.corrected} events: a reversal and a correction each); "
+          f"spend changes by {format_amount(report.difference)} {settings.currency}")
+    if report.unpriceable:
+        print(f"{report.unpriceable} left as they were: the books in force no longer price them", file=sys.stderr)
     return 0
 
 
@@ -205,12 +247,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("file")
     command.add_argument("--models", help="comma-separated model names (default: all)")
     command.add_argument("--rate", default="1", help="settlement currency per unit of the list's currency")
-    command.add_argument("--source-currency", help="the list's currency, for example USD")
     command.add_argument("--book-id", default="litellm")
     command.add_argument("--version", type=int, default=1)
-    command.add_argument("--effective-from")
-    command.add_argument("--output", help="write the book here")
-    command.add_argument("--publish", action="store_true", help="validate and publish it")
+    command.add_argument("--effective-from", help="ISO time with zone (default now); the conversion table in force then applies")
+    command.add_argument("--source-currency", default="USD", help="the list's currency (LiteLLM's map is in USD)")
+    destination = command.add_mutually_exclusive_group()
+    destination.add_argument("--output", help="write the book here (default: print it)")
+    destination.add_argument("--publish", action="store_true", help="validate and publish it")
     command.add_argument("--retroactive", action="store_true")
     command.add_argument("--actor", default=None)
     command.add_argument("--reason", default="imported from a LiteLLM price map")
@@ -218,6 +261,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pricing = subparsers.add_parser("pricing", help="pricing state").add_subparsers(dest="action", required=True)
     command = pricing.add_parser("parked", help="consumption waiting for a price")
+    command.add_argument("--limit", type=int, default=PARKED_SHOWN_MAX, help="rows shown, oldest first")
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=parked)
 
@@ -225,4 +269,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("--from", dest="start", required=True)
     command.add_argument("--to", dest="end", required=True)
     command.add_argument("--model")
+    command.add_argument("--json", action="store_true")
     command.set_defaults(handler=reprice)

@@ -227,7 +227,7 @@ class Priced(Event):
 
     TYPE: ClassVar[str] = "tokens.priced"
     type: Literal["tokens.priced"] = "tokens.priced"
-    kind: Literal["charge", "reversal", "correction"] = "charge"
+    kind: Literal["charge", "reversal", "correction", "adjustment"] = "charge"
     consumed_id: uuid.UUID
     corrects_id: uuid.UUID | None = Field(None, description="the Priced a reversal or correction replaces")
     payer_bu: BuId
@@ -243,6 +243,7 @@ class Priced(Event):
     lines: tuple[PricedLine, ...]
     total_tokens: SignedQuantity
     total_amount: Amount
+    invoice_id: uuid.UUID | None = Field(None, description="an adjustment's invoice (period tier lines)")
 
     @model_validator(mode="after")
     def _totals_are_sums(self) -> Priced:
@@ -287,6 +288,7 @@ class LedgerPosted(Event):
     entry_hash: str
     previous_hash: str
     posted_at: UtcDatetime
+    invoice_id: uuid.UUID | None = Field(None, description="an adjustment's invoice (period tier lines)")
 
 
 # --- invoicing -------------------------------------------------------------------

@@ -14,6 +14,7 @@ PeriodKind = Literal["month", "week", "day"]
 _MONTH: Final = re.compile(r"^(\d{4})-(\d{2})$")
 _WEEK: Final = re.compile(r"^(\d{4})-W(\d{2})$")
 _DAY: Final = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_WEEK_IN_MONTH: Final = re.compile(r"^(\d{4})-(\d{2})-W(\d{2})$")
 
 
 class PeriodError(ValueError):
@@ -32,6 +33,16 @@ class Period:
 
     def next(self, zone: str) -> Period:
         return containing(self.end, self.kind, zone)
+
+
+def _iso_year_of(year: int, month: int, week: int) -> tuple[int, int]:
+    """The ISO year of week `week` as seen from a month: week 1 seen from
+    December and week 52/53 seen from January belong to the neighbouring year."""
+    if month == 12 and week == 1:
+        return year + 1, week
+    if month == 1 and week >= 52:
+        return year - 1, week
+    return year, week
 
 
 def require_aware(moment: datetime) -> datetime:
@@ -68,9 +79,32 @@ def containing(moment: datetime, kind: PeriodKind, zone: str) -> Period:
     raise PeriodError(f"unknown period kind {kind!r}")
 
 
+def billing_period(moment: datetime, kind: PeriodKind, zone: str) -> Period:
+    """The billing period of `kind` containing `moment`, nested in its month: an
+    ISO week that crosses a month boundary is split there, and each part is
+    named by its month and week (`2026-03-W14`, `2026-04-W14`)."""
+    period = containing(moment, kind, zone)
+    if kind != "week":
+        return period
+    month = containing(moment, "month", zone)
+    if month.start <= period.start and period.end <= month.end:
+        return period
+    return Period(max(period.start, month.start), min(period.end, month.end), f"{month.name}-{period.name[-3:]}", "week")
+
+
 def parse(name: str, zone: str) -> Period:
-    """A period from its ISO name."""
+    """A period from its name: ISO month, week or day, or a week part within a month."""
     tz = ZoneInfo(zone)
+    if match := _WEEK_IN_MONTH.match(name):
+        month = parse(f"{match[1]}-{match[2]}", zone)
+        try:
+            first = date.fromisocalendar(*_iso_year_of(int(match[1]), int(match[2]), int(match[3])), 1)
+        except ValueError as error:
+            raise PeriodError(f"no such week {name!r}") from error
+        week = _build("week", first, first + timedelta(days=7), name, tz)
+        if week.end <= month.start or week.start >= month.end:
+            raise PeriodError(f"week {match[3]} does not touch {month.name}")
+        return Period(max(week.start, month.start), min(week.end, month.end), name, "week")
     if match := _MONTH.match(name):
         try:
             first = date(int(match[1]), int(match[2]), 1)

@@ -92,6 +92,7 @@ def settled(values: dict[str, int], usage_sent: int) -> bool:
         metered >= usage_sent
         and get("pricing.received", 0) == get("metering.consumed", 0)
         and get("pricing.priced", 0) - get("pricing.unparked", 0) + get("pricing.parked", 0) >= get("pricing.received", 0)
-        and get("ledger.posted", 0) == get("pricing.priced", 0)
+        # Period tier lines come back to the ledger as adjustments from invoicing.
+        and get("ledger.posted", 0) == get("pricing.priced", 0) + get("pricing.reversed", 0) * 2 + get("invoicing.adjustments", 0)
         and get("invoicing.postings", 0) == get("ledger.posted", 0)
     )

@@ -1,9 +1,11 @@
-"""Invoicing's shell: store postings by period; close periods into invoices."""
+"""Invoicing's shell: store postings by billing period; close periods into
+invoices (with period tier lines) and months into settlements."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import orjson
@@ -11,18 +13,20 @@ import structlog
 from aiokafka.structs import ConsumerRecord
 
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import InvoiceIssued, LedgerPosted, decode
-from tokenhub.contracts.periods import Period, containing, parse
+from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, LedgerPosted, Priced, PriceBookPublished, PricedLine, decode
 from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.periods import Period, billing_period, parse
 from tokenhub.contracts.settlement import SettlementNetted
-from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED
+from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.invoicing import domain, netting
 from tokenhub.services.invoicing.adapters import store
+from tokenhub.services.pricing.domain import BookIndex, period_tier_charge
 
 SCHEMA = "invoicing"
+ROUNDING_MODE = "half_even"
 log = structlog.get_logger()
 
 
@@ -30,15 +34,20 @@ async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerReco
     events = [decode(LedgerPosted, record.value) for record in records]
     zone = runtime.settings.timezone
     async with runtime.db().acquire() as connection, connection.transaction():
+        cycles = {row["payer_bu"]: row["kind"] for row in await connection.fetch(store.SELECT_CYCLES)}
+        periods = [billing_period(event.event_time, cycles.get(event.payer_bu, "month"), zone) for event in events]
         inserted = await connection.fetch(
             store.INSERT_POSTINGS,
             [event.id for event in events],
             [event.payer_bu for event in events],
-            [containing(event.event_time, "month", zone).name for event in events],
+            [period.name for period in periods],
+            [period.end for period in periods],
             [event.event_time for event in events],
             [event.chain for event in events],
             [event.sequence for event in events],
             [event.entry_hash for event in events],
+            # A period tier adjustment belongs to the invoice that computed it.
+            [event.invoice_id for event in events],
             [orjson.loads(record.value) for record in records],
         )
         await bump_counters(connection, SCHEMA, {"postings": len(inserted), "duplicates": len(events) - len(inserted)})
@@ -46,19 +55,23 @@ async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerReco
     log.info("postings_received", received=len(events), new=len(inserted))
 
 
+async def handle_pricebook_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> None:
+    """Price books, for their period tiers: applied at close (DESIGN.md decision 6)."""
+    books = [decode(PriceBookPublished, record.value) for record in records]
+    async with runtime.db().acquire() as connection, connection.transaction():
+        for book, record in zip(books, records, strict=True):
+            await connection.execute(store.INSERT_BOOK, book.book_id, book.version, book.effective_from, record.value)
+
+
 async def close_due_periods(runtime: Runtime) -> list[InvoiceIssued]:
-    """Close every month whose end plus the allowed lateness the event-time watermark passed."""
+    """Close every billing period whose end plus the allowed lateness the event-time watermark passed."""
     settings = runtime.settings
     async with runtime.db().acquire() as connection:
         watermark = await connection.fetchval(store.SELECT_WATERMARK)
-        open_periods = [row["period"] for row in await connection.fetch(store.SELECT_OPEN_PERIODS)]
-        closed = {row["period"] for row in await connection.fetch(store.SELECT_CLOSED_PERIODS)}
-    if watermark is None:
-        return []
-    lateness = timedelta(hours=settings.allowed_lateness_hours)
-    # A closed period is never reissued: its late postings wait for the payer's next invoice.
-    due = [name for name in open_periods
-           if name not in closed and parse(name, settings.timezone).end + lateness <= watermark]
+        if watermark is None:
+            return []
+        horizon = watermark - timedelta(hours=settings.allowed_lateness_hours)
+        due = [row["period"] for row in await connection.fetch(store.SELECT_DUE_PERIODS, horizon)]
     issued: list[InvoiceIssued] = []
     for name in due:
         issued += await close_period(runtime.db(), settings, name, actor="watermark", now=runtime.now())
@@ -71,58 +84,117 @@ def _postings(rows: Sequence[asyncpg.Record]) -> list[tuple[str, LedgerPosted]]:
     return [(row["period"], decode(LedgerPosted, row["payload"])) for row in rows]
 
 
+async def _books(connection: asyncpg.Connection) -> BookIndex:
+    return BookIndex.of(decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(store.SELECT_BOOKS))
+
+
+def period_tier_lines(period: Period, payer_bu: str, postings: Sequence[tuple[str, LedgerPosted]],
+                      books: BookIndex) -> list[InvoiceLine]:
+    """A line per model with period tiers in the book in force at the period's
+    last instant, from the payer's period total of that model's Tokens."""
+    totals: dict[tuple[str, str], int] = {}
+    for posting_period, posted in postings:
+        if posting_period == period.name and posted.kind != "adjustment":
+            key = (posted.model, posted.provider_bu)
+            totals[key] = totals.get(key, 0) + posted.tokens
+    last_instant = period.end - timedelta(microseconds=1)
+    lines = []
+    for (model, provider), total in sorted(totals.items()):
+        book = books.in_force(model, last_instant)
+        schedule = book.price_for(model).period_tiers if book else None  # type: ignore[union-attr]
+        if schedule is None:
+            continue
+        lines.append(InvoiceLine(kind="period_tier", period=period.name, provider_bu=provider, consumer_bu=payer_bu,
+                                 model=model, tokens=total, amount=period_tier_charge(total, schedule)))
+    return lines
+
+
+def tier_adjustment(invoice: InvoiceIssued, line: InvoiceLine, currency: str) -> Priced:
+    """The period tier line as a Priced adjustment, so the ledger posts it."""
+    adjustment_id = derive_id("period_tier", str(invoice.invoice_id), line.model)
+    return Priced(
+        id=adjustment_id, event_time=invoice.period_end - timedelta(microseconds=1),
+        cause_id=str(invoice.invoice_id), kind="adjustment", consumed_id=adjustment_id,
+        payer_bu=invoice.payer_bu, consumer_bu=invoice.payer_bu, provider_bu=line.provider_bu, model=line.model,
+        book_id="period-tiers", book_version=1, currency=currency,
+        lines=(PricedLine(token_class="period_tier", tokens=0, unit_price_per_million=Decimal(0), amount=line.amount),),
+        total_tokens=0, total_amount=line.amount, invoice_id=invoice.invoice_id,
+    )
+
+
 async def draft_invoice(connection: asyncpg.Connection, settings: Settings, payer_bu: str, period: Period) -> InvoiceIssued | None:
-    """What the payer's invoice for `period` would be if it closed now."""
-    rows = await connection.fetch(store.SELECT_OPEN_POSTINGS, payer_bu, period.name)
+    """What the payer's invoice for `period` would be if it closed now, tier reached so far included."""
+    rows = await connection.fetch(store.SELECT_OPEN_POSTINGS, payer_bu, period.end)
     if not rows:
         return None
     number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu)
-    return _build(settings, payer_bu, period, _postings(rows), number, "draft", None)
+    postings = _postings(rows)
+    tiers = period_tier_lines(period, payer_bu, postings, await _books(connection))
+    return _build(settings, payer_bu, period, postings, number, "draft", None, tiers)
 
 
 def _build(settings: Settings, payer_bu: str, period: Period, postings, number: int, status: str,  # noqa: ANN001
-           issued_at: datetime | None) -> InvoiceIssued:
+           issued_at: datetime | None, tiers: Sequence[InvoiceLine] = ()) -> InvoiceIssued:
     return domain.build_invoice(
         payer_bu, period, postings, number=number, currency=settings.currency,
-        minor_units=settings.currency_minor_units, rounding_mode="half_even", status=status, issued_at=issued_at,
+        minor_units=settings.currency_minor_units, rounding_mode=ROUNDING_MODE, status=status, issued_at=issued_at,
+        extra_lines=tiers,
     )
 
 
 async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str, *, actor: str, now: datetime) -> list[InvoiceIssued]:
-    """Issue one invoice per payer with open postings up to `period_name`; numbers
-    have no gaps per payer; later postings of this period go on the next invoice."""
-    period = parse(period_name, settings.timezone)
+    """Close every billing period that ends by the end of `period_name`: one invoice
+    per payer and period, numbered without gaps per payer; postings of earlier
+    periods still open become adjustment lines; later ones wait for the next invoice.
+    Closing a month also nets it into a settlement."""
+    target = parse(period_name, settings.timezone)
     issued: list[InvoiceIssued] = []
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute(store.LOCK_INVOICES)
-        payers = [row["payer_bu"] for row in await connection.fetch(store.SELECT_PAYERS_WITH_OPEN_POSTINGS, period.name)]
-        for payer_bu in payers:
-            rows = await connection.fetch(store.SELECT_OPEN_POSTINGS, payer_bu, period.name)
-            number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu)
-            invoice = _build(settings, payer_bu, period, _postings(rows), number, "issued", now)
-            payload = canonical_json(invoice)
-            created = await connection.fetchval(
-                store.INSERT_INVOICE, invoice.invoice_id, payer_bu, period.name, number, invoice.currency,
-                invoice.subtotal, invoice.rounding, invoice.total, orjson.loads(payload), now,
-            )
-            if created is None:
-                continue  # this payer's invoice for the period exists; the postings wait for the next one
-            await connection.execute(store.ASSIGN_POSTINGS, invoice.invoice_id, payer_bu, period.name)
-            await stage(connection, SCHEMA, [OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)])
-            issued.append(invoice)
-        await connection.execute(store.INSERT_CLOSED_PERIOD, period.name, now, actor)
-        settled = 0
-        if period.kind == "month":
-            settled = await _settle(connection, settings, period, now)
-        await bump_counters(connection, SCHEMA, {"invoices_issued": len(issued), "settlements": settled})
-    log.info("period_closed", period=period.name, invoices=len(issued), actor=actor)
+        books = await _books(connection)
+        due = await connection.fetch(store.SELECT_OPEN_PAYER_PERIODS, target.end)
+        for row in due:
+            period = parse(row["period"], settings.timezone)
+            invoice = await _issue(connection, settings, books, row["payer_bu"], period, now)
+            if invoice is not None:
+                issued.append(invoice)
+        await connection.execute(store.INSERT_CLOSED_PERIOD, target.name, now, actor)
+        settled = await _settle(connection, settings, target, now) if target.kind == "month" else 0
+        adjustments = sum(1 for invoice in issued for line in invoice.lines if line.kind == "period_tier")
+        await bump_counters(connection, SCHEMA, {"invoices_issued": len(issued), "settlements": settled,
+                                                 "adjustments": adjustments})
+    log.info("period_closed", period=target.name, invoices=len(issued), actor=actor)
     return issued
+
+
+async def _issue(connection: asyncpg.Connection, settings: Settings, books: BookIndex, payer_bu: str, period: Period,
+                 now: datetime) -> InvoiceIssued | None:
+    rows = await connection.fetch(store.SELECT_OPEN_POSTINGS, payer_bu, period.end)
+    if not rows:
+        return None  # an earlier period's invoice of this close took them
+    postings = _postings(rows)
+    number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu)
+    tiers = period_tier_lines(period, payer_bu, postings, books)
+    invoice = _build(settings, payer_bu, period, postings, number, "issued", now, tiers)
+    payload = canonical_json(invoice)
+    created = await connection.fetchval(
+        store.INSERT_INVOICE, invoice.invoice_id, payer_bu, period.name, number, invoice.currency,
+        invoice.subtotal, invoice.rounding, invoice.total, orjson.loads(payload), now,
+    )
+    if created is None:
+        return None  # issued before: these postings wait for the payer's next invoice
+    await connection.execute(store.ASSIGN_POSTINGS, invoice.invoice_id, payer_bu, period.end)
+    rows_out = [OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)]
+    rows_out += [OutboxRow(TOKENS_PRICED.name, payer_bu.encode(), canonical_json(tier_adjustment(invoice, line, settings.currency)))
+                 for line in tiers]
+    await stage(connection, SCHEMA, rows_out)
+    return invoice
 
 
 def build_settlement(settings: Settings, period: Period, postings: Sequence[LedgerPosted]) -> SettlementNetted:
     matrix = netting.gross_flows(postings)
     positions = netting.positions_from_matrix(matrix)
-    rounded, absorber = netting.round_positions(positions, settings.currency_minor_units, "half_even")
+    rounded, absorber = netting.round_positions(positions, settings.currency_minor_units, ROUNDING_MODE)
     return SettlementNetted(
         id=derive_id("settlement", period.name),
         event_time=period.end,
@@ -137,8 +209,10 @@ def build_settlement(settings: Settings, period: Period, postings: Sequence[Ledg
     )
 
 
-async def invoiced_postings(connection: asyncpg.Connection, period: Period) -> list[LedgerPosted]:
-    return [decode(LedgerPosted, row["payload"]) for row in await connection.fetch(store.SELECT_PERIOD_INVOICED_POSTINGS, period.name)]
+async def invoiced_postings(connection: asyncpg.Connection, month: Period) -> list[LedgerPosted]:
+    """Postings on the month's invoices (its days, weeks and itself), adjustments included."""
+    rows = await connection.fetch(store.SELECT_PERIOD_INVOICED_POSTINGS, month.start, month.end)
+    return [decode(LedgerPosted, row["payload"]) for row in rows]
 
 
 async def _settle(connection: asyncpg.Connection, settings: Settings, period: Period, now: datetime) -> int:
@@ -151,3 +225,9 @@ async def _settle(connection: asyncpg.Connection, settings: Settings, period: Pe
     await stage(connection, SCHEMA, [OutboxRow(SETTLEMENTS_NETTED.name, period.name.encode(), payload)])
     log.info("period_settled", period=period.name, transfers=len(settlement.transfers))
     return 1
+
+
+async def set_cycle(pool: asyncpg.Pool, payer_bu: str, kind: str, actor: str, reason: str, now: datetime) -> None:
+    async with pool.acquire() as connection:
+        await connection.execute(store.UPSERT_CYCLE, payer_bu, kind, actor, reason, now)
+

@@ -113,6 +113,7 @@ def post(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
         entry_hash="",
         previous_hash=head.head_hash,
         posted_at=posted_at,
+        invoice_id=priced.invoice_id,
     )
     return unhashed.model_copy(update={"entry_hash": hash_entry(hashed_content(unhashed), head.head_hash)})
 

@@ -12,14 +12,23 @@ from tokenhub.contracts.ids import priced_id
 from tokenhub.services.pricing.domain import BookIndex, price_in_force
 
 
+class CorrectionMismatch(ValueError):
+    """A reversal and its correction would not net out the Tokens they replace."""
+
+
 @dataclass(frozen=True)
 class Correction:
     reversal: Priced
     correction: Priced
 
+    @property
+    def difference(self):  # noqa: ANN201 - Decimal
+        """What the pair changes the payer's spend by."""
+        return self.reversal.total_amount + self.correction.total_amount
+
 
 def reverse(current: Priced, book_id: str, book_version: int) -> Priced:
-    """The exact negative of `current`, linked to it."""
+    """The exact negative of `current`, linked to it, named by the version that caused it."""
     lines = tuple(PricedLine(token_class=line.token_class, tokens=-line.tokens,
                              unit_price_per_million=line.unit_price_per_million, amount=-line.amount)
                   for line in current.lines)
@@ -35,7 +44,9 @@ def reverse(current: Priced, book_id: str, book_version: int) -> Priced:
 
 
 def correct(consumed: TokenConsumed, current: Priced, books: BookIndex) -> Correction | None:
-    """None when the version in force is the one `current` was priced with."""
+    """None when the version in force is the one `current` was priced with.
+    Raises `Unpriceable` when the books in force no longer price it: the
+    current Priced then stands, since reversing it alone would lose the usage."""
     repriced = price_in_force(consumed, books)
     if (repriced.book_id, repriced.book_version) == (current.book_id, current.book_version):
         return None
@@ -44,4 +55,7 @@ def correct(consumed: TokenConsumed, current: Priced, books: BookIndex) -> Corre
         "kind": "correction",
         "corrects_id": current.id,
     })
-    return Correction(reverse(current, repriced.book_id, repriced.book_version), correction)
+    reversal = reverse(current, repriced.book_id, repriced.book_version)
+    if reversal.total_tokens + correction.total_tokens != 0 or reversal.consumed_id != correction.consumed_id:
+        raise CorrectionMismatch(f"correction {correction.id} does not replace {current.id} Token for Token")
+    return Correction(reversal, correction)

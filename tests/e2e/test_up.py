@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 60
-SETTLE_TIMEOUT_S = 90
+START_TIMEOUT_S = 120
+SETTLE_TIMEOUT_S = 150
 
 
 def _tokenhub(cwd: Path, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:

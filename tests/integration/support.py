@@ -59,7 +59,7 @@ class World:
         await publish_events(self.settings, REGISTRY_CHANGED.name, registry_events(registry, "tests", "test world", now))
         book = build_book({
             "book_id": f"{self.prefix}-book", "version": 1, "currency": "CNY",
-            "effective_from": (now - timedelta(days=30)).isoformat(),
+            "effective_from": (now - timedelta(days=60)).isoformat(),  # before any accepted event time
             "models": [{"model": self.model, "unit_prices_per_million": {
                 "input": str(self.input_price), "output": str(self.output_price),
                 "cache_read": "0.48", "reasoning": "9.6"}}] + (extra_prices or []),

@@ -40,11 +40,15 @@ select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], 
 on conflict (priced_id) do nothing
 returning priced_id
 """
-SELECT_PARKED_FOR_UPDATE: Final = """
-select archive.payload from pricing.parked parked
+# Parked consumption of the models a new book prices, a page at a time in
+# (event_time, consumed_id) order: $1 models, $2/$3 the last row seen, $4 the page size.
+SELECT_PARKED_FOR_MODELS: Final = """
+select parked.consumed_id, parked.event_time, archive.payload from pricing.parked parked
 join pricing.consumed_archive archive using (consumed_id)
-order by parked.event_time
-for update of parked skip locked
+where parked.model = any($1::text[]) and (parked.event_time, parked.consumed_id) > ($2, $3)
+order by parked.event_time, parked.consumed_id
+limit $4
+for update of parked
 """
 DELETE_PARKED: Final = "delete from pricing.parked where consumed_id = any($1::uuid[])"
 
@@ -62,12 +66,16 @@ class BookCache:
             self._books = [decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(SELECT_BOOKS)]
             self._keys = keys
         return self._books
+# The current Priced (a charge or the latest correction) of each consumption in
+# [$1, $2), optionally of one model ($3), a page at a time after ($4, $5), $6 rows.
 SELECT_CURRENT_PRICED: Final = """
-select priced.payload as priced, archive.payload as consumed
+select archive.event_time, priced.priced_id, priced.payload as priced, archive.payload as consumed
 from pricing.priced priced join pricing.consumed_archive archive using (consumed_id)
 where priced.superseded_by is null and priced.kind <> 'reversal'
   and archive.event_time >= $1 and archive.event_time < $2 and ($3::text is null or archive.model = $3)
+  and (archive.event_time, priced.priced_id) > ($4, $5)
 order by archive.event_time, priced.priced_id
+limit $6
 for update of priced
 """
 MARK_SUPERSEDED: Final = """
@@ -78,5 +86,11 @@ where priced.priced_id = data.priced_id
 SELECT_PARKED: Final = """
 select parked.consumed_id, parked.model, parked.event_time, parked.reason, parked.parked_at, archive.payer_bu
 from pricing.parked parked join pricing.consumed_archive archive using (consumed_id)
-order by parked.event_time
+order by parked.event_time, parked.consumed_id
+limit $1
+"""
+COUNT_PARKED: Final = "select count(*) from pricing.parked"
+SELECT_BOOK_VERSION: Final = "select payload from pricing.price_books where book_id = $1 and version = $2"
+SELECT_LATEST_VERSIONS: Final = """
+select book_id, max(version) as version from pricing.price_books group by book_id order by book_id
 """

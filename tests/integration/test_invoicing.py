@@ -1,0 +1,197 @@
+"""Invoicing on the real stack: invoices equal their postings rounded once, late
+usage lands on the next invoice while the issued one stays byte for byte, period
+tier lines are posted to the ledger, weekly cycles nest in months, and an
+outside consumer validates what is published against the exported schemas."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+
+from tokenhub.cli import render
+from tokenhub.contracts.events import InvoiceIssued, decode
+from tokenhub.contracts.money import round_to_minor
+from tokenhub.contracts.periods import containing
+from tokenhub.infra.pipeline import wait_until
+from tokenhub.services.common.db import create_pool
+from tokenhub.services.common.kafka import create_producer
+from tokenhub.services.common.outbox import relay
+from tokenhub.services.invoicing import handlers
+from tests.integration.support import World, emit, read_counters, wait_settled
+from tests.integration.test_pricing import _publish_book
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+ZONE = "Asia/Shanghai"
+
+
+async def _query(world: World, query: str, *parameters):  # noqa: ANN002, ANN202
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        return await connection.fetch(query, *parameters)
+    finally:
+        await connection.close()
+
+
+async def _close(world: World, period: str, payer: str) -> list[InvoiceIssued]:
+    """Close `period` (the service may already have, at its watermark) and return the payer's invoices."""
+    pool = await create_pool(world.settings.database_url or "", size_max=2)
+    producer = create_producer(world.settings.bootstrap_servers or "", client_id="tests-close")
+    await producer.start()
+    try:
+        await handlers.close_period(pool, world.settings, period, actor="tests", now=datetime.now(UTC))
+        await relay(pool, producer, handlers.SCHEMA)
+    finally:
+        await producer.stop()
+        await pool.close()
+    rows = await _query(world, "select payload from invoicing.invoices where payer_bu = $1 order by number", payer)
+    return [decode(InvoiceIssued, orjson.dumps(row["payload"]) if not isinstance(row["payload"], str) else row["payload"])
+            for row in rows]
+
+
+async def _wait_invoicing_has(world: World, payer: str, count: int) -> None:
+    async def arrived() -> bool:
+        rows = await _query(world, "select count(*) as n from invoicing.postings where payer_bu = $1", payer)
+        return rows[0]["n"] >= count
+    await wait_until(arrived, 60, f"{count} postings of {payer} in invoicing")
+
+
+def _previous_month_end() -> datetime:
+    return containing(datetime.now(UTC), "month", ZONE).start
+
+
+async def test_late_usage_goes_on_the_next_invoice_and_the_issued_one_never_changes(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    month_end = _previous_month_end()
+    last_month = containing(month_end - timedelta(hours=1), "month", ZONE).name
+    on_time = [world.usage("shop", index, 10_000 + index, 1_000, time=month_end - timedelta(hours=2, minutes=index))
+               for index in range(5)]
+    before = await read_counters(world.settings)
+    await emit(world.settings, on_time)
+    await wait_settled(world.settings, before, 5)
+    await _wait_invoicing_has(world, world.bu("shop"), 5)
+    issued = await _close(world, last_month, world.bu("shop"))
+    assert len(issued) == 1
+    first = issued[0]
+    assert first.total == round_to_minor(sum((world.expected_amount(10_000 + i, 1_000) for i in range(5)), Decimal(0)))
+    assert first.subtotal == sum((world.expected_amount(10_000 + i, 1_000) for i in range(5)), Decimal(0))
+    assert first.rounding == first.total - first.subtotal
+    stored_before = await _query(world, "select payload::text as payload from invoicing.invoices where invoice_id = $1",
+                                 first.invoice_id)
+
+    late = world.usage("shop", 99, 7_777, 777, time=month_end - timedelta(minutes=1))
+    this_month = containing(datetime.now(UTC), "month", ZONE).name
+    current = world.usage("shop", 100, 1_000, 100)
+    before = await read_counters(world.settings)
+    await emit(world.settings, [late, current])
+    await wait_settled(world.settings, before, 2)
+    await _wait_invoicing_has(world, world.bu("shop"), 7)
+    stored_after = await _query(world, "select payload::text as payload from invoicing.invoices where invoice_id = $1",
+                                first.invoice_id)
+    assert stored_after == stored_before
+
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            draft = await handlers.draft_invoice(connection, world.settings, world.bu("shop"),
+                                                 containing(datetime.now(UTC), "month", ZONE))
+    finally:
+        await pool.close()
+    assert draft is not None and draft.number == 2 and draft.status == "draft"
+    adjustments = [line for line in draft.lines if line.kind == "adjustment"]
+    assert [(line.period, line.tokens) for line in adjustments] == [(last_month, 7_777), (last_month, 777)]
+    assert draft.period == this_month
+    assert draft.subtotal == world.expected_amount(7_777, 777) + world.expected_amount(1_000, 100)
+
+
+async def test_period_tier_lines_are_posted_and_totals_equal_the_assigned_postings(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"], extra_models=[{"model_id": f"{world.prefix}-tiered", "provider_bu": world.provider,
+                                                 "modality": "text", "token_classes": ["input", "output"]}])
+    await _publish_book(world, f"{world.prefix}-tiers", 1, datetime.now(UTC) - timedelta(days=60), [{
+        "model": f"{world.prefix}-tiered", "unit_prices_per_million": {"input": "0", "output": "0"},
+        "period_tiers": {"mode": "graduated", "tiers": [
+            {"up_to_tokens": 100_000, "unit_price_per_million": "10", "flat_fee": "1"},
+            {"up_to_tokens": None, "unit_price_per_million": "5", "flat_fee": "0.5"}]}}])
+    month_end = _previous_month_end()
+    last_month = containing(month_end - timedelta(hours=1), "month", ZONE).name
+    events = [world.usage("shop", index, 40_000, 10_000, model=f"{world.prefix}-tiered", time=month_end - timedelta(hours=3))
+              for index in range(3)]  # 150,000 Tokens
+    before = await read_counters(world.settings)
+    await emit(world.settings, events)
+    await wait_settled(world.settings, before, 3)
+    await _wait_invoicing_has(world, world.bu("shop"), 3)
+    (invoice,) = await _close(world, last_month, world.bu("shop"))
+    tier_lines = [line for line in invoice.lines if line.kind == "period_tier"]
+    # graduated by hand: 100,000 x 10 / 1e6 + 1 = 2, then 50,000 x 5 / 1e6 + 0.5 = 0.75
+    assert [(line.tokens, line.amount) for line in tier_lines] == [(150_000, Decimal("2.75"))]
+    assert invoice.total == Decimal("2.75")
+
+    async def adjusted() -> bool:
+        rows = await _query(world, "select count(*) as n from invoicing.postings where invoice_id = $1", invoice.invoice_id)
+        return rows[0]["n"] == 4
+    await wait_until(adjusted, 60, "the tier adjustment to come back from the ledger")
+    assigned = await _query(world, "select sum((payload ->> 'amount')::numeric) as total from invoicing.postings "
+                            "where invoice_id = $1", invoice.invoice_id)
+    assert round_to_minor(assigned[0]["total"]) == invoice.total
+    spend = await _query(world, "select sum(amount) as spend from ledger.entries where payer_bu = $1", world.bu("shop"))
+    assert spend[0]["spend"] == Decimal("2.75")
+
+
+async def test_a_weekly_payer_gets_week_invoices_split_at_the_month_boundary(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        await handlers.set_cycle(pool, world.bu("shop"), "week", "tests", "weekly billing", datetime.now(UTC))
+    finally:
+        await pool.close()
+    month_end = _previous_month_end()
+    events = [world.usage("shop", 1, 1_000, 100, time=month_end - timedelta(hours=1)),
+              world.usage("shop", 2, 2_000, 200, time=month_end - timedelta(days=8))]
+    before = await read_counters(world.settings)
+    await emit(world.settings, events)
+    await wait_settled(world.settings, before, 2)
+    await _wait_invoicing_has(world, world.bu("shop"), 2)
+    rows = await _query(world, "select period, period_end from invoicing.postings where payer_bu = $1 order by period_end",
+                        world.bu("shop"))
+    assert len({row["period"] for row in rows}) == 2
+    assert rows[-1]["period_end"] <= month_end  # the week is cut at the month's end
+    issued = await _close(world, containing(month_end - timedelta(hours=1), "month", ZONE).name, world.bu("shop"))
+    assert [invoice.number for invoice in issued] == [1, 2]
+    assert [invoice.period for invoice in issued] == [row["period"] for row in rows]
+
+
+async def test_renderings_and_an_outside_consumer_validating_against_the_schemas(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    month_end = _previous_month_end()
+    before = await read_counters(world.settings)
+    await emit(world.settings, [world.usage("shop", 1, 5_000, 500, time=month_end - timedelta(hours=1))])
+    await wait_settled(world.settings, before, 1)
+    await _wait_invoicing_has(world, world.bu("shop"), 1)
+    mine = await _close(world, containing(month_end - timedelta(hours=1), "month", ZONE).name, world.bu("shop"))
+    csv_text = render.invoice_csv(mine)
+    assert csv_text.splitlines()[0].startswith("invoice,payer,period")
+    assert csv_text.splitlines()[-1].endswith(f"{mine[0].total:f}")
+    html = render.invoice_html(mine, {world.bu("shop"): "Shop <&> Co"})
+    assert "Shop &lt;&amp;&gt; Co" in html and f"{mine[0].total:,.2f}" in html and "<!doctype html>" in html
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "billing_consumer.py"
+    spec = importlib.util.spec_from_file_location("billing_consumer", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    received = await module.consume(world.settings.bootstrap_servers, idle_timeout_s=4.0, group_id=f"example-{uuid.uuid4().hex}")
+    assert received.invalid == []
+    assert any(invoice["invoice_id"] == str(mine[0].invoice_id) for invoice in received.invoices)
+    assert received.settlements, "closing a month publishes its settlement"
+    assert all(orjson.dumps(item) for item in received.settlements)
