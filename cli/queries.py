@@ -30,7 +30,7 @@ group by p.ledger, p.account
 """
 SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
 SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.priced_archive"
-SELECT_ISSUED: Final = "select payload from invoicing.invoices order by payer_bu, number"
+SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
 SELECT_OPEN: Final = "select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2"
 
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
@@ -82,7 +82,9 @@ async def balances(pool: asyncpg.Pool, *, bu: str | None = None, as_of: datetime
 async def invoices(pool: asyncpg.Pool, settings: Settings, *, bu: str | None, period: str | None) -> list[InvoiceIssued]:
     """Issued invoices, then drafts of the open periods."""
     async with pool.acquire() as connection:
-        issued = [decode(InvoiceIssued, row["payload"]) for row in await connection.fetch(SELECT_ISSUED)]
+        # The status moves to credited when a later credit note reverses its charges; the content never changes.
+        issued = [decode(InvoiceIssued, row["payload"]).model_copy(update={"status": row["status"]})
+                  for row in await connection.fetch(SELECT_ISSUED)]
         drafts = []
         for row in await connection.fetch(SELECT_OPEN):
             draft = await draft_invoice(connection, settings, row["payer_bu"], parse(row["period"], settings.timezone))

@@ -158,6 +158,12 @@ async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str,
             invoice = await _issue(connection, settings, books, row["payer_bu"], period, now)
             if invoice is not None:
                 issued.append(invoice)
+        # Postings still open belong to periods invoiced before (late usage, repricing):
+        # they go on the payer's invoice for the period being closed, as adjustments and credits.
+        for payer_bu in dict.fromkeys(row["payer_bu"] for row in due):
+            invoice = await _issue(connection, settings, books, payer_bu, target, now)
+            if invoice is not None:
+                issued.append(invoice)
         await connection.execute(store.INSERT_CLOSED_PERIOD, target.name, now, actor)
         settled = await _settle(connection, settings, target, now) if target.kind == "month" else 0
         adjustments = sum(1 for invoice in issued for line in invoice.lines if line.kind == "period_tier")
@@ -184,6 +190,11 @@ async def _issue(connection: asyncpg.Connection, settings: Settings, books: Book
     if created is None:
         return None  # issued before: these postings wait for the payer's next invoice
     await connection.execute(store.ASSIGN_POSTINGS, invoice.invoice_id, payer_bu, period.end)
+    # Reversals on this invoice are credit notes for the invoices that carried the
+    # charges: those are marked credited; their issued content never changes.
+    reversed_ids = [posted.corrects_id for _, posted in postings if posted.kind == "reversal" and posted.corrects_id]
+    if reversed_ids:
+        await connection.execute(store.MARK_CREDITED, reversed_ids, invoice.invoice_id)
     rows_out = [OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)]
     rows_out += [OutboxRow(TOKENS_PRICED.name, payer_bu.encode(), canonical_json(tier_adjustment(invoice, line, settings.currency)))
                  for line in tiers]

@@ -195,3 +195,32 @@ async def test_renderings_and_an_outside_consumer_validating_against_the_schemas
     assert any(invoice["invoice_id"] == str(mine[0].invoice_id) for invoice in received.invoices)
     assert received.settlements, "closing a month publishes its settlement"
     assert all(orjson.dumps(item) for item in received.settlements)
+
+
+async def test_repricing_reversals_become_credit_lines_and_mark_the_invoice_credited(backend) -> None:
+    from tests.integration.test_pricing import _reprice
+
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    month_end = _previous_month_end()
+    last_month = containing(month_end - timedelta(hours=1), "month", ZONE).name
+    before = await read_counters(world.settings)
+    await emit(world.settings, [world.usage("shop", 1, 100_000, 10_000, time=month_end - timedelta(hours=5))])
+    await wait_settled(world.settings, before, 1)
+    await _wait_invoicing_has(world, world.bu("shop"), 1)
+    (first,) = await _close(world, last_month, world.bu("shop"))
+    assert first.total == round_to_minor(world.expected_amount(100_000, 10_000))
+
+    await _publish_book(world, f"{world.prefix}-book", 2, datetime.now(UTC) - timedelta(days=50),
+                        [{"model": world.model, "unit_prices_per_million": {"input": "1.2", "output": "4.8"}}])
+    report = await _reprice(world, month_end - timedelta(days=1), month_end)
+    assert (report.examined, report.corrected) == (1, 1)
+    await _wait_invoicing_has(world, world.bu("shop"), 3)
+    this_month = containing(datetime.now(UTC), "month", ZONE).name
+    invoices = await _close(world, this_month, world.bu("shop"))
+    second = invoices[-1]
+    credits = [line for line in second.lines if line.kind == "credit"]
+    assert [(line.period, line.tokens) for line in credits] == [(last_month, -100_000), (last_month, -10_000)]
+    assert second.subtotal == -world.expected_amount(100_000, 10_000) + (Decimal("0.12") + Decimal("0.048"))
+    rows = await _query(world, "select status from invoicing.invoices where invoice_id = $1", first.invoice_id)
+    assert rows[0]["status"] == "credited"

@@ -67,3 +67,8 @@ on conflict (book_id, version) do nothing
 """
 SELECT_BOOKS: Final = "select payload from invoicing.price_books"
 SELECT_INVOICE: Final = "select payload, status from invoicing.invoices where invoice_id = $1"
+MARK_CREDITED: Final = """
+update invoicing.invoices set status = 'credited'
+where status = 'issued' and invoice_id <> $2 and invoice_id in (
+    select invoice_id from invoicing.postings where (payload ->> 'priced_id')::uuid = any($1::uuid[]))
+"""
