@@ -15,7 +15,7 @@ import yaml
 
 from tokenhub.cli import render
 from tokenhub.cli.errors import CliError
-from tokenhub.cli.queries import balances, invoices, replay_topic
+from tokenhub.cli.queries import balances, invoices
 from tokenhub.client import UsageClient
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished
@@ -181,18 +181,6 @@ async def invoice(arguments: argparse.Namespace) -> int:
     return 0
 
 
-async def replay(arguments: argparse.Namespace) -> int:
-    settings = load_settings()
-    bootstrap_servers, _ = settings.require_stack()
-    pool = await _pool(settings)
-    try:
-        report = await replay_topic(pool, bootstrap_servers, bu=arguments.bu, idle_timeout_s=arguments.idle_timeout)
-    finally:
-        await pool.close()
-    print(render.replay_json(report) if arguments.json else render.replay_text(report))
-    return 0 if report.ok else 1
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     emit_parser = subparsers.add_parser("emit", help="send usage events (JSON lines) or generate them")
     emit_parser.add_argument("file", nargs="?", help="JSON-lines file of CloudEvents, - for stdin")
@@ -226,9 +214,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     close.add_argument("period")
     close.add_argument("--actor", default=None)
     close.set_defaults(handler=invoice)
-
-    replay_parser = subparsers.add_parser("replay", help="rebuild balances from tokens.priced and diff them against the ledger")
-    replay_parser.add_argument("--bu")
-    replay_parser.add_argument("--json", action="store_true")
-    replay_parser.add_argument("--idle-timeout", type=float, default=3.0, help="seconds without records that end the read")
-    replay_parser.set_defaults(handler=replay)

@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 
-from tokenhub.cli import commands, demo, invoicing_commands, metering_commands, pricing_commands, stack
+from tokenhub.cli import audit_commands, bench, commands, demo, invoicing_commands, metering_commands, pricing_commands, stack
 from tokenhub.cli.errors import CliError
 from tokenhub.infra.settings import load_settings
 from tokenhub.services.common.logging import configure_logging
@@ -18,7 +18,7 @@ from tokenhub.services.common.logging import configure_logging
 EXIT_FAILURE = 1
 
 # Each module adds its commands with `register(subparsers)`, setting `handler`.
-COMMAND_MODULES = (stack, commands, metering_commands, pricing_commands, invoicing_commands, demo)
+COMMAND_MODULES = (stack, commands, metering_commands, pricing_commands, invoicing_commands, audit_commands, bench, demo)
 
 
 def _parser() -> argparse.ArgumentParser:

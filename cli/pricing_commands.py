@@ -20,19 +20,21 @@ from tokenhub.contracts.events import PriceBookPublished, decode
 from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.registry import ConversionTable
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
+from tokenhub.infra.pipeline import Timeout, wait_until
 from tokenhub.infra.settings import clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.pricing import handlers
 from tokenhub.services.pricing.adapters import store
-from tokenhub.services.pricing.domain import BookIndex, context_tier
+from tokenhub.services.pricing.domain import BookIndex
 from tokenhub.services.pricing.litellm import LiteLLMImportError, import_book
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
 # Tools may read every schema: the import converts through metering's conversion tables.
 SELECT_CONVERSION_TABLES: Final = "select version, effective_from, rules from metering.conversion_tables"
 PARKED_SHOWN_MAX: Final = 1_000  # a screenful to act on; the total is printed beside it
+PUBLISH_CONFIRM_S: Final = 30.0  # pricing reads a new book within seconds; longer means it is not running
 
 
 def _time(text: str | None, name: str) -> datetime | None:
@@ -56,8 +58,7 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
     try:
         async with pool.acquire() as connection:
             existing = await connection.fetchval(store.SELECT_BOOK_VERSION, book.book_id, book.version)
-            latest = await connection.fetchval("select max(version) from pricing.price_books where book_id = $1",
-                                               book.book_id)
+            latest = await connection.fetchval(store.SELECT_LATEST_VERSION, book.book_id)
     finally:
         await pool.close()
     if existing is not None:
@@ -66,6 +67,19 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
     await publish_events(settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
     print(f"published price book {book.book_id} version {book.version} effective {book.effective_from.isoformat()} "
           f"({len(book.models)} models)")
+    # Wait for pricing to store it, so a `tokenhub reprice` typed next sees the new version.
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            async def stored() -> bool:
+                return await connection.fetchval(store.SELECT_BOOK_VERSION, book.book_id, book.version) is not None
+            await wait_until(stored, PUBLISH_CONFIRM_S, f"pricing to store {book.book_id} v{book.version}")
+        print("pricing has stored it; parked consumption it prices is being priced")
+    except Timeout:
+        print(f"pricing has not stored it within {PUBLISH_CONFIRM_S:.0f} s (is the pricing service running?); "
+              "it will when it reads pricebook.published", file=sys.stderr)
+    finally:
+        await pool.close()
     return book
 
 
@@ -144,8 +158,8 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
                                source_currency=arguments.source_currency, table=table)
     except LiteLLMImportError as error:
         raise CliError(str(error)) from None
-    for model, reason in imported.skipped.items():
-        print(f"skipped {model}: {reason}", file=sys.stderr)
+    for reason in imported.skipped.values():
+        print(f"skipped: {reason}", file=sys.stderr)
     for model, keys in imported.ignored.items():
         print(f"{model}: left out {', '.join(keys)} (no such price in a book)", file=sys.stderr)
     document = imported.document
@@ -199,11 +213,11 @@ async def parked(arguments: argparse.Namespace) -> int:
 
 
 async def reprice(arguments: argparse.Namespace) -> int:
-    settings = load_settings()
-    bootstrap_servers, database_url = settings.require_stack()
     start, end = _time(arguments.start, "--from"), _time(arguments.end, "--to")
     if start is None or end is None or start >= end:
         raise CliError("give --from T1 --to T2 with T1 before T2")
+    settings = load_settings()
+    bootstrap_servers, database_url = settings.require_stack()
     pool = await create_pool(database_url, size_max=2)
     producer = create_producer(bootstrap_servers, client_id="tokenhub-reprice")
     await producer.start()

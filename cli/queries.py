@@ -1,25 +1,23 @@
-"""Read-only queries for people. Tools may read every schema (DESIGN.md);
-`replay` sums with its own code, independent of the ledger's posting path."""
+"""Read-only queries for people. Tools may read every schema (DESIGN.md).
+Replay and verify live in `cli.audit` and `cli.audit_verify`, with their own code."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Final
 
 import asyncpg
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.events import InvoiceIssued, decode
 from tokenhub.contracts.periods import parse
-from tokenhub.contracts.topics import TOKENS_PRICED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.invoicing.handlers import draft_invoice
+
+# Replay moved to the audit module; these names stay importable for the demo and older callers.
+from tokenhub.cli.audit import ReplayReport, replay_topic  # noqa: E402,F401
 
 SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
 SELECT_AS_OF: Final = """
@@ -29,7 +27,6 @@ where e.{column} <= $1
 group by p.ledger, p.account
 """
 SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
-SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.priced_archive"
 SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
 SELECT_OPEN: Final = "select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2"
 
@@ -92,80 +89,3 @@ async def invoices(pool: asyncpg.Pool, settings: Settings, *, bu: str | None, pe
                 drafts.append(draft)
     return [invoice for invoice in issued + drafts
             if (bu is None or invoice.payer_bu == bu) and (period is None or invoice.period == period)]
-
-
-@dataclass
-class ReplayReport:
-    events: int
-    rebuilt: dict[str, dict[str, Decimal]]
-    projected: dict[str, dict[str, Decimal]]
-    differences: list[tuple[str, str, Decimal, Decimal]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.differences
-
-
-READ_BATCH_MAX: Final = 5_000
-
-
-async def read_priced_topic(bootstrap_servers: str, expected: int, idle_timeout_s: float) -> list[dict]:
-    """Every distinct Priced on the topic. Stops once `expected` distinct ids were
-    read, or after `idle_timeout_s` without records (end offsets are not trusted)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    seen: dict[str, dict] = {}
-    try:
-        partitions = [TopicPartition(TOKENS_PRICED.name, p) for p in sorted(consumer.partitions_for_topic(TOKENS_PRICED.name) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        last_record = time.monotonic()
-        while len(seen) < expected or expected == 0:
-            batches = await consumer.getmany(timeout_ms=200, max_records=READ_BATCH_MAX)
-            if not batches:
-                if time.monotonic() - last_record > idle_timeout_s:
-                    break
-                continue
-            last_record = time.monotonic()
-            for records in batches.values():
-                for record in records:
-                    event = orjson.loads(record.value)
-                    seen.setdefault(event["id"], event)
-            await asyncio.sleep(0)
-    finally:
-        await consumer.stop()
-    return list(seen.values())
-
-
-def rebuild(events: list[dict]) -> dict[str, dict[str, Decimal]]:
-    """Balances straight from Priced events: its own arithmetic, no ledger code."""
-    totals: dict[str, dict[str, Decimal]] = defaultdict(lambda: dict.fromkeys(FIGURES, Decimal(0)))
-    for event in events:
-        amount = Decimal(event["total_amount"])
-        tokens = Decimal(event["total_tokens"])
-        totals[event["payer_bu"]]["spend"] += amount
-        totals[event["provider_bu"]]["revenue"] += amount
-        totals[event["consumer_bu"]]["tokens_consumed"] += tokens
-        totals[event["provider_bu"]]["tokens_served"] += tokens
-    return totals
-
-
-def diff(rebuilt: dict[str, dict[str, Decimal]], projected: dict[str, dict[str, Decimal]], bu: str | None) -> list[tuple[str, str, Decimal, Decimal]]:
-    names = sorted((set(rebuilt) | set(projected)) if bu is None else {bu})
-    zero = dict.fromkeys(FIGURES, Decimal(0))
-    return [
-        (name, figure, rebuilt.get(name, zero)[figure], projected.get(name, zero)[figure])
-        for name in names
-        for figure in FIGURES
-        if rebuilt.get(name, zero)[figure] != projected.get(name, zero)[figure]
-    ]
-
-
-async def replay_topic(pool: asyncpg.Pool, bootstrap_servers: str, *, bu: str | None, idle_timeout_s: float) -> ReplayReport:
-    async with pool.acquire() as connection:
-        expected = await connection.fetchval(SELECT_ARCHIVE_COUNT)
-        projected = figures_from_accounts(await connection.fetch(SELECT_PROJECTION))
-    events = await read_priced_topic(bootstrap_servers, expected, idle_timeout_s)
-    rebuilt = rebuild(events)
-    return ReplayReport(len(events), rebuilt, projected, diff(rebuilt, projected, bu))

@@ -100,25 +100,15 @@ def invoices_json(invoices: list[InvoiceIssued]) -> str:
 
 
 def replay_text(report: ReplayReport) -> str:
-    if report.ok:
-        return (f"replay OK: {report.events} Priced events from {TOPIC} rebuilt {len(report.rebuilt)} business units; "
-                "every balance equals the ledger's projection")
-    lines = [f"replay FAILED: {len(report.differences)} differences ({report.events} events read)"]
-    lines += [f"  {bu} {figure}: rebuilt {rebuilt:f} != projected {projected:f}"
-              for bu, figure, rebuilt, projected in report.differences]
-    return "\n".join(lines)
+    from tokenhub.cli.audit_commands import replay_text as audit_replay_text  # the audit module owns replay
 
-
-TOPIC = "tokens.priced"
+    return audit_replay_text(report)
 
 
 def replay_json(report: ReplayReport) -> str:
-    return orjson.dumps({
-        "ok": report.ok,
-        "events": report.events,
-        "differences": [{"bu": bu, "figure": figure, "rebuilt": f"{rebuilt:f}", "projected": f"{projected:f}"}
-                        for bu, figure, rebuilt, projected in report.differences],
-    }, option=orjson.OPT_INDENT_2).decode()
+    from tokenhub.cli.audit_commands import replay_json as audit_replay_json
+
+    return audit_replay_json(report)
 
 
 INVOICE_CSV_COLUMNS = ("invoice", "payer", "period", "status", "kind", "line_period", "provider", "consumer", "model",

@@ -29,6 +29,7 @@ PRICEBOOK_PUBLISHED: Final = TopicSpec("pricebook.published", key="book id", par
 REGISTRY_CHANGED: Final = TopicSpec("registry.changed", key="entity id", partitions=1)
 LEDGER_POSTED: Final = TopicSpec("ledger.posted", key="payer BU")
 BUDGET_ALERTS: Final = TopicSpec("budget.alerts", key="payer BU", partitions=1)
+BUDGETS_CONFIGURED: Final = TopicSpec("budgets.configured", key="payer BU", partitions=1)
 INVOICES_ISSUED: Final = TopicSpec("invoices.issued", key="payer BU", partitions=1)
 SETTLEMENTS_NETTED: Final = TopicSpec("settlements.netted", key="period", partitions=1)
 DEAD_LETTER: Final = TopicSpec("deadletter", key="source topic", partitions=1, retention_ms=90 * DAY_MS)
@@ -42,6 +43,7 @@ ALL_TOPICS: Final = (
     REGISTRY_CHANGED,
     LEDGER_POSTED,
     BUDGET_ALERTS,
+    BUDGETS_CONFIGURED,
     INVOICES_ISSUED,
     SETTLEMENTS_NETTED,
     DEAD_LETTER,

@@ -1,7 +1,8 @@
 """The ledger's consumer: plain aiokafka with partitions assigned by the
 instance itself (instance i of n takes partitions p with p mod n = i), offsets
 kept in Postgres as a hint tagged with the broker's cluster id. No group join,
-so a restart resumes in milliseconds instead of a rebalance."""
+so a restart resumes in milliseconds instead of a rebalance. It reads
+tokens.priced and budgets.configured, and closes past months on a timer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Final
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tokenhub.contracts.topics import TOKENS_PRICED
+from tokenhub.contracts.topics import BUDGETS_CONFIGURED, TOKENS_PRICED
 from tokenhub.infra.topics import broker_cluster_id
 from tokenhub.services.common.kafka import BATCH_RECORDS_MAX
 from tokenhub.services.common.runtime import INFRASTRUCTURE_ERRORS, Runtime, maybe_crash
@@ -22,6 +23,11 @@ from tokenhub.services.ledger.adapters import store
 POLL_TIMEOUT_MS: Final = 200
 METADATA_WAIT_S: Final = 30.0
 INFRASTRUCTURE_RETRY_S: Final = 1.0
+MONTH_CHECK_INTERVAL_S: Final = 30.0
+"""How often the clock is checked for a month that ended with a quota exhausted:
+a restored quota may arrive this late after midnight, which a gateway tolerates."""
+TOPICS: Final = (TOKENS_PRICED.name, BUDGETS_CONFIGURED.name)
+HANDLERS: Final = {TOKENS_PRICED.name: handlers.post_records, BUDGETS_CONFIGURED.name: handlers.apply_budget_records}
 
 log = structlog.get_logger()
 
@@ -64,26 +70,32 @@ class LedgerConsumer:
         assert self.consumer is not None
         settings = self.runtime.settings
         deadline = asyncio.get_running_loop().time() + METADATA_WAIT_S
-        while True:
-            partitions = self.consumer.partitions_for_topic(TOKENS_PRICED.name)
-            if partitions:
-                break
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"topic {TOKENS_PRICED.name} does not exist; run `tokenhub init`")
-            await self.consumer.topics()  # refreshes metadata
-            await asyncio.sleep(0.5)
-        mine = sorted(p for p in partitions if p % settings.instance_count == settings.instance_index)
-        log.info("ledger_partitions_assigned", partitions=mine, instance=settings.instance_index, cluster_id=self.cluster_id)
-        return [TopicPartition(TOKENS_PRICED.name, p) for p in mine]
+        mine: list[TopicPartition] = []
+        for topic in TOPICS:
+            while True:
+                partitions = self.consumer.partitions_for_topic(topic)
+                if partitions:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"topic {topic} does not exist; run `tokenhub init`")
+                await self.consumer.topics()  # refreshes metadata
+                await asyncio.sleep(0.5)
+            mine += [TopicPartition(topic, p) for p in sorted(partitions)
+                     if p % settings.instance_count == settings.instance_index]
+        log.info("ledger_partitions_assigned", partitions=[f"{tp.topic}:{tp.partition}" for tp in mine],
+                 instance=settings.instance_index, cluster_id=self.cluster_id)
+        return mine
 
     async def _seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         assert self.consumer is not None
+        stored: dict[tuple[str, int], int] = {}
         async with self.runtime.db().acquire() as connection:
-            rows = await connection.fetch(store.SELECT_OFFSETS, self.cluster_id, TOKENS_PRICED.name)
-        stored = {row["kafka_partition"]: row["next_offset"] for row in rows}
+            for topic in TOPICS:
+                rows = await connection.fetch(store.SELECT_OFFSETS, self.cluster_id, topic)
+                stored.update({(topic, row["kafka_partition"]): row["next_offset"] for row in rows})
         for partition in partitions:
-            if partition.partition in stored:
-                self.consumer.seek(partition, stored[partition.partition])
+            if (partition.topic, partition.partition) in stored:
+                self.consumer.seek(partition, stored[(partition.topic, partition.partition)])
             else:
                 # A new broker (other cluster id) or a first start: read from the start;
                 # event ids make the republished history a no-op.
@@ -107,16 +119,27 @@ class LedgerConsumer:
 
     async def _consume(self) -> None:
         assert self.consumer is not None
+        loop = asyncio.get_running_loop()
+        next_month_check = loop.time()
         while True:
+            if loop.time() >= next_month_check:
+                next_month_check = loop.time() + MONTH_CHECK_INTERVAL_S
+                if await handlers.close_past_months(self.runtime):
+                    await self.runtime.relay()
             batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=BATCH_RECORDS_MAX)
-            records = [record for partition_records in batches.values() for record in partition_records]
-            if not records:
+            if not any(batches.values()):
                 continue
-            await self.runtime.process(records, lambda batch: handlers.post_records(self.runtime, batch))
-            next_offsets = {tp.partition: max(record.offset for record in rs) + 1 for tp, rs in batches.items() if rs}
-            async with self.runtime.db().acquire() as connection:
-                await connection.execute(
-                    store.UPSERT_OFFSETS, self.cluster_id, TOKENS_PRICED.name, list(next_offsets), list(next_offsets.values())
-                )
+            for topic in TOPICS:
+                records = [record for tp, rs in batches.items() if tp.topic == topic for record in rs]
+                if not records:
+                    continue
+                handle = HANDLERS[topic]
+                await self.runtime.process(records, lambda batch, handle=handle: handle(self.runtime, batch))
+                next_offsets = {tp.partition: max(record.offset for record in rs) + 1
+                                for tp, rs in batches.items() if rs and tp.topic == topic}
+                async with self.runtime.db().acquire() as connection:
+                    await connection.execute(
+                        store.UPSERT_OFFSETS, self.cluster_id, topic, list(next_offsets), list(next_offsets.values())
+                    )
             maybe_crash(self.runtime.settings, "ledger.before_outbox_publish")
             await self.runtime.relay()

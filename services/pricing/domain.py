@@ -60,7 +60,13 @@ def price_factor(price: ModelPrice, payer_bu: str) -> Decimal | None:
 
 
 def price(consumed: TokenConsumed, book: PriceBookPublished) -> Priced:
-    """Price one consumption with one book version."""
+    """Price one consumption with one book version.
+
+    The context tier reached by the request's whole input reprices the whole
+    request; a class the tier does not list keeps its base price. A payer's
+    factor scales each unit price, fixed at twelve places, before the lines are
+    computed, so every line stays Tokens x unit price and the lines sum to the total.
+    """
     entry = book.price_for(consumed.model)
     if entry is None:
         raise Unpriceable(f"book {book.book_id} v{book.version} has no price for {consumed.model}")

@@ -25,6 +25,7 @@ from typing import Any, Final
 from tokenhub.contracts.events import ContextTier, ModelPrice
 from tokenhub.contracts.money import quantize
 from tokenhub.contracts.registry import ConversionTable
+from tokenhub.contracts.tokens import class_order
 
 MILLION: Final = Decimal(1_000_000)
 SPEC_ENTRY: Final = "sample_spec"  # the map's documentation entry, not a model
@@ -138,12 +139,13 @@ def model_price(model: str, entry: dict[str, Any], rate: Decimal,
             prices.update(tier_prices)
         else:
             tiers.setdefault(start, {}).update(tier_prices)
-    prices = _with_reasoning(prices, explicit_reasoning)
+    prices = dict(sorted(_with_reasoning(prices, explicit_reasoning).items(), key=lambda item: class_order(item[0])))
     if not prices:
         raise LiteLLMImportError(f"{model}: no per-Token, per-image or per-second price in the map")
     context_tiers = tuple(
         ContextTier(name=f"above-{threshold // 1000}k" if threshold % 1000 == 0 else f"above-{threshold}",
-                    above_input_tokens=threshold, unit_prices_per_million=_with_reasoning(tier_prices, None))
+                    above_input_tokens=threshold, unit_prices_per_million=dict(sorted(
+                        _with_reasoning(tier_prices, None).items(), key=lambda item: class_order(item[0]))))
         for threshold, tier_prices in sorted(tiers.items())
     )
     if rate != 1:

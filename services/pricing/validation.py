@@ -39,6 +39,15 @@ def _check_model(entry: ModelPrice) -> None:
     thresholds = [tier.above_input_tokens for tier in entry.context_tiers]
     if thresholds != sorted(set(thresholds)):
         raise PriceBookInvalid(f"{entry.model}: context tiers must have increasing, distinct thresholds, got {thresholds}")
+    names = [tier.name for tier in entry.context_tiers]
+    if len(set(names)) != len(names):
+        raise PriceBookInvalid(f"{entry.model}: context tier names must be distinct, got {names}")
+    empty = [tier.name for tier in entry.context_tiers if not tier.unit_prices_per_million]
+    if empty:
+        raise PriceBookInvalid(f"{entry.model}: context tier {empty[0]} sets no price")
+    payers = [adjustment.bu for adjustment in entry.bu_adjustments]
+    if len(set(payers)) != len(payers):
+        raise PriceBookInvalid(f"{entry.model}: a business unit has two price adjustments")
     for adjustment in entry.bu_adjustments:
         if adjustment.factor < 0:
             raise PriceBookInvalid(f"{entry.model}: negative price factor for {adjustment.bu}")

@@ -1,19 +1,28 @@
-"""Pricing on the real stack: consumption parked until a book prices it, a
-retroactive correction that moves balances by exactly the difference, and an
-imported LiteLLM price map pricing usage, context ranges included."""
+"""Pricing on the real stack, driven through the `tokenhub` command handlers:
+consumption parked until a book prices it, a retroactive correction that moves
+balances by exactly the difference (and again for a later version, and not at
+all for the same one), and an imported LiteLLM price map pricing usage,
+context ranges, per-image and per-second prices included."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from tokenhub.cli import pricing_commands
 from tokenhub.cli.commands import build_book, publish_events
+from tokenhub.cli.errors import CliError
+from tokenhub.cli.queries import balances
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.events import Priced, decode
+from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.money import line_amount
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
 from tokenhub.infra.pipeline import wait_until
@@ -21,27 +30,35 @@ from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.pricing import handlers
-from tokenhub.services.pricing.litellm import book_document
 from tests.integration.support import World, delta, emit, read_counters, wait_settled
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "litellm_prices.json"
+D = Decimal
+WAIT_S = 60.0
 
 
-async def _publish_book(world: World, book_id: str, version: int, effective: datetime, models: list[dict], **extra) -> None:  # noqa: ANN003
-    document = {"book_id": book_id, "version": version, "currency": "CNY", "effective_from": effective.isoformat(),
-                "models": models, **extra}
-    book = build_book(document, world.settings, "tests", "test book", retroactive=True)
-    await publish_events(world.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
-
-    async def stored() -> bool:
-        rows = await _query(world, "select count(*) as n from pricing.price_books where book_id = $1 and version = $2",
-                            book_id, version)
-        return rows[0]["n"] == 1
-    await wait_until(stored, 30, f"book {book_id} v{version}")
+@pytest.fixture
+def cli_env(backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The command handlers find the test stack the way a person's shell would: environment variables."""
+    monkeypatch.setenv("TOKENHUB_BOOTSTRAP_SERVERS", backend.settings.bootstrap_servers or "")
+    monkeypatch.setenv("TOKENHUB_DATABASE_URL", backend.settings.database_url or "")
+    monkeypatch.setenv("TOKENHUB_STATE_DIR", str(tmp_path / "no-stack"))
+    return tmp_path
 
 
-async def _query(world: World, query: str, *parameters):  # noqa: ANN002, ANN202
+def _json_output(captured: str) -> Any:
+    """The command's JSON document; in-process, structlog's lines may precede it on stdout."""
+    lines = captured.splitlines()
+    start = next(index for index, line in enumerate(lines) if line in ("{", "[", "[]"))
+    return json.loads("\n".join(lines[start:]))
+
+
+def _arguments(**values: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{"actor": "tests", "retroactive": True, "json": True, **values})
+
+
+async def _query(world: World, query: str, *parameters: Any) -> list[asyncpg.Record]:
     connection = await asyncpg.connect(world.settings.database_url)
     try:
         return await connection.fetch(query, *parameters)
@@ -49,48 +66,115 @@ async def _query(world: World, query: str, *parameters):  # noqa: ANN002, ANN202
         await connection.close()
 
 
-async def _spend(world: World, bu: str) -> Decimal:
-    rows = await _query(world, "select coalesce(sum(amount), 0) as spend from ledger.entries where payer_bu = $1", world.bu(bu))
-    return rows[0]["spend"]
+async def _publish(world: World, directory: Path, book_id: str, version: int, effective: datetime,
+                   models: list[dict[str, Any]]) -> None:
+    path = directory / f"{book_id}-v{version}.json"
+    path.write_text(json.dumps({"book_id": book_id, "version": version, "currency": "CNY",
+                                "effective_from": effective.isoformat(), "models": models}))
+    assert await pricing_commands.publish(_arguments(file=str(path), reason="test book")) == 0
+    await _wait_book(world, book_id, version)
 
 
-async def test_consumption_without_a_price_is_parked_then_priced_when_a_book_arrives(backend) -> None:
-    world = World(backend.settings)
-    await world.publish(["shop"], extra_models=[{"model_id": f"{world.prefix}-new", "provider_bu": world.provider,
-                                                 "modality": "text", "token_classes": ["input", "output"]}])
-    events = [world.usage("shop", index, 10_000, 1_000, model=f"{world.prefix}-new") for index in range(12)]
-    before = await read_counters(world.settings)
-    await emit(world.settings, events)
-
-    async def parked() -> bool:
-        rows = await _query(world, "select count(*) as n from pricing.parked where model = $1", f"{world.prefix}-new")
-        return rows[0]["n"] == 12
-    await wait_until(parked, 60, "the consumption to be parked")
-    assert await _spend(world, "shop") == 0
-
-    await _publish_book(world, f"{world.prefix}-late", 1, datetime.now(UTC) - timedelta(days=1),
-                        [{"model": f"{world.prefix}-new", "unit_prices_per_million": {"input": "3", "output": "12"}}])
-    after = await wait_settled(world.settings, before, 12)
-    assert delta(after, before, "pricing.unparked") == 12
-    assert await _spend(world, "shop") == 12 * (Decimal("0.03") + Decimal("0.012"))
-    rows = await _query(world, "select count(*) as n from pricing.parked where model = $1", f"{world.prefix}-new")
-    assert rows[0]["n"] == 0
+async def _wait_book(world: World, book_id: str, version: int) -> None:
+    async def stored() -> bool:
+        rows = await _query(world, "select count(*) as n from pricing.price_books where book_id = $1 and version = $2",
+                            book_id, version)
+        return rows[0]["n"] == 1
+    await wait_until(stored, WAIT_S, f"book {book_id} v{version}")
 
 
-async def _reprice(world: World, start: datetime, end: datetime) -> tuple[int, int]:
+async def _publish_book(world: World, book_id: str, version: int, effective: datetime, models: list[dict[str, Any]],
+                        **extra: Any) -> None:
+    """A book straight onto the topic, skipping the CLI's checks (the invoicing tests use it too)."""
+    document = {"book_id": book_id, "version": version, "currency": "CNY", "effective_from": effective.isoformat(),
+                "models": models, **extra}
+    book = build_book(document, world.settings, "tests", "test book", retroactive=True)
+    await publish_events(world.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
+    await _wait_book(world, book_id, version)
+
+
+async def _reprice(world: World, start: datetime, end: datetime) -> handlers.RepriceReport:
+    """Pricing's own reprice on its own schema, relayed, for the world's model (the invoicing tests use it too)."""
     pool = await create_pool(world.settings.database_url or "", size_max=2)
     producer = create_producer(world.settings.bootstrap_servers or "", client_id="tests-reprice")
     await producer.start()
     try:
-        result = await handlers.reprice(pool, start, end, world.model)
+        report = await handlers.reprice(pool, start, end, world.model)
         await relay(pool, producer, handlers.SCHEMA)
-        return result
+        return report
     finally:
         await producer.stop()
         await pool.close()
 
 
-async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference(backend) -> None:
+async def _balance(world: World, name: str) -> tuple[Decimal, Decimal, int]:
+    """(spend, revenue, tokens consumed) from the ledger's projection."""
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        rows = {row.bu: row for row in await balances(pool)}
+    finally:
+        await pool.close()
+    payer, provider = rows.get(world.bu(name)), rows.get(world.provider)
+    return (payer.spend if payer else D(0), provider.revenue if provider else D(0),
+            payer.tokens_consumed if payer else 0)
+
+
+async def _priced(world: World, bu: str) -> list[Priced]:
+    rows = await _query(world, "select payload from ledger.priced_archive where payload_sha256 is not null "
+                        "and convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1", world.bu(bu))
+    return [decode(Priced, row["payload"]) for row in rows]
+
+
+async def test_consumption_without_a_price_is_parked_listed_then_priced_when_a_book_arrives(
+        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(backend.settings)
+    model = f"{world.prefix}-new"
+    await world.publish(["shop"], extra_models=[{"model_id": model, "provider_bu": world.provider,
+                                                 "modality": "text", "token_classes": ["input", "output"]}])
+    sizes = [(10_000 + index, 1_000 + 7 * index) for index in range(12)]
+    events = [world.usage("shop", index, *size, model=model) for index, size in enumerate(sizes)]
+    before = await read_counters(world.settings)
+    await emit(world.settings, events)
+
+    async def all_parked() -> bool:
+        return delta(await read_counters(world.settings), before, "pricing.parked") >= 12
+    await wait_until(all_parked, WAIT_S, "the consumption to be parked")
+    after_parking = await read_counters(world.settings)
+    assert (delta(after_parking, before, "pricing.parked"), delta(after_parking, before, "pricing.priced")) == (12, 0)
+    assert await _balance(world, "shop") == (D(0), D(0), 0)
+
+    capsys.readouterr()
+    assert await pricing_commands.parked(_arguments(limit=100_000)) == 0
+    listed = [row for row in _json_output(capsys.readouterr().out) if row["model"] == model]
+    assert len(listed) == 12
+    assert {row["payer_bu"] for row in listed} == {world.bu("shop")}
+    assert all(row["reason"].startswith(f"no price book prices {model} at ") for row in listed)
+
+    await _publish(world, cli_env, f"{world.prefix}-late", 1, datetime.now(UTC) - timedelta(days=1),
+                   [{"model": model, "unit_prices_per_million": {"input": "3", "output": "12"}}])
+    after = await wait_settled(world.settings, before, 12)
+    assert (delta(after, before, "pricing.unparked"), delta(after, before, "pricing.priced")) == (12, 12)
+    expected = sum((line_amount(i, D(3)) + line_amount(o, D(12)) for i, o in sizes), D(0))
+    assert expected == D("0.509742000000")  # (120066 x 3 + 12462 x 12) / 1e6
+    assert await _balance(world, "shop") == (expected, expected, sum(i + o for i, o in sizes))
+    rows = await _query(world, "select count(*) as n from pricing.parked where model = $1", model)
+    assert rows[0]["n"] == 0
+    refusal = f"version 1 of book {world.prefix}-late is already published and never changes; publish version 2"
+    with pytest.raises(CliError, match=refusal):
+        await _publish(world, cli_env, f"{world.prefix}-late", 1, datetime.now(UTC) - timedelta(days=1),
+                       [{"model": model, "unit_prices_per_million": {"input": "0", "output": "0"}}])
+    assert {(event.book_id, event.book_version, event.kind) for event in await _priced(world, "shop")} == {
+        (f"{world.prefix}-late", 1, "charge")}
+
+
+async def _reprice_command(start: datetime, end: datetime, model: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert await pricing_commands.reprice(_arguments(start=start.isoformat(), end=end.isoformat(), model=model)) == 0
+    return _json_output(capsys.readouterr().out)
+
+
+async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference(
+        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     world = World(backend.settings)
     await world.publish(["shop"])
     sizes = [(10_000 + index * 37, 1_000 + index) for index in range(30)]
@@ -98,62 +182,141 @@ async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference
     before = await read_counters(world.settings)
     await emit(world.settings, events)
     await wait_settled(world.settings, before, len(events))
-    original = await _spend(world, "shop")
-    assert original == sum((world.expected_amount(*size) for size in sizes), Decimal(0))
+    tokens = sum(i + o for i, o in sizes)
+    original = sum((world.expected_amount(*size) for size in sizes), D(0))
+    assert await _balance(world, "shop") == (original, original, tokens)
+    charges = {event.consumed_id: event for event in await _priced(world, "shop")}
+    assert len(charges) == 30
 
     window = (datetime.now(UTC) - timedelta(days=1), datetime.now(UTC))
     effective = datetime.now(UTC) - timedelta(days=10)
-    await _publish_book(world, f"{world.prefix}-book", 2, effective,
-                        [{"model": world.model, "unit_prices_per_million": {"input": "2.0", "output": "8.0"}}])
-    posted_before = (await read_counters(world.settings)).get("ledger.posted", 0)
-    assert await _reprice(world, *window) == (30, 30)
 
-    async def posted() -> bool:
-        return (await read_counters(world.settings)).get("ledger.posted", 0) - posted_before >= 60
-    await wait_until(posted, 60, "reversals and corrections to be posted")
-    corrected = sum((line_amount(i, Decimal("2.0")) + line_amount(o, Decimal("8.0")) for i, o in sizes), Decimal(0))
-    assert await _spend(world, "shop") == corrected
-    assert corrected - original == -sum((Decimal(i) * Decimal("0.4") + Decimal(o) * Decimal("1.6")) / 10**6
-                                         for i, o in sizes)
-    kinds = await _query(world, "select kind, count(*) as n, sum(tokens) as tokens from ledger.entries where payer_bu = $1 "
-                         "group by kind order by kind", world.bu("shop"))
-    assert [(row["kind"], row["n"]) for row in kinds] == [("charge", 30), ("correction", 30), ("reversal", 30)]
-    assert sum(row["tokens"] for row in kinds) == sum(i + o for i, o in sizes)  # Tokens net out to the usage
-    links = await _query(world, "select count(*) as n from ledger.entries reversal join ledger.entries charge "
-                         "on reversal.corrects_id = charge.priced_id where reversal.kind = 'reversal' and reversal.payer_bu = $1",
-                         world.bu("shop"))
-    assert links[0]["n"] == 30
+    async def corrected(version: int, input_price: str, output_price: str) -> Decimal:
+        await _publish(world, cli_env, f"{world.prefix}-book", version, effective + timedelta(hours=version),
+                       [{"model": world.model, "unit_prices_per_million": {"input": input_price, "output": output_price}}])
+        spend_before, _, _ = await _balance(world, "shop")
+        posted_before = await read_counters(world.settings)
+        target = sum((line_amount(i, D(input_price)) + line_amount(o, D(output_price)) for i, o in sizes), D(0))
+        report = await _reprice_command(*window, world.model, capsys)
+        assert report == {"examined": 30, "corrected": 30, "events": 60, "unpriceable": 0,
+                          "difference": f"{target - spend_before:.12f}"}
 
-    assert await _reprice(world, *window) == (30, 0)  # the same version again: no further effect
-    await _publish_book(world, f"{world.prefix}-book", 3, effective + timedelta(days=1),
-                        [{"model": world.model, "unit_prices_per_million": {"input": "1.0", "output": "4.0"}}])
-    posted_before = (await read_counters(world.settings)).get("ledger.posted", 0)
-    assert await _reprice(world, *window) == (30, 30)
-    await wait_until(posted, 60, "the second correction to be posted")
-    assert await _spend(world, "shop") == sum((line_amount(i, Decimal(1)) + line_amount(o, Decimal(4)) for i, o in sizes),
-                                              Decimal(0))
+        async def posted() -> bool:
+            return delta(await read_counters(world.settings), posted_before, "ledger.posted") >= 60
+        await wait_until(posted, WAIT_S, f"version {version}'s reversals and corrections to be posted")
+        assert delta(await read_counters(world.settings), posted_before, "ledger.posted") == 60
+        # The balance moved by exactly the difference; the Tokens netted out to the usage.
+        assert await _balance(world, "shop") == (target, target, tokens)
+        return target
+
+    v2 = await corrected(2, "2.0", "8.0")
+    assert v2 - original == -sum((D(i) * D("0.4") + D(o) * D("1.6")) / 10**6 for i, o in sizes)
+    events_v2 = await _priced(world, "shop")
+    reversals = [event for event in events_v2 if event.kind == "reversal"]
+    corrections = {event.consumed_id: event for event in events_v2 if event.kind == "correction"}
+    assert (len(reversals), len(corrections)) == (30, 30)
+    for reversal in reversals:
+        charge = charges[reversal.consumed_id]
+        assert reversal.corrects_id == charge.id
+        assert reversal.id == priced_id(charge.consumed_id, f"{world.prefix}-book", 2, kind="reversal")
+        assert [(line.tokens, line.amount) for line in reversal.lines] == [(-line.tokens, -line.amount) for line in charge.lines]
+        assert all(line.tokens < 0 and line.amount < 0 for line in reversal.lines)
+        correction = corrections[reversal.consumed_id]
+        assert (correction.corrects_id, correction.book_version) == (charge.id, 2)
+        assert correction.id == priced_id(charge.consumed_id, f"{world.prefix}-book", 2, kind="correction")
+
+    counted = await read_counters(world.settings)
+    assert await _reprice_command(*window, world.model, capsys) == {  # the same version again: no further effect
+        "examined": 30, "corrected": 0, "events": 0, "unpriceable": 0, "difference": "0.000000000000"}
+    assert delta(await read_counters(world.settings), counted, "pricing.reversed") == 0
+
+    v3 = await corrected(3, "1.0", "4.0")  # a later version corrects the corrections
+    assert v3 * 2 == v2
+    entries = await _query(world, "select kind, count(*) as n, sum(amount) as amount from ledger.entries "
+                           "where payer_bu = $1 group by kind order by kind", world.bu("shop"))
+    assert [(row["kind"], row["n"]) for row in entries] == [("charge", 30), ("correction", 60), ("reversal", 60)]
+    assert sum(row["amount"] for row in entries) == v3
 
 
-async def test_an_imported_litellm_map_prices_usage_with_its_context_ranges(backend) -> None:
+async def _registered_models(world: World, models: dict[str, tuple[str, list[str]]]) -> list[dict[str, Any]]:
+    return [{"model_id": f"{world.prefix}-{name}", "provider_bu": world.provider, "modality": modality,
+             "token_classes": classes} for name, (modality, classes) in models.items()]
+
+
+async def test_an_imported_litellm_map_prices_usage_with_its_context_ranges_and_units(
+        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     world = World(backend.settings)
-    await world.publish(["shop"], extra_models=[{"model_id": "qwen-max-intl", "provider_bu": world.provider,
-                                                 "modality": "text", "token_classes": ["input", "cache_read", "output"]}])
-    price_map = json.loads(FIXTURE.read_text(), parse_float=Decimal)
-    document = book_document(price_map, ["qwen-max-intl"], book_id=f"{world.prefix}-litellm", version=1,
-                             effective_from=datetime.now(UTC) - timedelta(days=1), currency="CNY", rate=Decimal("7.2"),
-                             source_currency="USD", table=None)
-    document["models"][0]["model"] = "qwen-max-intl"
-    await _publish_book(world, document.pop("book_id"), document.pop("version"),
-                        datetime.fromisoformat(document.pop("effective_from")), document.pop("models"),
-                        **{key: value for key, value in document.items() if key != "currency"})
-    small = world.usage("shop", 1, 100_000, 2_000, model="qwen-max-intl")
-    large = world.usage("shop", 2, 120_000, 2_000, model="qwen-max-intl", cache_read_tokens=10_000)
+    names = {"qwen-max-intl": ("text", ["input", "cache_read", "output", "reasoning"]),
+             "qwen-plus-intl": ("text", ["input", "output", "reasoning"]),
+             "wan-image-intl": ("image", ["image"]),
+             "wan-video-intl": ("video", ["video"])}
+    # Conversion tables are global and chosen by time: this one is in force, alone, in a slot of its own.
+    slot = datetime.now(UTC) - timedelta(days=20)
+    table = {"version": 70_000 + int(world.prefix[1:5], 16), "effective_from": slot.isoformat(), "rules": [
+        {"unit": "image:*", "token_class": "image", "tokens_per_unit": "1000"},
+        {"unit": "video_second:*", "token_class": "video", "tokens_per_unit": "4000"}]}
+    await world.publish(["shop"], extra_models=await _registered_models(world, names), conversion_tables=[table])
+
+    async def table_stored() -> bool:
+        rows = await _query(world, "select count(*) as n from metering.conversion_tables where version = $1", table["version"])
+        return rows[0]["n"] == 1
+    await wait_until(table_stored, WAIT_S, "the conversion table")
+    text = FIXTURE.read_text()
+    for name in names:
+        text = text.replace(f'"{name}"', f'"{world.prefix}-{name}"')
+    price_map = cli_env / "prices.json"
+    price_map.write_text(text)
+    book_id = f"{world.prefix}-litellm"
+    assert await pricing_commands.import_litellm(_arguments(
+        file=str(price_map), models=",".join(f"{world.prefix}-{name}" for name in names), rate="7.2",
+        source_currency="USD", book_id=book_id, version=1, effective_from=(slot + timedelta(hours=1)).isoformat(),
+        output=None, publish=True, reason="list prices")) == 0
+    await _wait_book(world, book_id, 1)
+
+    capsys.readouterr()
+    assert await pricing_commands.show(_arguments(model=f"{world.prefix}-wan-video-intl",
+                                                  at=(slot + timedelta(days=1)).isoformat())) == 0
+    shown = _json_output(capsys.readouterr().out)[0]
+    assert (shown["book_id"], shown["unit_prices_per_million"]) == (book_id, {"video": "180.000000000000"})
+    assert f"conversion table v{table['version']}" in shown["note"]
+    rows = await _query(world, "select convert_from(payload, 'UTF8')::jsonb as book from pricing.price_books "
+                        "where book_id = $1", book_id)
+    stored = json.loads(rows[0]["book"])
+    assert (stored["exchange_rate"], stored["source_currency"], stored["currency"]) == ("7.2", "USD", "CNY")
+
+    at = slot + timedelta(days=1)
+
+    def usage(index: int, name: str, **quantities: Any):  # noqa: ANN202
+        return world.usage("shop", index, quantities.pop("input_tokens", None), quantities.pop("output_tokens", None),
+                           model=f"{world.prefix}-{name}", time=at, **quantities)
+    events = [
+        usage(1, "qwen-max-intl", input_tokens=100_000, output_tokens=2_000),
+        usage(2, "qwen-max-intl", input_tokens=118_000, cache_read_tokens=10_000, output_tokens=2_000),  # 128,000
+        usage(3, "qwen-max-intl", input_tokens=118_001, cache_read_tokens=10_000, output_tokens=2_000),  # 128,001
+        usage(4, "qwen-plus-intl", input_tokens=256_000, output_tokens=1_000, reasoning_tokens=500),
+        usage(5, "qwen-plus-intl", input_tokens=256_001, output_tokens=1_000, reasoning_tokens=500),
+        usage(6, "wan-image-intl", image_count=3, image_size="1024x1024"),
+        usage(7, "wan-video-intl", video_seconds="10", video_resolution="720p"),
+    ]
     before = await read_counters(world.settings)
-    await emit(world.settings, [small, large])
-    await wait_settled(world.settings, before, 2)
-    rows = await _query(world, "select convert_from(payload, 'UTF8')::jsonb as priced from ledger.priced_archive "
-                        "where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1", world.bu("shop"))
-    priced = {json.loads(row["priced"])["consumed_id"]: json.loads(row["priced"]) for row in rows}
-    by_tier = {event["context_tier"] if "context_tier" in event else None: event for event in priced.values()}
-    assert by_tier[None]["total_amount"] == f"{Decimal('1.152') + Decimal('0.09216'):.12f}"  # 100k x 11.52 + 2k x 46.08
-    assert by_tier["above-128k"]["total_amount"] == f"{Decimal('2.7648') + Decimal('0.02304') + Decimal('0.18432'):.12f}"
+    await emit(world.settings, events)
+    await wait_settled(world.settings, before, len(events))
+    priced = {event.cause_id: event for event in await _priced(world, "shop")}
+    by_request = {}
+    for event in priced.values():
+        rows = await _query(world, "select convert_from(payload, 'UTF8')::jsonb ->> 'usage_id' as usage_id "
+                            "from pricing.consumed_archive where consumed_id = $1", event.consumed_id)
+        by_request[rows[0]["usage_id"]] = event
+    expected = {  # by hand, USD list x 7.2, per million Tokens
+        "req-1": (None, D("1.152") + D("0.09216")),                                  # 100k x 11.52 + 2k x 46.08
+        "req-2": (None, D("1.35936") + D("0.02304") + D("0.09216")),                 # 118k x 11.52 + 10k x 2.304 + 2k x 46.08
+        "req-3": ("above-128k", D("2.71874304") + D("0.02304") + D("0.18432")),      # 118001 x 23.04 + 10k x 2.304 + 2k x 92.16
+        "req-4": (None, D("0.73728") + D("0.00864") + D("0.0144")),                  # 256k x 2.88 + 1k x 8.64 + 500 x 28.8
+        "req-5": ("above-256k", D("2.21184864") + D("0.02592") + D("0.01296")),      # 256001 x 8.64 + 1k x 25.92 + 500 x 25.92
+        "req-6": (None, D("0.432")),                                                 # 3 images x 0.02 USD x 7.2
+        "req-7": (None, D("7.2")),                                                   # 10 s x 0.1 USD x 7.2
+    }
+    assert {request: (event.context_tier, event.total_amount) for request, event in by_request.items()} == expected
+    assert {event.book_id for event in by_request.values()} == {book_id}
+    spend, revenue, _ = await _balance(world, "shop")
+    assert spend == revenue == sum((amount for _, amount in expected.values()), D(0))

@@ -119,3 +119,66 @@ async def save_chain_heads(connection: asyncpg.Connection, heads: list[ChainHead
         UPSERT_CHAINS, [head.chain for head in heads], [head.sequence for head in heads], [head.head_hash for head in heads]
     )
 
+
+# --- budgets -----------------------------------------------------------------------
+
+# One transaction at a time decides a payer's budget alerts: posting and budget
+# changes take these locks in payer order, so two instances never both raise one.
+LOCK_PAYERS: Final = """
+select pg_advisory_xact_lock(hashtextextended('ledger.budget' || chr(31) || payer, 0))
+from (select distinct unnest($1::text[]) as payer order by 1) as payers
+"""
+INSERT_BUDGET: Final = """
+insert into ledger.budgets (budget_id, payer_bu, scope, period_from, amount, thresholds_percent, hard_limit, currency,
+    actor, reason, set_at, payload)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+on conflict (budget_id) do nothing
+returning budget_id
+"""
+SELECT_BUDGETS_OF: Final = "select payload from ledger.budgets where payer_bu = any($1::text[])"
+SELECT_ALL_BUDGETS: Final = "select payload from ledger.budgets order by set_at, budget_id"
+UPSERT_PERIOD_SPEND: Final = """
+insert into ledger.period_spend (payer_bu, period, consumer_bu, amount)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::numeric[])
+on conflict (payer_bu, period, consumer_bu) do update set amount = period_spend.amount + excluded.amount
+"""
+SELECT_PERIOD_SPEND: Final = """
+select payer_bu, period, consumer_bu, amount from ledger.period_spend
+where payer_bu = any($1::text[]) and period = any($2::text[])
+"""
+SELECT_SPEND_MONTHS: Final = """
+select distinct period from ledger.period_spend where payer_bu = $1 and period >= $2
+union select distinct period from ledger.quota_states where payer_bu = $1 and period >= $2
+"""
+SELECT_LATEST_SPEND_MONTHS: Final = """
+select payer_bu, max(period) as period from ledger.period_spend where payer_bu = any($1::text[]) group by payer_bu
+"""
+SELECT_QUOTA_STATES: Final = """
+select payer_bu, scope, period, exhausted, transitions, closed from ledger.quota_states
+where payer_bu = any($1::text[]) and period = any($2::text[])
+"""
+SELECT_OPEN_STATES_BEFORE: Final = """
+select payer_bu, scope, period, exhausted, transitions, closed from ledger.quota_states
+where payer_bu = any($1::text[]) and period < $2 and not closed
+"""
+SELECT_EXHAUSTED_PAYERS_BEFORE: Final = """
+select distinct payer_bu from ledger.quota_states where exhausted and not closed and period < $1
+"""
+UPSERT_QUOTA_STATES: Final = """
+insert into ledger.quota_states (payer_bu, scope, period, exhausted, transitions, closed)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::int[], $6::boolean[])
+on conflict (payer_bu, scope, period) do update set
+    exhausted = excluded.exhausted, transitions = excluded.transitions, closed = excluded.closed
+"""
+INSERT_BUDGET_ALERTS: Final = """
+insert into ledger.budget_alerts (alert_id, kind, payer_bu, scope, period, threshold_percent, budget_id, payload)
+select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::uuid[], $8::bytea[])
+on conflict do nothing
+returning alert_id
+"""
+SELECT_FUNDED: Final = """
+select array_agg(distinct consumer_bu order by consumer_bu) as consumers,
+       array_remove(array_agg(distinct app order by app), null) as apps
+from ledger.entries
+where payer_bu = $1 and event_time >= $2 and event_time < $3 and ($4::text = '*' or consumer_bu = $4)
+"""

@@ -91,6 +91,4 @@ limit $1
 """
 COUNT_PARKED: Final = "select count(*) from pricing.parked"
 SELECT_BOOK_VERSION: Final = "select payload from pricing.price_books where book_id = $1 and version = $2"
-SELECT_LATEST_VERSIONS: Final = """
-select book_id, max(version) as version from pricing.price_books group by book_id order by book_id
-"""
+SELECT_LATEST_VERSION: Final = "select max(version) from pricing.price_books where book_id = $1"

@@ -1,0 +1,602 @@
+"""`tokenhub verify`: the hash chains against the heads published elsewhere,
+and DESIGN.md's invariants 1-6, recomputed with this module's own code from
+the stored rows of every service (read-only tools may read every schema).
+
+Each check yields violations that name what is wrong precisely enough to find
+it: a journal row by chain, sequence and entry id; an event by its id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, localcontext
+from typing import Any, Final
+
+import asyncpg
+
+from tokenhub.cli import audit
+from tokenhub.contracts.topics import LEDGER_POSTED
+
+GENESIS: Final = "0" * 64
+ROUNDING: Final = {"half_even": ROUND_HALF_EVEN, "half_up": ROUND_HALF_UP, "down": ROUND_DOWN, "up": ROUND_UP}
+VIOLATIONS_SHOWN_MAX: Final = 50
+"""Violations listed per check; the count is always complete."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    check: str
+    subject: str
+    detail: str
+
+
+@dataclass
+class Check:
+    name: str
+    title: str
+    examined: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    skipped: str | None = None
+
+    def fail(self, subject: str, detail: str) -> None:
+        self.violations.append(Violation(self.name, subject, detail))
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclass
+class VerifyReport:
+    checks: list[Check]
+    scope: str | None
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def violations(self) -> list[Violation]:
+        return [violation for check in self.checks for violation in check.violations]
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical JSON form, written out here: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain).encode()
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, Decimal):
+        raise TypeError("amounts travel as strings; a bare number here means the payload was altered")
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def entry_hash(content: dict[str, Any], previous_hash: str) -> str:
+    """sha256 over the predecessor's hash, a newline and the canonical content without its own hash."""
+    body = {key: value for key, value in content.items() if key != "entry_hash"}
+    return hashlib.sha256(previous_hash.encode() + b"\n" + canonical(body)).hexdigest()
+
+
+def row_name(chain: str, sequence: int, entry_id: object) -> str:
+    return f"chain {chain} sequence {sequence} entry {entry_id}"
+
+
+# --- chains ------------------------------------------------------------------------------
+
+SELECT_ENTRIES: Final = """
+select e.entry_id, e.priced_id, e.kind, e.corrects_id, e.chain, e.sequence, e.payer_bu, e.consumer_bu, e.provider_bu,
+       e.app, e.model, e.amount, e.tokens, e.event_time, e.posted_at, e.entry_hash, e.previous_hash, e.payload,
+       (select coalesce(json_agg(json_build_array(p.ledger, p.account, p.debit::text, p.credit::text) order by p.leg), '[]')
+        from ledger.postings p where p.entry_id = e.entry_id)::text as legs
+from ledger.entries e
+where $1::text is null or e.chain = $1
+order by e.chain, e.sequence
+"""
+SELECT_HEADS: Final = "select chain, sequence, head_hash from ledger.chains where $1::text is null or chain = $1"
+
+_COLUMNS: Final = ("kind", "chain", "sequence", "payer_bu", "consumer_bu", "provider_bu", "app", "model")
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    chain: str
+    sequence: int
+    entry_id: str
+    entry_hash: str
+    content: dict[str, Any]
+
+
+def _compare_columns(check: Check, row: asyncpg.Record, content: dict[str, Any]) -> None:
+    name = row_name(row["chain"], row["sequence"], row["entry_id"])
+    differing = [column for column in _COLUMNS if content.get(column) != row[column]]
+    if Decimal(content.get("amount", "NaN")) != row["amount"]:
+        differing.append("amount")
+    if content.get("tokens") != row["tokens"]:
+        differing.append("tokens")
+    if content.get("priced_id") != str(row["priced_id"]) or content.get("corrects_id") != (str(row["corrects_id"]) if row["corrects_id"] else None):
+        differing.append("priced_id/corrects_id")
+    for column in ("event_time", "posted_at"):
+        if audit.moment(content.get(column, "1970-01-01T00:00:00+00:00")) != row[column]:
+            differing.append(column)
+    if content.get("entry_hash") != row["entry_hash"] or content.get("previous_hash") != row["previous_hash"]:
+        differing.append("hashes")
+    legs = [[leg["ledger"], leg["account"], Decimal(leg.get("debit", "0")), Decimal(leg.get("credit", "0"))]
+            for leg in content.get("postings", ())]
+    stored_legs = [[ledger, account, Decimal(debit), Decimal(credit)] for ledger, account, debit, credit in json.loads(row["legs"])]
+    if legs != stored_legs:
+        differing.append("postings")
+    if differing:
+        check.fail(name, f"columns differ from the entry's own payload: {', '.join(differing)}")
+
+
+async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check) -> dict[str, list[StoredEntry]]:
+    """Recompute every hash from the stored payload, check the payload against
+    the columns and legs, and the links, sequences and stored heads."""
+    stored: dict[str, list[StoredEntry]] = defaultdict(list)
+    previous: dict[str, tuple[int, str]] = {}
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        async for row in connection.cursor(SELECT_ENTRIES, scope, prefetch=2_000):
+            chains.examined += 1
+            chain, sequence = row["chain"], row["sequence"]
+            name = row_name(chain, sequence, row["entry_id"])
+            try:
+                content = audit.loads(row["payload"])
+            except ValueError:
+                chains.fail(name, "payload is not JSON")
+                continue
+            _compare_columns(chains, row, content)
+            try:
+                recomputed = entry_hash(content, row["previous_hash"])
+            except TypeError as error:
+                chains.fail(name, f"payload cannot be hashed: {error}")
+                recomputed = ""
+            if recomputed != row["entry_hash"]:
+                chains.fail(name, "stored hash is not the hash of the stored content (the row was rewritten)")
+            last_sequence, last_hash = previous.get(chain, (0, GENESIS))
+            if sequence != last_sequence + 1:
+                chains.fail(name, f"sequence follows {last_sequence}: entries missing or repeated")
+            if row["previous_hash"] != last_hash:
+                chains.fail(name, "does not link to the hash of the entry before it")
+            previous[chain] = (sequence, row["entry_hash"])
+            stored[chain].append(StoredEntry(chain, sequence, str(row["entry_id"]), row["entry_hash"], content))
+        for head in await connection.fetch(SELECT_HEADS, scope):
+            last = previous.get(head["chain"])
+            if last is None or (head["sequence"], head["head_hash"]) != last:
+                chains.fail(f"chain {head['chain']}", f"stored head #{head['sequence']} is not the last entry "
+                                                      f"#{last[0] if last else 0}")
+    return stored
+
+
+def _content_without_hashes(content: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in content.items() if key not in ("entry_hash", "previous_hash")}
+
+
+def check_published(stored: dict[str, list[StoredEntry]], published: list[audit.TopicRecord], check: Check) -> None:
+    """Against the public log: every sequence published once with the stored
+    hash. Where they differ, the first entry whose content differs is the one
+    rewritten; later ones were only re-hashed to hide it."""
+    heads: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for record in published:
+        try:
+            event = audit.loads(record.value)
+        except ValueError:
+            check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "not JSON")
+            continue
+        chain, sequence = event.get("chain"), event.get("sequence")
+        if chain is None or sequence is None:
+            check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "names no chain and sequence")
+            continue
+        earlier = heads[chain].get(sequence)
+        if earlier is not None and earlier.get("entry_hash") != event.get("entry_hash"):
+            check.fail(f"chain {chain} sequence {sequence}", "published twice with different hashes")
+        heads[chain].setdefault(sequence, event)
+    for chain, entries in sorted(stored.items()):
+        seen = heads.get(chain, {})
+        rewritten_found = False
+        for entry in entries:
+            check.examined += 1
+            name = row_name(chain, entry.sequence, entry.entry_id)
+            event = seen.get(entry.sequence)
+            if event is None:
+                check.fail(name, "never published on ledger.posted: its sequence has a gap there")
+                continue
+            if event.get("entry_hash") == entry.entry_hash:
+                continue
+            if _content_without_hashes(event) != _content_without_hashes(entry.content):
+                changed = sorted(key for key in set(event) | set(entry.content)
+                                 if key not in ("entry_hash", "previous_hash") and event.get(key) != entry.content.get(key))
+                check.fail(name, f"REWRITTEN: differs from the entry published on ledger.posted in {', '.join(changed)}")
+                rewritten_found = True
+            else:
+                check.fail(name, "hash differs from the published head " + (
+                    "(re-hashed after an earlier rewritten entry)" if rewritten_found else "with the same content"))
+        extra = sorted(sequence for sequence in seen if sequence > len(entries))
+        if extra:
+            check.fail(f"chain {chain}", f"ledger.posted has sequences {extra[0]}..{extra[-1]} that the journal lacks")
+    for chain in sorted(set(heads) - set(stored)):
+        check.fail(f"chain {chain}", f"{len(heads[chain])} entries published on ledger.posted, none in the journal")
+
+
+SELECT_INVOICE_HEADS: Final = "select payer_bu, period, payload -> 'chain_heads' as heads from invoicing.invoices"
+
+
+async def check_invoice_heads(connection: asyncpg.Connection, stored: dict[str, list[StoredEntry]], scope: str | None,
+                              check: Check) -> None:
+    for row in await connection.fetch(SELECT_INVOICE_HEADS):
+        for head in row["heads"] or ():
+            if scope is not None and head["chain"] != scope:
+                continue
+            check.examined += 1
+            entries = stored.get(head["chain"], [])
+            sequence = head["sequence"]
+            if not 1 <= sequence <= len(entries):
+                check.fail(f"invoice {row['payer_bu']} {row['period']}", f"names head {head['chain']}#{sequence}, not in the journal")
+            elif entries[sequence - 1].entry_hash != head["entry_hash"]:
+                entry = entries[sequence - 1]
+                check.fail(row_name(entry.chain, entry.sequence, entry.entry_id),
+                           f"hash differs from the head printed on invoice {row['payer_bu']} {row['period']}")
+
+
+# --- invariant 1: debits = credits ---------------------------------------------------------
+
+UNBALANCED_ENTRIES: Final = """
+select e.chain, e.sequence, e.entry_id, p.ledger, sum(p.debit) as debit, sum(p.credit) as credit
+from ledger.postings p join ledger.entries e using (entry_id)
+where $1::text is null or e.chain = $1
+group by e.chain, e.sequence, e.entry_id, p.ledger
+having sum(p.debit) <> sum(p.credit)
+"""
+ENTRIES_WITHOUT_BOTH_LEDGERS: Final = """
+select e.chain, e.sequence, e.entry_id from ledger.entries e
+where ($1::text is null or e.chain = $1)
+  and (select count(distinct p.ledger) from ledger.postings p where p.entry_id = e.entry_id) <> 2
+"""
+LEDGER_TOTALS: Final = "select ledger, sum(debit) as debit, sum(credit) as credit from ledger.postings group by ledger"
+BALANCE_TOTALS: Final = "select ledger, sum(debit_total) as debit, sum(credit_total) as credit from ledger.balances group by ledger"
+COUNT_ENTRIES: Final = "select count(*) from ledger.entries where $1::text is null or chain = $1"
+
+
+async def check_double_entry(connection: asyncpg.Connection, scope: str | None, check: Check) -> None:
+    check.examined = await connection.fetchval(COUNT_ENTRIES, scope)
+    for row in await connection.fetch(UNBALANCED_ENTRIES, scope):
+        check.fail(row_name(row["chain"], row["sequence"], row["entry_id"]),
+                   f"{row['ledger']} ledger: debits {row['debit']} != credits {row['credit']}")
+    for row in await connection.fetch(ENTRIES_WITHOUT_BOTH_LEDGERS, scope):
+        check.fail(row_name(row["chain"], row["sequence"], row["entry_id"]), "does not post to both the money and Tokens ledgers")
+    for query, what in ((LEDGER_TOTALS, "journal"), (BALANCE_TOTALS, "ledger.balances")):
+        for row in await connection.fetch(query):
+            if row["debit"] != row["credit"]:
+                check.fail(f"{row['ledger']} ledger", f"{what}: total debits {row['debit']} != total credits {row['credit']}")
+
+
+# --- invariant 2: each accepted usage event has its effect exactly once ------------------
+
+SELECT_ENTRY_FACTS: Final = """
+select e.chain, e.sequence, e.entry_id, e.priced_id::text as priced_id, e.kind, e.amount, e.tokens, e.payer_bu,
+       e.consumer_bu, e.provider_bu, a.payload as priced
+from ledger.entries e join ledger.priced_archive a using (priced_id)
+where $1::text is null or e.payer_bu = $1
+"""
+ARCHIVED_NOT_POSTED: Final = """
+select a.priced_id from ledger.priced_archive a left join ledger.entries e using (priced_id)
+where e.entry_id is null
+"""
+SELECT_PARKED_IDS: Final = "select consumed_id::text as id from pricing.parked"
+SELECT_PRICING_PRICED: Final = "select priced_id::text as id, consumed_id::text as consumed_id, kind from pricing.priced"
+SELECT_COUNTERS: Final = """
+select 'metering.' || name, value from metering.counters union all select 'pricing.' || name, value from pricing.counters
+union all select 'ledger.' || name, value from ledger.counters union all select 'invoicing.' || name, value from invoicing.counters
+"""
+COUNT_CONSUMED: Final = "select count(*) from pricing.consumed_archive"
+COUNT_PARKED: Final = "select count(*) from pricing.parked"
+COUNT_ARCHIVE: Final = "select count(*) from ledger.priced_archive"
+
+
+@dataclass(frozen=True)
+class EntryFact:
+    name: str
+    priced: dict[str, Any]
+
+
+async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, consumed: dict[str, dict],
+                             check: Check) -> list[EntryFact]:
+    facts: list[EntryFact] = []
+    by_consumed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in await connection.fetch(SELECT_ENTRY_FACTS, scope):
+        name = row_name(row["chain"], row["sequence"], row["entry_id"])
+        priced = audit.loads(row["priced"])
+        facts.append(EntryFact(name, priced))
+        if (Decimal(priced["total_amount"]), int(priced["total_tokens"]), priced["payer_bu"], priced["consumer_bu"],
+                priced["provider_bu"], priced.get("kind", "charge")) != (row["amount"], row["tokens"], row["payer_bu"],
+                                                                         row["consumer_bu"], row["provider_bu"], row["kind"]):
+            check.fail(name, f"does not post what Priced {row['priced_id']} says (amount, Tokens, BUs or kind differ)")
+        if priced.get("kind") != "adjustment":
+            by_consumed[priced["consumed_id"]].append(priced)
+    for row in await connection.fetch(ARCHIVED_NOT_POSTED):
+        check.fail(f"Priced {row['priced_id']}", "archived by the ledger but never posted")
+    parked = {row["id"] for row in await connection.fetch(SELECT_PARKED_IDS)}
+    priced_by_pricing = await connection.fetch(SELECT_PRICING_PRICED)
+    posted_ids = {fact.priced["id"] for fact in facts}
+    for row in priced_by_pricing:
+        source = consumed.get(row["consumed_id"])
+        if scope is not None and (source is None or source["payer_bu"] != scope):
+            continue
+        if row["id"] not in posted_ids:
+            check.fail(f"Priced {row['id']}", "published by pricing but not posted (lost, or in flight: verify a settled pipeline)")
+    for consumed_id, source in consumed.items():
+        if scope is not None and source["payer_bu"] != scope:
+            continue
+        check.examined += 1
+        effects = by_consumed.get(consumed_id, [])
+        kinds = defaultdict(int)
+        for priced in effects:
+            kinds[priced.get("kind", "charge")] += 1
+        subject = f"usage {source['usage_source']} {source['usage_id']} payer {source['payer_bu']} (TokenConsumed {consumed_id})"
+        if consumed_id in parked:
+            if effects:
+                check.fail(subject, f"parked and yet posted {len(effects)} times")
+            continue
+        if not effects:
+            check.fail(subject, "neither posted nor parked")
+            continue
+        if kinds["charge"] != 1 or kinds["reversal"] != kinds["correction"]:
+            check.fail(subject, f"posted {kinds['charge']} charges, {kinds['reversal']} reversals, {kinds['correction']} corrections")
+        net_tokens = sum(int(priced["total_tokens"]) for priced in effects)
+        expected = sum(int(quantity) for quantity in source["tokens"].values())
+        if net_tokens != expected:
+            check.fail(subject, f"net Tokens posted {net_tokens} != Tokens consumed {expected}")
+    for consumed_id in sorted(set(by_consumed) - set(consumed)):
+        check.fail(f"TokenConsumed {consumed_id}", "posted, but pricing has no such consumption")
+    if scope is None:
+        await _check_counters(connection, check)
+    return facts
+
+
+async def _check_counters(connection: asyncpg.Connection, check: Check) -> None:
+    counters = {row[0]: row[1] for row in await connection.fetch(SELECT_COUNTERS)}
+    get = counters.get
+    consumed = await connection.fetchval(COUNT_CONSUMED)
+    parked = await connection.fetchval(COUNT_PARKED)
+    entries = await connection.fetchval(COUNT_ENTRIES, None)
+    archived = await connection.fetchval(COUNT_ARCHIVE)
+    comparisons = (
+        ("metering.consumed (TokenConsumed emitted)", get("metering.consumed", 0), "pricing.received", get("pricing.received", 0)),
+        ("pricing.received", get("pricing.received", 0), "rows in pricing.consumed_archive", consumed),
+        ("pricing.parked - pricing.unparked", get("pricing.parked", 0) - get("pricing.unparked", 0), "rows in pricing.parked", parked),
+        ("ledger.posted", get("ledger.posted", 0), "rows in ledger.entries", entries),
+        ("rows in ledger.priced_archive", archived, "rows in ledger.entries", entries),
+    )
+    for left_name, left, right_name, right in comparisons:
+        if left != right:
+            check.fail("counters", f"{left_name} = {left} but {right_name} = {right}")
+
+
+# --- invariant 3: the projection equals a rebuild ---------------------------------------------
+
+SELECT_JOURNAL_TOTALS: Final = """
+select ledger, account, sum(debit) as debit_total, sum(credit) as credit_total from ledger.postings group by ledger, account
+"""
+
+
+async def check_projection(connection: asyncpg.Connection, facts: list[EntryFact], scope: str | None, check: Check) -> None:
+    projected = {(row["ledger"], row["account"]): (row["debit_total"], row["credit_total"])
+                 for row in await connection.fetch(audit.SELECT_PROJECTION)}
+    journal = {(row["ledger"], row["account"]): (row["debit_total"], row["credit_total"])
+               for row in await connection.fetch(SELECT_JOURNAL_TOTALS)}
+    for key in sorted(set(projected) | set(journal)):
+        if scope is not None and key[1].split(":")[1] != scope:
+            continue
+        check.examined += 1
+        zero = (Decimal(0), Decimal(0))
+        if projected.get(key, zero) != journal.get(key, zero):
+            check.fail(f"ledger.balances ({key[0]}, {key[1]})",
+                       f"debit/credit {_pair(projected.get(key, zero))} but the journal sums to {_pair(journal.get(key, zero))}")
+    if scope is None:
+        rebuilt = audit.rebuild(fact.priced for fact in facts)
+        for difference in audit.diff(rebuilt, audit.figures_of(
+                {"account": account, "debit_total": debit, "credit_total": credit}
+                for (_, account), (debit, credit) in projected.items())):
+            check.fail(difference.row(None), f"{difference.figure}: rebuilt from the Priced archive {difference.rebuilt} "
+                                             f"!= projected {difference.projected}")
+
+
+def _pair(pair: tuple[Decimal, Decimal]) -> str:
+    return f"{pair[0]}/{pair[1]}"
+
+
+# --- invariant 4: every Priced recomputable ------------------------------------------------
+
+SELECT_TIER_LINES: Final = """
+select invoice_id::text as invoice_id, line ->> 'model' as model, line ->> 'amount' as amount
+from invoicing.invoices, jsonb_array_elements(payload -> 'lines') as line
+where line ->> 'kind' = 'period_tier'
+"""
+
+
+async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], consumed: dict[str, dict],
+                       books: dict[tuple[str, int], dict], check: Check) -> None:
+    events = [fact.priced for fact in facts]
+    names = {fact.priced["id"]: fact.name for fact in facts}
+    repricing = audit.reprice(events, consumed, books)
+    check.examined = len(events)
+    for priced_id, kind, recorded, recomputed in repricing.mismatches:
+        check.fail(f"{names[priced_id]} (Priced {priced_id}, {kind})", f"amount {recorded} but its TokenConsumed and "
+                                                                      f"book version give {recomputed}")
+    for priced_id, why in repricing.unrecomputable:
+        check.fail(f"{names[priced_id]} (Priced {priced_id})", f"cannot be recomputed: {why}")
+    tiers = {(row["invoice_id"], row["model"]): Decimal(row["amount"]) for row in await connection.fetch(SELECT_TIER_LINES)}
+    for event in events:
+        if event.get("kind") != "adjustment":
+            continue
+        line = tiers.get((event.get("invoice_id") or "", event["model"]))
+        if line is None or line != Decimal(event["total_amount"]):
+            check.fail(f"{names[event['id']]} (adjustment {event['id']})",
+                       f"amount {event['total_amount']} but invoice {event.get('invoice_id')} has period tier line {line}")
+
+
+# --- invariant 5: invoices and settlements ------------------------------------------------------
+
+SELECT_INVOICES: Final = "select invoice_id::text as invoice_id, payer_bu, period, payload from invoicing.invoices"
+SELECT_ASSIGNED: Final = """
+select invoice_id::text as invoice_id, posting_id::text as posting_id, payload ->> 'priced_id' as priced_id,
+       payload ->> 'kind' as kind, (payload ->> 'amount')::numeric as amount, chain, sequence, entry_hash
+from invoicing.postings where invoice_id is not null
+"""
+SELECT_ENTRY_HASHES: Final = "select priced_id::text as priced_id, amount, entry_hash from ledger.entries"
+SELECT_SETTLEMENTS: Final = "select period, payload from invoicing.settlements"
+
+
+def round_once(amount: Decimal, minor_units: int, mode: str) -> Decimal:
+    with localcontext() as context:
+        context.prec = 60
+        return amount.quantize(Decimal(1).scaleb(-minor_units), rounding=ROUNDING[mode])
+
+
+async def check_invoices(connection: asyncpg.Connection, scope: str | None, minor_units: int, check: Check) -> None:
+    assigned: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for row in await connection.fetch(SELECT_ASSIGNED):
+        assigned[row["invoice_id"]].append(row)
+    ledger = {row["priced_id"]: (row["amount"], row["entry_hash"]) for row in await connection.fetch(SELECT_ENTRY_HASHES)}
+    for row in await connection.fetch(SELECT_INVOICES):
+        if scope is not None and row["payer_bu"] != scope:
+            continue
+        check.examined += 1
+        invoice = row["payload"]
+        subject = f"invoice {row['payer_bu']}-{invoice['number']:04d} ({row['period']})"
+        lines_sum = sum((Decimal(line["amount"]) for line in invoice["lines"]), Decimal(0))
+        postings = assigned.get(row["invoice_id"], [])
+        postings_sum = sum((posting["amount"] for posting in postings), Decimal(0))
+        total = Decimal(invoice["total"])
+        if lines_sum != Decimal(invoice["subtotal"]):
+            check.fail(subject, f"lines sum to {lines_sum}, subtotal says {invoice['subtotal']}")
+        if postings_sum != lines_sum:
+            check.fail(subject, f"postings assigned to it sum to {postings_sum}, its lines to {lines_sum} "
+                                "(a period tier adjustment not yet posted, or a posting lost)")
+        if round_once(postings_sum, minor_units, invoice["rounding_mode"]) != total:
+            check.fail(subject, f"total {total} is not its postings {postings_sum} rounded once "
+                                f"({invoice['rounding_mode']}): {round_once(postings_sum, minor_units, invoice['rounding_mode'])}")
+        usage = [posting for posting in postings if posting["kind"] != "adjustment"]
+        if len(usage) != invoice["postings_count"]:
+            check.fail(subject, f"counts {invoice['postings_count']} postings, {len(usage)} are assigned to it")
+        for posting in postings:
+            stored = ledger.get(posting["priced_id"])
+            if stored is None or stored != (posting["amount"], posting["entry_hash"]):
+                check.fail(subject, f"posting {posting['chain']}#{posting['sequence']} differs from the journal")
+    if scope is not None:
+        return
+    for row in await connection.fetch(SELECT_SETTLEMENTS):
+        check.examined += 1
+        settlement = row["payload"]
+        subject = f"settlement {row['period']}"
+        positions = {bu: Decimal(amount) for bu, amount in settlement["positions"].items()}
+        rounded = {bu: Decimal(amount) for bu, amount in settlement["rounded_positions"].items()}
+        from_matrix: dict[str, Decimal] = defaultdict(Decimal)
+        for flow in settlement["matrix"]:
+            from_matrix[flow["provider_bu"]] += Decimal(flow["amount"])
+            from_matrix[flow["payer_bu"]] -= Decimal(flow["amount"])
+        if {bu: amount for bu, amount in from_matrix.items() if amount} != {bu: amount for bu, amount in positions.items() if amount}:
+            check.fail(subject, "net positions are not revenue - spend of its matrix")
+        if sum(rounded.values(), Decimal(0)) != 0:
+            check.fail(subject, f"rounded positions sum to {sum(rounded.values(), Decimal(0))}, not zero")
+        moved: dict[str, Decimal] = defaultdict(Decimal)
+        for transfer in settlement["transfers"]:
+            moved[transfer["to_bu"]] += Decimal(transfer["amount"])
+            moved[transfer["from_bu"]] -= Decimal(transfer["amount"])
+        for bu in sorted(set(rounded) | set(moved)):
+            if moved.get(bu, Decimal(0)) != rounded.get(bu, Decimal(0)):
+                check.fail(subject, f"transfers move {moved.get(bu, Decimal(0))} for {bu}, its net position is {rounded.get(bu)}")
+
+
+# --- invariant 6: payer shares sum to the whole ---------------------------------------------
+
+def largest_remainder(total: int, weights: list[Decimal]) -> list[int]:
+    with localcontext() as context:
+        context.prec = 60
+        whole = sum(weights, Decimal(0))
+        exact = [Decimal(total) * weight / whole for weight in weights]
+    floors = [int(share) for share in exact]
+    order = sorted(range(len(weights)), key=lambda index: (-(exact[index] - floors[index]), index))
+    for index in order[:total - sum(floors)]:
+        floors[index] += 1
+    return floors
+
+
+def check_shares(consumed: dict[str, dict], scope: str | None, check: Check) -> None:
+    usage: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for event in consumed.values():
+        usage[(event["usage_source"], event["usage_id"])].append(event)
+    for (source, usage_id), parts in sorted(usage.items()):
+        if scope is not None and all(part["payer_bu"] != scope and part["consumer_bu"] != scope for part in parts):
+            continue
+        check.examined += 1
+        subject = f"usage {source} {usage_id}"
+        count = parts[0].get("payer_count", 1)
+        indexes = sorted(part.get("payer_index", 0) for part in parts)
+        if len(set(indexes)) != len(indexes) or any(not 0 <= index < count for index in indexes):
+            check.fail(subject, f"payer positions {indexes} of {count} payers")
+            continue
+        percents = sum((Decimal(part.get("share_percent", "100")) for part in parts), Decimal(0))
+        if percents > 100 or (len(parts) == count and percents != 100):
+            check.fail(subject, f"payer shares sum to {percents} %")
+        inputs = {part["request_input_tokens"] for part in parts}
+        whole_input = sum(int(part["tokens"].get(cls, 0)) for part in parts for cls in ("input", "cache_read", "cache_write"))
+        if len(inputs) != 1 or whole_input != inputs.pop():
+            check.fail(subject, f"the payers' input Tokens sum to {whole_input}, the request's input was {sorted({p['request_input_tokens'] for p in parts})}")
+        if len(parts) == count and count > 1:
+            ordered = sorted(parts, key=lambda part: part.get("payer_index", 0))
+            weights = [Decimal(part["share_percent"]) for part in ordered]
+            for token_class in sorted({cls for part in parts for cls in part["tokens"]}):
+                quantities = [int(part["tokens"].get(token_class, 0)) for part in ordered]
+                if quantities != largest_remainder(sum(quantities), weights):
+                    check.fail(subject, f"{token_class} Tokens {quantities} are not the whole {sum(quantities)} "
+                                        f"split by shares {[f'{weight:f}' for weight in weights]}")
+
+
+# --- all of it ---------------------------------------------------------------------------------
+
+async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: str | None = None, minor_units: int = 2,
+                 idle_timeout_s: float = 3.0, progress: audit.Progress = audit._silent) -> VerifyReport:
+    chains = Check("chains", "hash chains recomputed from the stored rows (links, sequences, heads)")
+    published = Check("published", "chain heads against those published on ledger.posted and printed on invoices")
+    double_entry = Check("invariant-1", "debits = credits in every entry and in each whole ledger")
+    exactly_once = Check("invariant-2", "every accepted usage event posted once (net) or parked")
+    projection = Check("invariant-3", "the balances projection equals a rebuild from the journal and the archive")
+    prices = Check("invariant-4", "every Priced recomputed from its TokenConsumed and book version")
+    invoices = Check("invariant-5", "invoice totals are their postings rounded once; settlements clear the net positions")
+    shares = Check("invariant-6", "payer shares of each usage event sum to the whole")
+    async with pool.acquire() as connection:
+        stored = await check_chains(connection, scope, chains)
+        progress("chains", chains.examined, chains.examined)
+        entries = sum(len(entries) for entries in stored.values())
+        if bootstrap_servers:
+            records = await audit.read_topic(
+                bootstrap_servers, LEDGER_POSTED.name, expected=entries, idle_timeout_s=idle_timeout_s,
+                distinct=lambda value: _chain_sequence(value, scope), progress=progress)
+            if scope is not None:
+                records = [record for record in records if _chain_sequence(record.value, scope) is not None]
+            check_published(stored, records, published)
+        else:
+            published.skipped = "no broker configured"
+        await check_invoice_heads(connection, stored, scope, published)
+        await check_double_entry(connection, scope, double_entry)
+        consumed, books = await audit.load_pricing_inputs(connection)
+        facts = await check_exactly_once(connection, scope, consumed, exactly_once)
+        await check_projection(connection, facts, scope, projection)
+        await check_prices(connection, facts, consumed, books, prices)
+        await check_invoices(connection, scope, minor_units, invoices)
+        check_shares(consumed, scope, shares)
+    return VerifyReport([chains, published, double_entry, exactly_once, projection, prices, invoices, shares], scope)
+
+
+def _chain_sequence(value: bytes, scope: str | None) -> tuple[object, object] | None:
+    """What makes a ledger.posted record distinct; None: not counted (another chain, or unreadable)."""
+    try:
+        event = audit.loads(value)
+    except ValueError:
+        return None
+    if scope is not None and event.get("chain") != scope:
+        return None
+    return (event.get("chain"), event.get("sequence"))
+

@@ -1,0 +1,406 @@
+"""`tokenhub bench`: the whole pipeline on the embedded stack under realistic
+load, beside a plain aiokafka passthrough baseline measured in the same run.
+
+Phases: (1) baseline: the same payloads through four hops of plain aiokafka in
+four processes; (2) throughput: N usage events as fast as the producer goes,
+emitted -> committed in the ledger; (3) latency: events offered at a fixed rate,
+production -> ledger commit per sampled event; (4) replay from the archive and
+from the topic. CPU seconds and peak RSS are sampled per process throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import orjson
+import psutil
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tokenhub.cli.errors import CliError
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.topics import PARTITIONS_DEFAULT
+from tokenhub.infra.embedded import free_port
+from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
+from tokenhub.services.common.db import create_pool
+from tokenhub.services.common.kafka import create_producer
+
+EVENTS_DEFAULT: Final = 200_000
+LATENCY_EVENTS_MAX: Final = 25_000
+LATENCY_RATE_DEFAULT: Final = 5_000
+DISTINCT_TEMPLATES: Final = 2_000  # realistic mix, cheap to stamp into N unique events
+SAMPLE_EVERY: Final = 10  # latency is read for every tenth event: enough for a p99 over 25k
+SETTLE_TIMEOUT_S: Final = 1_800.0
+SAMPLE_INTERVAL_S: Final = 0.5
+HOPS: Final = 4
+RESULTS_DIR: Final = Path("bench-results")
+
+
+@dataclass
+class ProcessStats:
+    cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class Report:
+    events: int
+    instances: int
+    baseline_events_per_s: float = 0.0
+    pipeline_events_per_s: float = 0.0
+    ratio_to_baseline: float = 0.0
+    service_events_per_s: dict[str, float] = field(default_factory=dict)
+    latency_rate_offered: int = 0
+    latency_events: int = 0
+    latency_ms_p50: float = 0.0
+    latency_ms_p95: float = 0.0
+    latency_ms_p99: float = 0.0
+    replay_archive_events_per_s: float = 0.0
+    replay_topic_events_per_s: float = 0.0
+    replay_events: int = 0
+    verify_seconds: float = 0.0
+    processes: dict[str, ProcessStats] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    print(f"  {label}: {done:,}/{total:,}", file=sys.stderr, flush=True)
+
+
+def templates(count: int, seed: int, now: datetime) -> list[dict[str, Any]]:
+    from tokenhub.cli.demo import generate_usage
+
+    return [orjson.loads(canonical_json(event)) for event in generate_usage(count, seed=seed, day_end=now)]
+
+
+def trace_templates(path: Path, now: datetime) -> list[dict[str, Any]]:
+    """Rows `timestamp_ms,model,input_tokens,output_tokens`; each row's time
+    offset from the first is kept, so the trace keeps its own pace."""
+    with path.open() as file:
+        rows = [row for row in csv.DictReader(file)]
+    if not rows:
+        raise CliError(f"{path} has no rows")
+    first = int(rows[0]["timestamp_ms"])
+    consumers = ("taobao-tmall", "local-services", "cainiao", "qianwen-app")
+    return [{"specversion": "1.0", "type": "com.tokenhub.usage.v1", "source": "trace",
+             "time": (now - timedelta(hours=1) + timedelta(milliseconds=int(row["timestamp_ms"]) - first)).isoformat(),
+             "offset_ms": int(row["timestamp_ms"]) - first,
+             "data": {"consumer_bu": consumers[index % len(consumers)], "model": row["model"],
+                      "input_tokens": int(row["input_tokens"]), "output_tokens": int(row["output_tokens"])}}
+            for index, row in enumerate(rows)]
+
+
+def stamp(template: dict[str, Any], run: str, index: int) -> tuple[bytes, bytes]:
+    event = {key: value for key, value in template.items() if key != "offset_ms"}
+    event["id"] = f"bench-{run}-{index}"
+    return event["data"]["consumer_bu"].encode(), orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+async def _produce(bootstrap_servers: str, topic: str, values: list[tuple[bytes, bytes]], *, rate: float | None = None,
+                   sent_at: dict[int, float] | None = None, label: str = "sent") -> float:
+    producer: AIOKafkaProducer = create_producer(bootstrap_servers, client_id="tokenhub-bench")
+    await producer.start()
+    started = time.monotonic()
+    try:
+        pending = []
+        step = max(1, len(values) // 10)
+        for index, (key, value) in enumerate(values):
+            if rate:
+                delay = started + index / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if sent_at is not None and index % SAMPLE_EVERY == 0:
+                sent_at[index] = time.time()
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending = []
+            if (index + 1) % step == 0:
+                _progress(label, index + 1, len(values))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return started
+
+
+class Sampler:
+    """CPU seconds and peak RSS of the services, the broker and the database."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.start_cpu = {name: self._cpu(process) for name, process in self.processes.items()}
+        self.stats = {name: ProcessStats() for name in self.processes}
+
+    @staticmethod
+    def _cpu(process: psutil.Process) -> float:
+        try:
+            total = sum(process.cpu_times()[:2])
+            for child in process.children(recursive=True):
+                total += sum(child.cpu_times()[:2])
+            return total
+        except psutil.Error:
+            return 0.0
+
+    @staticmethod
+    def _rss(process: psutil.Process) -> float:
+        try:
+            return process.memory_info().rss / 2**20
+        except psutil.Error:
+            return 0.0
+
+    def sample(self) -> None:
+        for name, process in self.processes.items():
+            self.stats[name].peak_rss_mb = max(self.stats[name].peak_rss_mb, self._rss(process))
+
+    def finish(self) -> dict[str, ProcessStats]:
+        for name, process in self.processes.items():
+            self.stats[name].cpu_seconds = round(self._cpu(process) - self.start_cpu[name], 2)
+            self.stats[name].peak_rss_mb = round(self.stats[name].peak_rss_mb, 1)
+        return self.stats
+
+
+async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]]) -> float:
+    """Events/s through four hops of plain aiokafka in four processes."""
+    import subprocess
+
+    topics = [f"bench.hop{index}" for index in range(HOPS + 1)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS_DEFAULT, 1) for topic in topics])
+    finally:
+        await admin.close()
+    hops = [subprocess.Popen([sys.executable, "-m", "tokenhub.infra.passthrough", bootstrap_servers, topics[index],
+                              topics[index + 1]], start_new_session=True) for index in range(HOPS)]
+    consumer = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap_servers, group_id="bench-sink",
+                                auto_offset_reset="earliest", session_timeout_ms=6000)
+    await consumer.start()
+    try:
+        await asyncio.sleep(8)  # the hops join their groups first, as the services do before a run
+        started = await _produce(bootstrap_servers, topics[0], values, label="baseline sent")
+        received = 0
+        while received < len(values):
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            received += sum(len(records) for records in batches.values())
+        return len(values) / (time.monotonic() - started)
+    finally:
+        await consumer.stop()
+        for process in hops:
+            process.terminate()
+        for process in hops:
+            process.wait(timeout=30)
+
+
+async def _seed(pipeline: LocalPipeline) -> None:
+    from tokenhub.cli.commands import build_book, publish_events, registry_events
+    from tokenhub.cli.demo import DEMO_DIR, _wait_registry
+    from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+    from tokenhub.infra.settings import Settings
+
+    settings = Settings(bootstrap_servers=pipeline.env["TOKENHUB_BOOTSTRAP_SERVERS"],
+                        database_url=pipeline.env["TOKENHUB_DATABASE_URL"])
+    registry = yaml.safe_load((DEMO_DIR / "registry.yaml").read_text())
+    at = datetime(2026, 2, 27, tzinfo=UTC)
+    await publish_events(settings, REGISTRY_CHANGED.name, registry_events(registry, "bench", "benchmark registry", at))
+    book = build_book(yaml.safe_load((DEMO_DIR / "pricebook.yaml").read_text()), settings, "bench", "benchmark prices",
+                      retroactive=True)
+    await publish_events(settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
+    await _wait_registry(settings.database_url or "", len(registry["business_units"]), len(registry["models"]))
+
+
+async def _settle(connection: asyncpg.Connection, before: dict[str, int], sent: int, sampler: Sampler,
+                  first_done: dict[str, float]) -> dict[str, int]:
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        sampler.sample()
+        now = await counters(connection)
+        delta = {name: now.get(name, 0) - before.get(name, 0) for name in now}
+        for stage, name in (("metering", "metering.accepted"), ("pricing", "pricing.priced"), ("ledger", "ledger.posted"),
+                            ("invoicing", "invoicing.postings")):
+            if stage not in first_done and delta.get(name, 0) and (
+                    stage != "metering" and delta.get(name, 0) >= delta.get("metering.consumed", 1 << 62)
+                    or stage == "metering" and delta.get(name, 0) >= sent):
+                first_done[stage] = time.monotonic()
+        if settled(delta, sent):
+            return delta
+        if time.monotonic() > deadline:
+            raise CliError(f"the pipeline did not settle within {SETTLE_TIMEOUT_S:.0f} s: {delta}")
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+LATENCY_QUERY: Final = """
+select consumed.payload_json ->> 'usage_id' as usage_id, min(entries.posted_at) as posted_at
+from ledger.entries entries
+join ledger.priced_archive priced using (priced_id)
+join (select consumed_id, convert_from(payload, 'UTF8')::jsonb as payload_json from pricing.consumed_archive) consumed
+  on consumed.consumed_id = (convert_from(priced.payload, 'UTF8')::jsonb ->> 'consumed_id')::uuid
+where consumed.payload_json ->> 'usage_id' = any($1::text[])
+group by 1
+"""
+
+
+async def run_bench(arguments: argparse.Namespace) -> Report:
+    count = arguments.events
+    now = datetime.now(UTC)
+    print(f"preparing {count:,} usage events ...", file=sys.stderr)
+    source = trace_templates(Path(arguments.trace), now) if arguments.trace else templates(DISTINCT_TEMPLATES, 11, now)
+    run = f"{random.randrange(16**8):08x}"
+    values = [stamp(source[index % len(source)], run, index) for index in range(count)]
+    report = Report(events=count, instances=arguments.instances)
+    extra = {"TOKENHUB_LOG_LEVEL": "WARNING", "TOKENHUB_INSTANCE_COUNT": str(arguments.instances)}
+    pipeline = LocalPipeline(env=extra)
+    try:
+        print("starting the embedded stack and the services ...", file=sys.stderr)
+        endpoints = await pipeline.start()
+        assert pipeline.services is not None
+        for index in range(1, arguments.instances):
+            for service in ("metering", "pricing", "ledger", "invoicing"):
+                pipeline.services.start(service, name=f"{service}-{index + 1}", extra_env={
+                    "TOKENHUB_INSTANCE_INDEX": str(index), "TOKENHUB_HTTP_PORT": str(free_port())})
+        if not arguments.skip_baseline:
+            print("baseline: plain aiokafka through four hops ...", file=sys.stderr)
+            report.baseline_events_per_s = round(await baseline(endpoints.bootstrap_servers, values), 1)
+        await _seed(pipeline)
+        pids = {name: process.pid for name, process in pipeline.services.processes.items()}
+        pids.update({"broker": pipeline.stack.broker.pid or 0, "postgres": pipeline.stack.postgres.pid or 0})
+        sampler = Sampler(pids)
+        connection = await asyncpg.connect(endpoints.database_url)
+        try:
+            print("throughput: emitted -> committed in the ledger ...", file=sys.stderr)
+            before = await counters(connection)
+            first_done: dict[str, float] = {}
+            rate = None
+            if arguments.trace and not arguments.as_fast_as_possible:
+                rate = len(values) / max(1.0, source[-1].get("offset_ms", 0) / 1000)
+            started = await _produce(endpoints.bootstrap_servers, "usage.reported", values, rate=rate)
+            report.counts = await _settle(connection, before, count, sampler, first_done)
+            # End to end is emitted -> committed in the ledger; invoicing is reported beside it.
+            report.pipeline_events_per_s = round(count / (first_done.get("ledger", time.monotonic()) - started), 1)
+            report.service_events_per_s = {stage: round(count / (moment - started), 1) for stage, moment in first_done.items()}
+            if report.baseline_events_per_s:
+                report.ratio_to_baseline = round(report.pipeline_events_per_s / report.baseline_events_per_s, 3)
+
+            latency_count = min(count, LATENCY_EVENTS_MAX)
+            report.latency_rate_offered = arguments.rate
+            report.latency_events = latency_count
+            print(f"latency: {latency_count:,} events offered at {arguments.rate:,}/s ...", file=sys.stderr)
+            latency_values = [stamp(source[index % len(source)], run + "-latency", index) for index in range(latency_count)]
+            sent_at: dict[int, float] = {}
+            before = await counters(connection)
+            await _produce(endpoints.bootstrap_servers, "usage.reported", latency_values, rate=arguments.rate,
+                           sent_at=sent_at, label="latency sent")
+            await _settle(connection, before, latency_count, sampler, {})
+            ids = {f"bench-{run}-latency-{index}": moment for index, moment in sent_at.items()}
+            rows = await connection.fetch(LATENCY_QUERY, list(ids))
+            latencies = [max(0.0, (row["posted_at"].timestamp() - ids[row["usage_id"]]) * 1000) for row in rows]
+            report.latency_ms_p50 = round(percentile(latencies, 0.50), 1)
+            report.latency_ms_p95 = round(percentile(latencies, 0.95), 1)
+            report.latency_ms_p99 = round(percentile(latencies, 0.99), 1)
+        finally:
+            await connection.close()
+        report.processes = sampler.finish()
+        await _replay(report, endpoints.bootstrap_servers, endpoints.database_url)
+    finally:
+        pipeline.stop()
+    return report
+
+
+async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> None:
+    """Replay and verify with the auditor's own code (cli.audit), timed."""
+    from tokenhub.cli import audit
+
+    print("replay: rebuilding every balance from the archive and from the topic ...", file=sys.stderr)
+    pool = await create_pool(database_url, size_max=2)
+    try:
+        async with pool.acquire() as connection:
+            started = time.monotonic()
+            events = await audit.priced_from_archive(connection)
+            audit.rebuild(events)
+            report.replay_archive_events_per_s = round(len(events) / (time.monotonic() - started), 1)
+            report.replay_events = len(events)
+        started = time.monotonic()
+        topic_events, _ = await audit.priced_from_topic(bootstrap_servers, len(events), 5.0)
+        audit.rebuild(topic_events)
+        report.replay_topic_events_per_s = round(len(topic_events) / (time.monotonic() - started), 1)
+        try:
+            from tokenhub.cli.audit_verify import verify
+        except ImportError:
+            return
+        print("verify: every invariant over the whole ledger ...", file=sys.stderr)
+        started = time.monotonic()
+        await verify(pool, bootstrap_servers)
+        report.verify_seconds = round(time.monotonic() - started, 1)
+    finally:
+        await pool.close()
+
+
+def render(report: Report) -> str:
+    lines = [
+        f"Token Hub benchmark: {report.events:,} usage events, {report.instances} instance(s) per service, "
+        f"{psutil.cpu_count()} cores",
+        f"  baseline (plain aiokafka, {HOPS} hops)     {report.baseline_events_per_s:>12,.0f} events/s",
+        f"  pipeline end to end (emitted -> ledger)  {report.pipeline_events_per_s:>12,.0f} events/s"
+        + (f"   ({report.ratio_to_baseline:.2f} x baseline)" if report.ratio_to_baseline else ""),
+    ]
+    lines += [f"    {stage:<36} {rate:>12,.0f} events/s" for stage, rate in report.service_events_per_s.items()]
+    lines += [
+        f"  latency at {report.latency_rate_offered:,}/s offered ({report.latency_events:,} events): "
+        f"p50 {report.latency_ms_p50:,.0f} ms, p95 {report.latency_ms_p95:,.0f} ms, p99 {report.latency_ms_p99:,.0f} ms",
+        f"  replay from the archive                  {report.replay_archive_events_per_s:>12,.0f} events/s",
+        f"  replay from the topic                    {report.replay_topic_events_per_s:>12,.0f} events/s"
+        f"   ({report.replay_events:,} Priced)",
+        f"  verify (chains, published heads, invariants) {report.verify_seconds:>8,.1f} s",
+        "  process              CPU s   peak RSS MB",
+    ]
+    lines += [f"  {name:<18} {stats.cpu_seconds:>7.1f} {stats.peak_rss_mb:>12.1f}" for name, stats in report.processes.items()]
+    return "\n".join(lines)
+
+
+async def bench(arguments: argparse.Namespace) -> int:
+    from tokenhub.infra.settings import Settings
+    from tokenhub.services.common.logging import configure_logging
+
+    configure_logging(Settings(log_level="WARNING"))  # the benchmark reports in a table; progress goes to stderr
+    if arguments.events <= 0:
+        raise CliError("--events must be positive")
+    report = await run_bench(arguments)
+    print(render(report))
+    output = Path(arguments.json) if arguments.json else RESULTS_DIR / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(orjson.dumps(asdict(report), option=orjson.OPT_INDENT_2).decode() + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    command = subparsers.add_parser("bench", help="benchmark the pipeline against a plain aiokafka baseline")
+    command.add_argument("--events", type=int, default=EVENTS_DEFAULT)
+    command.add_argument("--rate", type=int, default=LATENCY_RATE_DEFAULT, help="offered events/s for the latency phase")
+    command.add_argument("--trace", help="CSV: timestamp_ms,model,input_tokens,output_tokens")
+    command.add_argument("--as-fast-as-possible", action="store_true", help="replay a trace without its pace")
+    command.add_argument("--instances", type=int, choices=(1, 2), default=1)
+    command.add_argument("--skip-baseline", action="store_true")
+    command.add_argument("--json", help="where to write the JSON report (default bench-results/)")
+    command.set_defaults(handler=bench)

@@ -1,0 +1,45 @@
+"""The benchmark's baseline: one hop of plain aiokafka that consumes a topic
+and produces every record unchanged to the next, with the pipeline's producer
+settings and no logic. Four of these in four processes are what the pipeline
+is compared with.
+
+    python -m tokenhub.infra.passthrough BOOTSTRAP SOURCE_TOPIC TARGET_TOPIC
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from aiokafka import AIOKafkaConsumer
+
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, create_producer
+
+
+async def hop(bootstrap_servers: str, source: str, target: str) -> None:
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap_servers, group_id=f"passthrough-{source}",
+                                auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
+    await consumer.start()
+    await producer.start()
+    stopping = asyncio.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signal_number, stopping.set)
+    try:
+        while not stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=BATCH_RECORDS_MAX)
+            futures = [await producer.send(target, record.value, key=record.key)
+                       for records in batches.values() for record in records]
+            for future in futures:
+                await future
+            if futures:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(hop(*sys.argv[1:4]))

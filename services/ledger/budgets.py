@@ -1,0 +1,135 @@
+"""Budgets' functional core: which budget is in force for a month, which
+thresholds a month-to-date spend has crossed, and when a payer's quota is
+exhausted or restored. Pure: the shell passes spend, states and times, and
+stores each alert under a unique key so that it is raised once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from tokenhub.contracts.budgets import (
+    WHOLE_PAYER,
+    BudgetAlert,
+    BudgetSet,
+    BudgetThresholdCrossed,
+    QuotaExhausted,
+    QuotaRestored,
+)
+from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.money import quantize
+from tokenhub.contracts.periods import containing, parse
+
+HUNDRED = Decimal(100)
+
+
+def month_of(moment: datetime, zone: str) -> str:
+    return containing(moment, "month", zone).name
+
+
+def next_month(month: str, zone: str) -> str:
+    return parse(month, zone).next(zone).name
+
+
+def in_force(budgets: Iterable[BudgetSet], payer_bu: str, scope: str, month: str) -> BudgetSet | None:
+    """The latest budget set for the payer and scope that applies from `month` or earlier."""
+    candidates = [budget for budget in budgets
+                  if budget.payer_bu == payer_bu and budget.scope == scope and budget.period_from <= month]
+    return max(candidates, key=lambda budget: (budget.set_at, str(budget.id)), default=None)
+
+
+def threshold_amount(budget: BudgetSet, percent: Decimal) -> Decimal:
+    return quantize(budget.amount * percent / HUNDRED)
+
+
+def _percent_text(percent: Decimal) -> str:
+    """One spelling per threshold (80 and 80.0 are the same), for its id."""
+    normalized = percent.normalize()
+    return f"{normalized:f}"
+
+
+def threshold_alert_id(payer_bu: str, scope: str, month: str, percent: Decimal) -> uuid.UUID:
+    return derive_id("budget.threshold", payer_bu, scope, month, _percent_text(percent))
+
+
+def quota_alert_id(payer_bu: str, scope: str, month: str, transition: int) -> uuid.UUID:
+    return derive_id("budget.quota", payer_bu, scope, month, str(transition))
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    exhausted: bool = False
+    transitions: int = 0
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    crossed: tuple[BudgetThresholdCrossed, ...]
+    quota_alert: QuotaExhausted | QuotaRestored | None
+    state: QuotaState
+
+
+def _header(budget: BudgetSet, month: str, alert_id: uuid.UUID, at: datetime, cause: str) -> dict[str, object]:
+    return {"id": alert_id, "event_time": at, "cause_id": cause, "payer_bu": budget.payer_bu,
+            "consumer_bu": budget.consumer_bu, "period": month, "budget_id": budget.id, "currency": budget.currency}
+
+
+def evaluate(budget: BudgetSet, month: str, spent: Decimal, state: QuotaState, *, at: datetime, cause: str,
+             funded: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), raised: bool = False) -> Evaluation:
+    """Every threshold `spent` has reached (the shell keeps the first of each),
+    and the quota transition, if any. `raised`: evaluated because the budget
+    changed, so a quota that comes back names that reason."""
+    crossed = tuple(
+        BudgetThresholdCrossed(**_header(budget, month, threshold_alert_id(budget.payer_bu, budget.scope, month, percent), at, cause),
+                               threshold_percent=percent, threshold_amount=threshold_amount(budget, percent),
+                               budget_amount=budget.amount, spent=spent)
+        for percent in budget.thresholds_percent
+        if spent >= threshold_amount(budget, percent)
+    )
+    if state.closed:
+        return Evaluation(crossed, None, state)
+    exhausted_now = budget.hard_limit is not None and spent >= budget.hard_limit
+    if exhausted_now == state.exhausted:
+        return Evaluation(crossed, None, state)
+    transition = state.transitions + 1
+    alert_id = quota_alert_id(budget.payer_bu, budget.scope, month, transition)
+    alert: QuotaExhausted | QuotaRestored
+    if exhausted_now:
+        consumers, apps = funded
+        alert = QuotaExhausted(**_header(budget, month, alert_id, at, cause), hard_limit=budget.hard_limit,  # type: ignore[arg-type]
+                               spent=spent, consumers=consumers, apps=apps)
+    else:
+        alert = QuotaRestored(**_header(budget, month, alert_id, at, cause),
+                              reason="budget_raised" if raised else "spend_reversed", exhausted_period=month,
+                              hard_limit=budget.hard_limit, spent=spent)
+    return Evaluation(crossed, alert, QuotaState(exhausted_now, transition, False))
+
+
+def close_month(budget: BudgetSet, month: str, state: QuotaState, *, new_month: str, new_month_spent: Decimal,
+                at: datetime, cause: str) -> tuple[QuotaRestored | None, QuotaState]:
+    """A later month began: the month is closed, and an exhausted quota comes back."""
+    if state.closed:
+        return None, state
+    if not state.exhausted:
+        return None, QuotaState(False, state.transitions, True)
+    transition = state.transitions + 1
+    alert = QuotaRestored(**_header(budget, new_month, quota_alert_id(budget.payer_bu, budget.scope, month, transition), at, cause),
+                          reason="new_period", exhausted_period=month, hard_limit=budget.hard_limit, spent=new_month_spent)
+    return alert, QuotaState(False, transition, True)
+
+
+def scope_spend(spend_by_consumer: dict[str, Decimal], scope: str) -> Decimal:
+    """A month's spend of a payer within a budget's scope."""
+    if scope == WHOLE_PAYER:
+        return sum(spend_by_consumer.values(), Decimal(0))
+    return spend_by_consumer.get(scope, Decimal(0))
+
+
+def alert_kind(alert: BudgetAlert) -> str:
+    if isinstance(alert, BudgetThresholdCrossed):
+        return "threshold"
+    return "exhausted" if isinstance(alert, QuotaExhausted) else "restored"

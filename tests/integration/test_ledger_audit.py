@@ -1,0 +1,290 @@
+"""Replay, verify and restore on the real stack: replay equals the projection
+at five as-of times from the topic and from the archive and repricing agrees;
+a corrupted projection row is named; a journal row rewritten with SQL, even
+with every later hash recomputed, is named by verify; a conflicting duplicate
+posts nothing and raises an alert; a restored ledger has the same balances."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import orjson
+import pytest
+
+from tests.integration.support import World, delta, emit, read_counters, wait_settled
+from tokenhub.cli import audit, audit_verify
+from tokenhub.cli.commands import publish_events
+from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED, TOKENS_PRICED
+from tokenhub.infra.migrate import migrate
+from tokenhub.infra.pipeline import wait_until
+from tokenhub.services.common.db import create_pool
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+HOUR = timedelta(hours=1)
+
+
+async def _wait_published(settings, payer: str) -> None:  # noqa: ANN001
+    """Every entry of the payer's chain relayed from the outbox."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        async def relayed() -> bool:
+            return not await connection.fetchval(
+                "select count(*) from ledger.outbox where topic = $1 and key = $2", LEDGER_POSTED.name, payer.encode())
+        await wait_until(relayed, 30, "the ledger's outbox to drain")
+    finally:
+        await connection.close()
+
+
+async def _settled_world(backend, count: int = 40) -> tuple[World, datetime, list[tuple[str, datetime, int, int]]]:  # noqa: ANN001
+    """Usage of two consumers spread over the last ten hours, settled."""
+    world = World(backend.settings)
+    await world.publish(["shop", "maps"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    plan = [("shop" if index % 3 else "maps", now - (10 - index % 10) * HOUR + timedelta(minutes=index),
+             10_000 + 97 * index, 1_000 + 13 * index) for index in range(count)]
+    before = await read_counters(world.settings)
+    await emit(world.settings, [world.usage(consumer, index, tokens_in, tokens_out, time=moment)
+                                for index, (consumer, moment, tokens_in, tokens_out) in enumerate(plan)])
+    await wait_settled(world.settings, before, count)
+    for consumer in ("shop", "maps"):
+        await _wait_published(world.settings, world.bu(consumer))
+    return world, now, plan
+
+
+async def test_replay_equals_the_projection_at_five_times_from_topic_and_archive_and_repricing_agrees(backend) -> None:
+    world, now, plan = await _settled_world(backend)
+    as_of_times = [now - 9 * HOUR - 30 * timedelta(minutes=1), now - 6 * HOUR, now - 3 * HOUR - 7 * timedelta(minutes=1),
+                   now - HOUR, now]
+    pool = await create_pool(world.settings.database_url or "", size_max=2)
+    try:
+        for source in ("topic", "archive"):
+            for as_of in as_of_times:
+                report = await audit.replay(pool, world.settings.bootstrap_servers, source=source, as_of=as_of,
+                                            with_reprice=True)
+                assert report.differences == [], (source, as_of, report.differences)
+                assert report.repricing is not None
+                assert report.repricing.mismatches == [] and report.repricing.unrecomputable == []
+                assert report.repriced_differences == []
+                assert report.ok
+                # ... and to the last digit, the sums of the emitted usage computed by hand
+                for consumer in ("shop", "maps"):
+                    expected = sum((world.expected_amount(tokens_in, tokens_out) for who, moment, tokens_in, tokens_out in plan
+                                    if who == consumer and moment <= as_of), Decimal(0))
+                    tokens = sum(tokens_in + tokens_out for who, moment, tokens_in, tokens_out in plan
+                                 if who == consumer and moment <= as_of)
+                    figures = report.rebuilt.get(world.bu(consumer), dict.fromkeys(audit.FIGURES, Decimal(0)))
+                    assert figures["spend"] == expected, (source, as_of, consumer)
+                    assert figures["tokens_consumed"] == tokens
+            assert sum(1 for _, moment, _, _ in plan if moment <= as_of_times[0]) == 4  # the first as-of splits the data
+    finally:
+        await pool.close()
+
+
+async def test_a_corrupted_projection_row_makes_replay_fail_and_name_it(backend) -> None:
+    world, _, _ = await _settled_world(backend, count=6)
+    account = f"bu:{world.provider}:revenue"
+    pool = await create_pool(world.settings.database_url or "", size_max=2)
+    try:
+        async with pool.acquire() as connection:
+            await connection.execute("update ledger.balances set credit_total = credit_total - 0.000000000007 "
+                                     "where ledger = 'money' and account = $1", account)
+        try:
+            for source in ("topic", "archive"):
+                broken = await audit.replay(pool, world.settings.bootstrap_servers, source=source)
+                assert not broken.ok
+                assert [(difference.bu, difference.figure) for difference in broken.differences] == [(world.provider, "revenue")]
+                assert broken.differences[0].rebuilt - broken.differences[0].projected == Decimal("0.000000000007")
+                assert broken.differences[0].row(None) == f"ledger.balances (money, {account})"
+            report = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=world.provider)
+            projection = next(check for check in report.checks if check.name == "invariant-3")
+            assert [violation.subject for violation in projection.violations] == [f"ledger.balances (money, {account})"]
+        finally:
+            async with pool.acquire() as connection:
+                await connection.execute("update ledger.balances set credit_total = credit_total + 0.000000000007 "
+                                         "where ledger = 'money' and account = $1", account)
+        assert (await audit.replay(pool, world.settings.bootstrap_servers, source="archive")).ok
+    finally:
+        await pool.close()
+
+
+def _rehash(rows: list[asyncpg.Record], from_sequence: int, amount_delta: Decimal) -> list[tuple]:
+    """What a careful forger computes: the changed entry and every later one re-hashed."""
+    rewritten = []
+    previous_hash = None
+    for row in rows:
+        content = orjson.loads(row["payload"])
+        if row["sequence"] < from_sequence:
+            previous_hash = row["entry_hash"]
+            continue
+        if row["sequence"] == from_sequence:
+            content["amount"] = f"{Decimal(content['amount']) + amount_delta:.12f}"
+            for leg in content["postings"]:
+                if leg["ledger"] == "money":
+                    side = "debit" if Decimal(leg.get("debit", "0")) else "credit"
+                    leg[side] = f"{Decimal(leg[side]) + amount_delta:.12f}"
+        content["previous_hash"] = previous_hash
+        content["entry_hash"] = audit_verify.entry_hash(content, previous_hash)
+        previous_hash = content["entry_hash"]
+        rewritten.append((row["entry_id"], content))
+    return rewritten
+
+
+async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_every_later_hash_is_recomputed(backend) -> None:
+    world, _, _ = await _settled_world(backend, count=9)
+    payer = world.bu("shop")
+    pool = await create_pool(world.settings.database_url or "", size_max=2)
+    connection = await asyncpg.connect(world.settings.database_url)
+    originals = await connection.fetch(
+        "select e.*, (select array_agg(p.debit order by p.leg) from ledger.postings p where p.entry_id = e.entry_id) as debits,"
+        " (select array_agg(p.credit order by p.leg) from ledger.postings p where p.entry_id = e.entry_id) as credits"
+        " from ledger.entries e where chain = $1 order by sequence", payer)
+    head = await connection.fetchrow("select * from ledger.chains where chain = $1", payer)
+    target = originals[2]
+    target_name = audit_verify.row_name(payer, 3, target["entry_id"])
+    try:
+        clean = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+        assert clean.ok, clean.violations
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await connection.execute("update ledger.entries set amount = amount + 1 where entry_id = $1", target["entry_id"])
+
+        # A forger with superuser rights bypasses the triggers and rewrites one row, amount and payload.
+        delta_amount = Decimal("1.5")
+        forged = _rehash(list(originals), 3, delta_amount)
+        async with connection.transaction():
+            await connection.execute("set local session_replication_role = replica")
+            entry_id, content = forged[0]
+            await connection.execute("update ledger.entries set amount = amount + $2, payload = $3 where entry_id = $1",
+                                     entry_id, delta_amount, orjson.dumps({**content, "entry_hash": target["entry_hash"],
+                                                                            "previous_hash": target["previous_hash"]},
+                                                                           option=orjson.OPT_SORT_KEYS))
+        naive = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+        assert not naive.ok
+        chains = next(check for check in naive.checks if check.name == "chains")
+        assert {violation.subject for violation in chains.violations} == {target_name}
+        assert [violation.detail for violation in chains.violations] == [
+            "columns differ from the entry's own payload: postings",
+            "stored hash is not the hash of the stored content (the row was rewritten)"]
+
+        # A careful forger also fixes the legs, re-hashes this entry and every later one, and the head.
+        async with connection.transaction():
+            await connection.execute("set local session_replication_role = replica")
+            for entry_id, content in forged:
+                await connection.execute("update ledger.entries set entry_hash = $2, previous_hash = $3, payload = $4 "
+                                         "where entry_id = $1", entry_id, content["entry_hash"], content["previous_hash"],
+                                         orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
+            await connection.execute("update ledger.postings set debit = debit + $2 where entry_id = $1 and ledger = 'money' "
+                                     "and debit > 0", target["entry_id"], delta_amount)
+            await connection.execute("update ledger.postings set credit = credit + $2 where entry_id = $1 and ledger = 'money' "
+                                     "and credit > 0", target["entry_id"], delta_amount)
+            await connection.execute("update ledger.chains set head_hash = $2 where chain = $1", payer, forged[-1][1]["entry_hash"])
+            await connection.execute("update ledger.balances set debit_total = debit_total + $2 where account = $1",
+                                     f"bu:{payer}:spend", delta_amount)
+            await connection.execute("update ledger.balances set credit_total = credit_total + $2 where account = $1",
+                                     f"bu:{world.provider}:revenue", delta_amount)
+        careful = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+        assert not careful.ok
+        by_check = {check.name: check for check in careful.checks}
+        assert by_check["chains"].ok and by_check["invariant-1"].ok and by_check["invariant-3"].ok  # internally consistent
+        published = by_check["published"].violations
+        assert published[0].subject == target_name and published[0].detail.startswith("REWRITTEN")
+        assert "amount" in published[0].detail and "postings" in published[0].detail
+        assert [violation.subject for violation in published[1:]] == [
+            audit_verify.row_name(payer, row["sequence"], row["entry_id"]) for row in originals[3:]]
+        assert all("re-hashed" in violation.detail for violation in published[1:])
+        assert [violation.subject for violation in by_check["invariant-2"].violations] == [target_name]
+        assert by_check["invariant-4"].ok  # the archived Priced itself was not touched: the entry no longer posts it
+    finally:
+        async with connection.transaction():
+            await connection.execute("set local session_replication_role = replica")
+            for row in originals:
+                await connection.execute("update ledger.entries set amount = $2, entry_hash = $3, previous_hash = $4, payload = $5 "
+                                         "where entry_id = $1", row["entry_id"], row["amount"], row["entry_hash"],
+                                         row["previous_hash"], row["payload"])
+                await connection.execute("update ledger.postings p set debit = d.debit, credit = d.credit from "
+                                         "unnest($2::numeric[], $3::numeric[]) with ordinality as d(debit, credit, leg) "
+                                         "where p.entry_id = $1 and p.leg = d.leg - 1", row["entry_id"], row["debits"], row["credits"])
+            await connection.execute("update ledger.chains set head_hash = $2 where chain = $1", payer, head["head_hash"])
+            await connection.execute("update ledger.balances b set debit_total = j.debit, credit_total = j.credit from "
+                                     "(select ledger, account, sum(debit) as debit, sum(credit) as credit from ledger.postings "
+                                     "group by ledger, account) j where b.ledger = j.ledger and b.account = j.account "
+                                     "and b.account = any($1::text[])", [f"bu:{payer}:spend", f"bu:{world.provider}:revenue"])
+        await connection.close()
+    try:
+        assert (await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)).ok
+    finally:
+        await pool.close()
+
+
+async def test_a_conflicting_duplicate_posts_nothing_and_raises_one_alert(backend) -> None:
+    world, _, _ = await _settled_world(backend, count=3)
+    payer = world.bu("shop")
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        original = await connection.fetchval(
+            "select payload from ledger.priced_archive where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1 limit 1", payer)
+        spend_before = await connection.fetchval("select debit_total from ledger.balances where account = $1", f"bu:{payer}:spend")
+        forged = orjson.loads(original)
+        forged["lines"][0]["amount"] = f"{Decimal(forged['lines'][0]['amount']) + 1:.12f}"
+        forged["total_amount"] = f"{Decimal(forged['total_amount']) + 1:.12f}"
+        before = await read_counters(world.settings)
+        copy = orjson.dumps(forged, option=orjson.OPT_SORT_KEYS)
+        await publish_events(world.settings, TOKENS_PRICED.name, [(payer.encode(), copy), (payer.encode(), copy), (payer.encode(), original)])
+
+        async def seen() -> bool:
+            counts = await read_counters(world.settings)
+            return delta(counts, before, "ledger.conflicts") + delta(counts, before, "ledger.duplicates") == 3
+        await wait_until(seen, 30, "the ledger to receive the copies")
+        after = await read_counters(world.settings)
+        assert (delta(after, before, "ledger.conflicts"), delta(after, before, "ledger.duplicates"), delta(after, before, "ledger.posted")) == (2, 1, 0)
+        assert await connection.fetchval("select debit_total from ledger.balances where account = $1", f"bu:{payer}:spend") == spend_before
+        alerts = await connection.fetch("select detail from ledger.alerts where kind = 'conflicting_duplicate' and detail ->> 'priced_id' = $1",
+                                        forged["id"])
+        assert len(alerts) == 1
+    finally:
+        await connection.close()
+    records = await audit.read_topic(world.settings.bootstrap_servers or "", BUDGET_ALERTS.name, idle_timeout_s=1.5)
+    raised = [orjson.loads(record.value) for record in records]
+    raised = [alert for alert in raised if alert.get("priced_id") == forged["id"]]
+    assert [(alert["type"], alert["payer_bu"]) for alert in raised] == [("ledger.conflicting_duplicate", payer)]
+
+
+async def test_restore_rebuilds_the_ledger_into_an_empty_database_with_equal_balances(backend) -> None:
+    world, now, _ = await _settled_world(backend, count=12)
+    admin = await asyncpg.connect(world.settings.database_url)
+    names = [f"restore_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    pool = await create_pool(world.settings.database_url or "", size_max=2)
+    try:
+        for name in names:
+            await admin.execute(f"create database {name}")
+        for name, source in zip(names, ("archive", "topic"), strict=True):
+            target_url = (world.settings.database_url or "").replace("/tokenhub?", f"/{name}?")
+            assert target_url != world.settings.database_url
+            await migrate(target_url)
+            report = await audit.restore(pool, target_url, world.settings.bootstrap_servers, source=source, now=now,
+                                         zone=world.settings.timezone)
+            async with pool.acquire() as connection:
+                original = await audit.projection(connection, None)
+                entries = await connection.fetchval("select count(*) from ledger.entries")
+            restored_pool = await create_pool(target_url, size_max=1)
+            try:
+                async with restored_pool.acquire() as connection:
+                    restored = await audit.projection(connection, None)
+                    restored_entries = await connection.fetchval("select count(*) from ledger.entries")
+                    outbox = await connection.fetchval("select count(*) from ledger.outbox")
+                restored_report = await audit_verify.verify(restored_pool, None, scope=world.bu("shop"))
+            finally:
+                await restored_pool.close()
+            assert report.posted == entries == restored_entries, source
+            assert restored == original, source
+            assert restored[world.bu("shop")]["spend"] == original[world.bu("shop")]["spend"] > 0
+            assert outbox == 0
+            chains = next(check for check in restored_report.checks if check.name == "chains")
+            assert chains.ok and chains.examined > 0
+    finally:
+        await pool.close()
+        for name in names:
+            await admin.execute(f"drop database if exists {name} with (force)")
+        await admin.close()

@@ -1,0 +1,64 @@
+"""A price book is refused before publishing, with a message naming the fault:
+overlapping or unordered tiers, negative prices, a foreign currency, a version
+effective in the past without `--retroactive`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from tokenhub.contracts.events import BuAdjustment, ContextTier, PeriodTier, PeriodTiers, PriceBookPublished
+from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
+from tests.contract.examples import BOOK
+
+D = Decimal
+NOW = BOOK.effective_from - timedelta(hours=1)
+
+
+def _with(**model: object) -> PriceBookPublished:
+    return BOOK.model_copy(update={"models": (BOOK.models[0].model_copy(update=model),)})
+
+
+def _tiers(*bounds: int | None) -> PeriodTiers:
+    return PeriodTiers(mode="graduated", tiers=tuple(PeriodTier(up_to_tokens=bound, unit_price_per_million=D(1))
+                                                    for bound in bounds))
+
+
+def test_a_valid_book_passes_and_a_past_one_needs_retroactive() -> None:
+    validate_book(BOOK, "CNY", NOW, retroactive=False)
+    later = BOOK.effective_from + timedelta(microseconds=1)
+    with pytest.raises(PriceBookInvalid, match="in the past; pass --retroactive"):
+        validate_book(BOOK, "CNY", later, retroactive=False)
+    validate_book(BOOK, "CNY", later, retroactive=True)
+
+
+@pytest.mark.parametrize(("book", "message"), [
+    (BOOK.model_copy(update={"currency": "USD"}), "not the settlement currency CNY"),
+    (BOOK.model_copy(update={"models": ()}), "prices no model"),
+    (BOOK.model_copy(update={"models": BOOK.models * 2}), "priced twice"),
+    (_with(unit_prices_per_million={"input": D("-0.1")}), "negative price for input"),
+    (_with(context_tiers=(ContextTier(name="x", above_input_tokens=1, unit_prices_per_million={"output": D(-1)}),)),
+     "negative price for x.output"),
+    (_with(context_tiers=(ContextTier(name="a", above_input_tokens=256_000, unit_prices_per_million={"input": D(1)}),
+                          ContextTier(name="b", above_input_tokens=128_000, unit_prices_per_million={"input": D(1)}))),
+     "increasing, distinct thresholds"),
+    (_with(context_tiers=(ContextTier(name="a", above_input_tokens=1, unit_prices_per_million={"input": D(1)}),
+                          ContextTier(name="a", above_input_tokens=2, unit_prices_per_million={"input": D(1)}))),
+     "names must be distinct"),
+    (_with(context_tiers=(ContextTier(name="a", above_input_tokens=1, unit_prices_per_million={}),)), "sets no price"),
+    (_with(bu_adjustments=(BuAdjustment(bu="quark", factor=D("-0.5")),)), "negative price factor for quark"),
+    (_with(bu_adjustments=(BuAdjustment(bu="quark", factor=D("0.5")), BuAdjustment(bu="quark", factor=D("0.6")))),
+     "two price adjustments"),
+    (_with(period_tiers=_tiers(100, 100, None)), "overlap or are out of order"),
+    (_with(period_tiers=_tiers(200, 100, None)), "overlap or are out of order"),
+    (_with(period_tiers=_tiers(100, 200)), "last period tier must be open-ended"),
+    (_with(period_tiers=_tiers(None, 100, None)), "only the last period tier"),
+    (_with(period_tiers=PeriodTiers(mode="volume", tiers=())), "period tiers are empty"),
+    (_with(period_tiers=PeriodTiers(mode="volume", tiers=(PeriodTier(unit_price_per_million=D(1), flat_fee=D(-1)),))),
+     "negative period tier price or fee"),
+])
+def test_faulty_books_are_refused_with_the_reason(book: PriceBookPublished, message: str) -> None:
+    with pytest.raises(PriceBookInvalid, match=message):
+        validate_book(book, "CNY", NOW, retroactive=False)
