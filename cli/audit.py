@@ -421,23 +421,22 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
     target_pool = await create_pool(target_url, size_max=1)
     posted = duplicates = conflicts = alerts = 0
     try:
-        target = await target_pool.acquire()
-        if await target.fetchval(TARGET_EMPTY):
-            raise ValueError("the target database already holds a ledger; restore needs an empty one")
-        async with target.transaction():
-            stored, raised = await apply_budget_values(target, budget_values, now=now, zone=zone)
-            alerts += len(raised)
-        for start in range(0, len(priced), RESTORE_BATCH_MAX):
+        async with target_pool.acquire() as target:
+            if await target.fetchval(TARGET_EMPTY):
+                raise ValueError("the target database already holds a ledger; restore needs an empty one")
             async with target.transaction():
-                outcome = await post_values(target, priced[start:start + RESTORE_BATCH_MAX], now=now, zone=zone)
-            posted += len(outcome.posted)
-            duplicates += outcome.duplicates
-            conflicts += len(outcome.conflicts)
-            alerts += len(outcome.alerts)
-            progress("restore", min(start + RESTORE_BATCH_MAX, len(priced)), len(priced))
-        cleared = int((await target.execute(CLEAR_OUTBOX)).split()[-1])
-        await target.execute(COPY_OFFSETS_NONE)
-        await target_pool.release(target)
+                stored, raised = await apply_budget_values(target, budget_values, now=now, zone=zone)
+                alerts += len(raised)
+            for start in range(0, len(priced), RESTORE_BATCH_MAX):
+                async with target.transaction():
+                    outcome = await post_values(target, priced[start:start + RESTORE_BATCH_MAX], now=now, zone=zone)
+                posted += len(outcome.posted)
+                duplicates += outcome.duplicates
+                conflicts += len(outcome.conflicts)
+                alerts += len(outcome.alerts)
+                progress("restore", min(start + RESTORE_BATCH_MAX, len(priced)), len(priced))
+            cleared = int((await target.execute(CLEAR_OUTBOX)).split()[-1])
+            await target.execute(COPY_OFFSETS_NONE)
     finally:
         await target_pool.close()
     return RestoreReport(len(priced), posted, duplicates, conflicts, len(stored), alerts, cleared)

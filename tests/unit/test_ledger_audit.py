@@ -1,0 +1,93 @@
+"""The auditor's own arithmetic agrees with the services' on what they got
+right and disagrees where they would be wrong: hashes, canonical JSON,
+repricing, shares, rebuilt balances."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.contract.examples import BOOK, CONSUMED, POSTED, PRICED
+from tokenhub.cli import audit, audit_verify
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.money import split_largest_remainder
+from tokenhub.services.ledger.domain import hash_entry, hashed_content
+
+
+def _json(model) -> dict:  # noqa: ANN001
+    return audit.loads(canonical_json(model))
+
+
+def test_the_auditor_recomputes_the_ledger_hash_from_the_payload() -> None:
+    content = _json(POSTED)
+    assert audit_verify.entry_hash(content, POSTED.previous_hash) == POSTED.entry_hash
+    assert hash_entry(hashed_content(POSTED), POSTED.previous_hash) == POSTED.entry_hash
+    content["amount"] = "0.000000000001"
+    assert audit_verify.entry_hash(content, POSTED.previous_hash) != POSTED.entry_hash
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-10**15, 10**15) | st.text(),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+                    max_leaves=20))
+def test_canonical_form_written_out_equals_the_contracts_one(value) -> None:  # noqa: ANN001
+    wrapped = {"value": value}
+    assert audit_verify.canonical(wrapped) == orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS)
+
+
+def test_repricing_recomputes_the_golden_priced_with_context_tier_and_factor() -> None:
+    lines = audit.recompute_lines(_json(CONSUMED), _json(BOOK))
+    assert sorted(lines) == sorted(
+        (line.token_class, line.tokens, line.unit_price_per_million, line.amount) for line in PRICED.lines)
+    assert len(lines) == 4 and PRICED.context_tier == "long-context" and PRICED.price_factor == Decimal("0.9")
+    assert sum((line[3] for line in lines), Decimal(0)) == PRICED.total_amount
+    result = audit.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    assert (result.mismatches, result.unrecomputable, result.amounts) == ([], [], {str(PRICED.id): PRICED.total_amount})
+
+
+def test_repricing_names_a_wrong_amount_and_a_missing_book() -> None:
+    wrong = _json(PRICED) | {"total_amount": f"{PRICED.total_amount + Decimal('0.000000000001'):f}"}
+    result = audit.reprice([wrong], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    assert result.mismatches == [(str(PRICED.id), "charge", PRICED.total_amount + Decimal("0.000000000001"), PRICED.total_amount)]
+    missing = audit.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {})
+    assert missing.unrecomputable == [(str(PRICED.id), f"no price book {BOOK.book_id} v{BOOK.version}")]
+
+
+def test_a_reversal_reprices_as_the_negative_of_what_it_reverses() -> None:
+    reversal = _json(PRICED) | {"id": "r", "kind": "reversal", "corrects_id": str(PRICED.id),
+                                "total_amount": f"{-PRICED.total_amount:f}", "total_tokens": -PRICED.total_tokens}
+    result = audit.reprice([_json(PRICED), reversal], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    assert result.amounts["r"] == -PRICED.total_amount and result.mismatches == []
+    assert audit.rebuild([_json(PRICED), reversal])["taobao-tmall"]["spend"] == 0
+
+
+@given(st.integers(0, 10**12), st.lists(st.decimals(min_value=Decimal("0.1"), max_value=100, places=1), min_size=1, max_size=6))
+def test_the_auditors_split_equals_meterings(total: int, weights: list[Decimal]) -> None:
+    assert audit_verify.largest_remainder(total, weights) == split_largest_remainder(total, weights)
+
+
+def test_shares_that_do_not_add_up_are_named() -> None:
+    parts = {}
+    for index, (payer, share, tokens) in enumerate((("a", "60", 601), ("b", "40", 400))):
+        parts[payer] = {"usage_source": "s", "usage_id": "1", "payer_bu": payer, "consumer_bu": "c", "payer_index": index,
+                        "payer_count": 2, "share_percent": share, "request_input_tokens": 1001, "tokens": {"input": tokens}}
+    check = audit_verify.Check("invariant-6", "")
+    audit_verify.check_shares(parts, None, check)
+    assert check.ok
+    parts["a"]["tokens"] = {"input": 602}
+    audit_verify.check_shares(parts, None, check)
+    assert [violation.subject for violation in check.violations] == ["usage s 1", "usage s 1"]
+    assert "input Tokens sum to 1002" in check.violations[0].detail
+
+
+def test_rebuild_at_an_as_of_time_and_diff_names_the_projection_row() -> None:
+    event = _json(PRICED)
+    assert audit.rebuild([event], as_of=PRICED.event_time)["taobao-tmall"]["spend"] == PRICED.total_amount
+    assert audit.rebuild([event], as_of=PRICED.event_time.replace(year=2025)) == {}
+    projected = {"taobao-tmall": dict.fromkeys(audit.FIGURES, Decimal(0))}
+    differences = audit.diff(audit.rebuild([event]), projected, "taobao-tmall")
+    assert [(difference.figure, difference.row(None)) for difference in differences] == [
+        ("spend", "ledger.balances (money, bu:taobao-tmall:spend)"),
+        ("tokens_consumed", "ledger.balances (tokens, bu:taobao-tmall:consumed)")]
