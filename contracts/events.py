@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tokenhub.contracts.ids import BuId
 from tokenhub.contracts.money import Amount, ExactDecimal
@@ -368,9 +368,18 @@ def _known_nested(annotation: Any, value: Any) -> Any:
 
 
 def decode(model: type[EventT], raw: bytes | str | dict[str, Any]) -> EventT:
-    """Read an internal-topic event, tolerating fields from a newer minor version."""
-    data = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
-    return model.model_validate(_known_fields_only(model, data))
+    """Read an internal-topic event, tolerating fields from a newer minor version.
+    The strict parse is tried first: it is the common case and pydantic-core
+    parses the bytes itself; only a payload with fields we do not know pays for
+    the recursive filtering."""
+    if isinstance(raw, (bytes, str)):
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as error:
+            if not any(detail["type"] == "extra_forbidden" for detail in error.errors()):
+                raise
+        raw = orjson.loads(raw)
+    return model.model_validate(_known_fields_only(model, raw))
 
 
 EVENT_MODELS: Final[tuple[type[BaseModel], ...]] = (

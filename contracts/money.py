@@ -9,7 +9,9 @@ boundary: a binary fraction cannot represent 0.1 CNY.
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation, localcontext
+import math
+
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Context, Decimal, InvalidOperation
 from typing import Annotated, Any, Final
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -23,6 +25,13 @@ TOKENS_PER_MILLION: Final = Decimal(1_000_000)
 # 38 significant digits hold 26 integer digits at scale 12: a trillion-Token
 # day at any plausible price fits with room to spare; NUMERIC(38, 12) in Postgres.
 PRECISION: Final = 38
+MAGNITUDE_LIMIT: Final = Decimal(10) ** (PRECISION - SCALE)
+"""The first amount that no longer fits NUMERIC(38, 12)."""
+
+_CONTEXT: Final = Context(prec=PRECISION + 10, rounding=ROUND_HALF_EVEN)
+"""All money arithmetic runs in this one context, passed explicitly: wide enough
+that a product of a Token count and a unit price is exact before it is fixed at
+SCALE places, and cheaper than a `localcontext()` per call on the hot path."""
 
 ROUNDING_MODES: Final = {
     "half_even": ROUND_HALF_EVEN,
@@ -41,20 +50,22 @@ class MoneyError(ValueError):
 
 def to_decimal(value: Any) -> Decimal:
     """Parse an exact decimal from a Decimal, int or string; refuse floats."""
-    if isinstance(value, bool):
-        raise MoneyError("a boolean is not an amount")
-    if isinstance(value, float):
-        raise MoneyError(f"floats are refused for money, got {value!r}; send a string")
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int):
-        result = Decimal(value)
-    elif isinstance(value, str):
-        text = value.strip()
+    kind = type(value)  # exact types first: this runs for every amount of every event
+    if kind is str or isinstance(value, str):
         try:
-            result = Decimal(text)
+            result = Decimal(value.strip())
         except InvalidOperation as error:
             raise MoneyError(f"not a decimal number: {value!r}") from error
+    elif kind is Decimal:
+        result = value
+    elif kind is bool:
+        raise MoneyError("a boolean is not an amount")
+    elif isinstance(value, float):
+        raise MoneyError(f"floats are refused for money, got {value!r}; send a string")
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, Decimal):
+        result = value
     else:
         raise MoneyError(f"not an amount: {type(value).__name__}")
     if not result.is_finite():
@@ -64,10 +75,11 @@ def to_decimal(value: Any) -> Decimal:
 
 def quantize(value: Decimal) -> Decimal:
     """Fix a value at SCALE places, half-even; the one place sub-scale digits go."""
-    with localcontext() as context:
-        context.prec = PRECISION + 10
-        result = value.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
-    if len(result.as_tuple().digits) > PRECISION:
+    try:
+        result = value.quantize(QUANTUM, context=_CONTEXT)
+    except InvalidOperation as error:
+        raise MoneyError(f"amount {value} exceeds {PRECISION} significant digits") from error
+    if not -MAGNITUDE_LIMIT < result < MAGNITUDE_LIMIT:
         raise MoneyError(f"amount {value} exceeds {PRECISION} significant digits")
     return result
 
@@ -76,13 +88,10 @@ def to_amount(value: Any) -> Decimal:
     """Parse and fix at SCALE places. Refuses values with more than SCALE places:
     silently rounding an input would change what someone said."""
     result = to_decimal(value)
-    exponent = result.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -SCALE:
-        stripped = result.normalize()
-        stripped_exponent = stripped.as_tuple().exponent
-        if isinstance(stripped_exponent, int) and stripped_exponent < -SCALE:
-            raise MoneyError(f"{value} has more than {SCALE} decimal places")
-    return quantize(result)
+    fixed = quantize(result)
+    if fixed != result:
+        raise MoneyError(f"{value} has more than {SCALE} decimal places")
+    return fixed
 
 
 def format_amount(value: Decimal) -> str:
@@ -90,11 +99,15 @@ def format_amount(value: Decimal) -> str:
     return f"{quantize(value):f}"
 
 
+def _serialize_amount(value: Decimal) -> str:
+    """`format_amount` for a field that was validated as an Amount, so is known
+    to fit: the range check is skipped on the serialization hot path."""
+    return f"{value.quantize(QUANTUM, context=_CONTEXT):f}"
+
+
 def line_amount(tokens: int, unit_price_per_million: Decimal) -> Decimal:
     """Money for `tokens` at a price per million Tokens, half-even at SCALE places."""
-    with localcontext() as context:
-        context.prec = PRECISION + 10
-        return quantize(Decimal(tokens) * unit_price_per_million / TOKENS_PER_MILLION)
+    return quantize(_CONTEXT.divide(_CONTEXT.multiply(Decimal(tokens), unit_price_per_million), TOKENS_PER_MILLION))
 
 
 def round_to_minor(amount: Decimal, minor_units: int = 2, mode: str = DEFAULT_ROUNDING) -> Decimal:
@@ -102,9 +115,7 @@ def round_to_minor(amount: Decimal, minor_units: int = 2, mode: str = DEFAULT_RO
     pricing's fixed scale, applied once per invoice line (DESIGN.md decision 5)."""
     if mode not in ROUNDING_MODES:
         raise MoneyError(f"unknown rounding mode {mode!r}; one of {sorted(ROUNDING_MODES)}")
-    with localcontext() as context:
-        context.prec = PRECISION + 10
-        return amount.quantize(Decimal(1).scaleb(-minor_units), rounding=ROUNDING_MODES[mode])
+    return amount.quantize(Decimal(1).scaleb(-minor_units), rounding=ROUNDING_MODES[mode], context=_CONTEXT)
 
 
 def split_largest_remainder(total: int, weights: list[Decimal]) -> list[int]:
@@ -112,21 +123,27 @@ def split_largest_remainder(total: int, weights: list[Decimal]) -> list[int]:
 
     Each part gets the floor of its exact share; the leftover units go one each
     to the largest remainders, ties to the earlier weight, so the result is
-    deterministic.
+    deterministic. Weights are scaled to integers first, so shares and their
+    remainders are exact whatever the number of decimal places.
     """
     if total < 0:
         raise MoneyError(f"cannot split a negative quantity {total}")
     if not weights or any(weight < 0 for weight in weights):
         raise MoneyError("weights must be non-empty and non-negative")
-    weight_sum = sum(weights, Decimal(0))
+    if len(weights) == 1:
+        if weights[0] == 0:
+            raise MoneyError("weights must not all be zero")
+        return [total]  # one payer, the usual case: nothing to split
+    ratios = [weight.as_integer_ratio() for weight in weights]
+    denominator = math.lcm(*(ratio_denominator for _, ratio_denominator in ratios))
+    whole_weights = [numerator * (denominator // ratio_denominator) for numerator, ratio_denominator in ratios]
+    weight_sum = sum(whole_weights)
     if weight_sum <= 0:
         raise MoneyError("weights must not all be zero")
-    with localcontext() as context:
-        context.prec = PRECISION + 10
-        exact = [Decimal(total) * weight / weight_sum for weight in weights]
-    floors = [int(share) for share in exact]
+    floors = [total * weight // weight_sum for weight in whole_weights]
+    remainders = [total * weight % weight_sum for weight in whole_weights]
     leftover = total - sum(floors)
-    order = sorted(range(len(weights)), key=lambda index: (-(exact[index] - floors[index]), index))
+    order = sorted(range(len(weights)), key=lambda index: (-remainders[index], index))
     for index in order[:leftover]:
         floors[index] += 1
     return floors
@@ -135,7 +152,7 @@ def split_largest_remainder(total: int, weights: list[Decimal]) -> list[int]:
 Amount = Annotated[
     Decimal,
     BeforeValidator(to_amount),
-    PlainSerializer(format_amount, return_type=str, when_used="json"),
+    PlainSerializer(_serialize_amount, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": _PLAIN_PATTERN, "description": "exact decimal, plain notation, 12 places"}),
 ]
 """An exact amount at the fixed scale: a string on the wire, Decimal in Python."""

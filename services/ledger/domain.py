@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import LedgerPosted, Posting, Priced
@@ -88,7 +88,12 @@ def hashed_content(posted: LedgerPosted) -> dict[str, object]:
 
 def post(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
     """The next entry of the payer's chain for one Priced."""
-    sequence = head.sequence + 1
+    return _post_one(priced, head, posted_at)[0]
+
+
+def _post_one(priced: Priced, head: ChainHead, posted_at: datetime) -> tuple[LedgerPosted, bytes]:
+    """An entry and its canonical bytes: the content is dumped once, hashed,
+    and written out with its hash, instead of dumping the finished entry again."""
     unhashed = LedgerPosted(
         id=derive_id("posted", str(priced.id)),
         event_time=priced.event_time,
@@ -109,25 +114,35 @@ def post(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
         tokens=priced.total_tokens,
         postings=postings_for(priced),
         chain=head.chain,
-        sequence=sequence,
+        sequence=head.sequence + 1,
         entry_hash="",
         previous_hash=head.head_hash,
         posted_at=posted_at,
         invoice_id=priced.invoice_id,
     )
-    return unhashed.model_copy(update={"entry_hash": hash_entry(hashed_content(unhashed), head.head_hash)})
+    content = hashed_content(unhashed)
+    entry_hash = hash_entry(content, head.head_hash)
+    content["entry_hash"] = entry_hash
+    return unhashed.model_copy(update={"entry_hash": entry_hash}), canonical_json(content)
 
 
-def post_batch(priced: list[Priced], heads: dict[str, ChainHead], posted_at: datetime) -> tuple[list[LedgerPosted], dict[str, ChainHead]]:
+class PostedBatch(NamedTuple):
+    posted: list[LedgerPosted]
+    payloads: list[bytes]
+    """Each entry's canonical bytes, equal to `canonical_json(entry)`."""
+    heads: dict[str, ChainHead]
+
+
+def post_batch(priced: list[Priced], heads: dict[str, ChainHead], posted_at: datetime) -> PostedBatch:
     """Post in arrival order, advancing each payer's chain."""
-    heads = dict(heads)
-    posted = []
+    result = PostedBatch([], [], dict(heads))
     for event in priced:
-        head = heads.get(event.payer_bu) or ChainHead(event.payer_bu, 0, GENESIS_HASH)
-        entry = post(event, head, posted_at)
-        heads[event.payer_bu] = ChainHead(event.payer_bu, entry.sequence, entry.entry_hash)
-        posted.append(entry)
-    return posted, heads
+        head = result.heads.get(event.payer_bu) or ChainHead(event.payer_bu, 0, GENESIS_HASH)
+        entry, payload = _post_one(event, head, posted_at)
+        result.heads[event.payer_bu] = ChainHead(event.payer_bu, entry.sequence, entry.entry_hash)
+        result.posted.append(entry)
+        result.payloads.append(payload)
+    return result
 
 
 def balance_deltas(posted: list[LedgerPosted]) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:

@@ -124,8 +124,7 @@ async def _post(connection: asyncpg.Connection, fresh: list[Priced], now: dateti
     if not fresh:
         return []
     heads = await store.lock_chain_heads(connection, [event.payer_bu for event in fresh])
-    posted, new_heads = domain.post_batch(fresh, heads, now)
-    payloads = [canonical_json(entry) for entry in posted]
+    posted, payloads, new_heads = domain.post_batch(fresh, heads, now)
     await store.write_entries(connection, posted, payloads)
     await store.update_balances(connection, domain.balance_deltas(posted))
     await store.save_chain_heads(connection, list(new_heads.values()))

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Posting
 from tokenhub.services.ledger.domain import (
     GENESIS_HASH,
@@ -55,8 +56,9 @@ def test_unbalanced_legs_are_refused() -> None:
 
 def test_each_entry_links_to_its_predecessor() -> None:
     second = PRICED.model_copy(update={"id": PRICED.consumed_id})
-    posted, heads = post_batch([PRICED, second], {}, POSTED_AT)
+    posted, payloads, heads = post_batch([PRICED, second], {}, POSTED_AT)
     assert [entry.sequence for entry in posted] == [1, 2]
+    assert payloads == [canonical_json(entry) for entry in posted]
     assert posted[0].previous_hash == GENESIS_HASH
     assert posted[1].previous_hash == posted[0].entry_hash
     assert heads["taobao-tmall"] == ChainHead("taobao-tmall", 2, posted[1].entry_hash)
@@ -68,5 +70,5 @@ def test_each_entry_links_to_its_predecessor() -> None:
 
 def test_chains_continue_from_their_stored_heads() -> None:
     head = ChainHead("taobao-tmall", 41, "ab" * 32)
-    posted, _ = post_batch([PRICED], {"taobao-tmall": head}, POSTED_AT)
+    posted, _, _ = post_batch([PRICED], {"taobao-tmall": head}, POSTED_AT)
     assert (posted[0].sequence, posted[0].previous_hash) == (42, "ab" * 32)

@@ -66,9 +66,10 @@ async def lock_chain_heads(connection: asyncpg.Connection, chains: list[str]) ->
 
 
 async def write_entries(connection: asyncpg.Connection, posted: list[LedgerPosted], payloads: list[bytes]) -> None:
+    ids = [entry_id(entry) for entry in posted]  # a uuid5 each: derived once, used by the entry and its legs
     await connection.execute(
         INSERT_ENTRIES,
-        [entry_id(entry) for entry in posted],
+        ids,
         [entry.priced_id for entry in posted],
         [entry.kind for entry in posted],
         [entry.corrects_id for entry in posted],
@@ -87,7 +88,8 @@ async def write_entries(connection: asyncpg.Connection, posted: list[LedgerPoste
         [entry.previous_hash for entry in posted],
         payloads,
     )
-    legs = [(entry_id(entry), index, posting) for entry in posted for index, posting in enumerate(entry.postings)]
+    legs = [(identifier, index, posting) for identifier, entry in zip(ids, posted, strict=True)
+            for index, posting in enumerate(entry.postings)]
     await connection.execute(
         INSERT_POSTINGS,
         [entry for entry, _, _ in legs],
