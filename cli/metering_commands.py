@@ -30,6 +30,7 @@ from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.metering.adapters import keys
+from tokenhub.services.metering.domain import header_value
 
 SELECT_BUSINESS_UNITS: Final = """
 select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
@@ -201,8 +202,8 @@ async def rejected(arguments: argparse.Namespace) -> int:
             if row is None:
                 raise CliError(f"no rejected usage {arguments.rejected_id}")
             value = Path(arguments.file).read_bytes() if arguments.file else row["original_bytes"]
-            headers = [] if arguments.file else [(name, text.encode()) for name, text in (row["headers"] or {}).items()
-                                                  if not text.startswith("base64:")]
+            # Headers go back as received, non-UTF-8 ones decoded from their stored base64.
+            headers = [] if arguments.file else [(name, header_value(text)) for name, text in (row["headers"] or {}).items()]
             async with UsageClient(bootstrap_servers) as client:
                 await client.send_raw([(b"", value)], headers=headers or None)
             await connection.execute(MARK_RESUBMITTED, _uuid(arguments.rejected_id), clock(settings),

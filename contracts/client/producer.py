@@ -66,24 +66,34 @@ class UsageClient:
         sent = 0
         pending: list[tuple[bytes, bytes, asyncio.Future[Any]]] = []
         for key, value in values:
-            pending.append((key, value, await self._producer.send(USAGE_REPORTED.name, value, key=key, headers=headers)))
+            pending.append((key, value, await self._enqueue(key, value, headers)))
             if len(pending) >= IN_FLIGHT_MAX:
                 sent += await self._settle(pending, headers)
                 pending = []
         sent += await self._settle(pending, headers)
         return sent
 
+    async def _enqueue(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> asyncio.Future[Any]:
+        """Hand one message to the producer. `send` itself can fail (no metadata while
+        the broker is away): that failure is retried like a failed delivery."""
+        try:
+            return await self._producer.send(USAGE_REPORTED.name, value, key=key, headers=headers)
+        except KafkaError as error:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(error)
+            return failed
+
     async def _settle(self, pending: list[tuple[bytes, bytes, asyncio.Future[Any]]], headers: list[tuple[str, bytes]] | None) -> int:
         for key, value, future in pending:
-            for attempt in range(SEND_ATTEMPTS_MAX):
+            for attempt in range(1, SEND_ATTEMPTS_MAX + 1):
                 try:
                     await future
                     break
                 except KafkaError:
-                    if attempt + 1 == SEND_ATTEMPTS_MAX:
+                    if attempt == SEND_ATTEMPTS_MAX:
                         raise
-                    await asyncio.sleep(SEND_BACKOFF_S * (attempt + 1))
-                    future = await self._producer.send(USAGE_REPORTED.name, value, key=key, headers=headers)
+                    await asyncio.sleep(SEND_BACKOFF_S * attempt)
+                    future = await self._enqueue(key, value, headers)
         return len(pending)
 
     async def report(self, events: Iterable[UsageReported]) -> int:

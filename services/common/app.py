@@ -3,6 +3,7 @@ every option explicit, and at-least-once acknowledgement."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,25 @@ RecordsHandler = Callable[[Runtime, Sequence[ConsumerRecord]], Awaitable[None]]
 async def raw_decoder(message: Any) -> Any:
     """Keep the bytes: handlers parse them with the contracts, once."""
     return message.body
+
+
+async def tolerant_parser(records: tuple[ConsumerRecord, ...], original: Callable[..., Awaitable[Any]]) -> Any:
+    """FastStream decodes every header as UTF-8. One record whose header is not
+    UTF-8 (or has no value) would fail that parse before the handler runs, and
+    NACK_ON_ERROR would rewind onto it forever, so the partition would stop. Only
+    then is a readable copy parsed; the handler still gets the records as received
+    (metering stores such headers in base64 and rejects the usage with a reason)."""
+    try:
+        return await original(records)
+    except (UnicodeDecodeError, AttributeError):
+        readable = tuple(
+            dataclasses.replace(record, headers=[(name, (value or b"").decode(errors="replace").encode())
+                                                 for name, value in record.headers or ()])
+            for record in records
+        )
+        message = await original(readable)
+        message.raw_message = records
+        return message
 
 
 def create_broker(runtime: Runtime) -> KafkaBroker:
@@ -48,6 +68,7 @@ def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, 
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        parser=tolerant_parser,
         decoder=raw_decoder,
     )(consume)
 

@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.events import TokenConsumed, UsageData, UsageReported
+from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageReported
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.money import split_largest_remainder
 from tokenhub.contracts.registry import ConversionTable, FundingAgreement, ModelEntry
@@ -140,6 +140,13 @@ def _header_text(value: bytes | None) -> str:
         return "base64:" + base64.b64encode(value).decode()
 
 
+def header_value(text: str) -> bytes:
+    """The stored header text back to the bytes that were received."""
+    if text.startswith("base64:"):
+        return base64.b64decode(text.removeprefix("base64:"))
+    return text.encode()
+
+
 def parse_envelope(raw: RawUsage) -> dict[str, object]:
     """The CloudEvent as a dict, from either content mode of the Kafka binding:
     binary (`ce_*` headers, data in the value) or structured (all in the value)."""
@@ -197,6 +204,13 @@ def check_time(usage: UsageReported, limits: Limits) -> None:
                          f"window of {limits.accepted_window.days} days", usage.source, usage.id)
 
 
+def dedup_horizon(limits: Limits) -> datetime:
+    """Dedup keys of events older than this may go. An event older than the
+    accepted window is rejected as too old before dedup is consulted; the future
+    skew is added so a key is never pruned while its event could still be accepted."""
+    return limits.now - limits.accepted_window - limits.future_skew
+
+
 def to_tokens(data: UsageData, model: ModelEntry, table: ConversionTable | None) -> tuple[dict[str, int], dict[str, Decimal], int | None]:
     """Token quantities per class, raw units measured, and the conversion version used."""
     tokens: dict[str, int] = {}
@@ -213,6 +227,9 @@ def to_tokens(data: UsageData, model: ModelEntry, table: ConversionTable | None)
             continue
         if quantity < 0:
             raise UsageError(Reason.NEGATIVE_QUANTITY, f"data.{field_name} must not be negative")
+        if quantity > QUANTITY_MAX:
+            # Checked before converting: a huge exponent would cost seconds of CPU or overflow.
+            raise UsageError(Reason.ABSURD_QUANTITY, f"data.{field_name} is larger than any real request")
         qualifier = getattr(data, qualifier_field) if qualifier_field else None
         rule = table.rule_for(unit, qualifier) if table else None
         if rule is None:
@@ -224,6 +241,10 @@ def to_tokens(data: UsageData, model: ModelEntry, table: ConversionTable | None)
         tokens[rule.token_class] = tokens.get(rule.token_class, 0) + converted
         raw_units[field_name] = Decimal(quantity)
         used_table = True
+    absurd = sorted(token_class for token_class, quantity in tokens.items() if quantity > QUANTITY_MAX)
+    if absurd or context_input_tokens(tokens) > QUANTITY_MAX:
+        raise UsageError(Reason.ABSURD_QUANTITY, f"{', '.join(absurd) or 'request input'} Tokens exceed "
+                         f"{QUANTITY_MAX} in one event")
     offered = set(model.token_classes)
     unexpected = sorted(set(tokens) - offered)
     if unexpected:

@@ -83,6 +83,7 @@ def create_http_app(runtime: Runtime) -> FastAPI:
         return JSONResponse({
             "accepted": outcome.accepted,
             "duplicates": outcome.duplicates,
+            "rejected_count": len(outcome.rejected),
             "rejected": [{"index": position[id(incoming)], "id": rejection.usage_id, "source": rejection.usage_source,
                           "reason_code": rejection.reason_code, "message": rejection.message}
                          for incoming, rejection in outcome.rejected],

@@ -13,9 +13,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.integration.support import World
+from tests.integration.support import World, wait_http
 from tokenhub.contracts.money import format_amount
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -92,6 +93,31 @@ async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_acc
     assert balances[0]["spend"] == "0.006720000000" == format_amount(2 * world.expected_amount(1000, 100))
     resubmitted = ours(json.loads(_run(backend, "rejected", "list", "--reason", "unknown_bu", "--json").stdout))[0]
     assert resubmitted["resubmitted_by"].startswith("bob")
+
+
+async def test_api_keys_are_created_listed_and_revoked_and_only_their_hash_is_kept(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    source = f"tests/{world.prefix}"
+    created = _run(backend, "keys", "create", "--source", source, "--actor", "carol", "--reason", "gateway onboarding").stdout
+    key_id = created.split()[1]
+    key = created.splitlines()[1].strip()
+    assert key.startswith(f"thk_{key_id}_")
+    listed = [row for row in json.loads(_run(backend, "keys", "list", "--json").stdout) if row["key_id"] == key_id]
+    assert [(row["sources"], row["actor"], row["reason"], row["revoked_at"]) for row in listed] == [
+        ([source], "carol", "gateway onboarding", None)]
+    assert key not in json.dumps(listed)
+
+    url = f"http://127.0.0.1:{backend.http_port}/v1/events"
+    await wait_http(backend.http_port)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/cloudevents+json"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        accepted = await client.post(url, content=world.usage("shop", 1, 1000, 100).model_dump_json(), headers=headers)
+        _run(backend, "keys", "revoke", key_id)
+        refused = await client.post(url, content=world.usage("shop", 2, 1000, 100).model_dump_json(), headers=headers)
+    assert (accepted.status_code, accepted.json()["accepted"]) == (202, 1)
+    assert refused.status_code == 401
+    _one_line_error(_run(backend, "keys", "revoke", key_id, check=False), "no active key")
 
 
 async def test_price_books_are_validated_before_publishing(backend, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import httpx
 
 from tokenhub.cli.commands import build_book, publish_events, registry_events
 from tokenhub.client import UsageClient, usage_event
@@ -134,3 +135,14 @@ async def wait_settled(settings: Settings, before: dict[str, int], sent: int) ->
 
 def delta(after: dict[str, int], before: dict[str, int], name: str) -> int:
     return after.get(name, 0) - before.get(name, 0)
+
+
+async def wait_http(port: int) -> None:
+    """Metering serves HTTP once its consumers run: poll its health until it answers."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        async def up() -> bool:
+            try:
+                return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+        await wait_until(up, SETTLE_TIMEOUT_S, f"metering's HTTP port {port}")

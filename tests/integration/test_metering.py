@@ -14,13 +14,15 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
 from tokenhub.contracts.topics import USAGE_REJECTED
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.pipeline import wait_until
+from tokenhub.services.metering import domain
 from tokenhub.services.metering.adapters import keys
-from tests.integration.support import World, delta, emit, emit_raw, read_counters, wait_settled
+from tests.integration.support import World, delta, emit, emit_raw, read_counters, wait_http, wait_settled
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -39,20 +41,40 @@ async def _consumed(world: World) -> list[dict]:
     return [orjson.loads(row["payload"]) for row in rows]
 
 
+async def _metrics(client: httpx.AsyncClient, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert response.status_code == 200
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def _metric_delta(after: dict, before: dict, name: str, **labels: str) -> float:  # noqa: ANN001
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
 async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
     world = World(backend.settings)
     await world.publish(["shop"])
     connection = await asyncpg.connect(world.settings.database_url)
     try:
-        _, key = await keys.create(connection, [f"tests/{world.prefix}"], "tests", "http ingest test")
+        key_id, key = await keys.create(connection, [f"tests/{world.prefix}"], "tests", "http ingest test")
         _, foreign_key = await keys.create(connection, ["gateway/elsewhere"], "tests", "foreign source")
+        revoked_id, revoked_key = await keys.create(connection, [f"tests/{world.prefix}"], "tests", "to be revoked")
+        assert await keys.revoke(connection, revoked_id)
+        stored_key = dict(await connection.fetchrow("select * from metering.api_keys where key_id = $1", key_id))
     finally:
         await connection.close()
+    # Only the key's SHA-256 is kept: no column holds the key or its secret part.
+    assert stored_key["key_sha256"] == sha256_hex(key.encode())
+    assert not any(key.rsplit("_", 1)[-1] in str(value) for value in stored_key.values())
     url = f"http://127.0.0.1:{backend.http_port}/v1/events"
+    await wait_http(backend.http_port)
     good = [world.usage("shop", index, 1_000, 100) for index in range(3)]
     bad = world.usage("shop", 99, 1_000, 100).model_dump(mode="json")
     bad["data"]["consumer_bu"] = world.bu("ghost")
     async with httpx.AsyncClient(timeout=30) as client:
+        metrics_before = await _metrics(client, backend.http_port)
         single = await client.post(url, content=canonical_json(good[0]), headers={
             "authorization": f"Bearer {key}", "content-type": "application/cloudevents+json"})
         batch_body = orjson.dumps([orjson.loads(canonical_json(event)) for event in good[1:]] + [bad])
@@ -65,15 +87,23 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
         missing = await client.post(url, content=canonical_json(good[0]), headers={"content-type": "application/cloudevents+json"})
         foreign = await client.post(url, content=canonical_json(good[0]), headers={
             "authorization": f"Bearer {foreign_key}", "content-type": "application/cloudevents+json"})
-        metrics = await client.get(f"http://127.0.0.1:{backend.http_port}/metrics")
-    assert (single.status_code, single.json()) == (202, {"accepted": 1, "duplicates": 0, "rejected": []})
+        revoked = await client.post(url, content=canonical_json(good[0]), headers={
+            "authorization": f"Bearer {revoked_key}", "content-type": "application/cloudevents+json"})
+        metrics_after = await _metrics(client, backend.http_port)
+    assert (single.status_code, single.json()) == (202, {"accepted": 1, "duplicates": 0, "rejected_count": 0, "rejected": []})
     assert batch.status_code == 202
-    assert batch.json()["accepted"] == 2
+    assert (batch.json()["accepted"], batch.json()["rejected_count"]) == (2, 1)
     assert [(item["index"], item["id"], item["reason_code"]) for item in batch.json()["rejected"]] == [(2, "req-99", "unknown_bu")]
-    assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
-    assert (wrong.status_code, missing.status_code, foreign.status_code) == (401, 401, 403)
+    assert again.json() == {"accepted": 0, "duplicates": 1, "rejected_count": 0, "rejected": []}
+    assert (wrong.status_code, missing.status_code, foreign.status_code, revoked.status_code) == (401, 401, 403, 401)
     assert "gateway" not in wrong.text and f"tests/{world.prefix}" in foreign.text
-    assert "tokenhub_metering_accepted_total" in metrics.text
+    # Metering's Prometheus metrics: accepted, rejected by reason, duplicates and processing latency.
+    # Only this test's requests were metered between the two scrapes (earlier tests have settled).
+    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_accepted_total") == 3
+    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_rejected_total", reason="unknown_bu") == 1
+    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_duplicates_total") == 1
+    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_batch_seconds_count") == 3
+    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_batch_seconds_sum") > 0
 
     async def posted() -> bool:
         rows = await _fetch(world.settings, "select count(*) as n from ledger.entries where payer_bu = $1", world.bu("shop"))
@@ -95,6 +125,21 @@ async def test_binary_and_structured_content_modes_are_both_accepted(backend) ->
     assert delta(after, before, "metering.accepted") == 2
     consumed = {event["usage_id"]: event["tokens"] for event in await _consumed(world)}
     assert consumed == {"req-1": {"input": 2_000, "output": 200}, "req-2": {"input": 3_000, "output": 300}}
+
+    # Bad usage in binary mode is stored with its headers too, a non-UTF-8 one in base64.
+    unknown = world.usage("shop", 3, 1_000, 100, consumer_bu=world.bu("ghost"))
+    unknown_headers = [(f"ce_{name}", str(value).encode()) for name, value in
+                       orjson.loads(canonical_json(unknown)).items() if name != "data"] + [("trace", b"\xff\xfe")]
+    unknown_value = orjson.dumps(orjson.loads(canonical_json(unknown))["data"])
+    await emit_raw(world.settings, [(b"shop", unknown_value)], headers=unknown_headers)
+    rejected = await wait_settled(world.settings, after, 1)
+    assert delta(rejected, after, "metering.rejected.unknown_bu") == 1
+    rows = await _fetch(world.settings, "select reason_code, usage_id, original_bytes, headers from metering.rejected_usage "
+                        "where usage_source = $1", f"tests/{world.prefix}")
+    assert [(row["reason_code"], row["usage_id"], bytes(row["original_bytes"])) for row in rows] == [
+        ("unknown_bu", "req-3", unknown_value)]
+    stored_headers = orjson.loads(rows[0]["headers"]) if isinstance(rows[0]["headers"], str) else rows[0]["headers"]
+    assert {name: domain.header_value(text) for name, text in stored_headers.items()} == dict(unknown_headers)
 
 
 def _envelope(world: World, index: int, **changes) -> dict:  # noqa: ANN003
@@ -309,7 +354,12 @@ async def test_the_sync_client_reports_and_dedup_keys_are_pruned_after_the_windo
         old = datetime.now(UTC) - timedelta(days=40)
         await connection.execute("insert into metering.dedup (usage_source, usage_id, content_sha256, event_time) "
                                  "values ($1, 'old', 'x', $2)", f"tests/{world.prefix}", old)
-        pruned = await connection.fetchval(PRUNE_DEDUP, datetime.now(UTC) - timedelta(days=35, minutes=5), 10_000)
+        settings = world.settings
+        horizon = domain.dedup_horizon(domain.Limits(
+            now=datetime.now(UTC), accepted_window=timedelta(days=settings.accepted_window_days),
+            future_skew=timedelta(seconds=settings.future_skew_seconds), message_bytes_max=settings.message_bytes_max))
+        assert horizon < datetime.now(UTC) - timedelta(days=35)  # the default window: keys outlive it
+        pruned = await connection.fetchval(PRUNE_DEDUP, horizon, 10_000)
         remaining = await connection.fetchval("select count(*) from metering.dedup where usage_source = $1",
                                               f"tests/{world.prefix}")
     finally:

@@ -9,8 +9,18 @@ import orjson
 import pytest
 
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.registry import ConversionRule, ConversionTable, FundingAgreement, PayerShare
-from tokenhub.services.metering.domain import Reason, RawUsage, UsageError, meter
+from tokenhub.contracts.events import QUANTITY_MAX
+from tokenhub.contracts.registry import ConversionRule, ConversionTable, FundingAgreement, ModelEntry, PayerShare
+from tokenhub.services.metering.domain import (
+    Catalogue,
+    Reason,
+    RawUsage,
+    UsageError,
+    dedup_horizon,
+    header_value,
+    meter,
+    sorted_headers,
+)
 from tests.contract.examples import CATALOGUE, LIMITS, USAGE
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -82,3 +92,57 @@ def test_conversion_rounds_partial_tokens_up_and_prefers_the_exact_size() -> Non
     assert table.rule_for("image", "1024x1024").tokens_per_unit == Decimal("1290.5")
     assert table.rule_for("image", "64x64").tokens_per_unit == Decimal("1000")
     assert table.rule_for("video_second", "720p") is None
+
+
+VIDEO_CATALOGUE = Catalogue(
+    CATALOGUE.business_units,
+    {**CATALOGUE.models, "wan-video": ModelEntry(model_id="wan-video", provider_bu="qwen-platform", modality="video",
+                                                 token_classes=("video", "image"))},
+    (ConversionTable(version=1, effective_from=T - timedelta(days=30), rules=(
+        ConversionRule(unit="video_second:*", token_class="video", tokens_per_unit=Decimal("4000")),
+        ConversionRule(unit="image:*", token_class="image", tokens_per_unit=Decimal("1290")),
+    )),),
+)
+
+
+def _video(**data) -> RawUsage:  # noqa: ANN003
+    event = orjson.loads(canonical_json(USAGE))
+    event["data"] = {"consumer_bu": "taobao-tmall", "model": "wan-video", **data}
+    return RawUsage(orjson.dumps(event))
+
+
+@pytest.mark.parametrize("data", [
+    {"video_seconds": "1e12", "video_resolution": "720p"},  # within the raw bound, 4e15 Tokens after conversion
+    {"video_seconds": "1e100000", "video_resolution": "720p"},  # would take seconds of CPU to convert
+    {"video_seconds": "1e999999999", "video_resolution": "720p"},  # would overflow the decimal context
+    {"image_count": QUANTITY_MAX},
+    {"image_count": 10**12, "video_seconds": "1", "video_resolution": "720p"},
+])
+def test_absurd_non_text_quantities_are_rejected_with_a_reason_not_an_exception(data: dict) -> None:
+    assert _reason(_video(**data), catalogue=VIDEO_CATALOGUE) == Reason.ABSURD_QUANTITY
+
+
+def test_a_request_input_beyond_the_limit_is_absurd_even_when_each_class_is_not() -> None:
+    assert _reason(_raw(input_tokens=QUANTITY_MAX, cache_read_tokens=1)) == Reason.ABSURD_QUANTITY
+    assert _reason(_video(video_seconds="-1", video_resolution="720p"), catalogue=VIDEO_CATALOGUE) == Reason.NEGATIVE_QUANTITY
+    largest = meter(_video(video_seconds=str(QUANTITY_MAX // 4000), video_resolution="720p"), VIDEO_CATALOGUE, LIMITS)
+    assert largest.consumed[0].tokens == {"video": QUANTITY_MAX}
+
+
+def test_dedup_keys_outlive_every_event_that_could_still_be_accepted() -> None:
+    horizon = dedup_horizon(LIMITS)
+    oldest_accepted = LIMITS.now - LIMITS.accepted_window
+    assert horizon <= oldest_accepted - LIMITS.future_skew
+    assert horizon == LIMITS.now - timedelta(days=35, minutes=5)
+    event = orjson.loads(canonical_json(USAGE))
+    event["time"] = oldest_accepted.isoformat()
+    assert meter(RawUsage(orjson.dumps(event)), CATALOGUE, LIMITS).usage.time > horizon
+    event["time"] = (horizon + timedelta(microseconds=1)).isoformat()
+    assert _reason(RawUsage(orjson.dumps(event))) == Reason.TIME_TOO_OLD  # gone from dedup only once too old
+
+
+def test_stored_headers_give_back_the_received_bytes_including_non_utf8() -> None:
+    raw = RawUsage(b"{}", (("ce_source", b"gateway/taobao"), ("trace", b"\xff\x00\xfe")))
+    stored = sorted_headers(raw)
+    assert stored["trace"].startswith("base64:")
+    assert {name: header_value(text) for name, text in stored.items()} == dict(raw.headers)
