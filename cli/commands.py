@@ -15,7 +15,7 @@ import yaml
 
 from tokenhub.cli import render
 from tokenhub.cli.errors import CliError
-from tokenhub.cli.queries import balances, invoices
+from tokenhub.cli.queries import balances, display_names, invoices
 from tokenhub.client import UsageClient
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished
@@ -26,7 +26,8 @@ from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
-from tokenhub.services.invoicing.handlers import close_period
+from tokenhub.services.common.outbox import relay
+from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, close_period
 
 
 def _actor(arguments: argparse.Namespace) -> str:
@@ -130,6 +131,16 @@ async def _pool(settings: Settings) -> asyncpg.Pool:
     return await create_pool(database_url, size_max=2)
 
 
+async def _relay_invoicing(settings: Settings, pool: asyncpg.Pool) -> int:
+    bootstrap_servers, _ = settings.require_stack()
+    producer = create_producer(bootstrap_servers, client_id="tokenhub-invoice-close")
+    await producer.start()
+    try:
+        return await relay(pool, producer, INVOICING_SCHEMA)
+    finally:
+        await producer.stop()
+
+
 def _as_of(text: str | None) -> datetime | None:
     if text is None:
         return None
@@ -159,9 +170,14 @@ async def invoice(arguments: argparse.Namespace) -> int:
         if arguments.action == "close":
             parse(arguments.period, settings.timezone)
             issued = await close_period(pool, settings, arguments.period, actor=_actor(arguments), now=clock(settings))
-            print(f"closed {arguments.period}: {len(issued)} invoices issued")
+            # Published now, as the service publishes what it closes; left in the outbox,
+            # they would wait for the service's next batch of postings.
+            published = await _relay_invoicing(settings, pool)
+            print(f"closed {arguments.period}: {len(issued)} invoices issued, {published} events published")
             return 0
         found = await invoices(pool, settings, bu=arguments.bu, period=arguments.period)
+        # A finance person reads names, not slugs: the page shows both.
+        names = await display_names(pool) if arguments.format == "html" and not arguments.json else {}
     finally:
         await pool.close()
     if arguments.action == "show" and not found:
@@ -173,7 +189,7 @@ async def invoice(arguments: argparse.Namespace) -> int:
     elif output_format == "csv":
         print(render.invoice_csv(found))
     elif output_format == "html":
-        print(render.invoice_html(found))
+        print(render.invoice_html(found, names))
     elif arguments.action == "list":
         print(render.invoice_list(found))
     else:

@@ -17,7 +17,7 @@ from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.invoicing.adapters import store
-from tokenhub.services.invoicing.handlers import build_settlement, draft_invoice, invoiced_postings, set_cycle
+from tokenhub.services.invoicing.handlers import draft_invoice, month_settlement, set_cycle
 
 
 async def settlement_for(pool, settings: Settings, period_name: str) -> tuple[SettlementNetted, bool]:  # noqa: ANN001
@@ -29,7 +29,7 @@ async def settlement_for(pool, settings: Settings, period_name: str) -> tuple[Se
         stored = await connection.fetchval(store.SELECT_SETTLEMENT, period.name)
         if stored is not None:
             return decode(SettlementNetted, stored), True
-        return build_settlement(settings, period, await invoiced_postings(connection, period)), False
+        return await month_settlement(connection, settings, period), False
 
 
 def render_settlement(settlement: SettlementNetted, final: bool) -> str:
@@ -69,10 +69,11 @@ async def settle(arguments: argparse.Namespace) -> int:
     return 0
 
 
+# sum(bigint) is numeric in Postgres: cast back, so --json prints Tokens as integers.
 SELECT_SPEND: Final = """
 select p.payload ->> 'consumer_bu' as consumer_bu, coalesce(p.payload ->> 'app', '-') as app,
        p.payload ->> 'model' as model, line ->> 'token_class' as token_class,
-       sum((line ->> 'tokens')::bigint) as tokens, sum((line ->> 'amount')::numeric) as amount
+       sum((line ->> 'tokens')::bigint)::bigint as tokens, sum((line ->> 'amount')::numeric) as amount
 from invoicing.postings p, jsonb_array_elements(p.payload -> 'lines') line
 where p.payer_bu = $1 and p.event_time >= $2 and p.event_time < $3
 group by 1, 2, 3, 4 order by 1, 2, 3, 4

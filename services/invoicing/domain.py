@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from tokenhub.contracts.events import ChainHeadRef, InvoiceIssued, InvoiceLine, LedgerPosted
+from tokenhub.contracts.events import ChainHeadRef, InvoiceIssued, InvoiceLine, LedgerPosted, PriceBookPublished
 from tokenhub.contracts.ids import derive_id
-from tokenhub.contracts.money import round_to_minor
+from tokenhub.contracts.money import DEFAULT_ROUNDING, round_to_minor
 from tokenhub.contracts.periods import Period
 
 
@@ -38,6 +38,16 @@ def invoice_lines(postings: Sequence[tuple[str, LedgerPosted]], period: str) -> 
         for (kind, line_period, provider, consumer, model, token_class, unit_price), (tokens, amount) in sorted(
             grouped.items(), key=lambda item: tuple(str(part) for part in item[0]))
     ]
+
+
+def rounding_mode_for(postings: Sequence[tuple[str, LedgerPosted]], books: Iterable[PriceBookPublished]) -> str:
+    """Half-even unless the price books the postings were priced with say otherwise
+    (DESIGN.md decision 5). An invoice is rounded once, in one mode: when its books
+    disagree, the default applies and the invoice names the mode it used."""
+    modes_by_version = {(book.book_id, book.version): book.rounding for book in books}
+    modes = {modes_by_version[(posted.book_id, posted.book_version)] for _, posted in postings
+             if (posted.book_id, posted.book_version) in modes_by_version}
+    return modes.pop() if len(modes) == 1 else DEFAULT_ROUNDING
 
 
 def chain_heads(postings: Sequence[tuple[str, LedgerPosted]]) -> tuple[ChainHeadRef, ...]:

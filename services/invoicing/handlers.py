@@ -26,7 +26,7 @@ from tokenhub.services.invoicing.adapters import store
 from tokenhub.services.pricing.domain import BookIndex, period_tier_charge
 
 SCHEMA = "invoicing"
-ROUNDING_MODE = "half_even"
+ROUNDING_MODE = "half_even"  # settlement's; an invoice rounds as its price books say (domain.rounding_mode_for)
 log = structlog.get_logger()
 
 
@@ -129,16 +129,17 @@ async def draft_invoice(connection: asyncpg.Connection, settings: Settings, paye
         return None
     number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu)
     postings = _postings(rows)
-    tiers = period_tier_lines(period, payer_bu, postings, await _books(connection))
-    return _build(settings, payer_bu, period, postings, number, "draft", None, tiers)
+    books = await _books(connection)
+    tiers = period_tier_lines(period, payer_bu, postings, books)
+    return _build(settings, books, payer_bu, period, postings, number, "draft", None, tiers)
 
 
-def _build(settings: Settings, payer_bu: str, period: Period, postings, number: int, status: str,  # noqa: ANN001
-           issued_at: datetime | None, tiers: Sequence[InvoiceLine] = ()) -> InvoiceIssued:
+def _build(settings: Settings, books: BookIndex, payer_bu: str, period: Period, postings, number: int,  # noqa: ANN001
+           status: str, issued_at: datetime | None, tiers: Sequence[InvoiceLine] = ()) -> InvoiceIssued:
     return domain.build_invoice(
         payer_bu, period, postings, number=number, currency=settings.currency,
-        minor_units=settings.currency_minor_units, rounding_mode=ROUNDING_MODE, status=status, issued_at=issued_at,
-        extra_lines=tiers,
+        minor_units=settings.currency_minor_units, rounding_mode=domain.rounding_mode_for(postings, books.versions),
+        status=status, issued_at=issued_at, extra_lines=tiers,
     )
 
 
@@ -181,7 +182,7 @@ async def _issue(connection: asyncpg.Connection, settings: Settings, books: Book
     postings = _postings(rows)
     number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu)
     tiers = period_tier_lines(period, payer_bu, postings, books)
-    invoice = _build(settings, payer_bu, period, postings, number, "issued", now, tiers)
+    invoice = _build(settings, books, payer_bu, period, postings, number, "issued", now, tiers)
     payload = canonical_json(invoice)
     created = await connection.fetchval(
         store.INSERT_INVOICE, invoice.invoice_id, payer_bu, period.name, number, invoice.currency,
@@ -202,8 +203,9 @@ async def _issue(connection: asyncpg.Connection, settings: Settings, books: Book
     return invoice
 
 
-def build_settlement(settings: Settings, period: Period, postings: Sequence[LedgerPosted]) -> SettlementNetted:
-    matrix = netting.gross_flows(postings)
+def build_settlement(settings: Settings, period: Period, postings: Sequence[LedgerPosted],
+                     period_tiers: Sequence[tuple[str, InvoiceLine]] = ()) -> SettlementNetted:
+    matrix = netting.gross_flows(postings, period_tiers)
     positions = netting.positions_from_matrix(matrix)
     rounded, absorber = netting.round_positions(positions, settings.currency_minor_units, ROUNDING_MODE)
     return SettlementNetted(
@@ -226,9 +228,22 @@ async def invoiced_postings(connection: asyncpg.Connection, month: Period) -> li
     return [decode(LedgerPosted, row["payload"]) for row in rows]
 
 
+async def invoiced_period_tiers(connection: asyncpg.Connection, month: Period) -> list[tuple[str, InvoiceLine]]:
+    """The period tier lines of the month's invoices, as (payer, line): netted from
+    the invoices, since their ledger adjustments come back only after the close."""
+    rows = await connection.fetch(store.SELECT_PERIOD_TIER_LINES, month.start, month.end)
+    return [(row["payer_bu"], InvoiceLine.model_validate(row["line"])) for row in rows]
+
+
+async def month_settlement(connection: asyncpg.Connection, settings: Settings, month: Period) -> SettlementNetted:
+    """The month's settlement from what its invoices carry, period tier lines included."""
+    return build_settlement(settings, month, await invoiced_postings(connection, month),
+                            await invoiced_period_tiers(connection, month))
+
+
 async def _settle(connection: asyncpg.Connection, settings: Settings, period: Period, now: datetime) -> int:
     """Net the month's invoiced flows once, when the month closes; published on settlements.netted."""
-    settlement = build_settlement(settings, period, await invoiced_postings(connection, period))
+    settlement = await month_settlement(connection, settings, period)
     payload = canonical_json(settlement)
     created = await connection.fetchval(store.INSERT_SETTLEMENT, period.name, orjson.loads(payload), now)
     if created is None:

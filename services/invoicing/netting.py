@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
 
-from tokenhub.contracts.events import LedgerPosted
+from tokenhub.contracts.events import InvoiceLine, LedgerPosted
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.settlement import GrossFlow, Transfer
 
@@ -16,12 +16,26 @@ class NettingError(ValueError):
     pass
 
 
-def gross_flows(postings: Iterable[LedgerPosted]) -> tuple[GrossFlow, ...]:
-    """Payer -> provider amounts; a BU's own use of its own models nets to nothing and is left out."""
+def gross_flows(postings: Iterable[LedgerPosted],
+                period_tiers: Iterable[tuple[str, InvoiceLine]] = ()) -> tuple[GrossFlow, ...]:
+    """Payer -> provider amounts of what was invoiced; a BU's own use of its own
+    models nets to nothing and is left out.
+
+    A period tier is counted from its invoice line, `(payer, line)`, and its
+    ledger adjustment is skipped: the ledger posts that adjustment after the
+    invoice is issued, so at the month's close it is usually not back yet, and
+    counting both would count it twice once it is."""
     cells: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     for posted in postings:
+        if posted.kind == "adjustment":
+            continue
         if posted.payer_bu != posted.provider_bu:
             cells[(posted.payer_bu, posted.provider_bu)] += posted.amount
+    for payer_bu, line in period_tiers:
+        if line.kind != "period_tier":
+            raise NettingError(f"only period tier lines are added to the postings, got a {line.kind} line")
+        if payer_bu != line.provider_bu:
+            cells[(payer_bu, line.provider_bu)] += line.amount
     return tuple(GrossFlow(payer_bu=payer, provider_bu=provider, amount=amount)
                  for (payer, provider), amount in sorted(cells.items()) if amount)
 

@@ -5,6 +5,7 @@ outside consumer validates what is published against the exported schemas."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import uuid
@@ -16,7 +17,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tokenhub.cli import render
+from tokenhub.cli import commands, invoicing_commands, render
+from tokenhub.cli.queries import invoices as list_invoices
 from tokenhub.contracts.events import InvoiceIssued, decode
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.periods import containing
@@ -26,7 +28,7 @@ from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.invoicing import handlers
 from tests.integration.support import World, emit, read_counters, wait_settled
-from tests.integration.test_pricing import _publish_book
+from tests.integration.test_pricing import _json_output, _publish_book, cli_env  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ZONE = "Asia/Shanghai"
@@ -84,6 +86,11 @@ async def test_late_usage_goes_on_the_next_invoice_and_the_issued_one_never_chan
     assert first.total == round_to_minor(sum((world.expected_amount(10_000 + i, 1_000) for i in range(5)), Decimal(0)))
     assert first.subtotal == sum((world.expected_amount(10_000 + i, 1_000) for i in range(5)), Decimal(0))
     assert first.rounding == first.total - first.subtotal
+    # The chain heads it covers are the ledger's: the payer's chain at its fifth entry.
+    head = await _query(world, "select chain, sequence, entry_hash from ledger.entries where payer_bu = $1 "
+                        "order by sequence desc limit 1", world.bu("shop"))
+    assert [(h.chain, h.sequence, h.entry_hash) for h in first.chain_heads] == [
+        (head[0]["chain"], 5, head[0]["entry_hash"])]
     stored_before = await _query(world, "select payload::text as payload from invoicing.invoices where invoice_id = $1",
                                  first.invoice_id)
 
@@ -144,6 +151,18 @@ async def test_period_tier_lines_are_posted_and_totals_equal_the_assigned_postin
     assert round_to_minor(assigned[0]["total"]) == invoice.total
     spend = await _query(world, "select sum(amount) as spend from ledger.entries where payer_bu = $1", world.bu("shop"))
     assert spend[0]["spend"] == Decimal("2.75")
+    # Netted from the invoices: the tier line once, though its ledger adjustment has come back by now.
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        async with pool.acquire() as connection:
+            settlement = await handlers.month_settlement(connection, world.settings,
+                                                         containing(month_end - timedelta(hours=1), "month", ZONE))
+    finally:
+        await pool.close()
+    assert [flow.amount for flow in settlement.matrix
+            if (flow.payer_bu, flow.provider_bu) == (world.bu("shop"), world.provider)] == [Decimal("2.75")]
+    assert (settlement.positions[world.bu("shop")], settlement.positions[world.provider]) == (Decimal("-2.75"),
+                                                                                            Decimal("2.75"))
 
 
 async def test_a_weekly_payer_gets_week_invoices_split_at_the_month_boundary(backend) -> None:
@@ -218,9 +237,105 @@ async def test_repricing_reversals_become_credit_lines_and_mark_the_invoice_cred
     await _wait_invoicing_has(world, world.bu("shop"), 3)
     this_month = containing(datetime.now(UTC), "month", ZONE).name
     invoices = await _close(world, this_month, world.bu("shop"))
+    assert [invoice.number for invoice in invoices] == [1, 2]  # per payer, without gaps
     second = invoices[-1]
     credits = [line for line in second.lines if line.kind == "credit"]
     assert [(line.period, line.tokens) for line in credits] == [(last_month, -100_000), (last_month, -10_000)]
     assert second.subtotal == -world.expected_amount(100_000, 10_000) + (Decimal("0.12") + Decimal("0.048"))
     rows = await _query(world, "select status from invoicing.invoices where invoice_id = $1", first.invoice_id)
     assert rows[0]["status"] == "credited"
+
+
+async def _invoices_of(world: World, payer: str) -> list[InvoiceIssued]:
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        return await list_invoices(pool, world.settings, bu=payer, period=None)
+    finally:
+        await pool.close()
+
+
+async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_the_command_closes_one_on_demand(
+        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Daily billing, so that the rule is seen whatever the day of the month: a day
+    that ended more than the allowed lateness (48 h) before the event-time watermark
+    is closed by the service itself; today stays a draft until `invoice close`."""
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    payer = world.bu("shop")
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        await handlers.set_cycle(pool, payer, "day", "tests", "daily billing", datetime.now(UTC))
+    finally:
+        await pool.close()
+    now = datetime.now(UTC)
+    old_day = containing(now - timedelta(days=4), "day", ZONE)
+    today = containing(now, "day", ZONE)
+    assert old_day.end <= now - timedelta(hours=48 + 2)  # behind the watermark by more than the lateness
+    before = await read_counters(world.settings)
+    await emit(world.settings, [world.usage("shop", 1, 3_000, 300, time=now - timedelta(days=4)),
+                                world.usage("shop", 2, 1_000, 100, time=now - timedelta(seconds=30))])
+    await wait_settled(world.settings, before, 2)
+
+    async def closed_by_the_service() -> bool:
+        rows = await _query(world, "select count(*) as n from invoicing.invoices where payer_bu = $1", payer)
+        return rows[0]["n"] == 1
+    await wait_until(closed_by_the_service, 60, "the service to close the old day at its watermark")
+    closed = await _query(world, "select actor from invoicing.closed_periods where period = $1", old_day.name)
+    assert [row["actor"] for row in closed] == ["watermark"]
+    listed = await _invoices_of(world, payer)
+    assert [(invoice.period, invoice.number, invoice.status) for invoice in listed] == [
+        (old_day.name, 1, "issued"), (today.name, 2, "draft")]
+    assert listed[0].total == round_to_minor(world.expected_amount(3_000, 300))
+    assert listed[1].subtotal == world.expected_amount(1_000, 100)
+
+    capsys.readouterr()
+    closing = argparse.Namespace(action="close", period=today.name, actor="tests")
+    assert await commands.invoice(closing) == 0
+    assert "invoices issued" in capsys.readouterr().out
+    assert await commands.invoice(closing) == 0  # again: nothing left to issue, no number used up
+    listed = await _invoices_of(world, payer)
+    assert [(invoice.period, invoice.number, invoice.status) for invoice in listed] == [
+        (old_day.name, 1, "issued"), (today.name, 2, "issued")]
+
+    capsys.readouterr()
+    assert await commands.invoice(argparse.Namespace(action="show", bu=payer, period=today.name, json=False,
+                                                     format="html")) == 0
+    html = capsys.readouterr().out
+    assert f"Shop ({payer})" in html and "Provider" in html  # display names beside the slugs
+    assert f"Invoice {payer}-0002" in html and "Subtotal" in html and "Rounding" in html
+
+
+async def test_spend_month_to_date_shows_the_period_tier_reached_so_far(
+        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(backend.settings)
+    model = f"{world.prefix}-tiered"
+    await world.publish(["shop"], extra_models=[{"model_id": model, "provider_bu": world.provider,
+                                                 "modality": "text", "token_classes": ["input", "output"]}])
+    await _publish_book(world, f"{world.prefix}-tiers", 1, datetime.now(UTC) - timedelta(days=60), [{
+        "model": model, "unit_prices_per_million": {"input": "1", "output": "2"},
+        "period_tiers": {"mode": "volume", "tiers": [
+            {"up_to_tokens": 100_000, "unit_price_per_million": "10", "flat_fee": "1"},
+            {"up_to_tokens": None, "unit_price_per_million": "5", "flat_fee": "0.5"}]}}])
+
+    async def spend_now() -> dict:
+        capsys.readouterr()
+        assert await invoicing_commands.spend(argparse.Namespace(bu=world.bu("shop"), period=None, json=True)) == 0
+        return _json_output(capsys.readouterr().out)
+
+    sent = 0
+    for count, tier_tokens, charge in ((1, 50_000, "1.5"), (2, 150_000, "1.25")):
+        # by hand, volume: 50,000 x 10 / 1e6 + 1; then all 150,000 at the second tier, 0.75 + 0.5
+        before = await read_counters(world.settings)
+        await emit(world.settings, [world.usage("shop", sent + index, 40_000, 10_000, model=model, app="search")
+                                    for index in range(count)])
+        await wait_settled(world.settings, before, count)
+        sent += count
+        await _wait_invoicing_has(world, world.bu("shop"), sent)
+        report = await spend_now()
+        assert report["period"] == containing(datetime.now(UTC), "month", ZONE).name
+        assert [(line["consumer_bu"], line["app"], line["model"], line["token_class"], line["tokens"], line["amount"])
+                for line in report["lines"]] == [
+            (world.bu("shop"), "search", model, "input", 40_000 * sent, f"{Decimal('0.04') * sent:.12f}"),
+            (world.bu("shop"), "search", model, "output", 10_000 * sent, f"{Decimal('0.02') * sent:.12f}")]
+        assert Decimal(report["spend"]) == Decimal("0.06") * sent
+        assert report["period_tiers"] == [{"model": model, "tokens": tier_tokens, "charge": f"{Decimal(charge):.12f}"}]

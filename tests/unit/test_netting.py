@@ -9,8 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tokenhub.contracts.events import InvoiceLine, LedgerPosted
+from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.settlement import GrossFlow
-from tokenhub.services.invoicing.netting import NettingError, positions_from_matrix, round_positions, transfers
+from tokenhub.services.invoicing.netting import (
+    NettingError,
+    gross_flows,
+    positions_from_matrix,
+    round_positions,
+    transfers,
+)
+from tests.contract.examples import POSTED
 
 BUS = ["ai-innovation", "cainiao", "dingtalk", "local-services", "qwen-platform", "quark"]
 
@@ -71,3 +80,49 @@ def test_transfers_clear_each_rounded_position_with_at_most_n_minus_one(cells) -
         direct[flow.payer_bu] -= flow.amount
     assert {bu: a for bu, a in direct.items() if a} == {bu: a for bu, a in positions.items() if a}
     assert all(abs(rounded[bu] - positions[bu]) < Decimal("0.01") * len(positions) for bu in positions)
+
+
+def _posted(index: int, payer: str, provider: str, amount: Decimal, kind: str = "charge") -> LedgerPosted:
+    return POSTED.model_copy(update={"id": derive_id("tests", "posted", str(index)), "payer_bu": payer,
+                                     "provider_bu": provider, "amount": amount, "kind": kind})
+
+
+def _tier(provider: str, amount: Decimal) -> InvoiceLine:
+    return InvoiceLine(kind="period_tier", period="2026-03", provider_bu=provider, consumer_bu="x", model="qwen-max",
+                       tokens=0, amount=amount)
+
+
+def test_period_tiers_count_from_their_invoice_lines_and_their_ledger_adjustments_are_not_counted_twice() -> None:
+    postings = [_posted(1, "quark", "qwen-platform", Decimal("10")),
+                _posted(2, "quark", "qwen-platform", Decimal("2.75"), kind="adjustment"),  # the tier, posted back
+                _posted(3, "dingtalk", "quark", Decimal("1")),
+                _posted(4, "quark", "quark", Decimal("5"))]                                  # own use nets to nothing
+    matrix = gross_flows(postings, [("quark", _tier("qwen-platform", Decimal("2.75"))),
+                                    ("dingtalk", _tier("dingtalk", Decimal("9")))])
+    assert [(flow.payer_bu, flow.provider_bu, flow.amount) for flow in matrix] == [
+        ("dingtalk", "quark", Decimal("1")), ("quark", "qwen-platform", Decimal("12.75"))]
+    with pytest.raises(NettingError, match="period tier"):
+        gross_flows([], [("quark", _tier("qwen-platform", Decimal(1)).model_copy(update={"kind": "usage"}))])
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), amounts, st.sampled_from(["charge", "reversal"])),
+                max_size=30),
+       st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), amounts), max_size=6))
+def test_the_matrix_gives_every_bus_revenue_minus_spend(cells, tiers) -> None:  # noqa: ANN001
+    """Positions from the matrix equal each BU's revenue - spend summed straight
+    from the postings and the tier lines, self-use included (it nets to zero)."""
+    postings = [_posted(index, BUS[payer], BUS[provider], amount if kind == "charge" else -amount, kind)
+                for index, (payer, provider, amount, kind) in enumerate(cells)]
+    tier_lines = [(BUS[payer], _tier(BUS[provider], amount)) for payer, provider, amount in tiers]
+    positions = positions_from_matrix(gross_flows(postings, tier_lines))
+    direct: dict[str, Decimal] = defaultdict(Decimal)
+    for posted in postings:
+        direct[posted.provider_bu] += posted.amount
+        direct[posted.payer_bu] -= posted.amount
+    for payer, line in tier_lines:
+        direct[line.provider_bu] += line.amount
+        direct[payer] -= line.amount
+    assert {bu: a for bu, a in positions.items() if a} == {bu: a for bu, a in direct.items() if a}
+    assert sum(positions.values(), Decimal(0)) == 0
+    rounded, _ = round_positions(positions, 2, "half_even")
+    assert len(transfers(rounded)) <= max(0, len([bu for bu, amount in rounded.items() if amount]) - 1)

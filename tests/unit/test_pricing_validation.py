@@ -4,10 +4,17 @@ effective in the past without `--retroactive`."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+
+from tokenhub.cli import pricing_commands
+from tokenhub.cli.errors import CliError
 
 from tokenhub.contracts.events import BuAdjustment, ContextTier, PeriodTier, PeriodTiers, PriceBookPublished
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
@@ -62,3 +69,42 @@ def test_a_valid_book_passes_and_a_past_one_needs_retroactive() -> None:
 def test_faulty_books_are_refused_with_the_reason(book: PriceBookPublished, message: str) -> None:
     with pytest.raises(PriceBookInvalid, match=message):
         validate_book(book, "CNY", NOW, retroactive=False)
+
+
+def test_a_negative_period_tier_unit_price_is_refused() -> None:
+    tiers = PeriodTiers(mode="graduated", tiers=(PeriodTier(up_to_tokens=10, unit_price_per_million=D(1)),
+                                                 PeriodTier(unit_price_per_million=D("-0.5"))))
+    with pytest.raises(PriceBookInvalid, match="negative period tier price"):
+        validate_book(_with(period_tiers=tiers), "CNY", NOW, retroactive=False)
+
+
+def _document(**changes: object) -> dict:
+    document = {"book_id": "internal", "version": 7, "currency": "CNY", "effective_from": "2026-03-01T00:00:00+08:00",
+                "models": [{"model": "qwen-max", "unit_prices_per_million": {"input": "2.4", "output": "9.6"}}]}
+    return {**document, **changes}
+
+
+@pytest.mark.parametrize(("document", "retroactive", "message"), [
+    (_document(), False, "in the past; pass --retroactive"),
+    (_document(currency="USD"), True, "USD is not the settlement currency CNY"),
+    (_document(models=[{"model": "qwen-max", "unit_prices_per_million": {"input": "-1"}}]), True,
+     "negative price for input"),
+    (_document(models=[{"model": "qwen-max", "unit_prices_per_million": {"input": "1"}, "period_tiers": {
+        "mode": "volume", "tiers": [{"up_to_tokens": 500, "unit_price_per_million": "1"},
+                                    {"up_to_tokens": 100, "unit_price_per_million": "1"},
+                                    {"up_to_tokens": None, "unit_price_per_million": "1"}]}}]), True,
+     "overlap or are out of order"),
+])
+def test_pricebook_publish_refuses_before_it_reaches_the_stack(document: dict, retroactive: bool, message: str,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command validates first: no broker or database is configured here, and the
+    refusal names the fault rather than the missing stack."""
+    for name in ("TOKENHUB_BOOTSTRAP_SERVERS", "TOKENHUB_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TOKENHUB_STATE_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("TOKENHUB_NOW", "2026-03-10T00:00:00+08:00")
+    path = tmp_path / "book.json"
+    path.write_text(json.dumps(document))
+    arguments = argparse.Namespace(file=str(path), retroactive=retroactive, actor="tests", reason="test book")
+    with pytest.raises(CliError, match=message):
+        asyncio.run(pricing_commands.publish(arguments))

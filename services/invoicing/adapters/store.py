@@ -56,6 +56,12 @@ SELECT_PERIOD_INVOICED_POSTINGS: Final = """
 select p.payload from invoicing.postings p join invoicing.invoices i using (invoice_id)
 where (i.payload ->> 'period_end')::timestamptz > $1 and (i.payload ->> 'period_end')::timestamptz <= $2
 """
+# The period tier lines of the same invoices: (payer_bu, line as jsonb).
+SELECT_PERIOD_TIER_LINES: Final = """
+select i.payer_bu, line from invoicing.invoices i, jsonb_array_elements(i.payload -> 'lines') line
+where line ->> 'kind' = 'period_tier'
+  and (i.payload ->> 'period_end')::timestamptz > $1 and (i.payload ->> 'period_end')::timestamptz <= $2
+"""
 INSERT_SETTLEMENT: Final = """
 insert into invoicing.settlements (period, payload, settled_at) values ($1, $2, $3)
 on conflict (period) do nothing returning period

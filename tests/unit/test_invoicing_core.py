@@ -1,0 +1,130 @@
+"""Invoicing's pure core: lines per provider x consumer x model x class, kinds
+naming earlier periods, subtotals per consumer BU, one rounding as its own
+figure in the mode the price books name, and the chain heads the invoice covers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokenhub.contracts.events import InvoiceLine, LedgerPosted, Priced, TokenConsumed
+from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.money import round_to_minor
+from tokenhub.contracts.periods import parse
+from tokenhub.services.invoicing.domain import build_invoice, chain_heads, rounding_mode_for
+from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
+from tokenhub.services.pricing.domain import price
+from tokenhub.services.pricing.reprice import reverse
+from tests.contract.examples import BOOK, CONSUMED
+
+D = Decimal
+MARCH = parse("2026-03", "Asia/Shanghai")
+POSTED_AT = datetime(2026, 3, 20, tzinfo=UTC)
+
+
+def _consumed(index: int, consumer: str, tokens: dict[str, int]) -> TokenConsumed:
+    return CONSUMED.model_copy(update={"id": derive_id("tests", "consumed", str(index)), "consumer_bu": consumer,
+                                       "tokens": tokens, "request_input_tokens": tokens.get("input", 0)})
+
+
+def _chain(priced: list[Priced]) -> list[LedgerPosted]:
+    head = ChainHead("taobao-tmall", 0, GENESIS_HASH)
+    posted = []
+    for event in priced:
+        entry = post(event, head, POSTED_AT)
+        head = ChainHead(entry.chain, entry.sequence, entry.entry_hash)
+        posted.append(entry)
+    return posted
+
+
+# Paid by taobao-tmall (factor 0.9): its own use, and quark's use that it funds.
+OWN = price(_consumed(1, "taobao-tmall", {"input": 1_000, "output": 100}), BOOK)        # 0.00216 + 0.000864
+FUNDED = price(_consumed(2, "quark", {"input": 3_333, "output": 7}), BOOK)              # 0.00719928 + 0.00006048
+OWN_AGAIN = price(_consumed(3, "taobao-tmall", {"input": 2_000}), BOOK)                  # 0.00432
+FEBRUARY = price(_consumed(4, "quark", {"input": 50_000}), BOOK)                         # late: 0.108
+POSTED = _chain([OWN, FUNDED, OWN_AGAIN, FEBRUARY, reverse(FEBRUARY, "internal", 2)])
+ASSIGNED = [("2026-03", POSTED[0]), ("2026-03", POSTED[1]), ("2026-03", POSTED[2]), ("2026-02", POSTED[3]),
+            ("2026-02", POSTED[4])]
+
+
+def _invoice(postings=ASSIGNED, mode: str = "half_even", extra: tuple[InvoiceLine, ...] = ()):  # noqa: ANN001, ANN202
+    return build_invoice("taobao-tmall", MARCH, postings, number=3, currency="CNY", minor_units=2, rounding_mode=mode,
+                         status="issued", issued_at=MARCH.end + timedelta(days=2), extra_lines=extra)
+
+
+def test_lines_group_by_provider_consumer_model_class_and_name_earlier_periods() -> None:
+    invoice = _invoice()
+    assert [(line.kind, line.period, line.consumer_bu, line.token_class, line.tokens, line.amount)
+            for line in invoice.lines] == [
+        ("adjustment", "2026-02", "quark", "input", 50_000, D("0.108")),
+        ("credit", "2026-02", "quark", "input", -50_000, D("-0.108")),
+        ("usage", "2026-03", "quark", "input", 3_333, D("0.00719928")),
+        ("usage", "2026-03", "quark", "output", 7, D("0.00006048")),
+        ("usage", "2026-03", "taobao-tmall", "input", 3_000, D("0.00648")),     # two postings, one unit price
+        ("usage", "2026-03", "taobao-tmall", "output", 100, D("0.000864")),
+    ]
+    assert {line.provider_bu for line in invoice.lines} == {"qwen-platform"}
+    assert {line.model for line in invoice.lines} == {"qwen-max"}
+    assert all(line.unit_price_per_million is not None and line.amount == line.tokens
+               * line.unit_price_per_million / 1_000_000 for line in invoice.lines)
+
+
+def test_subtotals_per_consumer_bu_add_up_to_the_lines_and_the_rounding_is_one_figure() -> None:
+    tier = InvoiceLine(kind="period_tier", period="2026-03", provider_bu="qwen-platform", consumer_bu="taobao-tmall",
+                       model="qwen-max", tokens=6_440, amount=D("1.005"))
+    invoice = _invoice(extra=(tier,))
+    assert invoice.consumer_subtotals == {"quark": D("0.00725976"), "taobao-tmall": D("0.007344") + D("1.005")}
+    assert invoice.subtotal == sum(invoice.consumer_subtotals.values(), D(0)) == D("1.01960376")
+    assert invoice.subtotal == sum((line.amount for line in invoice.lines), D(0))
+    assert (invoice.total, invoice.rounding, invoice.rounding_mode) == (D("1.02"), D("0.00039624"), "half_even")
+    assert invoice.subtotal + invoice.rounding == invoice.total
+    assert invoice.postings_count == 5
+
+
+@pytest.mark.parametrize(("mode", "total"), [("half_even", "0.12"), ("half_up", "0.13"), ("down", "0.12"),
+                                             ("up", "0.13")])
+def test_the_total_is_rounded_once_in_the_named_mode(mode: str, total: str) -> None:
+    exact = InvoiceLine(kind="period_tier", period="2026-03", provider_bu="qwen-platform", consumer_bu="taobao-tmall",
+                        model="qwen-max", tokens=0, amount=D("0.125"))
+    invoice = _invoice([], mode, (exact,))
+    assert (invoice.total, invoice.rounding, invoice.rounding_mode) == (D(total), D(total) - D("0.125"), mode)
+
+
+def test_chain_heads_are_the_last_entry_of_each_chain_whatever_the_order() -> None:
+    other = post(FUNDED.model_copy(update={"payer_bu": "quark"}), ChainHead("quark", 41, "f" * 64), POSTED_AT)
+    postings = [*reversed(ASSIGNED), ("2026-03", other)]
+    heads = chain_heads(postings)
+    assert [(head.chain, head.sequence, head.entry_hash) for head in heads] == [
+        ("quark", 42, other.entry_hash), ("taobao-tmall", 5, POSTED[4].entry_hash)]
+    assert _invoice(postings).chain_heads == heads
+
+
+def test_the_books_rounding_mode_applies_and_disagreeing_books_fall_back_to_half_even() -> None:
+    up = BOOK.model_copy(update={"rounding": "up"})
+    other = BOOK.model_copy(update={"book_id": "other", "rounding": "down"})
+    assert rounding_mode_for(ASSIGNED, [BOOK]) == "half_even"
+    assert rounding_mode_for(ASSIGNED, [up]) == "up"
+    assert rounding_mode_for([], [up]) == "half_even"
+    mixed = [*ASSIGNED, ("2026-03", POSTED[0].model_copy(update={"book_id": "other"}))]
+    assert rounding_mode_for(mixed, [up, other]) == "half_even"
+    assert rounding_mode_for(mixed, [up, other.model_copy(update={"rounding": "up"})]) == "up"
+
+
+@given(st.lists(st.tuples(st.sampled_from(["taobao-tmall", "quark", "dingtalk"]), st.integers(0, 10**8),
+                          st.integers(0, 10**7)), min_size=1, max_size=12),
+       st.sampled_from(["half_even", "half_up", "down", "up"]))
+def test_the_total_is_the_postings_rounded_once(usage: list[tuple[str, int, int]], mode: str) -> None:
+    priced = [price(_consumed(index, consumer, {name: count for name, count in
+                                                (("input", input_tokens), ("output", output_tokens)) if count}), BOOK)
+              for index, (consumer, input_tokens, output_tokens) in enumerate(usage) if input_tokens or output_tokens]
+    postings = [("2026-03", posted) for posted in _chain(priced)]
+    invoice = _invoice(postings, mode)
+    exact = sum((posted.amount for _, posted in postings), D(0))
+    assert invoice.subtotal == exact
+    assert invoice.total == round_to_minor(exact, 2, mode)
+    assert invoice.rounding == invoice.total - exact
+    assert sum(invoice.consumer_subtotals.values(), D(0)) == exact
