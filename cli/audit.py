@@ -22,7 +22,7 @@ from typing import Any, Final
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tokenhub.contracts.topics import BUDGETS_CONFIGURED, TOKENS_PRICED
+from tokenhub.contracts.topics import BUDGETS_CONFIGURED, LEDGER_POSTED, TOKENS_PRICED
 
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
 ACCOUNT_FIGURES: Final = {"spend": ("money", "spend"), "revenue": ("money", "revenue"),
@@ -355,6 +355,7 @@ async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: s
     conflicts = 0
     if archived is not None:
         events = archived
+        progress("read ledger.priced_archive", len(events), len(events))
     else:
         if not bootstrap_servers:
             raise ValueError("replay from the topic needs a broker")
@@ -378,9 +379,70 @@ async def replay_topic(pool: asyncpg.Pool, bootstrap_servers: str, *, bu: str | 
 # --- restore ----------------------------------------------------------------------------
 
 SELECT_BUDGET_ARCHIVE: Final = "select payload from ledger.budgets order by set_at, budget_id"
+SELECT_ARCHIVE_PLACED: Final = """
+select a.payload, e.chain, e.sequence, e.posted_at
+from ledger.priced_archive a left join ledger.entries e using (priced_id)
+order by a.received_at, a.priced_id
+"""
 TARGET_EMPTY: Final = "select (select count(*) from ledger.entries) + (select count(*) from ledger.budgets)"
 CLEAR_OUTBOX: Final = "delete from ledger.outbox"
 COPY_OFFSETS_NONE: Final = "delete from ledger.offsets"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the ledger being restored posted a Priced: its chain, sequence and posting time."""
+
+    chain: str
+    sequence: int
+    posted_at: datetime
+
+
+def _posted_place(value: bytes) -> object:
+    try:
+        event = loads(value)
+    except ValueError:
+        return None
+    return event.get("priced_id")
+
+
+def placements_from_posted(records: Iterable[TopicRecord]) -> dict[object, Placement]:
+    """Priced id -> placement, from ledger.posted (the first copy of each id)."""
+    placements: dict[object, Placement] = {}
+    for record in records:
+        try:
+            event = loads(record.value)
+            placements.setdefault(event["priced_id"], Placement(event["chain"], int(event["sequence"]), moment(event["posted_at"])))
+        except (ValueError, KeyError, TypeError):
+            continue  # verify names unreadable ledger.posted records; restore posts those Priced afresh
+    return placements
+
+
+def posting_groups(placed: list[tuple[bytes, Placement | None]], now: datetime,
+                   size_max: int) -> list[tuple[datetime, list[bytes]]]:
+    """The Priced in the order and batches the original ledger posted them, each
+    batch with its posting time, so every chain is rebuilt entry for entry with
+    the same sequences and hashes (and matches the heads published and printed
+    on invoices). Within a chain the sort key is the running latest posting
+    time, so chain order holds even if instances' clocks disagreed. Priced the
+    original never posted come last, posted `now`. The sort is stable: of two
+    copies of one id the first read stays first."""
+    latest: dict[str, datetime] = {}
+    keyed: list[tuple[tuple[int, datetime, str, int], datetime, bytes]] = []
+    for value, place in sorted(placed, key=lambda item: (item[1].chain, item[1].sequence) if item[1] else ("", 0)):
+        if place is None:
+            keyed.append(((1, now, "", 0), now, value))
+            continue
+        latest[place.chain] = max(latest.get(place.chain, place.posted_at), place.posted_at)
+        keyed.append(((0, latest[place.chain], place.chain, place.sequence), place.posted_at, value))
+    keyed.sort(key=lambda item: item[0])
+    groups: list[tuple[datetime, list[bytes]]] = []
+    for _, posted_at, value in keyed:
+        if groups and groups[-1][0] == posted_at and len(groups[-1][1]) < size_max:
+            groups[-1][1].append(value)
+        else:
+            groups.append((posted_at, [value]))
+    return groups
 
 
 @dataclass(frozen=True)
@@ -397,8 +459,10 @@ class RestoreReport:
 async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers: str | None, *, source: str,
                   now: datetime, zone: str, idle_timeout_s: float = 3.0, progress: Progress = _silent) -> RestoreReport:
     """Rebuild a ledger into an empty, migrated database by posting every
-    archived (or published) Priced in order, budgets first. The rebuilt outbox
-    is dropped: those events were published by the ledger being restored."""
+    archived (or published) Priced, budgets first, in the batches and at the
+    posting times of the ledger being restored (its journal, or ledger.posted),
+    so the rebuilt chains equal the published ones. The rebuilt outbox is
+    dropped: those events were published by the ledger being restored."""
     from tokenhub.infra.migrate import migrate
     from tokenhub.services.common.db import create_pool
     from tokenhub.services.ledger.handlers import apply_budget_values, post_values
@@ -406,7 +470,8 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
     await migrate(target_url)
     if source == "archive":
         async with source_pool.acquire() as connection:
-            priced = [bytes(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+            placed = [(bytes(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"])
+                       if row["chain"] is not None else None) for row in await connection.fetch(SELECT_ARCHIVE_PLACED)]
             budget_values = [bytes(row["payload"]) for row in await connection.fetch(SELECT_BUDGET_ARCHIVE)]
     else:
         if not bootstrap_servers:
@@ -415,9 +480,14 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
             expected = await connection.fetchval(SELECT_ARCHIVE_COUNT)
         records = await read_topic(bootstrap_servers, TOKENS_PRICED.name, expected=expected,
                                    idle_timeout_s=idle_timeout_s, distinct=_event_id, progress=progress)
-        priced = [record.value for record in records]
+        placements = placements_from_posted(await read_topic(
+            bootstrap_servers, LEDGER_POSTED.name, expected=expected, idle_timeout_s=idle_timeout_s,
+            distinct=_posted_place, progress=progress))
+        placed = [(record.value, placements.get(_event_id(record.value))) for record in records]
         budget_values = [record.value for record in await read_topic(bootstrap_servers, BUDGETS_CONFIGURED.name,
                                                                      idle_timeout_s=idle_timeout_s)]
+    groups = posting_groups(placed, now, RESTORE_BATCH_MAX)
+    priced_count = len(placed)
     target_pool = await create_pool(target_url, size_max=1)
     posted = duplicates = conflicts = alerts = 0
     try:
@@ -427,19 +497,22 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
             async with target.transaction():
                 stored, raised = await apply_budget_values(target, budget_values, now=now, zone=zone)
                 alerts += len(raised)
-            for start in range(0, len(priced), RESTORE_BATCH_MAX):
+            done = 0
+            for posted_at, values in groups:
                 async with target.transaction():
-                    outcome = await post_values(target, priced[start:start + RESTORE_BATCH_MAX], now=now, zone=zone)
+                    outcome = await post_values(target, values, now=posted_at, zone=zone)
                 posted += len(outcome.posted)
                 duplicates += outcome.duplicates
                 conflicts += len(outcome.conflicts)
                 alerts += len(outcome.alerts)
-                progress("restore", min(start + RESTORE_BATCH_MAX, len(priced)), len(priced))
+                done += len(values)
+                if done // PROGRESS_EVERY != (done - len(values)) // PROGRESS_EVERY or done == priced_count:
+                    progress("restore", done, priced_count)
             cleared = int((await target.execute(CLEAR_OUTBOX)).split()[-1])
             await target.execute(COPY_OFFSETS_NONE)
     finally:
         await target_pool.close()
-    return RestoreReport(len(priced), posted, duplicates, conflicts, len(stored), alerts, cleared)
+    return RestoreReport(priced_count, posted, duplicates, conflicts, len(stored), alerts, cleared)
 
 
 # --- statement ---------------------------------------------------------------------------

@@ -131,14 +131,18 @@ def _compare_columns(check: Check, row: asyncpg.Record, content: dict[str, Any])
         check.fail(name, f"columns differ from the entry's own payload: {', '.join(differing)}")
 
 
-async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check) -> dict[str, list[StoredEntry]]:
+async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check,
+                       progress: audit.Progress = audit._silent) -> dict[str, list[StoredEntry]]:
     """Recompute every hash from the stored payload, check the payload against
     the columns and legs, and the links, sequences and stored heads."""
     stored: dict[str, list[StoredEntry]] = defaultdict(list)
     previous: dict[str, tuple[int, str]] = {}
     async with connection.transaction(isolation="repeatable_read", readonly=True):
+        total = await connection.fetchval(COUNT_ENTRIES, scope)
         async for row in connection.cursor(SELECT_ENTRIES, scope, prefetch=2_000):
             chains.examined += 1
+            if chains.examined % audit.PROGRESS_EVERY == 0 and chains.examined < total:
+                progress("chains", chains.examined, total)
             chain, sequence = row["chain"], row["sequence"]
             name = row_name(chain, sequence, row["entry_id"])
             try:
@@ -212,9 +216,9 @@ def check_published(stored: dict[str, list[StoredEntry]], published: list[audit.
             else:
                 check.fail(name, "hash differs from the published head " + (
                     "(re-hashed after an earlier rewritten entry)" if rewritten_found else "with the same content"))
-        extra = sorted(sequence for sequence in seen if sequence > len(entries))
-        if extra:
-            check.fail(f"chain {chain}", f"ledger.posted has sequences {extra[0]}..{extra[-1]} that the journal lacks")
+        for sequence in sorted(set(seen) - {entry.sequence for entry in entries}):
+            check.fail(f"chain {chain} sequence {sequence} (Priced {seen[sequence].get('priced_id')})",
+                       "published on ledger.posted but missing from the journal (deleted?)")
     for chain in sorted(set(heads) - set(stored)):
         check.fail(f"chain {chain}", f"{len(heads[chain])} entries published on ledger.posted, none in the journal")
 
@@ -224,17 +228,18 @@ SELECT_INVOICE_HEADS: Final = "select payer_bu, period, payload -> 'chain_heads'
 
 async def check_invoice_heads(connection: asyncpg.Connection, stored: dict[str, list[StoredEntry]], scope: str | None,
                               check: Check) -> None:
+    # By sequence, not by position: a deleted entry must not shift the blame onto its successor.
+    by_sequence = {(entry.chain, entry.sequence): entry for entries in stored.values() for entry in entries}
     for row in await connection.fetch(SELECT_INVOICE_HEADS):
         for head in row["heads"] or ():
             if scope is not None and head["chain"] != scope:
                 continue
             check.examined += 1
-            entries = stored.get(head["chain"], [])
-            sequence = head["sequence"]
-            if not 1 <= sequence <= len(entries):
-                check.fail(f"invoice {row['payer_bu']} {row['period']}", f"names head {head['chain']}#{sequence}, not in the journal")
-            elif entries[sequence - 1].entry_hash != head["entry_hash"]:
-                entry = entries[sequence - 1]
+            entry = by_sequence.get((head["chain"], head["sequence"]))
+            if entry is None:
+                check.fail(f"invoice {row['payer_bu']} {row['period']}",
+                           f"names head {head['chain']}#{head['sequence']}, not in the journal")
+            elif entry.entry_hash != head["entry_hash"]:
                 check.fail(row_name(entry.chain, entry.sequence, entry.entry_id),
                            f"hash differs from the head printed on invoice {row['payer_bu']} {row['period']}")
 
@@ -567,7 +572,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
     invoices = Check("invariant-5", "invoice totals are their postings rounded once; settlements clear the net positions")
     shares = Check("invariant-6", "payer shares of each usage event sum to the whole")
     async with pool.acquire() as connection:
-        stored = await check_chains(connection, scope, chains)
+        stored = await check_chains(connection, scope, chains, progress)
         progress("chains", chains.examined, chains.examined)
         entries = sum(len(entries) for entries in stored.values())
         if bootstrap_servers:

@@ -68,12 +68,21 @@ async def balances(pool: asyncpg.Pool, *, bu: str | None = None, as_of: datetime
             rows = await connection.fetch(SELECT_AS_OF.format(column=column), as_of)
         names = {row["bu_id"]: row["display_name"] for row in await connection.fetch(SELECT_NAMES)}
     figures = figures_from_accounts(rows)
+    if bu is not None and bu in names:
+        # A registered BU with nothing posted (yet, as of that time) has zero balances, not none.
+        figures.setdefault(bu, dict.fromkeys(FIGURES, Decimal(0)))
     return [
         BalanceRow(name, names.get(name, name), values["spend"], values["revenue"],
                    int(values["tokens_consumed"]), int(values["tokens_served"]))
         for name, values in sorted(figures.items())
         if bu is None or name == bu
     ]
+
+
+async def display_names(pool: asyncpg.Pool) -> dict[str, str]:
+    """Business units' display names by slug, from the registry metering keeps."""
+    async with pool.acquire() as connection:
+        return {row["bu_id"]: row["display_name"] for row in await connection.fetch(SELECT_NAMES)}
 
 
 async def invoices(pool: asyncpg.Pool, settings: Settings, *, bu: str | None, period: str | None) -> list[InvoiceIssued]:

@@ -13,7 +13,14 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from tokenhub.contracts.topics import LEDGER_POSTED, PRICEBOOK_PUBLISHED, REGISTRY_CHANGED, TOKENS_CONSUMED, TOKENS_PRICED
+from tokenhub.contracts.topics import (
+    BUDGETS_CONFIGURED,
+    LEDGER_POSTED,
+    PRICEBOOK_PUBLISHED,
+    REGISTRY_CHANGED,
+    TOKENS_CONSUMED,
+    TOKENS_PRICED,
+)
 from tokenhub.infra.migrate import migrate
 from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
@@ -30,6 +37,7 @@ log = structlog.get_logger()
 ARCHIVED_STREAMS: Final = (
     (REGISTRY_CHANGED.name, "select entity_id as key, payload::text::bytea as value from metering.registry_changes order by changed_at"),
     (PRICEBOOK_PUBLISHED.name, "select book_id as key, payload as value from pricing.price_books order by effective_from, version"),
+    (BUDGETS_CONFIGURED.name, "select payer_bu as key, payload as value from ledger.budgets order by set_at, budget_id"),
     (TOKENS_CONSUMED.name, "select payer_bu as key, payload as value from pricing.consumed_archive order by event_time"),
     (TOKENS_PRICED.name, "select convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' as key, payload as value from ledger.priced_archive order by received_at"),
     (LEDGER_POSTED.name, "select chain as key, payload as value from ledger.entries order by chain, sequence"),

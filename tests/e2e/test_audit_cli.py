@@ -84,6 +84,29 @@ async def test_verify_and_replay_pass_then_fail_naming_a_corrupted_row(backend) 
     assert _run(backend, "replay").returncode == 0
 
 
+async def test_balance_as_of_goes_by_event_time_or_by_posting_time(backend) -> None:
+    world, now = await _settled(backend)
+    payer = world.bu("shop")
+    as_of = (now - timedelta(minutes=90)).isoformat()
+
+    def spend(*arguments: str) -> tuple[Decimal, int]:
+        result = _run(backend, "balance", payer, *arguments, "--json")
+        assert result.returncode == 0, result.stderr
+        [row] = json.loads(result.stdout)
+        return Decimal(row["spend"]), row["tokens_consumed"]
+
+    by_event_time = [index for index in range(9) if 3 - index % 3 >= 2]  # used three and two hours ago
+    assert spend("--as-of", as_of) == spend("--as-of", as_of, "--by", "event-time") == (
+        sum((world.expected_amount(20_000 + index, 2_000) for index in by_event_time), Decimal(0)),
+        sum(22_000 + index for index in by_event_time))
+    assert spend("--as-of", as_of, "--by", "posting-time") == (Decimal(0), 0), "nothing was posted 90 minutes ago"
+    whole = spend()
+    assert whole[0] == sum((world.expected_amount(20_000 + index, 2_000) for index in range(9)), Decimal(0))
+    assert spend("--as-of", (now + timedelta(days=1)).isoformat(), "--by", "posting-time") == whole
+    unknown = _run(backend, "balance", f"{world.prefix}-nobody", "--as-of", as_of)
+    assert unknown.returncode == 1 and "no postings" in unknown.stderr
+
+
 async def test_statement_lists_the_entries_between_two_balances(backend) -> None:
     world, now = await _settled(backend)
     result = _run(backend, "statement", world.bu("shop"), "--from", (now - timedelta(hours=2, minutes=30)).isoformat(),

@@ -4,6 +4,7 @@ repricing, shares, rebuilt balances."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -91,3 +92,32 @@ def test_rebuild_at_an_as_of_time_and_diff_names_the_projection_row() -> None:
     assert [(difference.figure, difference.row(None)) for difference in differences] == [
         ("spend", "ledger.balances (money, bu:taobao-tmall:spend)"),
         ("tokens_consumed", "ledger.balances (tokens, bu:taobao-tmall:consumed)")]
+
+
+def test_restore_posts_in_the_original_batches_and_chain_order_even_when_clocks_disagreed() -> None:
+    t0 = datetime(2026, 3, 14, 3, 0, tzinfo=UTC)
+    later = t0 + timedelta(seconds=5)
+    now = t0 + timedelta(days=1)
+    placed = [
+        (b"b2", audit.Placement("b", 2, t0)),  # another instance's clock ran behind: b2 still follows b1
+        (b"a2", audit.Placement("a", 2, later)),
+        (b"lost", None),
+        (b"b1", audit.Placement("b", 1, later)),
+        (b"a1", audit.Placement("a", 1, t0)),
+        (b"a1-copy", audit.Placement("a", 1, t0)),
+    ]
+    groups = audit.posting_groups(placed, now, size_max=10)
+    assert groups == [(t0, [b"a1", b"a1-copy"]), (later, [b"a2", b"b1"]), (t0, [b"b2"]), (now, [b"lost"])]
+    assert [len(values) for _, values in audit.posting_groups(placed, now, size_max=1)] == [1] * 6
+
+
+def test_a_published_entry_missing_from_the_journal_is_named_by_its_sequence() -> None:
+    published = [{"chain": "a", "sequence": sequence, "priced_id": f"p{sequence}", "entry_hash": f"h{sequence}"}
+                 for sequence in (1, 2, 3)]
+    records = [audit.TopicRecord(0, offset, b"a", orjson.dumps(event)) for offset, event in enumerate(published)]
+    stored = {"a": [audit_verify.StoredEntry("a", event["sequence"], f"e{event['sequence']}", event["entry_hash"], event)
+                    for event in published if event["sequence"] != 2]}  # entry 2 deleted, the others untouched
+    check = audit_verify.Check("published", "")
+    audit_verify.check_published(stored, records, check)
+    assert [(violation.subject, violation.detail) for violation in check.violations] == [
+        ("chain a sequence 2 (Priced p2)", "published on ledger.posted but missing from the journal (deleted?)")]
