@@ -13,6 +13,7 @@ from typing import Final
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, start_http_server
 
@@ -22,6 +23,9 @@ from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 
+RELAY_RETRY_S: Final = 1.0
+"""How long the background relay waits after the broker or database failed it;
+the rows stay in the outbox meanwhile, so waiting loses nothing."""
 RETRIES_MAX: Final = 3
 RETRY_BACKOFF_S: Final = (0.2, 1.0, 3.0)
 """Bounded retries of a failing batch before the records are tried one by one
@@ -70,6 +74,9 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
     extra_stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _relay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _relay_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    _relay_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         bootstrap_servers, database_url = self.settings.require_stack()
@@ -79,11 +86,22 @@ class Runtime:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         leftover = await self.relay()
+        self._relay_task = asyncio.create_task(self._relay_loop(), name=f"{self.service}-relay")
         log.info("service_started", service=self.service, outbox_relayed=leftover)
 
     async def stop(self) -> None:
         for stop in self.extra_stops:
             await stop()
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            try:
+                await self._relay_task
+            except asyncio.CancelledError:
+                pass
+            try:
+                await self.relay()  # what the last batches staged; a failure here is relayed at the next start
+            except INFRASTRUCTURE_ERRORS as error:
+                log.warning("relay_at_stop_failed", error=repr(error))
         if self.producer is not None:
             await self.producer.stop()
         if self.pool is not None:
@@ -104,7 +122,30 @@ class Runtime:
         return self.producer
 
     async def relay(self) -> int:
-        return await relay(self.db(), self.kafka(), self.schema)
+        """Publish the outbox now. One relay at a time per process, so rows leave
+        in their outbox order; other instances skip the rows this one holds."""
+        async with self._relay_lock:
+            return await relay(self.db(), self.kafka(), self.schema)
+
+    def relay_soon(self) -> None:
+        """Ask the background relay to publish what a committed batch staged. The
+        consumer goes on to its next batch while the broker acknowledges this one:
+        the rows are durable in the outbox, so nothing waits on the broker for safety."""
+        self._relay_wanted.set()
+
+    async def _relay_loop(self) -> None:
+        while True:
+            await self._relay_wanted.wait()
+            self._relay_wanted.clear()
+            try:
+                await self.relay()
+            except (*INFRASTRUCTURE_ERRORS, KafkaError) as error:
+                log.warning("relay_paused", error=repr(error), retry_in_s=RELAY_RETRY_S)
+                await asyncio.sleep(RELAY_RETRY_S)
+                self._relay_wanted.set()
+            except Exception:
+                log.exception("relay_failed")
+                os._exit(1)  # a bug, not the weather: stop so the supervisor restarts us and relays at start
 
     async def dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         detail = {

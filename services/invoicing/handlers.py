@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import orjson
 import structlog
 from aiokafka.structs import ConsumerRecord
 
@@ -48,7 +47,7 @@ async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerReco
             [event.entry_hash for event in events],
             # A period tier adjustment belongs to the invoice that computed it.
             [event.invoice_id for event in events],
-            [orjson.loads(record.value) for record in records],
+            [record.value for record in records],  # decoded above, so valid JSON
         )
         await bump_counters(connection, SCHEMA, {"postings": len(inserted), "duplicates": len(events) - len(inserted)})
     await close_due_periods(runtime)
@@ -186,7 +185,7 @@ async def _issue(connection: asyncpg.Connection, settings: Settings, books: Book
     payload = canonical_json(invoice)
     created = await connection.fetchval(
         store.INSERT_INVOICE, invoice.invoice_id, payer_bu, period.name, number, invoice.currency,
-        invoice.subtotal, invoice.rounding, invoice.total, orjson.loads(payload), now,
+        invoice.subtotal, invoice.rounding, invoice.total, payload, now,
     )
     if created is None:
         return None  # issued before: these postings wait for the payer's next invoice
@@ -245,7 +244,7 @@ async def _settle(connection: asyncpg.Connection, settings: Settings, period: Pe
     """Net the month's invoiced flows once, when the month closes; published on settlements.netted."""
     settlement = await month_settlement(connection, settings, period)
     payload = canonical_json(settlement)
-    created = await connection.fetchval(store.INSERT_SETTLEMENT, period.name, orjson.loads(payload), now)
+    created = await connection.fetchval(store.INSERT_SETTLEMENT, period.name, payload, now)
     if created is None:
         return 0
     await stage(connection, SCHEMA, [OutboxRow(SETTLEMENTS_NETTED.name, period.name.encode(), payload)])

@@ -125,7 +125,7 @@ class LedgerConsumer:
             if loop.time() >= next_month_check:
                 next_month_check = loop.time() + MONTH_CHECK_INTERVAL_S
                 if await handlers.close_past_months(self.runtime):
-                    await self.runtime.relay()
+                    self.runtime.relay_soon()
             batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=BATCH_RECORDS_MAX)
             if not any(batches.values()):
                 continue
@@ -142,4 +142,4 @@ class LedgerConsumer:
                         store.UPSERT_OFFSETS, self.cluster_id, topic, list(next_offsets), list(next_offsets.values())
                     )
             maybe_crash(self.runtime.settings, "ledger.before_outbox_publish")
-            await self.runtime.relay()
+            self.runtime.relay_soon()

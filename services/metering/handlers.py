@@ -98,7 +98,7 @@ async def meter_batch(runtime: Runtime, batch: Sequence[Incoming]) -> Outcome:
                 counts[f"rejected.{reason_code}"] = counts.get(f"rejected.{reason_code}", 0) + 1
             counts["rejected"] = len(rejected_rows)
             await bump_counters(connection, SCHEMA, counts)
-    await runtime.relay()
+    runtime.relay_soon()
     await _prune_dedup(runtime, current_limits)
     METRICS.observe_batch(len(fresh), duplicates, [rejection.reason_code for _, rejection in rejected],
                           time.perf_counter() - started)

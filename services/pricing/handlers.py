@@ -55,7 +55,7 @@ async def handle_consumed_records(runtime: Runtime, records: Sequence[ConsumerRe
     if parked_now is not None:
         PARKED.inc(len(parked))
         PARKED_NOW.set(parked_now)
-    await runtime.relay()
+    runtime.relay_soon()
     log.info("consumption_priced", received=len(events), priced=len(priced), parked=len(parked),
              duplicates=len(events) - len(fresh))
 
@@ -128,7 +128,7 @@ async def handle_pricebook_records(runtime: Runtime, records: Sequence[ConsumerR
     if parked_now is not None:
         UNPARKED.inc(unparked)
         PARKED_NOW.set(parked_now)
-    await runtime.relay()
+    runtime.relay_soon()
     log.info("pricebook_applied", versions=len(stored), unparked=unparked, still_parked=still_parked,
              conflicts=conflicts)
 
