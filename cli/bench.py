@@ -47,6 +47,7 @@ SETTLE_TIMEOUT_S: Final = 1_800.0
 SAMPLE_INTERVAL_S: Final = 0.5
 HOPS: Final = 4
 RESULTS_DIR: Final = Path("bench-results")
+VIOLATIONS_SHOWN_MAX: Final = 20
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Report:
     replay_topic_events_per_s: float = 0.0
     replay_events: int = 0
     verify_seconds: float = 0.0
+    verify_violations: int = -1
+    """Invariant violations `verify` found after the run (-1: not run); must be 0."""
     processes: dict[str, ProcessStats] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -156,8 +159,19 @@ class Sampler:
 
     @staticmethod
     def _rss(process: psutil.Process) -> float:
+        """A single process's RSS; for a process tree (PostgreSQL's backends) the
+        sum of proportional set sizes, so shared buffers are not counted per backend."""
         try:
-            return process.memory_info().rss / 2**20
+            children = process.children(recursive=True)
+            if not children:
+                return process.memory_info().rss / 2**20
+            total = 0
+            for member in [process, *children]:
+                try:
+                    total += member.memory_full_info().pss
+                except psutil.Error:
+                    continue  # a backend that exited between the listing and the read
+            return total / 2**20
         except psutil.Error:
             return 0.0
 
@@ -344,14 +358,15 @@ async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> 
         topic_events, _ = await audit.priced_from_topic(bootstrap_servers, len(events), 5.0)
         audit.rebuild(topic_events)
         report.replay_topic_events_per_s = round(len(topic_events) / (time.monotonic() - started), 1)
-        try:
-            from tokenhub.cli.audit_verify import verify
-        except ImportError:
-            return
+        from tokenhub.cli.audit_verify import verify
+
         print("verify: every invariant over the whole ledger ...", file=sys.stderr)
         started = time.monotonic()
-        await verify(pool, bootstrap_servers)
+        verified = await verify(pool, bootstrap_servers)
         report.verify_seconds = round(time.monotonic() - started, 1)
+        report.verify_violations = len(verified.violations)
+        for violation in verified.violations[:VIOLATIONS_SHOWN_MAX]:
+            print(f"  verify: {violation.check}: {violation.subject}: {violation.detail}", file=sys.stderr)
     finally:
         await pool.close()
 
@@ -371,7 +386,8 @@ def render(report: Report) -> str:
         f"  replay from the archive                  {report.replay_archive_events_per_s:>12,.0f} events/s",
         f"  replay from the topic                    {report.replay_topic_events_per_s:>12,.0f} events/s"
         f"   ({report.replay_events:,} Priced)",
-        f"  verify (chains, published heads, invariants) {report.verify_seconds:>8,.1f} s",
+        f"  verify (chains, published heads, invariants) {report.verify_seconds:>8,.1f} s   "
+        + ("all hold" if report.verify_violations == 0 else f"{report.verify_violations} VIOLATIONS"),
         "  process              CPU s   peak RSS MB",
     ]
     lines += [f"  {name:<18} {stats.cpu_seconds:>7.1f} {stats.peak_rss_mb:>12.1f}" for name, stats in report.processes.items()]
@@ -391,6 +407,8 @@ async def bench(arguments: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(orjson.dumps(asdict(report), option=orjson.OPT_INDENT_2).decode() + "\n")
     print(f"wrote {output}")
+    if report.verify_violations > 0:
+        raise CliError(f"verify found {report.verify_violations} invariant violations after the run: the figures do not count")
     return 0
 
 
