@@ -131,7 +131,8 @@ async def _pool(settings: Settings) -> asyncpg.Pool:
     return await create_pool(database_url, size_max=2)
 
 
-async def _relay_invoicing(settings: Settings, pool: asyncpg.Pool) -> int:
+async def relay_invoicing(settings: Settings, pool: asyncpg.Pool) -> int:
+    """Publish what a close staged in invoicing's outbox (invoices, settlement, tier adjustments)."""
     bootstrap_servers, _ = settings.require_stack()
     producer = create_producer(bootstrap_servers, client_id="tokenhub-invoice-close")
     await producer.start()
@@ -172,7 +173,7 @@ async def invoice(arguments: argparse.Namespace) -> int:
             issued = await close_period(pool, settings, arguments.period, actor=_actor(arguments), now=clock(settings))
             # Published now, as the service publishes what it closes; left in the outbox,
             # they would wait for the service's next batch of postings.
-            published = await _relay_invoicing(settings, pool)
+            published = await relay_invoicing(settings, pool)
             print(f"closed {arguments.period}: {len(issued)} invoices issued, {published} events published")
             return 0
         found = await invoices(pool, settings, bu=arguments.bu, period=arguments.period)

@@ -21,6 +21,9 @@ import asyncpg
 import yaml
 
 from tokenhub.cli import render
+from tokenhub.cli.audit_commands import verify_text
+from tokenhub.cli.audit_verify import verify
+from tokenhub.cli.commands import relay_invoicing
 from tokenhub.cli.invoicing_commands import render_settlement, settlement_for
 from tokenhub.cli.queries import balances, invoices, replay_topic
 from tokenhub.client import UsageClient, usage_event
@@ -269,6 +272,7 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
     pool = await create_pool(settings.database_url or "", size_max=2)
     try:
         issued = await close_period(pool, settings, f"{DAY:%Y-%m}", actor="finance-ops", now=NOW)
+        await relay_invoicing(settings, pool)  # invoices.issued and settlements.netted, as the command does
         _section(f"month end: {len(issued)} invoices issued for {DAY:%Y-%m}")
         print(render.invoice_list(await invoices(pool, settings, bu=None, period=f"{DAY:%Y-%m}")))
         print()
@@ -279,7 +283,11 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
         _section("replay from tokens.priced")
         report = await replay_topic(pool, settings.bootstrap_servers or "", bu=None, idle_timeout_s=3.0)
         print(render.replay_text(report))
-        return report.ok
+        _section("audit: tokenhub verify")
+        verified = await verify(pool, settings.bootstrap_servers, minor_units=settings.currency_minor_units,
+                                idle_timeout_s=3.0)
+        print(verify_text(verified))
+        return report.ok and verified.ok
     finally:
         await pool.close()
 

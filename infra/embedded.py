@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -33,8 +34,14 @@ POSTGRES_USER: Final = "postgres"
 DATABASE: Final = "tokenhub"
 SYSTEM_USER: Final = "embedded_postgres"  # postgres refuses to run as root
 LOG_TAIL_LINES: Final = 20
+AUTOVACUUM_NAPTIME_S: Final = 2
 
 log = structlog.get_logger()
+
+# embedded-postgres asks platformdirs for a runtime folder when it is imported
+# and warns where XDG_RUNTIME_DIR is unset (CI, containers). That folder is never
+# used here: the cluster gets its own data and socket folders below.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 class StackError(RuntimeError):
@@ -165,6 +172,9 @@ class EmbeddedPostgres:
                     path.chmod(wanted)
         entry = pwd.getpwnam(SYSTEM_USER)
         for path in (self.data_dir.parent, self.socket_dir):
+            if path.stat().st_mode & stat.S_ISVTX:
+                # A shared sticky folder such as /tmp itself: handing it to the postgres user would break others.
+                raise StackError(f"keep the PostgreSQL data in a folder of its own, not directly in {path}")
             ensure_prefix_permissions(path)
             os.chown(path, entry.pw_uid, entry.pw_gid)
         if self.data_dir.exists():
@@ -182,7 +192,10 @@ class EmbeddedPostgres:
                  "--locale=C", "-U", POSTGRES_USER],
                 check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
             )
-        options = ["-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=256MB"]
+        options = ["-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+                   # Outboxes churn (a row lives milliseconds); their vacuum thresholds are set per table,
+                   # and this is how often autovacuum looks at all.
+                   "-c", f"autovacuum_naptime={AUTOVACUUM_NAPTIME_S}"]
         if not self.durable:
             # Tests and the demo start from nothing each time: durability buys nothing there.
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]

@@ -33,14 +33,14 @@ def _insert_sql(schema: str) -> str:
 
 
 def _claim_sql(schema: str) -> str:
+    # Claiming is deleting: one write per row instead of a row lock and then a
+    # delete. The transaction stays open until the broker has every row, so a
+    # failed publish rolls the delete back and the rows are relayed again.
     return (
-        f"select seq, topic, key, value from {schema}.outbox "
-        "order by seq limit $1 for update skip locked"
+        f"delete from {schema}.outbox where seq in ("
+        f"select seq from {schema}.outbox order by seq limit $1 for update skip locked) "
+        "returning seq, topic, key, value"
     )
-
-
-def _delete_sql(schema: str) -> str:
-    return f"delete from {schema}.outbox where seq = any($1::bigint[])"
 
 
 async def stage(connection: asyncpg.Connection, schema: str, rows: list[OutboxRow]) -> None:
@@ -61,13 +61,12 @@ async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str) -> 
     published = 0
     while True:
         async with pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(_claim_sql(schema), RELAY_BATCH_MAX)
+            rows = sorted(await connection.fetch(_claim_sql(schema), RELAY_BATCH_MAX), key=lambda row: row["seq"])
             if not rows:
                 return published
             futures = [await producer.send(row["topic"], row["value"], key=row["key"]) for row in rows]
             for future in futures:
                 await future
-            await connection.execute(_delete_sql(schema), [row["seq"] for row in rows])
         published += len(rows)
         if len(rows) < RELAY_BATCH_MAX:
             return published
