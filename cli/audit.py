@@ -20,6 +20,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Final
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, LEDGER_POSTED, TOKENS_PRICED
@@ -48,6 +49,23 @@ def _silent(what: str, done: int, total: int | None) -> None:
 def loads(raw: bytes | str) -> dict[str, Any]:
     """JSON with every non-integer number as an exact Decimal."""
     return json.loads(raw, parse_float=Decimal)
+
+
+def loads_many(raw: bytes | str) -> dict[str, Any]:
+    """For reading a whole log: orjson, several times faster than `loads`. It
+    would read a float as a float, so every figure taken from such an event goes
+    through `exact`, which refuses one (the contract sends amounts as strings)."""
+    return orjson.loads(raw)
+
+
+class NotExact(ValueError):
+    """An amount or quantity in the log is not an exact number (a float, say)."""
+
+
+def exact(value: Any) -> Decimal:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return Decimal(value)
+    raise NotExact(f"{value!r} is not an exact amount or quantity")
 
 
 def moment(text: str) -> datetime:
@@ -108,7 +126,7 @@ async def read_topic(bootstrap_servers: str, topic: str, *, expected: int = 0, i
 
 def _event_id(value: bytes) -> object:
     try:
-        return loads(value).get("id")
+        return loads_many(value).get("id")
     except ValueError:
         return value
 
@@ -123,7 +141,7 @@ async def priced_from_topic(bootstrap_servers: str, expected: int, idle_timeout_
     conflicts = 0
     for record in records:
         try:
-            event = loads(record.value)
+            event = loads_many(record.value)
         except ValueError:
             continue  # the ledger dead-letters what it cannot read; so does replay
         previous = kept.setdefault(event["id"], event)
@@ -132,12 +150,12 @@ async def priced_from_topic(bootstrap_servers: str, expected: int, idle_timeout_
     return list(kept.values()), conflicts
 
 
-SELECT_PRICED_ARCHIVE: Final = "select payload from ledger.priced_archive order by received_at, priced_id"
+SELECT_PRICED_ARCHIVE: Final = "select payload from ledger.priced_archive"  # sums need no order
 SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.priced_archive"
 
 
 async def priced_from_archive(connection: asyncpg.Connection) -> list[dict[str, Any]]:
-    return [loads(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+    return [loads_many(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
 
 
 # --- rebuilding balances -------------------------------------------------------------
@@ -158,8 +176,8 @@ def rebuild(events: Iterable[dict[str, Any]], as_of: datetime | None = None,
     for event in events:
         if as_of is not None and moment(event["event_time"]) > as_of:
             continue
-        amount = amounts.get(event["id"], Decimal(event["total_amount"])) if amounts else Decimal(event["total_amount"])
-        tokens = Decimal(event["total_tokens"])
+        amount = amounts[event["id"]] if amounts and event["id"] in amounts else exact(event["total_amount"])
+        tokens = exact(event["total_tokens"])
         totals[event["payer_bu"]]["spend"] += amount
         totals[event["provider_bu"]]["revenue"] += amount
         totals[event["consumer_bu"]]["tokens_consumed"] += tokens
@@ -315,8 +333,8 @@ def reprice(events: list[dict[str, Any]], consumed: dict[str, dict], books: dict
             result.unrecomputable.append((event["id"], str(why)))
             continue
         result.amounts[event["id"]] = amount
-        if amount != Decimal(event["total_amount"]):
-            result.mismatches.append((event["id"], kind, Decimal(event["total_amount"]), amount))
+        if amount != exact(event["total_amount"]):
+            result.mismatches.append((event["id"], kind, exact(event["total_amount"]), amount))
     return result
 
 
