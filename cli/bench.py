@@ -48,6 +48,12 @@ SAMPLE_INTERVAL_S: Final = 0.5
 HOPS: Final = 4
 RESULTS_DIR: Final = Path("bench-results")
 VIOLATIONS_SHOWN_MAX: Final = 20
+STATEMENTS_SHOWN: Final = 8
+TOP_STATEMENTS: Final = f"""
+select calls, rows, round(total_exec_time)::bigint as total_ms,
+       left(regexp_replace(query, '\\s+', ' ', 'g'), 100) as query
+from pg_stat_statements order by total_exec_time desc limit {STATEMENTS_SHOWN}
+"""
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Report:
     """Invariant violations `verify` found after the run (-1: not run); must be 0."""
     processes: dict[str, ProcessStats] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    statements: list[dict[str, Any]] = field(default_factory=list)
+    """PostgreSQL's busiest statements during the throughput phase (pg_stat_statements)."""
 
 
 def _progress(label: str, done: int, total: int) -> None:
@@ -284,7 +292,7 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
     values = [stamp(source[index % len(source)], run, index) for index in range(count)]
     report = Report(events=count, instances=arguments.instances)
     extra = {"TOKENHUB_LOG_LEVEL": "WARNING", "TOKENHUB_INSTANCE_COUNT": str(arguments.instances)}
-    pipeline = LocalPipeline(env=extra)
+    pipeline = LocalPipeline(env=extra, statement_stats=True)
     try:
         print("starting the embedded stack and the services ...", file=sys.stderr)
         endpoints = await pipeline.start()
@@ -303,6 +311,8 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
         connection = await asyncpg.connect(endpoints.database_url)
         try:
             print("throughput: emitted -> committed in the ledger ...", file=sys.stderr)
+            await connection.execute("create extension if not exists pg_stat_statements")
+            await connection.execute("select pg_stat_statements_reset()")
             before = await counters(connection)
             first_done: dict[str, float] = {}
             rate = None
@@ -310,6 +320,7 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
                 rate = len(values) / max(1.0, source[-1].get("offset_ms", 0) / 1000)
             started = await _produce(endpoints.bootstrap_servers, "usage.reported", values, rate=rate)
             report.counts = await _settle(connection, before, count, sampler, first_done)
+            report.statements = [dict(row) for row in await connection.fetch(TOP_STATEMENTS)]
             # End to end is emitted -> committed in the ledger; invoicing is reported beside it.
             report.pipeline_events_per_s = round(count / (first_done.get("ledger", time.monotonic()) - started), 1)
             report.service_events_per_s = {stage: round(count / (moment - started), 1) for stage, moment in first_done.items()}
@@ -391,6 +402,10 @@ def render(report: Report) -> str:
         "  process              CPU s   peak RSS MB",
     ]
     lines += [f"  {name:<18} {stats.cpu_seconds:>7.1f} {stats.peak_rss_mb:>12.1f}" for name, stats in report.processes.items()]
+    if report.statements:
+        lines.append("  PostgreSQL's busiest statements in the throughput phase:")
+        lines += [f"  {row['total_ms']:>10,.0f} ms {row['calls']:>7,} calls {row['rows']:>9,} rows  {row['query']}"
+                  for row in report.statements]
     return "\n".join(lines)
 
 

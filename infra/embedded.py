@@ -138,9 +138,10 @@ class EmbeddedBroker:
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path | None = None, durable: bool = False) -> None:
+    def __init__(self, data_dir: Path | None = None, durable: bool = False, statement_stats: bool = False) -> None:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="thpg-")) / "data"
         self.durable = durable
+        self.statement_stats = statement_stats  # pg_stat_statements, for the benchmark's report
         # Unix socket paths must stay under ~100 bytes: keep the folder short.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="thsock-", dir="/tmp"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -196,6 +197,8 @@ class EmbeddedPostgres:
                    # Outboxes churn (a row lives milliseconds); their vacuum thresholds are set per table,
                    # and this is how often autovacuum looks at all.
                    "-c", f"autovacuum_naptime={AUTOVACUUM_NAPTIME_S}"]
+        if self.statement_stats:
+            options += ["-c", "shared_preload_libraries=pg_stat_statements"]
         if not self.durable:
             # Tests and the demo start from nothing each time: durability buys nothing there.
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -250,11 +253,11 @@ class EmbeddedPostgres:
 
 
 class EmbeddedStack:
-    def __init__(self, state_dir: Path | None = None, durable: bool = False) -> None:
+    def __init__(self, state_dir: Path | None = None, durable: bool = False, statement_stats: bool = False) -> None:
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="tokenhub-")).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(self.state_dir)
-        self.postgres = EmbeddedPostgres(self.state_dir / "pgdata" / "data", durable=durable)
+        self.postgres = EmbeddedPostgres(self.state_dir / "pgdata" / "data", durable=durable, statement_stats=statement_stats)
         atexit.register(self.stop)
 
     def start(self) -> StackEndpoints:

@@ -40,10 +40,10 @@ class LocalPipeline:
     """Start with `start()`, stop with `stop()`; nothing is left running."""
 
     def __init__(self, state_dir: Path | None = None, env: dict[str, str] | None = None,
-                 services: tuple[str, ...] = SERVICES) -> None:
+                 services: tuple[str, ...] = SERVICES, statement_stats: bool = False) -> None:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tokenhub-"))
         self.extra_env = with_http_port(env or {})
-        self.stack = EmbeddedStack(state_dir=self.state_dir)
+        self.stack = EmbeddedStack(state_dir=self.state_dir, statement_stats=statement_stats)
         self.endpoints: StackEndpoints | None = None
         self.services: ServiceProcesses | None = None
         self.service_names = services
