@@ -122,11 +122,19 @@ def tier_adjustment(invoice: InvoiceIssued, line: InvoiceLine, currency: str) ->
 
 
 async def draft_invoice(connection: asyncpg.Connection, settings: Settings, payer_bu: str, period: Period) -> InvoiceIssued | None:
-    """What the payer's invoice for `period` would be if it closed now, tier reached so far included."""
-    rows = await connection.fetch(store.SELECT_OPEN_POSTINGS, payer_bu, period.end)
+    """What the payer's invoice for `period` would be if every open period closed now,
+    tier reached so far included. As at a close, each open period gets its own
+    invoice, numbered in period order, and postings of periods already invoiced
+    (late usage, credits) go on the last one."""
+    rows = await connection.fetch(store.SELECT_PAYER_OPEN_POSTINGS, payer_bu)
+    invoiced = {row["period"] for row in await connection.fetch(store.SELECT_INVOICED_PERIODS, payer_bu)}
+    open_periods = sorted({(row["period_end"], row["period"]) for row in rows if row["period"] not in invoiced})
+    names = [name for _, name in open_periods]
+    last = names[-1] if names else period.name
+    rows = [row for row in rows if row["period"] == period.name or (row["period"] in invoiced and period.name == last)]
     if not rows:
         return None
-    number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu)
+    number = await connection.fetchval(store.SELECT_NEXT_NUMBER, payer_bu) + (names.index(period.name) if period.name in names else 0)
     postings = _postings(rows)
     books = await _books(connection)
     tiers = period_tier_lines(period, payer_bu, postings, books)

@@ -258,7 +258,8 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
         backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Daily billing, so that the rule is seen whatever the day of the month: a day
     that ended more than the allowed lateness (48 h) before the event-time watermark
-    is closed by the service itself; today stays a draft until `invoice close`."""
+    is closed by the service itself; yesterday and today stay drafts, each with its
+    own postings and the number it will get, until `invoice close`."""
     world = World(backend.settings)
     await world.publish(["shop"])
     payer = world.bu("shop")
@@ -269,12 +270,14 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
         await pool.close()
     now = datetime.now(UTC)
     old_day = containing(now - timedelta(days=4), "day", ZONE)
+    yesterday = containing(now - timedelta(days=1), "day", ZONE)
     today = containing(now, "day", ZONE)
     assert old_day.end <= now - timedelta(hours=48 + 2)  # behind the watermark by more than the lateness
     before = await read_counters(world.settings)
     await emit(world.settings, [world.usage("shop", 1, 3_000, 300, time=now - timedelta(days=4)),
+                                world.usage("shop", 3, 2_000, 200, time=now - timedelta(days=1)),
                                 world.usage("shop", 2, 1_000, 100, time=now - timedelta(seconds=30))])
-    await wait_settled(world.settings, before, 2)
+    await wait_settled(world.settings, before, 3)
 
     async def closed_by_the_service() -> bool:
         rows = await _query(world, "select count(*) as n from invoicing.invoices where payer_bu = $1", payer)
@@ -284,9 +287,10 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
     assert [row["actor"] for row in closed] == ["watermark"]
     listed = await _invoices_of(world, payer)
     assert [(invoice.period, invoice.number, invoice.status) for invoice in listed] == [
-        (old_day.name, 1, "issued"), (today.name, 2, "draft")]
+        (old_day.name, 1, "issued"), (yesterday.name, 2, "draft"), (today.name, 3, "draft")]
     assert listed[0].total == round_to_minor(world.expected_amount(3_000, 300))
-    assert listed[1].subtotal == world.expected_amount(1_000, 100)
+    assert listed[1].subtotal == world.expected_amount(2_000, 200)  # its own day only
+    assert listed[2].subtotal == world.expected_amount(1_000, 100)
 
     capsys.readouterr()
     closing = argparse.Namespace(action="close", period=today.name, actor="tests")
@@ -295,14 +299,16 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
     assert await commands.invoice(closing) == 0  # again: nothing left to issue, no number used up
     listed = await _invoices_of(world, payer)
     assert [(invoice.period, invoice.number, invoice.status) for invoice in listed] == [
-        (old_day.name, 1, "issued"), (today.name, 2, "issued")]
+        (old_day.name, 1, "issued"), (yesterday.name, 2, "issued"), (today.name, 3, "issued")]
+    assert [invoice.subtotal for invoice in listed[1:]] == [world.expected_amount(2_000, 200),
+                                                             world.expected_amount(1_000, 100)]
 
     capsys.readouterr()
     assert await commands.invoice(argparse.Namespace(action="show", bu=payer, period=today.name, json=False,
                                                      format="html")) == 0
     html = capsys.readouterr().out
     assert f"Shop ({payer})" in html and "Provider" in html  # display names beside the slugs
-    assert f"Invoice {payer}-0002" in html and "Subtotal" in html and "Rounding" in html
+    assert f"Invoice {payer}-0003" in html and "Subtotal" in html and "Rounding" in html
 
 
 async def test_spend_month_to_date_shows_the_period_tier_reached_so_far(

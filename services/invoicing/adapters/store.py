@@ -32,6 +32,12 @@ SELECT_DRAFT_PERIODS: Final = """
 select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2
 """
 LOCK_INVOICES: Final = "lock table invoicing.invoices in share row exclusive mode"
+SELECT_PAYER_OPEN_POSTINGS: Final = """
+select period, period_end, payload from invoicing.postings
+where payer_bu = $1 and invoice_id is null
+order by chain, sequence
+"""
+SELECT_INVOICED_PERIODS: Final = "select period from invoicing.invoices where payer_bu = $1"
 SELECT_NEXT_NUMBER: Final = "select coalesce(max(number), 0) + 1 from invoicing.invoices where payer_bu = $1"
 INSERT_INVOICE: Final = """
 insert into invoicing.invoices (invoice_id, payer_bu, period, number, status, currency, subtotal, rounding, total,
