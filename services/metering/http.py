@@ -6,6 +6,7 @@ core, dedup and rejected store as Kafka, so nothing is lost. `GET /metrics`."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Final
 
 import orjson
@@ -27,6 +28,35 @@ def _problem(status: int, title: str) -> JSONResponse:
     return JSONResponse({"error": title}, status_code=status)
 
 
+# Strings whole (escapes included), then the punctuation that nests or separates.
+_JSON_TOKENS: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def array_elements(body: bytes) -> list[bytes]:
+    """The bytes of each top-level element of a JSON array, exactly as sent
+    (surrounding whitespace trimmed), so a rejected element is stored as it came.
+    The caller has checked that `body` parses as an array."""
+    elements: list[bytes] = []
+    depth = 0
+    start = 0
+    for token in _JSON_TOKENS.finditer(body):
+        mark = token.group()
+        if mark in (b"[", b"{"):
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        elif mark in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                element = body[start:token.start()].strip()
+                if element:
+                    elements.append(element)
+        elif mark == b"," and depth == 1:
+            elements.append(body[start:token.start()].strip())
+            start = token.end()
+    return elements
+
+
 def _split(body: bytes, content_type: str) -> list[bytes] | None:
     """Each event's bytes. A batch is split into its elements; a body that is not a
     JSON array is metered as one event, so its bytes are stored with a reason."""
@@ -37,7 +67,10 @@ def _split(body: bytes, content_type: str) -> list[bytes] | None:
             return [body]
         if not isinstance(items, list):
             return [body]
-        return [orjson.dumps(item) for item in items]
+        elements = array_elements(body)
+        if len(elements) != len(items):  # cannot happen for valid JSON; never store a wrong split
+            return [orjson.dumps(item) for item in items]
+        return elements
     return [body]
 
 

@@ -77,7 +77,9 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
         metrics_before = await _metrics(client, backend.http_port)
         single = await client.post(url, content=canonical_json(good[0]), headers={
             "authorization": f"Bearer {key}", "content-type": "application/cloudevents+json"})
-        batch_body = orjson.dumps([orjson.loads(canonical_json(event)) for event in good[1:]] + [bad])
+        # Indented, so an element's bytes as sent differ from any re-serialization of it.
+        batch_body = orjson.dumps([orjson.loads(canonical_json(event)) for event in good[1:]] + [bad],
+                                  option=orjson.OPT_INDENT_2)
         batch = await client.post(url, content=batch_body, headers={
             "authorization": f"Bearer {key}", "content-type": "application/cloudevents-batch+json"})
         again = await client.post(url, content=canonical_json(good[0]), headers={
@@ -95,6 +97,15 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
     assert (batch.json()["accepted"], batch.json()["rejected_count"]) == (2, 1)
     assert [(item["index"], item["id"], item["reason_code"]) for item in batch.json()["rejected"]] == [(2, "req-99", "unknown_bu")]
     assert again.json() == {"accepted": 0, "duplicates": 1, "rejected_count": 0, "rejected": []}
+    connection = await asyncpg.connect(backend.settings.database_url)
+    try:
+        stored_original = await connection.fetchval(
+            "select original_bytes from metering.rejected_usage where usage_source = $1 and usage_id = 'req-99'",
+            f"tests/{world.prefix}")
+    finally:
+        await connection.close()
+    bad_as_sent = batch_body[batch_body.rindex(b"\n  {") + 3:batch_body.rindex(b"\n  }") + 4]  # the last element
+    assert stored_original == bad_as_sent and b"\n    " in stored_original  # the element's own bytes, as sent
     assert (wrong.status_code, missing.status_code, foreign.status_code, revoked.status_code) == (401, 401, 403, 401)
     assert "gateway" not in wrong.text and f"tests/{world.prefix}" in foreign.text
     # Metering's Prometheus metrics: accepted, rejected by reason, duplicates and processing latency.
