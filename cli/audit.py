@@ -418,10 +418,9 @@ class Placement:
 
 def _posted_place(value: bytes) -> object:
     try:
-        event = loads(value)
+        return loads_many(value).get("priced_id")
     except ValueError:
         return None
-    return event.get("priced_id")
 
 
 def placements_from_posted(records: Iterable[TopicRecord]) -> dict[object, Placement]:
@@ -429,7 +428,7 @@ def placements_from_posted(records: Iterable[TopicRecord]) -> dict[object, Place
     placements: dict[object, Placement] = {}
     for record in records:
         try:
-            event = loads(record.value)
+            event = loads_many(record.value)  # ids, sequences and times only: no amounts
             placements.setdefault(event["priced_id"], Placement(event["chain"], int(event["sequence"]), moment(event["posted_at"])))
         except (ValueError, KeyError, TypeError):
             continue  # verify names unreadable ledger.posted records; restore posts those Priced afresh

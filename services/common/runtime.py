@@ -41,6 +41,9 @@ INFRASTRUCTURE_ERRORS: Final = (
     asyncio.TimeoutError,
 )
 
+RELAY_TRANSIENT_ERRORS: Final = (*INFRASTRUCTURE_ERRORS, KafkaError)
+"""What pauses the relay without losing anything: the rows wait in the outbox."""
+
 log = structlog.get_logger()
 
 # Every service's own metrics; metering serves them on its HTTP port, the others
@@ -100,7 +103,7 @@ class Runtime:
                 pass
             try:
                 await self.relay()  # what the last batches staged; a failure here is relayed at the next start
-            except INFRASTRUCTURE_ERRORS as error:
+            except RELAY_TRANSIENT_ERRORS as error:
                 log.warning("relay_at_stop_failed", error=repr(error))
         if self.producer is not None:
             await self.producer.stop()
@@ -139,7 +142,7 @@ class Runtime:
             self._relay_wanted.clear()
             try:
                 await self.relay()
-            except (*INFRASTRUCTURE_ERRORS, KafkaError) as error:
+            except RELAY_TRANSIENT_ERRORS as error:
                 log.warning("relay_paused", error=repr(error), retry_in_s=RELAY_RETRY_S)
                 await asyncio.sleep(RELAY_RETRY_S)
                 self._relay_wanted.set()
