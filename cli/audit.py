@@ -403,7 +403,10 @@ from ledger.priced_archive a left join ledger.entries e using (priced_id)
 order by a.received_at, a.priced_id
 """
 TARGET_EMPTY: Final = "select (select count(*) from ledger.entries) + (select count(*) from ledger.budgets)"
-CLEAR_OUTBOX: Final = "delete from ledger.outbox"
+CLEAR_OUTBOX: Final = """
+with dropped as (delete from ledger.outbox returning cardinality(topics) as events)
+select coalesce(sum(events), 0) from dropped
+"""
 COPY_OFFSETS_NONE: Final = "delete from ledger.offsets"
 
 
@@ -525,7 +528,7 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
                 done += len(values)
                 if done // PROGRESS_EVERY != (done - len(values)) // PROGRESS_EVERY or done == priced_count:
                     progress("restore", done, priced_count)
-            cleared = int((await target.execute(CLEAR_OUTBOX)).split()[-1])
+            cleared = int(await target.fetchval(CLEAR_OUTBOX))
             await target.execute(COPY_OFFSETS_NONE)
     finally:
         await target_pool.close()

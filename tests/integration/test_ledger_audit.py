@@ -32,7 +32,7 @@ async def _wait_published(settings, payer: str) -> None:  # noqa: ANN001
     try:
         async def relayed() -> bool:
             return not await connection.fetchval(
-                "select count(*) from ledger.outbox where topic = $1 and key = $2", LEDGER_POSTED.name, payer.encode())
+                "select count(*) from ledger.outbox, unnest(topics, keys) as staged(topic, key) where topic = $1 and key = $2", LEDGER_POSTED.name, payer.encode())
         await wait_until(relayed, 30, "the ledger's outbox to drain")
     finally:
         await connection.close()

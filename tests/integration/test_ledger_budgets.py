@@ -117,7 +117,7 @@ async def test_budget_alerts_once_quota_exhausted_and_restored(backend) -> None:
         assert spend == Decimal("2.352")
 
         async def relayed() -> bool:
-            return not await connection.fetchval("select count(*) from ledger.outbox where topic = $1", BUDGET_ALERTS.name)
+            return not await connection.fetchval("select count(*) from ledger.outbox where $1 = any(topics)", BUDGET_ALERTS.name)
         await wait_until(relayed, 30, "the alerts to be published")
     finally:
         await connection.close()

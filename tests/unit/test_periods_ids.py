@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
+import uuid
 
-from tokenhub.contracts.ids import check_slug, consumed_id, derive_id
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokenhub.contracts.ids import NAMESPACE, check_slug, consumed_id, derive_id
 from tokenhub.contracts.periods import PeriodError, containing, parse
 
 SHANGHAI = "Asia/Shanghai"
@@ -63,6 +67,22 @@ def test_derived_ids_are_deterministic_and_depend_on_every_part() -> None:
     assert derive_id("x").version == 5
     # The namespace is fixed forever: every stored id depends on it.
     assert str(derive_id("usage", "gateway/taobao", "req-1")) == "8ae103b2-e170-5b97-8f45-2eaf34a1caa8"
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\x1f", blacklist_categories=("Cs",))),
+                min_size=1, max_size=5))
+def test_derived_ids_equal_the_standard_uuid5(parts: list[str]) -> None:
+    derived = derive_id(*parts)
+    expected = uuid.uuid5(NAMESPACE, "\x1f".join(parts))
+    assert derived == expected
+    assert (str(derived), derived.bytes, derived.version, derived.variant, hash(derived)) == (
+        str(expected), expected.bytes, expected.version, expected.variant, hash(expected))
+
+
+@pytest.mark.parametrize("parts", [("a\x1fb",), ("a", "\x1f"), ("\x1f", "")])
+def test_an_id_part_with_the_unit_separator_is_refused(parts: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="unit separator"):
+        derive_id(*parts)
 
 
 @pytest.mark.parametrize("slug", ["taobao-tmall", "cainiao", "a1"])
