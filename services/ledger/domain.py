@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
+
+from pydantic import TypeAdapter
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import LedgerPosted, Posting, Priced
 from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.money import format_amount
 
 GENESIS_HASH: Final = "0" * 64
 
@@ -39,13 +42,18 @@ def served_account(bu: str) -> str:
 
 
 def _leg(ledger: str, debit_account: str, credit_account: str, quantity: Decimal) -> tuple[Posting, Posting]:
-    """Two legs moving `quantity`; a negative quantity (a reversal) swaps the sides."""
+    """Two legs moving `quantity`; a negative quantity (a reversal) swaps the sides.
+    Built without validation: the quantity is a validated amount or Token count
+    and the accounts are made of validated slugs."""
     if quantity < 0:
         debit_account, credit_account, quantity = credit_account, debit_account, -quantity
     return (
-        Posting(ledger=ledger, account=debit_account, debit=quantity),  # type: ignore[arg-type]
-        Posting(ledger=ledger, account=credit_account, credit=quantity),  # type: ignore[arg-type]
+        Posting.model_construct(ledger=ledger, account=debit_account, debit=quantity, credit=_ZERO),
+        Posting.model_construct(ledger=ledger, account=credit_account, debit=_ZERO, credit=quantity),
     )
+
+
+_ZERO: Final = Decimal(0)
 
 
 def postings_for(priced: Priced) -> tuple[Posting, ...]:
@@ -87,43 +95,57 @@ def hashed_content(posted: LedgerPosted) -> dict[str, object]:
 
 
 def post(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
-    """The next entry of the payer's chain for one Priced."""
-    return _post_one(priced, head, posted_at)[0]
+    """The next entry of the chain whose head is `head`, for one Priced."""
+    if posted_at.tzinfo is None:
+        raise ValueError("posting time needs a time zone")
+    posted_at = posted_at.astimezone(UTC)
+    return _post_one(priced, priced_content(priced), head, posted_at, _DATETIME_JSON.dump_python(posted_at, mode="json"))[0]
 
 
-def _post_one(priced: Priced, head: ChainHead, posted_at: datetime) -> tuple[LedgerPosted, bytes]:
-    """An entry and its canonical bytes: the content is dumped once, hashed,
-    and written out with its hash, instead of dumping the finished entry again."""
-    unhashed = LedgerPosted(
-        id=derive_id("posted", str(priced.id)),
-        event_time=priced.event_time,
-        cause_id=str(priced.id),
-        priced_id=priced.id,
-        kind=priced.kind,
-        corrects_id=priced.corrects_id,
-        payer_bu=priced.payer_bu,
-        consumer_bu=priced.consumer_bu,
-        provider_bu=priced.provider_bu,
-        app=priced.app,
-        model=priced.model,
-        book_id=priced.book_id,
-        book_version=priced.book_version,
-        currency=priced.currency,
-        lines=priced.lines,
-        amount=priced.total_amount,
-        tokens=priced.total_tokens,
-        postings=postings_for(priced),
-        chain=head.chain,
-        sequence=head.sequence + 1,
-        entry_hash="",
-        previous_hash=head.head_hash,
-        posted_at=posted_at,
-        invoice_id=priced.invoice_id,
+_FROM_PRICED: Final = ("event_time", "kind", "corrects_id", "payer_bu", "consumer_bu", "provider_bu", "app", "model",
+                       "book_id", "book_version", "currency", "lines", "invoice_id")
+"""Fields an entry carries as its Priced has them, so their JSON form is taken from the Priced's."""
+
+_DATETIME_JSON: Final = TypeAdapter(datetime)
+
+
+def priced_content(priced: Priced) -> dict[str, Any]:
+    """A Priced's JSON form: its canonical bytes are `canonical_json` of this."""
+    return priced.model_dump(mode="json", exclude_none=True)
+
+
+def _posting_content(posting: Posting) -> dict[str, str]:
+    return {"ledger": posting.ledger, "account": posting.account,
+            "debit": format_amount(posting.debit), "credit": format_amount(posting.credit)}
+
+
+def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead, posted_at: datetime,
+              posted_at_json: str) -> tuple[LedgerPosted, bytes]:
+    """An entry and its canonical bytes. The content is built from the Priced's
+    JSON form (dumped once for the archive) instead of validating the entry and
+    dumping it again: the entry's fields are the Priced's, already validated,
+    plus the postings and the chain. A unit test holds the bytes equal to
+    `canonical_json(entry)` and the entry equal to its validated parse."""
+    legs = postings_for(priced)
+    posted_id = derive_id("posted", str(priced.id))
+    content = {name: content_of_priced[name] for name in _FROM_PRICED if name in content_of_priced}
+    content.update(
+        id=str(posted_id), schema_version=1, cause_id=str(priced.id), type=LedgerPosted.TYPE, priced_id=str(priced.id),
+        amount=content_of_priced["total_amount"], tokens=content_of_priced["total_tokens"],
+        postings=[_posting_content(leg) for leg in legs], chain=head.chain, sequence=head.sequence + 1,
+        previous_hash=head.head_hash, posted_at=posted_at_json,
     )
-    content = hashed_content(unhashed)
     entry_hash = hash_entry(content, head.head_hash)
     content["entry_hash"] = entry_hash
-    return unhashed.model_copy(update={"entry_hash": entry_hash}), canonical_json(content)
+    entry = LedgerPosted.model_construct(
+        id=posted_id, event_time=priced.event_time, cause_id=str(priced.id), priced_id=priced.id, kind=priced.kind,
+        corrects_id=priced.corrects_id, payer_bu=priced.payer_bu, consumer_bu=priced.consumer_bu,
+        provider_bu=priced.provider_bu, app=priced.app, model=priced.model, book_id=priced.book_id,
+        book_version=priced.book_version, currency=priced.currency, lines=priced.lines, amount=priced.total_amount,
+        tokens=priced.total_tokens, postings=legs, chain=head.chain, sequence=head.sequence + 1, entry_hash=entry_hash,
+        previous_hash=head.head_hash, posted_at=posted_at, invoice_id=priced.invoice_id,
+    )
+    return entry, canonical_json(content)
 
 
 class PostedBatch(NamedTuple):
@@ -133,12 +155,20 @@ class PostedBatch(NamedTuple):
     heads: dict[str, ChainHead]
 
 
-def post_batch(priced: list[Priced], heads: dict[str, ChainHead], posted_at: datetime) -> PostedBatch:
-    """Post in arrival order, advancing each payer's chain."""
+def post_batch(priced: list[Priced], heads: dict[str, ChainHead], posted_at: datetime,
+               contents: list[dict[str, Any]] | None = None) -> PostedBatch:
+    """Post in arrival order, advancing each payer's chain. `contents` are the
+    events' `priced_content`, when the caller has them already."""
+    if posted_at.tzinfo is None:
+        raise ValueError("posting time needs a time zone")
+    posted_at = posted_at.astimezone(UTC)
+    posted_at_json = _DATETIME_JSON.dump_python(posted_at, mode="json")
+    if contents is None:
+        contents = [priced_content(event) for event in priced]
     result = PostedBatch([], [], dict(heads))
-    for event in priced:
+    for event, content in zip(priced, contents, strict=True):
         head = result.heads.get(event.payer_bu) or ChainHead(event.payer_bu, 0, GENESIS_HASH)
-        entry, payload = _post_one(event, head, posted_at)
+        entry, payload = _post_one(event, content, head, posted_at, posted_at_json)
         result.heads[event.payer_bu] = ChainHead(event.payer_bu, entry.sequence, entry.entry_hash)
         result.posted.append(entry)
         result.payloads.append(payload)

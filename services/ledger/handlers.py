@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import structlog
@@ -66,7 +67,8 @@ async def post_values(connection: asyncpg.Connection, values: Sequence[bytes], *
     """Post a batch of Priced payloads inside the caller's transaction. Exactly
     once by id: the archive's primary key decides which copy is new."""
     events = [decode(Priced, value) for value in values]
-    payloads = [canonical_json(event) for event in events]
+    contents = [domain.priced_content(event) for event in events]  # dumped once: archive bytes and entry content
+    payloads = [canonical_json(content) for content in contents]
     hashes = [sha256_hex(payload) for payload in payloads]
     first: dict[uuid.UUID, int] = {}
     for index, event in enumerate(events):
@@ -79,10 +81,11 @@ async def post_values(connection: asyncpg.Connection, values: Sequence[bytes], *
         [payloads[index] for index in unique],
     )
     new_ids = {row["priced_id"] for row in inserted}
-    fresh = [events[index] for index in unique if events[index].id in new_ids]
+    fresh_indexes = [index for index in unique if events[index].id in new_ids]
+    fresh = [events[index] for index in fresh_indexes]
     outcome = BatchOutcome(received=len(events))
     outcome.conflicts = await _conflicting(connection, events, hashes, first, new_ids, now)
-    outcome.posted = await _post(connection, fresh, now)
+    outcome.posted = await _post(connection, fresh, [contents[index] for index in fresh_indexes], now)
     outcome.alerts = await _budgets_after_posting(connection, outcome.posted, now, zone)
     fault("ledger.mid_batch")
     await bump_counters(connection, SCHEMA, {
@@ -120,11 +123,12 @@ async def _conflicting(connection: asyncpg.Connection, events: list[Priced], has
     return conflicts
 
 
-async def _post(connection: asyncpg.Connection, fresh: list[Priced], now: datetime) -> list[LedgerPosted]:
+async def _post(connection: asyncpg.Connection, fresh: list[Priced], contents: list[dict[str, Any]],
+                now: datetime) -> list[LedgerPosted]:
     if not fresh:
         return []
     heads = await store.lock_chain_heads(connection, [event.payer_bu for event in fresh])
-    posted, payloads, new_heads = domain.post_batch(fresh, heads, now)
+    posted, payloads, new_heads = domain.post_batch(fresh, heads, now, contents)
     await store.write_entries(connection, posted, payloads)
     await store.update_balances(connection, domain.balance_deltas(posted))
     await store.save_chain_heads(connection, list(new_heads.values()))

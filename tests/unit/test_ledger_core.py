@@ -3,13 +3,16 @@ hash chain in which every entry covers its predecessor."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+import tokenhub.contracts
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import Posting
+from tokenhub.contracts.events import LedgerPosted, Posting, Priced, decode
+from tokenhub.contracts.ids import derive_id
 from tokenhub.services.ledger.domain import (
     GENESIS_HASH,
     ChainHead,
@@ -18,6 +21,7 @@ from tokenhub.services.ledger.domain import (
     check_balanced,
     hash_entry,
     hashed_content,
+    post,
     post_batch,
     postings_for,
 )
@@ -72,3 +76,37 @@ def test_chains_continue_from_their_stored_heads() -> None:
     head = ChainHead("taobao-tmall", 41, "ab" * 32)
     posted, _, _ = post_batch([PRICED], {"taobao-tmall": head}, POSTED_AT)
     assert (posted[0].sequence, posted[0].previous_hash) == (42, "ab" * 32)
+
+
+def _validated_entry(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
+    """The entry as the full model validation builds it: the reference that the
+    ledger's unvalidated fast path must equal byte for byte."""
+    unhashed = LedgerPosted(
+        id=derive_id("posted", str(priced.id)), event_time=priced.event_time, cause_id=str(priced.id),
+        priced_id=priced.id, kind=priced.kind, corrects_id=priced.corrects_id, payer_bu=priced.payer_bu,
+        consumer_bu=priced.consumer_bu, provider_bu=priced.provider_bu, app=priced.app, model=priced.model,
+        book_id=priced.book_id, book_version=priced.book_version, currency=priced.currency, lines=priced.lines,
+        amount=priced.total_amount, tokens=priced.total_tokens,
+        postings=tuple(Posting.model_validate(posting.model_dump()) for posting in postings_for(priced)),
+        chain=head.chain, sequence=head.sequence + 1, entry_hash="", previous_hash=head.head_hash, posted_at=posted_at,
+        invoice_id=priced.invoice_id)
+    return unhashed.model_copy(update={"entry_hash": hash_entry(hashed_content(unhashed), head.head_hash)})
+
+
+GOLDEN_PRICED = sorted((Path(tokenhub.contracts.__file__).parent / "golden").glob("priced*.json"))
+
+
+@pytest.mark.parametrize("path", GOLDEN_PRICED, ids=lambda path: path.stem)
+@pytest.mark.parametrize("posted_at", [POSTED_AT, datetime(2026, 3, 14, 11, 0, 0, 123456, tzinfo=timezone(timedelta(hours=8)))])
+def test_entries_equal_the_fully_validated_model_byte_for_byte(path: Path, posted_at: datetime) -> None:
+    priced = decode(Priced, path.read_bytes())
+    adjustment = priced.model_copy(update={"id": PRICED.consumed_id, "kind": "adjustment", "invoice_id": PRICED.id})
+    head = ChainHead(priced.payer_bu, 7, "cd" * 32)
+    posted, payloads, _ = post_batch([priced, adjustment], {priced.payer_bu: head}, posted_at)
+    expected_first = _validated_entry(priced, head, posted_at)
+    expected_second = _validated_entry(adjustment, ChainHead(priced.payer_bu, 8, expected_first.entry_hash), posted_at)
+    for entry, payload, expected in zip(posted, payloads, (expected_first, expected_second), strict=True):
+        assert payload == canonical_json(expected)
+        assert decode(LedgerPosted, payload) == expected
+        assert canonical_json(entry) == payload
+    assert post(priced, head, posted_at) == expected_first
