@@ -128,9 +128,10 @@ class TokenConsumed(Event):
 
     @model_validator(mode="after")
     def _canonical_class_order(self) -> TokenConsumed:
-        ordered = dict(sorted(self.tokens.items(), key=lambda item: class_order(item[0])))
-        if list(ordered) != list(self.tokens):
-            object.__setattr__(self, "tokens", ordered)
+        names = list(self.tokens)
+        ordered = sorted(names, key=class_order)
+        if ordered != names:
+            object.__setattr__(self, "tokens", {name: self.tokens[name] for name in ordered})
         return self
 
     @property

@@ -56,9 +56,19 @@ def priced_id(consumed: uuid.UUID, book_id: str, book_version: int | None, kind:
     return derive_id("priced", str(consumed), kind, book_id, str(book_version))
 
 
+_SLUGS_SEEN: set[str] = set()
+SLUGS_SEEN_MAX: Final = 10_000
+"""Slugs already checked, so each event's business units cost a set lookup: a
+company has hundreds of BUs; the bound keeps a flood of new names from growing it."""
+
+
 def check_slug(value: str) -> str:
-    if len(value) > SLUG_LENGTH_MAX or not _SLUG.match(value):
+    if value in _SLUGS_SEEN:
+        return value
+    if len(value) > SLUG_LENGTH_MAX or not _SLUG.fullmatch(value):
         raise ValueError(f"{value!r} is not a slug (lower-case letters, digits and single dashes)")
+    if len(_SLUGS_SEEN) < SLUGS_SEEN_MAX:
+        _SLUGS_SEEN.add(value)
     return value
 
 

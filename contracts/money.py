@@ -10,6 +10,7 @@ boundary: a binary fraction cannot represent 0.1 CNY.
 from __future__ import annotations
 
 import math
+import re
 
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Context, Decimal, InvalidOperation
 from typing import Annotated, Any, Final
@@ -84,9 +85,18 @@ def quantize(value: Decimal) -> Decimal:
     return result
 
 
+_CANONICAL_AMOUNT: Final = re.compile(rf"-?[0-9]{{1,{PRECISION - SCALE}}}\.[0-9]{{{SCALE}}}")
+"""An amount as `format_amount` writes it: what every event we publish carries,
+so decoding one takes the short path in `to_amount`."""
+
+
 def to_amount(value: Any) -> Decimal:
     """Parse and fix at SCALE places. Refuses values with more than SCALE places:
     silently rounding an input would change what someone said."""
+    if type(value) is str and _CANONICAL_AMOUNT.fullmatch(value):
+        # At most 26 integer digits and exactly 12 places: finite, in range and
+        # already at SCALE, so the general path below would return this same value.
+        return Decimal(value)
     result = to_decimal(value)
     fixed = quantize(result)
     if fixed != result:

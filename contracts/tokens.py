@@ -21,8 +21,14 @@ CONTEXT_CLASSES: Final = ("input", "cache_read", "cache_write")
 _CLASS_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
+_KNOWN: Final = frozenset(KNOWN_CLASSES)
+_POSITION: Final = {name: index for index, name in enumerate(KNOWN_CLASSES)}
+
+
 def check_class_name(name: str) -> str:
-    if not _CLASS_NAME.match(name):
+    if name in _KNOWN:
+        return name
+    if not _CLASS_NAME.fullmatch(name):
         raise ValueError(f"token class {name!r} is not a lower-case identifier")
     return name
 
@@ -32,10 +38,7 @@ TokenClass = Annotated[str, AfterValidator(check_class_name)]
 
 def class_order(name: str) -> tuple[int, str]:
     """Sort key: text classes first in their canonical order, then the rest by name."""
-    try:
-        return (KNOWN_CLASSES.index(name), name)
-    except ValueError:
-        return (len(KNOWN_CLASSES), name)
+    return (_POSITION.get(name, len(KNOWN_CLASSES)), name)
 
 
 def context_input_tokens(tokens: dict[str, int]) -> int:

@@ -66,9 +66,13 @@ def postings_for(priced: Priced) -> tuple[Posting, ...]:
 
 
 def check_balanced(postings: tuple[Posting, ...]) -> None:
+    totals: dict[str, list[Decimal]] = {}
+    for posting in postings:
+        sides = totals.setdefault(posting.ledger, [_ZERO, _ZERO])
+        sides[0] += posting.debit
+        sides[1] += posting.credit
     for ledger in ("money", "tokens"):
-        debit = sum((posting.debit for posting in postings if posting.ledger == ledger), Decimal(0))
-        credit = sum((posting.credit for posting in postings if posting.ledger == ledger), Decimal(0))
+        debit, credit = totals.get(ledger, (_ZERO, _ZERO))
         if debit != credit:
             raise UnbalancedEntry(f"{ledger} ledger: debits {debit} != credits {credit}")
 

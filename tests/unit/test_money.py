@@ -15,9 +15,11 @@ from tokenhub.contracts.money import (
     MoneyError,
     format_amount,
     line_amount,
+    quantize,
     round_to_minor,
     split_largest_remainder,
     to_amount,
+    to_decimal,
 )
 
 
@@ -134,3 +136,34 @@ def test_split_parts_sum_to_the_whole_and_stay_within_one_of_the_exact_share(tot
 def test_line_amount_is_within_half_a_unit_of_the_exact_product(tokens: int, price: Decimal) -> None:
     exact = Decimal(tokens) * price / Decimal(10**6)
     assert abs(line_amount(tokens, price) - exact) <= Decimal("0.5E-12")
+
+
+def _to_amount_by_the_general_path(text: str) -> Decimal:
+    """What `to_amount` did for every string before its short path for plain notation."""
+    result = to_decimal(text)
+    fixed = quantize(result)
+    if fixed != result:
+        raise MoneyError(f"{text} has more than 12 decimal places")
+    return fixed
+
+
+@given(st.integers(min_value=-(10**38) + 1, max_value=10**38 - 1), st.integers(min_value=0, max_value=12))
+def test_the_short_path_for_plain_notation_equals_the_general_one(units: int, places: int) -> None:
+    digits = str(abs(units)).rjust(13, "0")
+    whole, fraction = ("-" if units < 0 else "") + digits[:-12], digits[-12:]
+    text = f"{whole}.{fraction[:places]}" if places else whole
+    short, general = to_amount(text), _to_amount_by_the_general_path(text)
+    assert (short, short.as_tuple()) == (general, general.as_tuple())
+
+
+@pytest.mark.parametrize("text", ["1" * 27, "-" + "9" * 27, "1.0000000000001", "+1", " 1", "1.", ".5", "1e3", "0x10", "1_000"])
+def test_the_short_path_leaves_everything_else_to_the_general_one(text: str) -> None:
+    try:
+        expected: object = _to_amount_by_the_general_path(text)
+    except MoneyError as error:
+        expected = type(error)
+    try:
+        got: object = to_amount(text)
+    except MoneyError as error:
+        got = type(error)
+    assert got == expected

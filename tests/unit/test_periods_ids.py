@@ -90,7 +90,7 @@ def test_valid_slugs(slug: str) -> None:
     assert check_slug(slug) == slug
 
 
-@pytest.mark.parametrize("slug", ["Taobao", "taobao_tmall", "-x", "x-", "a--b", "", "x" * 65])
+@pytest.mark.parametrize("slug", ["Taobao", "taobao_tmall", "-x", "x-", "a--b", "", "x" * 65, "taobao\n"])
 def test_invalid_slugs(slug: str) -> None:
     with pytest.raises(ValueError):
         check_slug(slug)
