@@ -13,13 +13,14 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Final
 
 import asyncpg
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -124,10 +125,19 @@ async def read_topic(bootstrap_servers: str, topic: str, *, expected: int = 0, i
     return records
 
 
+class _EventId(msgspec.Struct):
+    id: Any = None
+
+
+_EVENT_ID_DECODER: Final = msgspec.json.Decoder(_EventId)
+
+
 def _event_id(value: bytes) -> object:
+    """An event's id, read without building the rest of it; the bytes themselves
+    for what is not a JSON object."""
     try:
-        return loads_many(value).get("id")
-    except ValueError:
+        return _EVENT_ID_DECODER.decode(value).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return value
 
 
@@ -154,7 +164,44 @@ SELECT_PRICED_ARCHIVE: Final = "select payload from ledger.priced_archive"  # su
 SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.priced_archive"
 
 
-async def priced_from_archive(connection: asyncpg.Connection) -> list[dict[str, Any]]:
+class PricedFigures(msgspec.Struct, frozen=True):
+    """What balances are rebuilt from, of one Priced. Decoding only these
+    fields skips the rest of the event (its lines) without building it, about
+    ten times faster than parsing the whole event. The types are the contract's:
+    an amount is a string and a Token count an integer, so a float in either is
+    refused while decoding."""
+
+    id: str
+    event_time: str
+    payer_bu: str
+    provider_bu: str
+    consumer_bu: str
+    total_amount: str
+    total_tokens: int
+
+
+_FIGURES_DECODER: Final = msgspec.json.Decoder(PricedFigures)
+
+
+def figures(event: Mapping[str, Any]) -> PricedFigures:
+    """The figures of an event already parsed whole (from a topic, say); `rebuild` checks them with `exact`."""
+    return PricedFigures(event["id"], event["event_time"], event["payer_bu"], event["provider_bu"], event["consumer_bu"],
+                         event["total_amount"], event["total_tokens"])
+
+
+class NotReadable(ValueError):
+    """An archived event is not JSON, or its figures are missing or of the wrong type."""
+
+
+async def priced_from_archive(connection: asyncpg.Connection) -> list[PricedFigures]:
+    try:
+        return [_FIGURES_DECODER.decode(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise NotReadable(f"an archived Priced cannot be read: {error}") from None
+
+
+async def priced_events_from_archive(connection: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Whole events, for repricing, which needs their lines and causes."""
     return [loads_many(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
 
 
@@ -167,21 +214,23 @@ def _zero() -> dict[str, Decimal]:
     return dict.fromkeys(FIGURES, Decimal(0))
 
 
-def rebuild(events: Iterable[dict[str, Any]], as_of: datetime | None = None,
+def rebuild(events: Iterable[PricedFigures | Mapping[str, Any]], as_of: datetime | None = None,
             amounts: dict[str, Decimal] | None = None) -> Balances:
     """Balances straight from Priced events: spend of the payer and revenue of
     the provider; Tokens consumed by the consumer and served by the provider.
     `amounts` replaces recorded amounts by recomputed ones (by Priced id)."""
     totals: Balances = defaultdict(_zero)
     for event in events:
-        if as_of is not None and moment(event["event_time"]) > as_of:
+        if type(event) is not PricedFigures:
+            event = figures(event)
+        if as_of is not None and moment(event.event_time) > as_of:
             continue
-        amount = amounts[event["id"]] if amounts and event["id"] in amounts else exact(event["total_amount"])
-        tokens = exact(event["total_tokens"])
-        totals[event["payer_bu"]]["spend"] += amount
-        totals[event["provider_bu"]]["revenue"] += amount
-        totals[event["consumer_bu"]]["tokens_consumed"] += tokens
-        totals[event["provider_bu"]]["tokens_served"] += tokens
+        amount = amounts[event.id] if amounts and event.id in amounts else exact(event.total_amount)
+        tokens = exact(event.total_tokens)
+        totals[event.payer_bu]["spend"] += amount
+        totals[event.provider_bu]["revenue"] += amount
+        totals[event.consumer_bu]["tokens_consumed"] += tokens
+        totals[event.provider_bu]["tokens_served"] += tokens
     return dict(totals)
 
 
@@ -368,9 +417,13 @@ async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: s
     async with pool.acquire() as connection:
         expected = await connection.fetchval(SELECT_ARCHIVE_COUNT)
         projected = await projection(connection, as_of)
-        archived = await priced_from_archive(connection) if source == "archive" else None
+        archived: list[PricedFigures] | list[dict[str, Any]] | None = None
+        if source == "archive":
+            # Repricing needs whole events; rebuilding balances needs their figures only.
+            archived = await (priced_events_from_archive if with_reprice else priced_from_archive)(connection)
         inputs = await load_pricing_inputs(connection) if with_reprice else None
     conflicts = 0
+    events: list[PricedFigures] | list[dict[str, Any]]
     if archived is not None:
         events = archived
         progress("read ledger.priced_archive", len(events), len(events))

@@ -7,7 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -121,3 +123,27 @@ def test_a_published_entry_missing_from_the_journal_is_named_by_its_sequence() -
     audit_verify.check_published(stored, records, check)
     assert [(violation.subject, violation.detail) for violation in check.violations] == [
         ("chain a sequence 2 (Priced p2)", "published on ledger.posted but missing from the journal (deleted?)")]
+
+
+def test_figures_decoded_alone_rebuild_what_whole_events_rebuild() -> None:
+    reversal = _json(PRICED) | {"id": "r", "kind": "reversal", "total_amount": f"{-PRICED.total_amount:f}",
+                                "total_tokens": -PRICED.total_tokens, "payer_bu": "cainiao"}
+    whole = [_json(PRICED), reversal]
+    decoded = [audit._FIGURES_DECODER.decode(orjson.dumps(event)) for event in whole]
+    assert decoded[0] == audit.PricedFigures(str(PRICED.id), whole[0]["event_time"], "taobao-tmall", PRICED.provider_bu,
+                                             PRICED.consumer_bu, f"{PRICED.total_amount:f}", PRICED.total_tokens)
+    rebuilt = audit.rebuild(decoded)
+    assert rebuilt == audit.rebuild(whole)
+    assert rebuilt["cainiao"]["spend"] == -PRICED.total_amount and rebuilt["taobao-tmall"]["spend"] == PRICED.total_amount
+
+
+@pytest.mark.parametrize("change", [{"total_amount": 1.5}, {"total_tokens": 1.0}, {"total_tokens": "12"},
+                                    {"payer_bu": None}, {"total_amount": None}])
+def test_figures_of_the_wrong_type_are_refused_while_decoding(change: dict) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        audit._FIGURES_DECODER.decode(orjson.dumps(_json(PRICED) | change))
+
+
+def test_a_float_amount_is_refused_whichever_way_the_event_was_read() -> None:
+    with pytest.raises(audit.NotExact):
+        audit.rebuild([_json(PRICED) | {"total_amount": 1.5}])
