@@ -14,13 +14,13 @@ import sys
 
 from aiokafka import AIOKafkaConsumer
 
-from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, create_producer
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, create_producer
 
 
 async def hop(bootstrap_servers: str, source: str, target: str) -> None:
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap_servers, group_id=f"passthrough-{source}",
                                 auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=FETCH_WAIT_MS_MAX)
     producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
     await consumer.start()
     await producer.start()

@@ -12,7 +12,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 
-from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 from tokenhub.services.common.runtime import Runtime
 
 BATCH_WAIT_MS = 100
@@ -68,6 +68,7 @@ def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, 
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=FETCH_WAIT_MS_MAX,
         parser=tolerant_parser,
         decoder=raw_decoder,
     )(consume)

@@ -14,6 +14,12 @@ PRODUCER_BATCH_BYTES: Final = 512 * 1024
 PRODUCER_REQUEST_BYTES_MAX: Final = 4 * 1024 * 1024
 SESSION_TIMEOUT_MS: Final = 6_000  # a group join takes about half of it on the embedded broker
 HEARTBEAT_INTERVAL_MS: Final = 2_000
+FETCH_WAIT_MS_MAX: Final = 20
+"""How long the broker may hold a fetch that found nothing new. The client's
+default (500 ms) is paid at every hop when traffic is light: measured on the
+embedded broker, a record waited 200 ms at the median for its consumer at the
+default and 8-29 ms at 10-50 ms. An idle consumer then asks 50 times a second,
+which costs the broker and the client next to nothing."""
 BATCH_RECORDS_MAX: Final = 1_000
 """Records per handler call: large enough to amortise a transaction, small
 enough that a batch commits well within the poll interval."""
