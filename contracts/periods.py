@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
@@ -65,8 +66,19 @@ def _next_month(day: date) -> date:
 
 def containing(moment: datetime, kind: PeriodKind, zone: str) -> Period:
     """The period of `kind` that contains `moment`, in the company time zone."""
-    tz = ZoneInfo(zone)
-    local = require_aware(moment).astimezone(tz).date()
+    return _containing_day(require_aware(moment).astimezone(_zone(zone)).date(), kind, zone)
+
+
+@lru_cache(maxsize=64)
+def _zone(zone: str) -> ZoneInfo:
+    return ZoneInfo(zone)
+
+
+@lru_cache(maxsize=4096)
+def _containing_day(local: date, kind: PeriodKind, zone: str) -> Period:
+    """Periods are immutable and a day's never changes: every event of a batch
+    is billed in one of a few periods, so they are built once per local day."""
+    tz = _zone(zone)
     if kind == "month":
         first = local.replace(day=1)
         return _build(kind, first, _next_month(first), f"{first:%Y-%m}", tz)

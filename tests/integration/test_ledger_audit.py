@@ -297,3 +297,30 @@ async def test_restore_rebuilds_the_ledger_into_an_empty_database_with_equal_bal
         for name in names:
             await admin.execute(f"drop database if exists {name} with (force)")
         await admin.close()
+
+
+async def test_legs_need_their_entry_entries_their_archived_priced_and_the_archive_is_append_only(backend) -> None:
+    world, _, _ = await _settled_world(backend, count=2)
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        entry = await connection.fetchrow("select * from ledger.entries where chain = $1 order by sequence limit 1",
+                                          world.bu("shop"))
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="not in the journal"):
+            await connection.execute(
+                "insert into ledger.postings (entry_id, leg, ledger, account, debit, credit) values "
+                "($1, 0, 'money', 'bu:x:spend', 1, 0), ($1, 1, 'money', 'bu:y:revenue', 0, 1)", uuid.uuid4())
+        columns = [name for name in entry.keys() if name not in ("entry_id", "priced_id", "chain", "sequence")]
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="not in the archive"):
+            await connection.execute(
+                f"insert into ledger.entries (entry_id, priced_id, chain, sequence, {', '.join(columns)}) "
+                f"values ($1, $2, 'forged', 1, {', '.join(f'${index + 3}' for index in range(len(columns)))})",
+                uuid.uuid4(), uuid.uuid4(), *(entry[name] for name in columns))
+        for statement in ("delete from ledger.priced_archive where priced_id = $1",
+                          "update ledger.priced_archive set payload = payload where priced_id = $1"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await connection.execute(statement, entry["priced_id"])
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await connection.execute("truncate ledger.priced_archive cascade")
+        assert await connection.fetchval("select count(*) from ledger.entries where chain = 'forged'") == 0
+    finally:
+        await connection.close()
