@@ -4,6 +4,7 @@ and the bounded-retry, dead-letter path for batches that keep failing."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,13 @@ from tokenhub.services.common.outbox import relay
 RELAY_RETRY_S: Final = 1.0
 """How long the background relay waits after the broker or database failed it;
 the rows stay in the outbox meanwhile, so waiting loses nothing."""
+GC_THRESHOLDS: Final = (50_000, 50, 100)
+"""Allocations between young collections, then collections between older ones.
+A batch allocates hundreds of thousands of short-lived objects (events, dicts,
+Decimals); at Python's default (700, 10, 10) the collector ran hundreds of
+times a second and cost 8 % of the per-event CPU (measured on metering's core
+and the ledger's decoding). Nearly everything dies young, so fewer collections
+free the same memory a little later."""
 RETRIES_MAX: Final = 3
 RETRY_BACKOFF_S: Final = (0.2, 1.0, 3.0)
 """Bounded retries of a failing batch before the records are tried one by one
@@ -82,6 +90,7 @@ class Runtime:
     _relay_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        gc.set_threshold(*GC_THRESHOLDS)
         bootstrap_servers, database_url = self.settings.require_stack()
         self.pool = await create_pool(database_url)
         self.producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}")
@@ -90,6 +99,7 @@ class Runtime:
             start_http_server(self.settings.metrics_port)
         leftover = await self.relay()
         self._relay_task = asyncio.create_task(self._relay_loop(), name=f"{self.service}-relay")
+        gc.freeze()  # what start-up built lives as long as the process: no collection need look at it again
         log.info("service_started", service=self.service, outbox_relayed=leftover)
 
     async def stop(self) -> None:
