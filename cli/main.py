@@ -14,6 +14,7 @@ from tokenhub.cli import audit_commands, bench, commands, demo, invoicing_comman
 from tokenhub.cli.errors import CliError
 from tokenhub.infra.settings import load_settings
 from tokenhub.services.common.logging import configure_logging
+from tokenhub.services.common.runtime import collect_garbage_less_often
 
 EXIT_FAILURE = 1
 
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     configure_logging(load_settings())
+    collect_garbage_less_often()
     try:
         result = arguments.handler(arguments)
         code = asyncio.run(result) if asyncio.iscoroutine(result) else result
