@@ -1,6 +1,6 @@
 """The benchmark's baseline: one hop of plain aiokafka that consumes a topic
 and produces every record unchanged to the next, with the pipeline's producer
-settings and no logic. Four of these in four processes are what the pipeline
+settings, event loop and no logic. Four of these in four processes are what the pipeline
 is compared with.
 
     python -m tokenhub.infra.passthrough BOOTSTRAP SOURCE_TOPIC TARGET_TOPIC
@@ -12,6 +12,7 @@ import asyncio
 import signal
 import sys
 
+import uvloop
 from aiokafka import AIOKafkaConsumer
 
 from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, create_producer
@@ -42,4 +43,4 @@ async def hop(bootstrap_servers: str, source: str, target: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(hop(*sys.argv[1:4]))
+    uvloop.run(hop(*sys.argv[1:4]))  # the event loop the services run on
