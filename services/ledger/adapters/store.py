@@ -28,17 +28,15 @@ insert into ledger.chains (chain, sequence, head_hash)
 select * from unnest($1::text[], $2::bigint[], $3::text[])
 on conflict (chain) do update set sequence = excluded.sequence, head_hash = excluded.head_hash
 """
-INSERT_ENTRIES: Final = """
-insert into ledger.entries (entry_id, priced_id, kind, corrects_id, chain, sequence, payer_bu, consumer_bu,
-    provider_bu, app, model, amount, tokens, event_time, posted_at, entry_hash, previous_hash, payload)
-select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::bigint[], $7::text[],
-    $8::text[], $9::text[], $10::text[], $11::text[], $12::numeric[], $13::bigint[], $14::timestamptz[],
-    $15::timestamptz[], $16::text[], $17::text[], $18::bytea[])
-"""
-INSERT_POSTINGS: Final = """
-insert into ledger.postings (entry_id, leg, ledger, account, debit, credit)
-select * from unnest($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::numeric[], $6::numeric[])
-"""
+# Entries and legs are written with COPY: they never conflict (an entry's Priced
+# was claimed in the archive first) and COPY costs PostgreSQL about a third less
+# than `insert ... select * from unnest(...)` for a batch of a thousand entries
+# and their four thousand legs. The statement-level checks (legs balance and
+# belong to an entry, entries to an archived Priced) run for COPY as for INSERT.
+ENTRY_COLUMNS: Final = ("entry_id", "priced_id", "kind", "corrects_id", "chain", "sequence", "payer_bu", "consumer_bu",
+                        "provider_bu", "app", "model", "amount", "tokens", "event_time", "posted_at", "entry_hash",
+                        "previous_hash", "payload")
+POSTING_COLUMNS: Final = ("entry_id", "leg", "ledger", "account", "debit", "credit")
 UPSERT_BALANCES: Final = """
 insert into ledger.balances (ledger, account, debit_total, credit_total)
 select * from unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[])
@@ -67,38 +65,16 @@ async def lock_chain_heads(connection: asyncpg.Connection, chains: list[str]) ->
 
 async def write_entries(connection: asyncpg.Connection, posted: list[LedgerPosted], payloads: list[bytes]) -> None:
     ids = [entry_id(entry) for entry in posted]  # a uuid5 each: derived once, used by the entry and its legs
-    await connection.execute(
-        INSERT_ENTRIES,
-        ids,
-        [entry.priced_id for entry in posted],
-        [entry.kind for entry in posted],
-        [entry.corrects_id for entry in posted],
-        [entry.chain for entry in posted],
-        [entry.sequence for entry in posted],
-        [entry.payer_bu for entry in posted],
-        [entry.consumer_bu for entry in posted],
-        [entry.provider_bu for entry in posted],
-        [entry.app for entry in posted],
-        [entry.model for entry in posted],
-        [entry.amount for entry in posted],
-        [entry.tokens for entry in posted],
-        [entry.event_time for entry in posted],
-        [entry.posted_at for entry in posted],
-        [entry.entry_hash for entry in posted],
-        [entry.previous_hash for entry in posted],
-        payloads,
-    )
-    legs = [(identifier, index, posting) for identifier, entry in zip(ids, posted, strict=True)
-            for index, posting in enumerate(entry.postings)]
-    await connection.execute(
-        INSERT_POSTINGS,
-        [entry for entry, _, _ in legs],
-        [index for _, index, _ in legs],
-        [posting.ledger for _, _, posting in legs],
-        [posting.account for _, _, posting in legs],
-        [posting.debit for _, _, posting in legs],
-        [posting.credit for _, _, posting in legs],
-    )
+    await connection.copy_records_to_table("entries", schema_name="ledger", columns=ENTRY_COLUMNS, records=[
+        (identifier, entry.priced_id, entry.kind, entry.corrects_id, entry.chain, entry.sequence, entry.payer_bu,
+         entry.consumer_bu, entry.provider_bu, entry.app, entry.model, entry.amount, entry.tokens, entry.event_time,
+         entry.posted_at, entry.entry_hash, entry.previous_hash, payload)
+        for identifier, entry, payload in zip(ids, posted, payloads, strict=True)
+    ])
+    await connection.copy_records_to_table("postings", schema_name="ledger", columns=POSTING_COLUMNS, records=[
+        (identifier, index, posting.ledger, posting.account, posting.debit, posting.credit)
+        for identifier, entry in zip(ids, posted, strict=True) for index, posting in enumerate(entry.postings)
+    ])
 
 
 def entry_id(entry: LedgerPosted) -> uuid.UUID:
