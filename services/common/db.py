@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -36,3 +37,25 @@ async def create_pool(database_url: str, *, size_max: int = POOL_SIZE_MAX) -> as
     if pool is None:  # pragma: no cover - asyncpg returns None only when not awaited
         raise RuntimeError("could not create a database pool")
     return pool
+
+
+async def insert_new(connection: asyncpg.Connection, *, schema: str, table: str, columns: Sequence[str],
+                     records: list[tuple[Any, ...]], key_columns: int, fallback_sql: str) -> set[Any]:
+    """Insert rows some of which may be stored already (redeliveries, retries),
+    inside the caller's transaction, and return the keys of the rows inserted
+    now: the first `key_columns` values of a record (one value, or a tuple).
+
+    COPY first, in a savepoint: nearly every batch is new, and COPY costs
+    PostgreSQL about a third less than `insert ... select * from unnest(...)`.
+    A key already there fails the COPY with a unique violation; the savepoint is
+    rolled back and `fallback_sql` (that insert, `on conflict do nothing
+    returning` the key columns, taking one array per column) inserts the rest."""
+    if not records:
+        return set()
+    try:
+        async with connection.transaction():  # a savepoint within the caller's transaction
+            await connection.copy_records_to_table(table, schema_name=schema, columns=list(columns), records=records)
+    except asyncpg.UniqueViolationError:
+        rows = await connection.fetch(fallback_sql, *(list(values) for values in zip(*records, strict=True)))
+        return {row[0] for row in rows} if key_columns == 1 else {tuple(row) for row in rows}
+    return {record[0] for record in records} if key_columns == 1 else {record[:key_columns] for record in records}

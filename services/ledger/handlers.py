@@ -74,13 +74,7 @@ async def post_values(connection: asyncpg.Connection, values: Sequence[bytes], *
     for index, event in enumerate(events):
         first.setdefault(event.id, index)
     unique = sorted(first.values())
-    inserted = await connection.fetch(
-        store.INSERT_ARCHIVE,
-        [events[index].id for index in unique],
-        [hashes[index] for index in unique],
-        [payloads[index] for index in unique],
-    )
-    new_ids = {row["priced_id"] for row in inserted}
+    new_ids = await store.archive_priced(connection, [(events[index].id, hashes[index], payloads[index]) for index in unique])
     fresh_indexes = [index for index in unique if events[index].id in new_ids]
     fresh = [events[index] for index in fresh_indexes]
     outcome = BatchOutcome(received=len(events))

@@ -136,14 +136,8 @@ async def _dedup(connection, metered):  # noqa: ANN001, ANN202 - internal helper
     candidates = list(first_in_batch.values())
     if not candidates:
         return [], duplicates, conflicts
-    inserted = await connection.fetch(
-        store.INSERT_DEDUP,
-        [result.usage.source for _, result in candidates],
-        [result.usage.id for _, result in candidates],
-        [result.content_sha256 for _, result in candidates],
-        [result.usage.time for _, result in candidates],
-    )
-    inserted_keys = {(row["usage_source"], row["usage_id"]) for row in inserted}
+    inserted_keys = await store.claim_dedup_keys(connection, [
+        (result.usage.source, result.usage.id, result.content_sha256, result.usage.time) for _, result in candidates])
     fresh = [(incoming, result) for incoming, result in candidates if (result.usage.source, result.usage.id) in inserted_keys]
     seen_before = [(incoming, result) for incoming, result in candidates if (result.usage.source, result.usage.id) not in inserted_keys]
     if seen_before:

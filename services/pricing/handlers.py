@@ -35,15 +35,11 @@ async def handle_consumed_records(runtime: Runtime, records: Sequence[ConsumerRe
     events = [decode(TokenConsumed, record.value) for record in records]
     async with runtime.db().acquire() as connection, connection.transaction():
         await connection.execute(store.LOCK_BOOKS_SHARED)
-        inserted = await connection.fetch(
-            store.INSERT_ARCHIVE,
-            [event.id for event in events],
-            [event.payer_bu for event in events],
-            [event.model for event in events],
-            [event.event_time for event in events],
-            [record.value for record in records],
-        )
-        new_ids = {row["consumed_id"] for row in inserted}
+        first_copies: dict[uuid.UUID, tuple[TokenConsumed, bytes]] = {}
+        for event, record in zip(events, records, strict=True):
+            first_copies.setdefault(event.id, (event, record.value))
+        new_ids = await store.archive_consumed(connection, [
+            (event.id, event.payer_bu, event.model, event.event_time, value) for event, value in first_copies.values()])
         fresh = list({event.id: event for event in events if event.id in new_ids}.values())
         books = domain.BookIndex.of(await BOOKS.load(connection))
         priced, parked = await _price_and_park(connection, fresh, books)
@@ -86,16 +82,9 @@ async def stage_priced(connection: asyncpg.Connection, priced: Sequence[Priced])
     if not priced:
         return
     payloads = [canonical_json(event) for event in priced]
-    await connection.execute(
-        store.INSERT_PRICED,
-        [event.id for event in priced],
-        [event.consumed_id for event in priced],
-        [event.kind for event in priced],
-        [event.book_id for event in priced],
-        [event.book_version for event in priced],
-        [event.total_amount for event in priced],
-        payloads,
-    )
+    await store.insert_priced(connection, [
+        (event.id, event.consumed_id, event.kind, event.book_id, event.book_version, event.total_amount, payload)
+        for event, payload in zip(priced, payloads, strict=True)])
     await stage(connection, SCHEMA, [
         OutboxRow(TOKENS_PRICED.name, event.payer_bu.encode(), payload) for event, payload in zip(priced, payloads, strict=True)
     ])

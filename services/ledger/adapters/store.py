@@ -9,6 +9,7 @@ from typing import Final
 import asyncpg
 
 from tokenhub.contracts.events import LedgerPosted
+from tokenhub.services.common.db import insert_new
 from tokenhub.services.ledger.domain import ChainHead, entry_id_for
 
 INSERT_ARCHIVE: Final = """
@@ -17,6 +18,15 @@ select * from unnest($1::uuid[], $2::text[], $3::bytea[])
 on conflict (priced_id) do nothing
 returning priced_id
 """
+ARCHIVE_COLUMNS: Final = ("priced_id", "payload_sha256", "payload")
+
+
+async def archive_priced(connection: asyncpg.Connection, records: list[tuple[uuid.UUID, str, bytes]]) -> set[uuid.UUID]:
+    """Archive Priced rows (ARCHIVE_COLUMNS); the ids not archived before."""
+    return await insert_new(connection, schema="ledger", table="priced_archive", columns=ARCHIVE_COLUMNS,
+                            records=records, key_columns=1, fallback_sql=INSERT_ARCHIVE)
+
+
 SELECT_ARCHIVE_HASHES: Final = """
 select priced_id, payload_sha256 from ledger.priced_archive where priced_id = any($1::uuid[])
 """

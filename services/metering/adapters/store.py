@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Final
 
 import asyncpg
@@ -13,6 +14,7 @@ from tokenhub.contracts.registry import (
     ModelEntry,
     RegistryChanged,
 )
+from tokenhub.services.common.db import insert_new
 from tokenhub.services.metering.domain import Catalogue
 
 SELECT_BUSINESS_UNITS: Final = "select bu_id from metering.business_units where active"
@@ -33,6 +35,15 @@ select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
 on conflict do nothing
 returning usage_source, usage_id
 """
+DEDUP_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "event_time")
+
+
+async def claim_dedup_keys(connection: asyncpg.Connection, records: list[tuple[str, str, str, datetime]]) -> set[tuple[str, str]]:
+    """Store idempotency keys (DEDUP_COLUMNS); the (source, id) pairs not seen before."""
+    return await insert_new(connection, schema="metering", table="dedup", columns=DEDUP_COLUMNS, records=records,
+                            key_columns=2, fallback_sql=INSERT_DEDUP)
+
+
 SELECT_DEDUP: Final = """
 select usage_source, usage_id, content_sha256 from metering.dedup
 where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[]))

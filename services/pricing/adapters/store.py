@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final
+import uuid
+from typing import Any, Final
 
 import asyncpg
 
 from tokenhub.contracts.events import PriceBookPublished, decode
+from tokenhub.services.common.db import insert_new
 
 # Pricing consumption takes this lock shared and storing a book takes it
 # exclusively, so consumption parked for want of a book is always visible to
@@ -29,6 +31,22 @@ select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::
 on conflict (consumed_id) do nothing
 returning consumed_id
 """
+ARCHIVE_COLUMNS: Final = ("consumed_id", "payer_bu", "model", "event_time", "payload")
+PRICED_COLUMNS: Final = ("priced_id", "consumed_id", "kind", "book_id", "book_version", "total_amount", "payload")
+
+
+async def archive_consumed(connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> set[uuid.UUID]:
+    """Archive TokenConsumed rows (ARCHIVE_COLUMNS); the ids not archived before."""
+    return await insert_new(connection, schema="pricing", table="consumed_archive", columns=ARCHIVE_COLUMNS,
+                            records=records, key_columns=1, fallback_sql=INSERT_ARCHIVE)
+
+
+async def insert_priced(connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> set[uuid.UUID]:
+    """Store Priced rows (PRICED_COLUMNS); the ids not stored before."""
+    return await insert_new(connection, schema="pricing", table="priced", columns=PRICED_COLUMNS,
+                            records=records, key_columns=1, fallback_sql=INSERT_PRICED)
+
+
 INSERT_PARKED: Final = """
 insert into pricing.parked (consumed_id, model, event_time, reason)
 select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
