@@ -14,7 +14,7 @@ from typing import Any, Final, NamedTuple
 from pydantic import TypeAdapter
 
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import LedgerPosted, Posting, Priced
+from tokenhub.contracts.events import LedgerPosted, Posting, Priced, unchecked
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import format_amount
 
@@ -48,8 +48,8 @@ def _leg(ledger: str, debit_account: str, credit_account: str, quantity: Decimal
     if quantity < 0:
         debit_account, credit_account, quantity = credit_account, debit_account, -quantity
     return (
-        Posting.model_construct(ledger=ledger, account=debit_account, debit=quantity, credit=_ZERO),
-        Posting.model_construct(ledger=ledger, account=credit_account, debit=_ZERO, credit=quantity),
+        unchecked(Posting, {"ledger": ledger, "account": debit_account, "debit": quantity, "credit": _ZERO}),
+        unchecked(Posting, {"ledger": ledger, "account": credit_account, "debit": _ZERO, "credit": quantity}),
     )
 
 
@@ -141,14 +141,16 @@ def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead
     )
     entry_hash = hash_entry(content, head.head_hash)
     content["entry_hash"] = entry_hash
-    entry = LedgerPosted.model_construct(
-        id=posted_id, event_time=priced.event_time, cause_id=str(priced.id), priced_id=priced.id, kind=priced.kind,
-        corrects_id=priced.corrects_id, payer_bu=priced.payer_bu, consumer_bu=priced.consumer_bu,
-        provider_bu=priced.provider_bu, app=priced.app, model=priced.model, book_id=priced.book_id,
-        book_version=priced.book_version, currency=priced.currency, lines=priced.lines, amount=priced.total_amount,
-        tokens=priced.total_tokens, postings=legs, chain=head.chain, sequence=head.sequence + 1, entry_hash=entry_hash,
-        previous_hash=head.head_hash, posted_at=posted_at, invoice_id=priced.invoice_id,
-    )
+    entry = unchecked(LedgerPosted, {
+        "id": posted_id, "schema_version": 1, "event_time": priced.event_time, "cause_id": str(priced.id),
+        "type": LedgerPosted.TYPE, "priced_id": priced.id, "kind": priced.kind, "corrects_id": priced.corrects_id,
+        "payer_bu": priced.payer_bu, "consumer_bu": priced.consumer_bu, "provider_bu": priced.provider_bu,
+        "app": priced.app, "model": priced.model, "book_id": priced.book_id, "book_version": priced.book_version,
+        "currency": priced.currency, "lines": priced.lines, "amount": priced.total_amount,
+        "tokens": priced.total_tokens, "postings": legs, "chain": head.chain, "sequence": head.sequence + 1,
+        "entry_hash": entry_hash, "previous_hash": head.head_hash, "posted_at": posted_at,
+        "invoice_id": priced.invoice_id,
+    })
     return entry, canonical_json(content)
 
 

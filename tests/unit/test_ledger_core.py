@@ -11,7 +11,7 @@ import pytest
 
 import tokenhub.contracts
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import LedgerPosted, Posting, Priced, decode
+from tokenhub.contracts.events import LedgerPosted, MissingFields, Posting, Priced, decode, unchecked
 from tokenhub.contracts.ids import derive_id
 from tokenhub.services.ledger.domain import (
     GENESIS_HASH,
@@ -25,7 +25,7 @@ from tokenhub.services.ledger.domain import (
     post_batch,
     postings_for,
 )
-from tests.contract.examples import PRICED
+from tests.contract.examples import POSTED, PRICED
 
 POSTED_AT = datetime(2026, 3, 14, 3, 0, tzinfo=UTC)
 
@@ -110,3 +110,14 @@ def test_entries_equal_the_fully_validated_model_byte_for_byte(path: Path, poste
         assert decode(LedgerPosted, payload) == expected
         assert canonical_json(entry) == payload
     assert post(priced, head, posted_at) == expected_first
+
+
+def test_a_model_built_unchecked_equals_the_validated_one_and_needs_every_field() -> None:
+    values = {name: getattr(POSTED, name) for name in LedgerPosted.model_fields}
+    built = unchecked(LedgerPosted, dict(values))
+    assert built == POSTED and canonical_json(built) == canonical_json(POSTED)
+    assert built.model_fields_set == set(LedgerPosted.model_fields)
+    with pytest.raises(MissingFields, match="schema_version"):
+        unchecked(LedgerPosted, {name: value for name, value in values.items() if name != "schema_version"})
+    with pytest.raises(MissingFields, match="surplus"):
+        unchecked(LedgerPosted, values | {"surplus": 1})
