@@ -46,11 +46,6 @@ def _claim_sql(schema: str) -> str:
     )
 
 
-def pending_sql(schema: str) -> str:
-    """Events staged and not yet published (a row holds a batch of them)."""
-    return f"select coalesce(sum(cardinality(topics)), 0) from {schema}.outbox"
-
-
 async def stage(connection: asyncpg.Connection, schema: str, rows: list[OutboxRow]) -> None:
     """Add rows, as one staged batch, inside the caller's transaction."""
     if not rows:

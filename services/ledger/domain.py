@@ -100,10 +100,7 @@ def hashed_content(posted: LedgerPosted) -> dict[str, object]:
 
 def post(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
     """The next entry of the chain whose head is `head`, for one Priced."""
-    if posted_at.tzinfo is None:
-        raise ValueError("posting time needs a time zone")
-    posted_at = posted_at.astimezone(UTC)
-    return _post_one(priced, priced_content(priced), head, posted_at, _DATETIME_JSON.dump_python(posted_at, mode="json"))[0]
+    return _post_one(priced, priced_content(priced), head, *_posting_time(posted_at))[0]
 
 
 _FROM_PRICED: Final = ("event_time", "kind", "corrects_id", "payer_bu", "consumer_bu", "provider_bu", "app", "model",
@@ -111,6 +108,14 @@ _FROM_PRICED: Final = ("event_time", "kind", "corrects_id", "payer_bu", "consume
 """Fields an entry carries as its Priced has them, so their JSON form is taken from the Priced's."""
 
 _DATETIME_JSON: Final = TypeAdapter(datetime)
+
+
+def _posting_time(posted_at: datetime) -> tuple[datetime, str]:
+    """The posting time in UTC and as the entry's JSON writes it."""
+    if posted_at.tzinfo is None:
+        raise ValueError("posting time needs a time zone")
+    posted_at = posted_at.astimezone(UTC)
+    return posted_at, _DATETIME_JSON.dump_python(posted_at, mode="json")
 
 
 def priced_content(priced: Priced) -> dict[str, Any]:
@@ -165,10 +170,7 @@ def post_batch(priced: list[Priced], heads: dict[str, ChainHead], posted_at: dat
                contents: list[dict[str, Any]] | None = None) -> PostedBatch:
     """Post in arrival order, advancing each payer's chain. `contents` are the
     events' `priced_content`, when the caller has them already."""
-    if posted_at.tzinfo is None:
-        raise ValueError("posting time needs a time zone")
-    posted_at = posted_at.astimezone(UTC)
-    posted_at_json = _DATETIME_JSON.dump_python(posted_at, mode="json")
+    posted_at, posted_at_json = _posting_time(posted_at)
     if contents is None:
         contents = [priced_content(event) for event in priced]
     result = PostedBatch([], [], dict(heads))
