@@ -254,6 +254,9 @@ class EmbeddedPostgres:
 
 class EmbeddedStack:
     def __init__(self, state_dir: Path | None = None, durable: bool = False, statement_stats: bool = False) -> None:
+        # In a folder of its own, the database is dropped at stop (gigabytes after
+        # a benchmark) and the logs are kept for a look afterwards.
+        self.temporary = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="tokenhub-")).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(self.state_dir)
@@ -276,6 +279,8 @@ class EmbeddedStack:
     def stop(self) -> None:
         self.broker.stop()
         self.postgres.stop()
+        if self.temporary:
+            shutil.rmtree(self.postgres.data_dir, ignore_errors=True)
 
     def write_env_file(self, path: Path) -> None:
         endpoints = self.endpoints

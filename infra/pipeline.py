@@ -44,6 +44,7 @@ class LocalPipeline:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tokenhub-"))
         self.extra_env = with_http_port(env or {})
         self.stack = EmbeddedStack(state_dir=self.state_dir, statement_stats=statement_stats)
+        self.stack.temporary = state_dir is None
         self.endpoints: StackEndpoints | None = None
         self.services: ServiceProcesses | None = None
         self.service_names = services
