@@ -1,7 +1,7 @@
 """The benchmark's baseline: one hop of plain aiokafka that consumes a topic
 and produces every record unchanged to the next, with the pipeline's producer
-settings, event loop and no logic. Four of these in four processes are what the pipeline
-is compared with.
+settings, event loop and way of publishing, and no logic. Four of these in
+four processes are what the pipeline is compared with.
 
     python -m tokenhub.infra.passthrough BOOTSTRAP SOURCE_TOPIC TARGET_TOPIC
 """
@@ -15,7 +15,7 @@ import sys
 import uvloop
 from aiokafka import AIOKafkaConsumer
 
-from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, create_producer
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, create_producer, publish
 
 
 async def hop(bootstrap_servers: str, source: str, target: str) -> None:
@@ -31,11 +31,8 @@ async def hop(bootstrap_servers: str, source: str, target: str) -> None:
     try:
         while not stopping.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=BATCH_RECORDS_MAX)
-            futures = [await producer.send(target, record.value, key=record.key)
-                       for records in batches.values() for record in records]
-            for future in futures:
-                await future
-            if futures:
+            if await publish(producer, ((target, record.key, record.value)
+                                        for records in batches.values() for record in records)):
                 await consumer.commit()
     finally:
         await consumer.stop()

@@ -16,6 +16,8 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from tokenhub.services.common.kafka import publish
+
 RELAY_BATCHES_MAX: Final = 20
 """Staged batches per relay transaction: bounds the time a row lock is held and
 the events in memory (each batch holds at most a consumer batch's events, a few
@@ -68,13 +70,9 @@ async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str) -> 
             batches = sorted(await connection.fetch(_claim_sql(schema), RELAY_BATCHES_MAX), key=lambda row: row["seq"])
             if not batches:
                 return published
-            send = producer.send
-            futures = [await send(topic, value, key=key)
-                       for batch in batches
-                       for topic, key, value in zip(batch["topics"], batch["keys"], batch["values"], strict=True)]
-            for future in futures:
-                await future
-        published += len(futures)
+            published += await publish(producer, (
+                message for batch in batches
+                for message in zip(batch["topics"], batch["keys"], batch["values"], strict=True)))
         if len(batches) < RELAY_BATCHES_MAX:
             return published
 
