@@ -4,7 +4,6 @@ broker, database, topics, migrations and the four services as processes."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,10 +40,9 @@ class LocalPipeline:
 
     def __init__(self, state_dir: Path | None = None, env: dict[str, str] | None = None,
                  services: tuple[str, ...] = SERVICES, statement_stats: bool = False) -> None:
-        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tokenhub-"))
+        self.stack = EmbeddedStack(state_dir=state_dir, statement_stats=statement_stats)
+        self.state_dir = self.stack.state_dir
         self.extra_env = with_http_port(env or {})
-        self.stack = EmbeddedStack(state_dir=self.state_dir, statement_stats=statement_stats)
-        self.stack.temporary = state_dir is None
         self.endpoints: StackEndpoints | None = None
         self.services: ServiceProcesses | None = None
         self.service_names = services

@@ -69,8 +69,8 @@ async def publish(producer: AIOKafkaProducer, messages: Iterable[tuple[str, byte
     for topic, key, value in messages:
         if topic not in partitions:
             partitions[topic] = sorted(await producer.partitions_for(topic))
-        partition = chosen.get((topic, key)) if key is not None else None
-        if partition is None:
+        partition = chosen.get((topic, key))
+        if partition is None:  # a message without a key goes where the partitioner says, each time
             partition = _PARTITIONER(key, partitions[topic], partitions[topic])
             if key is not None:
                 chosen[(topic, key)] = partition

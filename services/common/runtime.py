@@ -56,8 +56,8 @@ log = structlog.get_logger()
 
 
 def collect_garbage_less_often() -> None:
-    """For processes that move many events: services, and the CLI's replay,
-    verify and benchmark."""
+    """Called once by `tokenhub` for every process it runs: the services (`tokenhub
+    run`) and the CLI's replay, verify and benchmark move many events."""
     gc.set_threshold(*GC_THRESHOLDS)
 
 
@@ -97,7 +97,6 @@ class Runtime:
     _relay_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        collect_garbage_less_often()
         bootstrap_servers, database_url = self.settings.require_stack()
         self.pool = await create_pool(database_url)
         self.producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}")

@@ -40,7 +40,7 @@ async def handle_consumed_records(runtime: Runtime, records: Sequence[ConsumerRe
             first_copies.setdefault(event.id, (event, record.value))
         new_ids = await store.archive_consumed(connection, [
             (event.id, event.payer_bu, event.model, event.event_time, value) for event, value in first_copies.values()])
-        fresh = list({event.id: event for event in events if event.id in new_ids}.values())
+        fresh = [event for event_id, (event, _) in first_copies.items() if event_id in new_ids]
         books = domain.BookIndex.of(await BOOKS.load(connection))
         priced, parked = await _price_and_park(connection, fresh, books)
         await bump_counters(connection, SCHEMA, {
