@@ -1,8 +1,10 @@
 """`tokenhub bench`: the whole pipeline on the embedded stack under realistic
 load, beside a plain aiokafka passthrough baseline measured in the same run.
 
-Phases: (1) baseline: the same payloads through four hops of plain aiokafka in
-four processes; (2) throughput: N usage events as fast as the producer goes,
+Phases: (1) baselines: the same payloads through four hops of plain aiokafka in
+four processes, the pipeline's ratio is taken against it, and side by side the
+same hops with confluent-kafka (librdkafka) and with FastStream on either
+client (`infra.passthrough`), each with its CPU per event per hop; (2) throughput: N usage events as fast as the producer goes,
 emitted -> committed in the ledger; (3) latency: events offered at a fixed rate,
 production -> ledger commit per sampled event; (4) replay from the archive and
 from the topic. CPU seconds and peak RSS are sampled per process throughout.
@@ -34,6 +36,7 @@ from tokenhub.cli.errors import CliError
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import PARTITIONS_DEFAULT
 from tokenhub.infra.embedded import free_port
+from tokenhub.infra.passthrough import CLIENTS
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
@@ -63,10 +66,20 @@ class ProcessStats:
 
 
 @dataclass
+class BaselineStats:
+    events_per_s: float = 0.0
+    hop_cpu_us_per_event: float = 0.0
+    """CPU of one hop process per event, averaged over the four hops."""
+
+
+@dataclass
 class Report:
     events: int
     instances: int
     baseline_events_per_s: float = 0.0
+    """Plain aiokafka, the services' client: what the ratio is taken against."""
+    baselines: dict[str, BaselineStats] = field(default_factory=dict)
+    """Each client's passthrough, side by side (aiokafka and librdkafka)."""
     pipeline_events_per_s: float = 0.0
     ratio_to_baseline: float = 0.0
     service_events_per_s: dict[str, float] = field(default_factory=dict)
@@ -82,6 +95,8 @@ class Report:
     verify_violations: int = -1
     """Invariant violations `verify` found after the run (-1: not run); must be 0."""
     processes: dict[str, ProcessStats] = field(default_factory=dict)
+    cpu_ms_per_event: float = 0.0
+    """CPU of every process (services, broker, database) per usage event of both phases."""
     counts: dict[str, int] = field(default_factory=dict)
     statements: list[dict[str, Any]] = field(default_factory=list)
     """PostgreSQL's busiest statements during the throughput phase (pg_stat_statements)."""
@@ -187,37 +202,45 @@ class Sampler:
         for name, process in self.processes.items():
             self.stats[name].peak_rss_mb = max(self.stats[name].peak_rss_mb, self._rss(process))
 
+    def cpu_used(self) -> dict[str, float]:
+        """CPU seconds of each process since the sampler was made."""
+        return {name: self._cpu(process) - self.start_cpu[name] for name, process in self.processes.items()}
+
     def finish(self) -> dict[str, ProcessStats]:
-        for name, process in self.processes.items():
-            self.stats[name].cpu_seconds = round(self._cpu(process) - self.start_cpu[name], 2)
+        for name, used in self.cpu_used().items():
+            self.stats[name].cpu_seconds = round(used, 2)
             self.stats[name].peak_rss_mb = round(self.stats[name].peak_rss_mb, 1)
         return self.stats
 
 
-async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]]) -> float:
-    """Events/s through four hops of plain aiokafka in four processes."""
+async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], client: str) -> BaselineStats:
+    """Events/s through four hops of plain `client` in four processes, and what
+    each hop spends per event."""
     import subprocess
 
-    topics = [f"bench.hop{index}" for index in range(HOPS + 1)]
+    topics = [f"bench.{client}.hop{index}" for index in range(HOPS + 1)]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS_DEFAULT, 1) for topic in topics])
     finally:
         await admin.close()
-    hops = [subprocess.Popen([sys.executable, "-m", "tokenhub.infra.passthrough", bootstrap_servers, topics[index],
-                              topics[index + 1]], start_new_session=True) for index in range(HOPS)]
-    consumer = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap_servers, group_id="bench-sink",
+    hops = [subprocess.Popen([sys.executable, "-m", "tokenhub.infra.passthrough", client, bootstrap_servers,
+                              topics[index], topics[index + 1]], start_new_session=True) for index in range(HOPS)]
+    consumer = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap_servers, group_id=f"bench-sink-{client}",
                                 auto_offset_reset="earliest", session_timeout_ms=6000)
     await consumer.start()
     try:
         await asyncio.sleep(8)  # the hops join their groups first, as the services do before a run
-        started = await _produce(bootstrap_servers, topics[0], values, label="baseline sent")
+        sampler = Sampler({f"hop{index}": process.pid for index, process in enumerate(hops)})
+        started = await _produce(bootstrap_servers, topics[0], values, label=f"baseline ({client}) sent")
         received = 0
         while received < len(values):
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
             received += sum(len(records) for records in batches.values())
-        return len(values) / (time.monotonic() - started)
+        events_per_s = len(values) / (time.monotonic() - started)
+        hop_cpu = sum(sampler.cpu_used().values()) / HOPS
+        return BaselineStats(round(events_per_s, 1), round(hop_cpu * 1e6 / len(values), 1))
     finally:
         await consumer.stop()
         for process in hops:
@@ -302,8 +325,10 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
                 pipeline.services.start(service, name=f"{service}-{index + 1}", extra_env={
                     "TOKENHUB_INSTANCE_INDEX": str(index), "TOKENHUB_HTTP_PORT": str(free_port())})
         if not arguments.skip_baseline:
-            print("baseline: plain aiokafka through four hops ...", file=sys.stderr)
-            report.baseline_events_per_s = round(await baseline(endpoints.bootstrap_servers, values), 1)
+            for client in CLIENTS:
+                print(f"baseline: plain {client} through four hops ...", file=sys.stderr)
+                report.baselines[client] = await baseline(endpoints.bootstrap_servers, values, client)
+            report.baseline_events_per_s = report.baselines["aiokafka"].events_per_s
         await _seed(pipeline)
         pids = {name: process.pid for name, process in pipeline.services.processes.items()}
         pids.update({"broker": pipeline.stack.broker.pid or 0, "postgres": pipeline.stack.postgres.pid or 0})
@@ -346,6 +371,8 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
         finally:
             await connection.close()
         report.processes = sampler.finish()
+        report.cpu_ms_per_event = round(sum(stats.cpu_seconds for stats in report.processes.values()) * 1000
+                                        / (count + report.latency_events), 3)
         await _replay(report, endpoints.bootstrap_servers, endpoints.database_url)
     finally:
         pipeline.stop()
@@ -386,7 +413,11 @@ def render(report: Report) -> str:
     lines = [
         f"Token Hub benchmark: {report.events:,} usage events, {report.instances} instance(s) per service, "
         f"{psutil.cpu_count()} cores",
-        f"  baseline (plain aiokafka, {HOPS} hops)     {report.baseline_events_per_s:>12,.0f} events/s",
+    ]
+    lines += [f"  {f'baseline ({client}, {HOPS} hops)':<41}{stats.events_per_s:>12,.0f} events/s"
+              f"   ({stats.hop_cpu_us_per_event:,.1f} us CPU per event per hop)"
+              for client, stats in report.baselines.items()]
+    lines += [
         f"  pipeline end to end (emitted -> ledger)  {report.pipeline_events_per_s:>12,.0f} events/s"
         + (f"   ({report.ratio_to_baseline:.2f} x baseline)" if report.ratio_to_baseline else ""),
     ]
@@ -399,9 +430,12 @@ def render(report: Report) -> str:
         f"   ({report.replay_events:,} Priced)",
         f"  verify (chains, published heads, invariants) {report.verify_seconds:>8,.1f} s   "
         + ("all hold" if report.verify_violations == 0 else f"{report.verify_violations} VIOLATIONS"),
-        "  process              CPU s   peak RSS MB",
+        f"  CPU per usage event, all processes       {report.cpu_ms_per_event:>12,.3f} ms",
+        "  process              CPU s   us per event   peak RSS MB",
     ]
-    lines += [f"  {name:<18} {stats.cpu_seconds:>7.1f} {stats.peak_rss_mb:>12.1f}" for name, stats in report.processes.items()]
+    per_event = 1e6 / max(1, report.events + report.latency_events)
+    lines += [f"  {name:<18} {stats.cpu_seconds:>7.1f} {stats.cpu_seconds * per_event:>14,.0f} {stats.peak_rss_mb:>13.1f}"
+              for name, stats in report.processes.items()]
     if report.statements:
         lines.append("  PostgreSQL's busiest statements in the throughput phase:")
         lines += [f"  {row['total_ms']:>10,.0f} ms {row['calls']:>7,} calls {row['rows']:>9,} rows  {row['query']}"

@@ -1,0 +1,43 @@
+"""`tokenhub bench` as a person runs it, small: its own embedded stack and
+services, every baseline client, both phases, replay and verify. What is
+checked is what the figures rest on (exact counts, invariants, a baseline per
+client); the figures themselves are not timed here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tokenhub.infra.passthrough import CLIENTS
+
+EVENTS = 400
+
+
+def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
+    finished = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", "bench", "--events", str(EVENTS), "--rate", "400",
+                               "--json", str(output)], env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    report = json.loads(output.read_text())
+
+    counts = report["counts"]
+    assert counts["metering.accepted"] == EVENTS
+    consumed = counts["metering.consumed"]
+    assert consumed > EVENTS  # the load has split usage: one usage event, several payers
+    assert counts["pricing.priced"] == counts["ledger.posted"] == counts["invoicing.postings"] == consumed
+    assert report["verify_violations"] == 0
+    # The latency phase stamps the same templates again, so both phases post the same number of Priced.
+    assert report["replay_events"] == 2 * consumed
+    assert report["latency_events"] == EVENTS
+
+    assert list(report["baselines"]) == list(CLIENTS)
+    assert all(baseline["events_per_s"] > 0 and baseline["hop_cpu_us_per_event"] > 0
+               for baseline in report["baselines"].values())
+    assert report["baseline_events_per_s"] == report["baselines"]["aiokafka"]["events_per_s"]
+    assert set(report["processes"]) == {"metering", "pricing", "ledger", "invoicing", "broker", "postgres"}
+    assert all(stats["cpu_seconds"] > 0 and stats["peak_rss_mb"] > 0 for stats in report["processes"].values())
+    assert "baseline (faststream-confluent, 4 hops)" in finished.stdout and "all hold" in finished.stdout
