@@ -14,16 +14,28 @@ POOL_SIZE_MAX: Final = 8
 COMMAND_TIMEOUT_S: Final = 60
 
 
-def _encode_json(value: Any) -> str:
+JSONB_VERSION: Final = b"\x01"
+"""jsonb's binary wire form is a version byte, then the JSON text."""
+
+
+def _encode_jsonb(value: Any) -> bytes:
     """JSON that is already bytes (an event as received, validated by its
     consumer) goes to jsonb as it is, without a parse and a dump per row."""
     if isinstance(value, bytes | bytearray):
-        return value.decode()
-    return orjson.dumps(value).decode()
+        return JSONB_VERSION + value
+    return JSONB_VERSION + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    if data[:1] != JSONB_VERSION:
+        raise ValueError(f"jsonb in an unknown binary version {data[:1]!r}")
+    return orjson.loads(data[1:])
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    await connection.set_type_codec("jsonb", encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog")
+    # Binary, so that COPY (binary only in asyncpg) can write jsonb columns too.
+    await connection.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog",
+                                    format="binary")
 
 
 async def create_pool(database_url: str, *, size_max: int = POOL_SIZE_MAX) -> asyncpg.Pool:

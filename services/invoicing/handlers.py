@@ -35,20 +35,11 @@ async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerReco
     async with runtime.db().acquire() as connection, connection.transaction():
         cycles = {row["payer_bu"]: row["kind"] for row in await connection.fetch(store.SELECT_CYCLES)}
         periods = [billing_period(event.event_time, cycles.get(event.payer_bu, "month"), zone) for event in events]
-        inserted = await connection.fetch(
-            store.INSERT_POSTINGS,
-            [event.id for event in events],
-            [event.payer_bu for event in events],
-            [period.name for period in periods],
-            [period.end for period in periods],
-            [event.event_time for event in events],
-            [event.chain for event in events],
-            [event.sequence for event in events],
-            [event.entry_hash for event in events],
-            # A period tier adjustment belongs to the invoice that computed it.
-            [event.invoice_id for event in events],
-            [record.value for record in records],  # decoded above, so valid JSON
-        )
+        inserted = await store.insert_postings(connection, [
+            (event.id, event.payer_bu, period.name, period.end, event.event_time, event.chain, event.sequence,
+             event.entry_hash, event.invoice_id,  # a period tier adjustment belongs to the invoice that computed it
+             record.value)  # decoded above, so valid JSON
+            for event, period, record in zip(events, periods, records, strict=True)])
         await bump_counters(connection, SCHEMA, {"postings": len(inserted), "duplicates": len(events) - len(inserted)})
     await close_due_periods(runtime)
     log.info("postings_received", received=len(events), new=len(inserted))

@@ -13,7 +13,7 @@ import pytest
 from tokenhub.cli.queries import balances, replay_topic
 from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.topics import TOKENS_CONSUMED, TOKENS_PRICED
+from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
 from tests.integration.support import SETTLE_TIMEOUT_S, World, delta, emit, read_counters, wait_settled
@@ -95,19 +95,25 @@ async def test_duplicates_are_stopped_by_the_layer_they_reach(backend) -> None:
         priced = await connection.fetch(
             "select payload from ledger.priced_archive where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1",
             world.bu("shop"))
+        posted = await connection.fetch("select payload::text from invoicing.postings where payer_bu = $1", world.bu("shop"))
     finally:
         await connection.close()
-    assert len(consumed) == 50 and len(priced) == 50
+    assert len(consumed) == 50 and len(priced) == 50 and len(posted) == 50
     await publish_events(world.settings, TOKENS_CONSUMED.name, [(row["payer_bu"].encode(), row["payload"]) for row in consumed])
     await publish_events(world.settings, TOKENS_PRICED.name, [(world.bu("shop").encode(), row["payload"]) for row in priced])
+    # And the same LedgerPosted again: invoicing's postings stop them.
+    await publish_events(world.settings, LEDGER_POSTED.name, [(world.bu("shop").encode(), row["payload"].encode())
+                                                              for row in posted])
 
     async def stopped() -> bool:
         now = await read_counters(world.settings)
         return (delta(now, settled_twice, "pricing.duplicates") == 50
-                and delta(now, settled_twice, "ledger.duplicates") == 50)
-    await wait_until(stopped, 60, "pricing and the ledger to stop the duplicates")
+                and delta(now, settled_twice, "ledger.duplicates") == 50
+                and delta(now, settled_twice, "invoicing.duplicates") == 50)
+    await wait_until(stopped, 60, "pricing, the ledger and invoicing to stop the duplicates")
     final = await read_counters(world.settings)
     assert delta(final, settled_twice, "ledger.posted") == 0
+    assert delta(final, settled_twice, "invoicing.postings") == 0
     assert delta(final, first, "ledger.posted") == 50
     assert (await _balances_by_bu(world))[world.bu("shop")].spend == spend_once
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
+import asyncpg
+
+from tokenhub.services.common.db import insert_new
+
+POSTING_COLUMNS: Final = ("posting_id", "payer_bu", "period", "period_end", "event_time", "chain", "sequence", "entry_hash",
+                          "invoice_id", "payload")
 INSERT_POSTINGS: Final = """
 insert into invoicing.postings (posting_id, payer_bu, period, period_end, event_time, chain, sequence, entry_hash,
     invoice_id, payload)
@@ -12,6 +18,14 @@ select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::
 on conflict (posting_id) do nothing
 returning posting_id
 """
+
+
+async def insert_postings(connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> set[Any]:
+    """Store postings (POSTING_COLUMNS); the ids not stored before."""
+    return await insert_new(connection, schema="invoicing", table="postings", columns=POSTING_COLUMNS, records=records,
+                            key_columns=1, fallback_sql=INSERT_POSTINGS)
+
+
 SELECT_CYCLES: Final = "select payer_bu, kind from invoicing.billing_cycles"
 UPSERT_CYCLE: Final = """
 insert into invoicing.billing_cycles (payer_bu, kind, actor, reason, changed_at) values ($1, $2, $3, $4, $5)
