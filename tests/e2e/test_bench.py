@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenhub.infra.passthrough import CLIENTS
 
 EVENTS = 400
+TRACE_ROWS = 200
 
 
 def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path) -> None:
@@ -41,3 +42,33 @@ def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path
     assert set(report["processes"]) == {"metering", "pricing", "ledger", "invoicing", "broker", "postgres"}
     assert all(stats["cpu_seconds"] > 0 and stats["peak_rss_mb"] > 0 for stats in report["processes"].values())
     assert "baseline (faststream-confluent, 4 hops)" in finished.stdout and "all hold" in finished.stdout
+
+
+def test_bench_replays_a_trace_at_its_own_pace(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    models = ("qwen-max", "qwen-turbo", "qwen-plus", "qwen3-coder-plus")
+    trace.write_text("timestamp_ms,model,input_tokens,output_tokens\n" + "".join(
+        f"{1_700_000_000_000 + index * 10},{models[index % len(models)]},{100 + index * 37},{index * 11}\n"
+        for index in range(TRACE_ROWS)))
+    output = tmp_path / "bench.json"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
+    finished = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", "bench", "--trace", str(trace), "--skip-baseline",
+                               "--rate", "300", "--json", str(output)], env=environment, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["events"] == TRACE_ROWS  # without --events, the trace once
+    assert report["counts"]["metering.accepted"] == TRACE_ROWS
+    assert report["counts"]["ledger.posted"] == report["counts"]["metering.consumed"] >= TRACE_ROWS
+    assert report["verify_violations"] == 0 and report["baselines"] == {}
+
+
+def test_bench_refuses_a_bad_trace_in_one_line(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("timestamp_ms,model,input_tokens\n1,qwen-max,3\n")
+    finished = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", "bench", "--trace", str(trace)],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode != 0
+    assert finished.stderr.strip().splitlines()[-1].endswith("the header lacks output_tokens "
+                                                             "(wanted timestamp_ms,model,input_tokens,output_tokens)")
+    assert "Traceback" not in finished.stderr
