@@ -2,9 +2,10 @@
 load, beside a plain aiokafka passthrough baseline measured in the same run.
 
 Phases: (1) baselines: the same payloads through four hops of plain aiokafka in
-four processes, the pipeline's ratio is taken against it, and side by side the
-same hops with confluent-kafka (librdkafka) and with FastStream on either
-client (`infra.passthrough`), each with its CPU per event per hop; (2) throughput: N usage events as fast as the producer goes,
+four processes (the pipeline's ratio is taken against it) and, side by side,
+the same hops with confluent-kafka (librdkafka) and with FastStream on either
+client (`infra.passthrough`), each with its CPU per event per hop; (2)
+throughput: N usage events as fast as the producer goes,
 emitted -> committed in the ledger; (3) latency: events offered at a fixed rate,
 production -> ledger commit per sampled event; (4) replay from the archive and
 from the topic. CPU seconds and peak RSS are sampled per process throughout.
@@ -79,7 +80,7 @@ class Report:
     baseline_events_per_s: float = 0.0
     """Plain aiokafka, the services' client: what the ratio is taken against."""
     baselines: dict[str, BaselineStats] = field(default_factory=dict)
-    """Each client's passthrough, side by side (aiokafka and librdkafka)."""
+    """Each client's passthrough, side by side (`infra.passthrough.CLIENTS`)."""
     pipeline_events_per_s: float = 0.0
     ratio_to_baseline: float = 0.0
     service_events_per_s: dict[str, float] = field(default_factory=dict)
@@ -271,9 +272,14 @@ async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], cl
         sampler = Sampler({f"hop{index}": process.pid for index, process in enumerate(hops)})
         started = await _produce(bootstrap_servers, topics[0], values, label=f"baseline ({client}) sent")
         received = 0
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while received < len(values):
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
             received += sum(len(records) for records in batches.values())
+            stopped = [process.returncode for process in hops if process.poll() is not None]
+            if stopped or time.monotonic() > deadline:
+                raise CliError(f"the {client} baseline stopped at {received:,} of {len(values):,} events"
+                               + (f": a hop exited with {stopped[0]}" if stopped else ""))
         events_per_s = len(values) / (time.monotonic() - started)
         hop_cpu = sum(sampler.cpu_used().values()) / HOPS
         return BaselineStats(round(events_per_s, 1), round(hop_cpu * 1e6 / len(values), 1))

@@ -125,7 +125,7 @@ def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
 async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, confluent: bool) -> None:
     from faststream.middlewares import AckPolicy
 
-    from tokenhub.services.common.app import BATCH_WAIT_MS, raw_decoder
+    from tokenhub.services.common.app import BATCH_WAIT_MS, raw_decoder, tolerant_parser
 
     settings = {"group_id": f"passthrough-{'faststream-confluent' if confluent else 'faststream'}-{source}",
                 "batch": True, "max_records": BATCH_RECORDS_MAX, "auto_offset_reset": "earliest",
@@ -151,7 +151,7 @@ async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, co
         broker = KafkaBroker(bootstrap_servers, client_id=f"passthrough-{source}", logger=None)
         producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
 
-        @broker.subscriber(source, batch_timeout_ms=BATCH_WAIT_MS, **settings)
+        @broker.subscriber(source, batch_timeout_ms=BATCH_WAIT_MS, parser=tolerant_parser, **settings)
         async def forward(body: list[bytes], message: KafkaMessage) -> None:
             await publish(producer, ((target, record.key, record.value) for record in message.raw_message))
 
