@@ -36,7 +36,8 @@ def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path
     assert report["latency_events"] == EVENTS
 
     assert list(report["baselines"]) == list(CLIENTS)
-    assert all(baseline["events_per_s"] > 0 and baseline["hop_cpu_us_per_event"] > 0
+    # A hop's CPU over 400 events can be below the clock tick, so only its presence is held here.
+    assert all(baseline["events_per_s"] > 0 and baseline["hop_cpu_us_per_event"] >= 0
                for baseline in report["baselines"].values())
     assert report["baseline_events_per_s"] == report["baselines"]["aiokafka"]["events_per_s"]
     assert set(report["processes"]) == {"metering", "pricing", "ledger", "invoicing", "broker", "postgres"}
