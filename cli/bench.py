@@ -209,10 +209,15 @@ class Sampler:
 
     @staticmethod
     def _cpu(process: psutil.Process) -> float:
+        """User and system CPU of a process and its children, those still running
+        and those it has reaped: PostgreSQL's autovacuum workers live for
+        seconds, and their CPU is counted once they exit too."""
         try:
-            total = sum(process.cpu_times()[:2])
+            times = process.cpu_times()
+            total = times.user + times.system + times.children_user + times.children_system
             for child in process.children(recursive=True):
-                total += sum(child.cpu_times()[:2])
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
             return total
         except psutil.Error:
             return 0.0
