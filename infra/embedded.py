@@ -34,13 +34,7 @@ POSTGRES_USER: Final = "postgres"
 DATABASE: Final = "tokenhub"
 SYSTEM_USER: Final = "embedded_postgres"  # postgres refuses to run as root
 LOG_TAIL_LINES: Final = 20
-AUTOVACUUM_NAPTIME_S: Final = 30
-"""How often autovacuum looks at the tables. 2 s suited the outboxes of one row
-per event, whose dead rows slowed the relay's claim within seconds; an outbox row
-is now a whole batch, so a few hundred dead rows at most wait for a vacuum. At
-2 s autovacuum vacuumed and analysed every growing archive again and again: its
-workers used about a third of PostgreSQL's CPU (5 of 16 CPU s in a 40,000-event
-`tokenhub bench`), at 30 s they use far less (PostgreSQL 10.6-11.7 CPU s)."""
+AUTOVACUUM_NAPTIME_S: Final = 2
 
 log = structlog.get_logger()
 
@@ -200,7 +194,7 @@ class EmbeddedPostgres:
                 check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
             )
         options = ["-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=256MB",
-                   # Outbox rows live milliseconds: their vacuum thresholds are set per table,
+                   # Outboxes churn (a row lives milliseconds); their vacuum thresholds are set per table,
                    # and this is how often autovacuum looks at all.
                    "-c", f"autovacuum_naptime={AUTOVACUUM_NAPTIME_S}"]
         if self.statement_stats:
