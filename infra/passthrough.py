@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
     FETCH_WAIT_MS_MAX,
-    HEARTBEAT_INTERVAL_MS,
+    PARTITION_FETCH_BYTES_MAX,
     PRODUCER_BATCH_BYTES,
     PRODUCER_LINGER_MS,
     PRODUCER_REQUEST_BYTES_MAX,
@@ -43,7 +43,6 @@ from tokenhub.services.common.kafka import (
 )
 
 CLIENTS: Final = ("aiokafka", "confluent", "faststream", "faststream-confluent")
-PARTITION_FETCH_BYTES_MAX: Final = 4 * 1024 * 1024
 
 
 async def aiokafka_hop(bootstrap_servers: str, source: str, target: str) -> None:
@@ -123,15 +122,9 @@ def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
 
 
 async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, confluent: bool) -> None:
-    from faststream.middlewares import AckPolicy
+    from tokenhub.services.common.app import BATCH_WAIT_MS, batch_subscriber_options, tolerant_parser
 
-    from tokenhub.services.common.app import BATCH_WAIT_MS, raw_decoder, tolerant_parser
-
-    settings = {"group_id": f"passthrough-{'faststream-confluent' if confluent else 'faststream'}-{source}",
-                "batch": True, "max_records": BATCH_RECORDS_MAX, "auto_offset_reset": "earliest",
-                "ack_policy": AckPolicy.NACK_ON_ERROR, "session_timeout_ms": SESSION_TIMEOUT_MS,
-                "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS, "max_partition_fetch_bytes": PARTITION_FETCH_BYTES_MAX,
-                "fetch_max_wait_ms": FETCH_WAIT_MS_MAX, "decoder": raw_decoder}
+    settings = batch_subscriber_options(f"passthrough-{'faststream-confluent' if confluent else 'faststream'}-{source}")
     if confluent:
         from faststream.confluent import KafkaBroker as ConfluentBroker
         from faststream.confluent import KafkaMessage as ConfluentMessage

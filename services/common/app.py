@@ -12,7 +12,13 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 
-from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+from tokenhub.services.common.kafka import (
+    BATCH_RECORDS_MAX,
+    FETCH_WAIT_MS_MAX,
+    HEARTBEAT_INTERVAL_MS,
+    PARTITION_FETCH_BYTES_MAX,
+    SESSION_TIMEOUT_MS,
+)
 from tokenhub.services.common.runtime import Runtime
 
 BATCH_WAIT_MS = 100
@@ -50,28 +56,35 @@ def create_broker(runtime: Runtime) -> KafkaBroker:
     return KafkaBroker(bootstrap_servers, client_id=f"tokenhub-{runtime.service}", logger=None)
 
 
+def batch_subscriber_options(group_id: str) -> dict[str, Any]:
+    """What every service's batch subscriber is given, whichever FastStream
+    broker it is on: batches of up to BATCH_RECORDS_MAX records as bytes, and
+    offsets committed only after the handler succeeded (NACK_ON_ERROR rewinds
+    the batch on an error, never skips it). The benchmark's FastStream hops take
+    the same (`infra.passthrough`)."""
+    return {
+        "group_id": group_id,
+        "batch": True,
+        "max_records": BATCH_RECORDS_MAX,
+        "auto_offset_reset": "earliest",
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+        "max_partition_fetch_bytes": PARTITION_FETCH_BYTES_MAX,
+        "fetch_max_wait_ms": FETCH_WAIT_MS_MAX,
+        "decoder": raw_decoder,
+    }
+
+
 def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, handler: RecordsHandler) -> None:
-    """A batch subscriber that commits offsets only after `handler` succeeded:
-    on an error the batch is rewound (NACK_ON_ERROR), never skipped."""
+    """A batch subscriber (`batch_subscriber_options`) that hands `handler` the
+    records as received, with the runtime's bounded retries and dead letters."""
 
     async def consume(body: list[bytes], message: KafkaMessage) -> None:
         await runtime.process(message.raw_message, lambda records: handler(runtime, records))
 
-    broker.subscriber(
-        topic,
-        group_id=group_id,
-        batch=True,
-        max_records=BATCH_RECORDS_MAX,
-        batch_timeout_ms=BATCH_WAIT_MS,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=FETCH_WAIT_MS_MAX,
-        parser=tolerant_parser,
-        decoder=raw_decoder,
-    )(consume)
+    broker.subscriber(topic, batch_timeout_ms=BATCH_WAIT_MS, parser=tolerant_parser,
+                      **batch_subscriber_options(group_id))(consume)
 
 
 def create_app(runtime: Runtime, broker: KafkaBroker) -> FastStream:

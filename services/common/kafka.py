@@ -25,6 +25,8 @@ at 50 ms). Much lower costs throughput: at 20 ms the consumers' empty fetches
 tripled the broker's CPU and the pipeline moved a quarter fewer events; at
 100 ms it moves as many as at 500 ms, and p99 to the ledger at 1,000 events/s
 offered fell under 0.6 s (`tokenhub bench --rate 1000`)."""
+PARTITION_FETCH_BYTES_MAX: Final = 4 * 1024 * 1024
+"""Per partition and fetch: room for a full batch of the largest events."""
 BATCH_RECORDS_MAX: Final = 1_000
 """Records per handler call: large enough to amortise a transaction, small
 enough that a batch commits well within the poll interval."""

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, TOKENS_PRICED
 from tokenhub.infra.topics import broker_cluster_id
-from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX
+from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, PARTITION_FETCH_BYTES_MAX
 from tokenhub.services.common.runtime import INFRASTRUCTURE_ERRORS, Runtime, maybe_crash
 from tokenhub.services.ledger import handlers
 from tokenhub.services.ledger.adapters import store
@@ -48,7 +48,7 @@ class LedgerConsumer:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_wait_ms=FETCH_WAIT_MS_MAX,
         )
         await self.consumer.start()
