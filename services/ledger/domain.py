@@ -54,6 +54,7 @@ def _leg(ledger: str, debit_account: str, credit_account: str, quantity: Decimal
 
 
 _ZERO: Final = Decimal(0)
+_ZERO_TEXT: Final = format_amount(_ZERO)
 
 
 def postings_for(priced: Priced) -> tuple[Posting, ...]:
@@ -123,9 +124,16 @@ def priced_content(priced: Priced) -> dict[str, Any]:
     return priced.model_dump(mode="json", exclude_none=True)
 
 
-def _posting_content(posting: Posting) -> dict[str, str]:
-    return {"ledger": posting.ledger, "account": posting.account,
-            "debit": format_amount(posting.debit), "credit": format_amount(posting.credit)}
+def _postings_content(legs: tuple[Posting, ...]) -> list[dict[str, str]]:
+    """The legs' JSON form. Each quantity is formatted once: a leg pair moves one
+    quantity, and every leg's other side is zero."""
+    texts: dict[Decimal, str] = {_ZERO: _ZERO_TEXT}
+    content = []
+    for leg in legs:
+        debit = texts.get(leg.debit) or texts.setdefault(leg.debit, format_amount(leg.debit))
+        credit = texts.get(leg.credit) or texts.setdefault(leg.credit, format_amount(leg.credit))
+        content.append({"ledger": leg.ledger, "account": leg.account, "debit": debit, "credit": credit})
+    return content
 
 
 def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead, posted_at: datetime,
@@ -136,18 +144,19 @@ def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead
     plus the postings and the chain. A unit test holds the bytes equal to
     `canonical_json(entry)` and the entry equal to its validated parse."""
     legs = postings_for(priced)
-    posted_id = derive_id("posted", str(priced.id))
+    priced_id = content_of_priced["id"]
+    posted_id = derive_id("posted", priced_id)
     content = {name: content_of_priced[name] for name in _FROM_PRICED if name in content_of_priced}
     content.update(
-        id=str(posted_id), schema_version=1, cause_id=str(priced.id), type=LedgerPosted.TYPE, priced_id=str(priced.id),
+        id=str(posted_id), schema_version=1, cause_id=priced_id, type=LedgerPosted.TYPE, priced_id=priced_id,
         amount=content_of_priced["total_amount"], tokens=content_of_priced["total_tokens"],
-        postings=[_posting_content(leg) for leg in legs], chain=head.chain, sequence=head.sequence + 1,
+        postings=_postings_content(legs), chain=head.chain, sequence=head.sequence + 1,
         previous_hash=head.head_hash, posted_at=posted_at_json,
     )
     entry_hash = hash_entry(content, head.head_hash)
     content["entry_hash"] = entry_hash
     entry = unchecked(LedgerPosted, {
-        "id": posted_id, "schema_version": 1, "event_time": priced.event_time, "cause_id": str(priced.id),
+        "id": posted_id, "schema_version": 1, "event_time": priced.event_time, "cause_id": priced_id,
         "type": LedgerPosted.TYPE, "priced_id": priced.id, "kind": priced.kind, "corrects_id": priced.corrects_id,
         "payer_bu": priced.payer_bu, "consumer_bu": priced.consumer_bu, "provider_bu": priced.provider_bu,
         "app": priced.app, "model": priced.model, "book_id": priced.book_id, "book_version": priced.book_version,
