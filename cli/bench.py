@@ -71,6 +71,9 @@ class BaselineStats:
     events_per_s: float = 0.0
     hop_cpu_us_per_event: float = 0.0
     """CPU of one hop process per event, averaged over the four hops."""
+    broker_cpu_us_per_event: float = 0.0
+    """The broker's CPU per event through all four hops: what the same payloads
+    cost it as plain traffic, beside what the pipeline costs it per usage event."""
 
 
 @dataclass
@@ -255,9 +258,10 @@ class Sampler:
         return self.stats
 
 
-async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], client: str) -> BaselineStats:
+async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], client: str,
+                   broker_pid: int) -> BaselineStats:
     """Events/s through four hops of plain `client` in four processes, and what
-    each hop spends per event."""
+    each hop and the broker spend per event."""
     import subprocess
 
     topics = [f"bench.{client}.hop{index}" for index in range(HOPS + 1)]
@@ -274,7 +278,7 @@ async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], cl
     await consumer.start()
     try:
         await asyncio.sleep(8)  # the hops join their groups first, as the services do before a run
-        sampler = Sampler({f"hop{index}": process.pid for index, process in enumerate(hops)})
+        sampler = Sampler({"broker": broker_pid} | {f"hop{index}": process.pid for index, process in enumerate(hops)})
         started = await _produce(bootstrap_servers, topics[0], values, label=f"baseline ({client}) sent")
         received = 0
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
@@ -286,8 +290,11 @@ async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], cl
                 raise CliError(f"the {client} baseline stopped at {received:,} of {len(values):,} events"
                                + (f": a hop exited with {stopped[0]}" if stopped else ""))
         events_per_s = len(values) / (time.monotonic() - started)
-        hop_cpu = sum(sampler.cpu_used().values()) / HOPS
-        return BaselineStats(round(events_per_s, 1), round(hop_cpu * 1e6 / len(values), 1))
+        used = sampler.cpu_used()
+        broker_cpu = used.pop("broker")
+        hop_cpu = sum(used.values()) / HOPS
+        return BaselineStats(round(events_per_s, 1), round(hop_cpu * 1e6 / len(values), 1),
+                             round(broker_cpu * 1e6 / len(values), 1))
     finally:
         await consumer.stop()
         for process in hops:
@@ -374,7 +381,8 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
         if not arguments.skip_baseline:
             for client in CLIENTS:
                 print(f"baseline: plain {client} through four hops ...", file=sys.stderr)
-                report.baselines[client] = await baseline(endpoints.bootstrap_servers, values, client)
+                report.baselines[client] = await baseline(endpoints.bootstrap_servers, values, client,
+                                                          pipeline.stack.broker.pid or 0)
             report.baseline_events_per_s = report.baselines["aiokafka"].events_per_s
         await _seed(pipeline)
         pids = {name: process.pid for name, process in pipeline.services.processes.items()}
@@ -460,7 +468,8 @@ def render(report: Report) -> str:
         f"{psutil.cpu_count()} cores",
     ]
     lines += [f"  {f'baseline ({client}, {HOPS} hops)':<41}{stats.events_per_s:>12,.0f} events/s"
-              f"   ({stats.hop_cpu_us_per_event:,.1f} us CPU per event per hop)"
+              f"   ({stats.hop_cpu_us_per_event:,.1f} us CPU per event per hop,"
+              f" broker {stats.broker_cpu_us_per_event:,.1f} us per event)"
               for client, stats in report.baselines.items()]
     lines += [
         f"  pipeline end to end (emitted -> ledger)  {report.pipeline_events_per_s:>12,.0f} events/s"
