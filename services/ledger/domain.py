@@ -125,13 +125,15 @@ def priced_content(priced: Priced) -> dict[str, Any]:
 
 
 def _postings_content(legs: tuple[Posting, ...]) -> list[dict[str, str]]:
-    """The legs' JSON form. Each quantity is formatted once: a leg pair moves one
-    quantity, and every leg's other side is zero."""
-    texts: dict[Decimal, str] = {_ZERO: _ZERO_TEXT}
+    """The legs' JSON form. Each quantity is formatted once: both legs of a pair
+    hold the same Decimal, and every leg's other side is `_ZERO` (`_leg`). Texts
+    are looked up by identity, so a value formats exactly as `format_amount`
+    would format it (a negative zero keeps its sign)."""
+    texts: dict[int, str] = {id(_ZERO): _ZERO_TEXT}
     content = []
     for leg in legs:
-        debit = texts.get(leg.debit) or texts.setdefault(leg.debit, format_amount(leg.debit))
-        credit = texts.get(leg.credit) or texts.setdefault(leg.credit, format_amount(leg.credit))
+        debit = texts.get(id(leg.debit)) or texts.setdefault(id(leg.debit), format_amount(leg.debit))
+        credit = texts.get(id(leg.credit)) or texts.setdefault(id(leg.credit), format_amount(leg.credit))
         content.append({"ledger": leg.ledger, "account": leg.account, "debit": debit, "credit": credit})
     return content
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 import tokenhub.contracts
@@ -110,6 +111,20 @@ def test_entries_equal_the_fully_validated_model_byte_for_byte(path: Path, poste
         assert decode(LedgerPosted, payload) == expected
         assert canonical_json(entry) == payload
     assert post(priced, head, posted_at) == expected_first
+
+
+def test_a_free_reversal_keeps_its_negative_zero_byte_for_byte() -> None:
+    """Reversing usage priced at nothing gives amounts of -0 at twelve places,
+    which the validated model writes with their sign: the fast path, which
+    formats each quantity once, must write them the same."""
+    reversal = orjson.loads((Path(tokenhub.contracts.__file__).parent / "golden" / "priced_reversal.json").read_bytes())
+    for line in reversal["lines"]:
+        line.update(unit_price_per_million="0.000000000000", amount="-0.000000000000")
+    priced = decode(Priced, orjson.dumps(reversal | {"total_amount": "-0.000000000000"}))
+    head = ChainHead(priced.payer_bu, 3, "ab" * 32)
+    (entry,), (payload,), _ = post_batch([priced], {priced.payer_bu: head}, POSTED_AT)
+    assert payload == canonical_json(_validated_entry(priced, head, POSTED_AT)) == canonical_json(entry)
+    assert orjson.loads(payload)["postings"][0]["debit"] == "-0.000000000000"
 
 
 def test_a_model_built_unchecked_equals_the_validated_one_and_needs_every_field() -> None:
