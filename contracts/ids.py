@@ -56,6 +56,13 @@ def priced_id(consumed: uuid.UUID, book_id: str, book_version: int | None, kind:
     return derive_id("priced", str(consumed), kind, book_id, str(book_version))
 
 
+def posted_id(priced: uuid.UUID | str) -> uuid.UUID:
+    """The id of the `LedgerPosted` that posts a Priced: the ledger posts each
+    Priced once, so a reader finds a Priced's event (invoicing: its posting) by
+    key."""
+    return derive_id("posted", str(priced))
+
+
 _SLUGS_SEEN: set[str] = set()
 SLUGS_SEEN_MAX: Final = 10_000
 """Slugs already checked, so each event's business units cost a set lookup: a

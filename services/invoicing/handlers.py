@@ -13,7 +13,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, LedgerPosted, Priced, PriceBookPublished, PricedLine, decode
-from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.ids import derive_id, posted_id
 from tokenhub.contracts.periods import Period, billing_period, parse
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
@@ -191,9 +191,11 @@ async def _issue(connection: asyncpg.Connection, settings: Settings, books: Book
     await connection.execute(store.ASSIGN_POSTINGS, invoice.invoice_id, payer_bu, period.end)
     # Reversals on this invoice are credit notes for the invoices that carried the
     # charges: those are marked credited; their issued content never changes.
-    reversed_ids = [posted.corrects_id for _, posted in postings if posted.kind == "reversal" and posted.corrects_id]
-    if reversed_ids:
-        await connection.execute(store.MARK_CREDITED, reversed_ids, invoice.invoice_id)
+    # The charges' postings are found by key: a Priced's entry id is derived from its id.
+    reversed_postings = [posted_id(posted.corrects_id) for _, posted in postings
+                         if posted.kind == "reversal" and posted.corrects_id]
+    if reversed_postings:
+        await connection.execute(store.MARK_CREDITED, reversed_postings, invoice.invoice_id)
     rows_out = [OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)]
     rows_out += [OutboxRow(TOKENS_PRICED.name, payer_bu.encode(), canonical_json(tier_adjustment(invoice, line, settings.currency)))
                  for line in tiers]

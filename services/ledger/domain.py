@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import LedgerPosted, Posting, Priced, unchecked
-from tokenhub.contracts.ids import derive_id
+from tokenhub.contracts.ids import derive_id, posted_id
 from tokenhub.contracts.money import format_amount
 
 GENESIS_HASH: Final = "0" * 64
@@ -147,10 +147,10 @@ def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead
     `canonical_json(entry)` and the entry equal to its validated parse."""
     legs = postings_for(priced)
     priced_id = content_of_priced["id"]
-    posted_id = derive_id("posted", priced_id)
+    event_id = posted_id(priced_id)
     content = {name: content_of_priced[name] for name in _FROM_PRICED if name in content_of_priced}
     content.update(
-        id=str(posted_id), schema_version=1, cause_id=priced_id, type=LedgerPosted.TYPE, priced_id=priced_id,
+        id=str(event_id), schema_version=1, cause_id=priced_id, type=LedgerPosted.TYPE, priced_id=priced_id,
         amount=content_of_priced["total_amount"], tokens=content_of_priced["total_tokens"],
         postings=_postings_content(legs), chain=head.chain, sequence=head.sequence + 1,
         previous_hash=head.head_hash, posted_at=posted_at_json,
@@ -158,7 +158,7 @@ def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead
     entry_hash = hash_entry(content, head.head_hash)
     content["entry_hash"] = entry_hash
     entry = unchecked(LedgerPosted, {
-        "id": posted_id, "schema_version": 1, "event_time": priced.event_time, "cause_id": priced_id,
+        "id": event_id, "schema_version": 1, "event_time": priced.event_time, "cause_id": priced_id,
         "type": LedgerPosted.TYPE, "priced_id": priced.id, "kind": priced.kind, "corrects_id": priced.corrects_id,
         "payer_bu": priced.payer_bu, "consumer_bu": priced.consumer_bu, "provider_bu": priced.provider_bu,
         "app": priced.app, "model": priced.model, "book_id": priced.book_id, "book_version": priced.book_version,

@@ -96,5 +96,5 @@ SELECT_INVOICE: Final = "select payload, status from invoicing.invoices where in
 MARK_CREDITED: Final = """
 update invoicing.invoices set status = 'credited'
 where status = 'issued' and invoice_id <> $2 and invoice_id in (
-    select invoice_id from invoicing.postings where (payload ->> 'priced_id')::uuid = any($1::uuid[]))
+    select invoice_id from invoicing.postings where posting_id = any($1::uuid[]))
 """
