@@ -191,7 +191,8 @@ async def _issue(connection: asyncpg.Connection, settings: Settings, books: Book
     await connection.execute(store.ASSIGN_POSTINGS, invoice.invoice_id, payer_bu, period.end)
     # Reversals on this invoice are credit notes for the invoices that carried the
     # charges: those are marked credited; their issued content never changes.
-    # The charges' postings are found by key: a Priced's entry id is derived from its id.
+    # The charges' postings are found by key: a posting's id is its LedgerPosted's,
+    # which is derived from the Priced's id (`posted_id`).
     reversed_postings = [posted_id(posted.corrects_id) for _, posted in postings
                          if posted.kind == "reversal" and posted.corrects_id]
     if reversed_postings:
