@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from tokenhub.contracts.events import Priced, PricedLine, TokenConsumed
 from tokenhub.contracts.ids import priced_id
-from tokenhub.services.pricing.domain import BookIndex, price_in_force
+from tokenhub.contracts.pricebook import BookIndex
+from tokenhub.services.pricing.domain import price_in_force
 
 
 class CorrectionMismatch(ValueError):

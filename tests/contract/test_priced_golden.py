@@ -24,7 +24,8 @@ from tokenhub.contracts.events import (
 )
 from tokenhub.contracts.ids import consumed_id, derive_id, priced_id
 from tokenhub.contracts.money import line_amount
-from tokenhub.services.pricing.domain import BookIndex, price, price_in_force
+from tokenhub.contracts.pricebook import BookIndex
+from tokenhub.services.pricing.domain import price, price_in_force
 from tokenhub.services.pricing.reprice import correct
 from tests.contract.examples import GOLDEN_DIR
 

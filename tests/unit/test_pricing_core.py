@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PeriodTier, PeriodTiers
-from tokenhub.services.pricing.domain import BookIndex, Unpriceable, period_tier_charge, price, price_in_force
+from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
+from tokenhub.services.pricing.domain import Unpriceable, price, price_in_force
 from tests.contract.examples import BOOK, CONSUMED
 
 D = Decimal

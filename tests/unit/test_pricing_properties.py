@@ -24,7 +24,8 @@ from tokenhub.contracts.events import (
     decode,
 )
 from tokenhub.contracts.money import line_amount
-from tokenhub.services.pricing.domain import BookIndex, period_tier_charge, price, price_in_force
+from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
+from tokenhub.services.pricing.domain import price, price_in_force
 from tests.contract.examples import BOOK, CONSUMED
 
 D = Decimal

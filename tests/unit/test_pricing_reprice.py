@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.ids import priced_id
-from tokenhub.services.pricing.domain import BookIndex, Unpriceable, price_in_force
+from tokenhub.contracts.pricebook import BookIndex
+from tokenhub.services.pricing.domain import Unpriceable, price_in_force
 from tokenhub.services.pricing.reprice import correct
 from tests.contract.examples import BOOK, CONSUMED
 

@@ -1,0 +1,65 @@
+"""Price books as every reader needs them: the version in force at a time, and
+the charge of a period total under a book's period tiers (DESIGN.md decisions
+6 and 7). Pricing prices each consumption with the version in force; invoicing
+applies the period tiers at close. Pure: no I/O, clock or logging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from tokenhub.contracts.events import PeriodTiers, PriceBookPublished
+from tokenhub.contracts.money import line_amount, quantize
+
+
+@dataclass(frozen=True)
+class BookIndex:
+    """Every published version, to find the one in force at a time."""
+
+    versions: tuple[PriceBookPublished, ...]
+
+    @classmethod
+    def of(cls, books: Iterable[PriceBookPublished]) -> BookIndex:
+        return cls(tuple(sorted(books, key=lambda book: (book.effective_from, book.version, book.book_id))))
+
+    def in_force(self, model: str, moment: datetime) -> PriceBookPublished | None:
+        """The latest version effective at `moment` that prices `model`."""
+        chosen = None
+        for book in self.versions:
+            if book.effective_from > moment:
+                break
+            if book.price_for(model) is not None:
+                chosen = book
+        return chosen
+
+
+def period_tier_charge(period_total_tokens: int, schedule: PeriodTiers) -> Decimal:
+    """The charge for a period total under graduated or volume tiers (decision 7).
+
+    Tiers cover (from, to], the first from 0, the last open-ended. Graduated:
+    each unit at its own tier's price plus every reached tier's flat fee (the
+    first tier's even at zero). Volume: all units at the one tier the total
+    falls in, plus that tier's flat fee.
+    """
+    if period_total_tokens < 0:
+        raise ValueError("a period total cannot be negative")
+    tiers = schedule.tiers
+    if schedule.mode == "volume":
+        for tier in tiers:
+            if tier.up_to_tokens is None or period_total_tokens <= tier.up_to_tokens:
+                return quantize(line_amount(period_total_tokens, tier.unit_price_per_million) + tier.flat_fee)
+        raise ValueError("the last tier must be open-ended")
+    charge = Decimal(0)
+    lower = 0
+    for index, tier in enumerate(tiers):
+        if index > 0 and period_total_tokens <= lower:
+            break
+        upper = tier.up_to_tokens
+        in_tier = max(0, (period_total_tokens if upper is None else min(period_total_tokens, upper)) - lower)
+        charge += line_amount(in_tier, tier.unit_price_per_million) + tier.flat_fee
+        if upper is None:
+            break
+        lower = upper
+    return quantize(charge)
