@@ -23,9 +23,7 @@ from tokenhub.contracts.events import (
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.periods import parse
 from tokenhub.contracts.registry import BusinessUnit, ModelEntry, registry_change
-from tokenhub.infra.settings import Settings
-from tokenhub.services.invoicing.domain import build_invoice
-from tokenhub.services.invoicing.handlers import build_settlement
+from tokenhub.services.invoicing.domain import build_invoice, build_settlement
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tokenhub.services.metering.domain import Catalogue, Limits, RawUsage, meter
 from tokenhub.services.pricing.domain import price
@@ -89,7 +87,7 @@ INVOICE = build_invoice("taobao-tmall", parse("2026-03", "Asia/Shanghai"), [("20
                         currency="CNY", minor_units=2, rounding_mode="half_even", status="issued",
                         issued_at=datetime(2026, 4, 2, 1, 0, tzinfo=UTC))
 
-SETTLEMENT = build_settlement(Settings(currency="CNY", currency_minor_units=2), parse("2026-03", "Asia/Shanghai"), [POSTED])
+SETTLEMENT = build_settlement(parse("2026-03", "Asia/Shanghai"), [POSTED], currency="CNY", minor_units=2)
 
 EXAMPLES: dict[str, BaseModel] = {
     "usage_reported": USAGE,
