@@ -23,9 +23,9 @@ from tokenhub.contracts.events import (
 from tokenhub.contracts.ids import derive_id, posted_id
 from tokenhub.contracts.money import DEFAULT_ROUNDING, round_to_minor
 from tokenhub.contracts.periods import Period, PeriodKind, billing_period
+from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.services.invoicing import netting
-from tokenhub.services.pricing.domain import BookIndex, period_tier_charge
 
 SETTLEMENT_ROUNDING: Final = "half_even"
 """Settlement's; an invoice rounds as its price books say (`rounding_mode_for`)."""

@@ -14,6 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, LedgerPosted, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind, parse
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.infra.settings import Settings
@@ -22,7 +23,6 @@ from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.invoicing import domain
 from tokenhub.services.invoicing.adapters import store
 from tokenhub.services.invoicing.adapters.store import SCHEMA
-from tokenhub.services.pricing.domain import BookIndex
 
 __all__ = ["SCHEMA", "close_period", "draft_invoice", "handle_posted_records", "handle_pricebook_records",
            "month_settlement", "set_cycle"]

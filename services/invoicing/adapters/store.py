@@ -14,10 +14,10 @@ import asyncpg
 
 from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, LedgerPosted, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.services.common.db import insert_new
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
-from tokenhub.services.pricing.domain import BookIndex
 
 SCHEMA: Final = "invoicing"
 
