@@ -3,7 +3,7 @@
 Nothing here calls the ledger's or pricing's domain code: events are read as
 plain JSON (numbers as Decimal), balances are summed and prices recomputed
 here, so a bug in the posting or pricing path shows up as a difference
-instead of being repeated (DESIGN.md, "Ledger, replay and audit"). Only
+instead of being repeated (docs/architecture.md, "Ledger, replay and audit"). Only
 `restore` posts, and it does so through the ledger's own shell on purpose:
 it rebuilds a ledger, it does not judge one."""
 

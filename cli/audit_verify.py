@@ -1,5 +1,5 @@
 """`tokenhub verify`: the hash chains against the heads published elsewhere,
-and DESIGN.md's invariants 1-6, recomputed with this module's own code from
+and docs/architecture.md's invariants 1-6, recomputed with this module's own code from
 the stored rows of every service (read-only tools may read every schema).
 
 Each check yields violations that name what is wrong precisely enough to find

@@ -1,4 +1,4 @@
-"""Read-only queries for people. Tools may read every schema (DESIGN.md).
+"""Read-only queries for people. Tools may read every schema (docs/architecture.md).
 Replay and verify live in `cli.audit` and `cli.audit_verify`, with their own code."""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ __all__ = ["SERVICES", "init", "up", "run_service", "prepare", "register"]
 
 log = structlog.get_logger()
 
-# The archived streams, in the order a new broker needs them (DESIGN.md decision 11):
+# The archived streams, in the order a new broker needs them (docs/architecture.md decision 11):
 # configuration first, then each stage's output. (topic, query of key and value)
 ARCHIVED_STREAMS: Final = (
     (REGISTRY_CHANGED.name, "select entity_id as key, payload::text::bytea as value from metering.registry_changes order by changed_at"),

@@ -1,6 +1,6 @@
 """Budgets per payer BU and month, and the alerts the ledger raises.
 
-`BudgetSet` is configuration (who set it and why, DESIGN.md decision 12) on
+`BudgetSet` is configuration (who set it and why, docs/architecture.md decision 12) on
 `budgets.configured`; the ledger consumes it. The alerts travel on
 `budget.alerts`, keyed by payer BU, one event type per fact; consumers
 dispatch on `type`. Budgets go by event time, months in the company time

@@ -1,5 +1,5 @@
 """The one canonical JSON form: sorted keys, no insignificant whitespace, UTF-8.
-Events hashed or compared byte for byte use it (DESIGN.md decision 5)."""
+Events hashed or compared byte for byte use it (docs/architecture.md decision 5)."""
 
 from __future__ import annotations
 

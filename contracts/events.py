@@ -1,7 +1,7 @@
 """The event models: small, frozen, past-tense facts.
 
 Events we build forbid unknown fields; `decode` reads internal topics
-tolerantly, dropping fields added by a newer minor version (DESIGN.md
+tolerantly, dropping fields added by a newer minor version (docs/architecture.md
 decision 13). Usage `data` is never read tolerantly: a quantity we do not
 understand must not be dropped silently.
 """
@@ -18,7 +18,7 @@ import orjson
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tokenhub.contracts.ids import BuId
-from tokenhub.contracts.money import Amount, ExactDecimal
+from tokenhub.contracts.money import DEFAULT_ROUNDING, Amount, ExactDecimal, RoundingMode
 from tokenhub.contracts.tokens import TokenClass, class_order
 
 QUANTITY_MAX: Final = 10**13
@@ -106,7 +106,7 @@ class UsageReported(BaseModel):
 # --- metering --------------------------------------------------------------------
 
 class TokenConsumed(Event):
-    """Token consumption billed to exactly one payer (DESIGN.md decision 1)."""
+    """Token consumption billed to exactly one payer (docs/architecture.md decision 1)."""
 
     TYPE: ClassVar[str] = "tokens.consumed"
     type: Literal["tokens.consumed"] = "tokens.consumed"
@@ -201,7 +201,7 @@ class PriceBookPublished(Event):
     version: int = Field(ge=1)
     effective_from: UtcDatetime
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    rounding: Literal["half_even", "half_up", "down", "up"] = "half_even"
+    rounding: RoundingMode = DEFAULT_ROUNDING
     models: tuple[ModelPrice, ...]
     retroactive: bool = False
     exchange_rate: ExactDecimal | None = Field(None, description="rate used to import a list in another currency")
@@ -335,7 +335,7 @@ class InvoiceIssued(Event):
     subtotal: Amount = Field(description="exact sum of the lines")
     rounding: Amount = Field(description="total minus subtotal: the one rounding")
     total: Amount = Field(description="subtotal rounded once to the minor unit")
-    rounding_mode: str
+    rounding_mode: RoundingMode
     postings_count: int
     chain_heads: tuple[ChainHeadRef, ...]
     issued_at: UtcDatetime | None = None

@@ -1,5 +1,5 @@
 """Deterministic ids: uuid5 over a fixed namespace and the event's cause
-(DESIGN.md decision 9), so reprocessing yields the same id."""
+(docs/architecture.md decision 9), so reprocessing yields the same id."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """Exact money and Token quantities.
 
-Amounts are `Decimal` at a fixed scale of 12 decimal places (DESIGN.md decision 5):
+Amounts are `Decimal` at a fixed scale of 12 decimal places (docs/architecture.md decision 5):
 a single request often costs a fraction of a cent, so priced amounts and the
-ledger keep that precision and rounding to the currency's minor unit happens
-once, on invoice lines, in `round_to_minor`. Floats are refused at every
-boundary: a binary fraction cannot represent 0.1 CNY.
+ledger keep that precision. Rounding to the currency's minor unit happens in
+`round_to_minor` only, in a named `RoundingMode`: once per invoice, on its
+total (the invoice shows the rounding as its own figure), and once per business
+unit on a settlement's net positions. Floats are refused at every boundary: a
+binary fraction cannot represent 0.1 CNY.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import re
 
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Context, Decimal, InvalidOperation
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
@@ -34,13 +36,19 @@ _CONTEXT: Final = Context(prec=PRECISION + 10, rounding=ROUND_HALF_EVEN)
 that a product of a Token count and a unit price is exact before it is fixed at
 SCALE places, and cheaper than a `localcontext()` per call on the hot path."""
 
-ROUNDING_MODES: Final = {
+RoundingMode = Literal["half_even", "half_up", "down", "up"]
+"""How an amount is rounded to the minor unit: the one name for it, in price
+books (`rounding`), on invoices (`rounding_mode`) and in settlement."""
+
+ROUNDING_MODES: Final[dict[str, str]] = {
     "half_even": ROUND_HALF_EVEN,
     "half_up": ROUND_HALF_UP,
     "down": ROUND_DOWN,
     "up": ROUND_UP,
 }
-DEFAULT_ROUNDING: Final = "half_even"
+if set(ROUNDING_MODES) != set(get_args(RoundingMode)):  # pragma: no cover - a module that cannot import
+    raise ImportError("ROUNDING_MODES and RoundingMode name different modes")
+DEFAULT_ROUNDING: Final[RoundingMode] = "half_even"
 
 _PLAIN_PATTERN: Final = r"^-?\d+(\.\d+)?$"
 
@@ -120,9 +128,10 @@ def line_amount(tokens: int, unit_price_per_million: Decimal) -> Decimal:
     return quantize(_CONTEXT.divide(_CONTEXT.multiply(Decimal(tokens), unit_price_per_million), TOKENS_PER_MILLION))
 
 
-def round_to_minor(amount: Decimal, minor_units: int = 2, mode: str = DEFAULT_ROUNDING) -> Decimal:
+def round_to_minor(amount: Decimal, minor_units: int = 2, mode: RoundingMode | str = DEFAULT_ROUNDING) -> Decimal:
     """Round to the currency's minor unit. The only rounding of money outside
-    pricing's fixed scale, applied once per invoice line (DESIGN.md decision 5)."""
+    pricing's fixed scale: an invoice's total, a settlement's net positions
+    (docs/architecture.md decision 5)."""
     if mode not in ROUNDING_MODES:
         raise MoneyError(f"unknown rounding mode {mode!r}; one of {sorted(ROUNDING_MODES)}")
     return amount.quantize(Decimal(1).scaleb(-minor_units), rounding=ROUNDING_MODES[mode], context=_CONTEXT)

@@ -1,6 +1,6 @@
 """Configuration that metering owns, published as `RegistryChanged` events:
 business units, the model catalogue, conversion tables and funding agreements.
-Every change records who made it and why (DESIGN.md decision 12)."""
+Every change records who made it and why (docs/architecture.md decision 12)."""
 
 from __future__ import annotations
 

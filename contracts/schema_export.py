@@ -1,18 +1,25 @@
 """Export the JSON Schema of every event, and an AsyncAPI document, into
-`contracts/schemas/`. Run `python -m tokenhub.contracts.schema_export` (or
-`make schemas`) after changing a model; a test fails while they drift."""
+`contracts/schemas/`, and write the topology's tables into README.md and
+docs/architecture.md. Run `python -m tokenhub.contracts.schema_export` (or
+`make schemas`) after changing a model or the topology; tests fail while
+they drift."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Final
 
 from pydantic import BaseModel
 
-from tokenhub.contracts import events, registry, settlement, topics
+from tokenhub.contracts import budgets, events, registry, settlement, topics
 
 SCHEMAS_DIR: Final = Path(__file__).parent / "schemas"
+REPOSITORY: Final = Path(__file__).resolve().parent.parent
+TOPOLOGY_DOCUMENTS: Final = ("README.md", "docs/architecture.md")
+TOPOLOGY_TABLES: Final = {"services": topics.services_table, "topics": topics.topics_table}
+"""Each table sits between `<!-- topology:NAME ... -->` and `<!-- /topology:NAME -->`."""
 
 # Which model travels on which topic. Topics without a model here carry events
 # whose models live with the feature that publishes them.
@@ -26,6 +33,7 @@ TOPIC_MODELS: Final[dict[str, type[BaseModel]]] = {
     topics.LEDGER_POSTED.name: events.LedgerPosted,
     topics.INVOICES_ISSUED.name: events.InvoiceIssued,
     topics.SETTLEMENTS_NETTED.name: settlement.SettlementNetted,
+    topics.BUDGETS_CONFIGURED.name: budgets.BudgetSet,
 }
 
 
@@ -51,22 +59,40 @@ def asyncapi() -> dict[str, Any]:
     for spec in topics.ALL_TOPICS:
         channel: dict[str, Any] = {
             "address": spec.name,
-            "description": f"key: {spec.key}; partitions: {spec.partitions}; retention.ms: {spec.retention_ms}",
+            "description": f"{spec.carries}; key: {spec.key}; partitions: {spec.partitions}; retention.ms: {spec.retention_ms}",
         }
         model = TOPIC_MODELS.get(spec.name)
         if model is not None:
             messages[model.__name__] = {"name": model.__name__, "contentType": "application/json",
                                         "payload": {"$ref": f"./{schema_name(model)}"}}
             channel["messages"] = {model.__name__: {"$ref": f"#/components/messages/{model.__name__}"}}
-        channels[spec.name.replace(".", "_")] = channel
+        channels[_channel(spec)] = channel
     return {
         "asyncapi": "3.0.0",
         "info": {"title": "Token Hub", "version": "1.0.0",
                  "description": "Usage metered in Tokens, priced, posted to a double-entry ledger and billed."},
         "defaultContentType": "application/json",
         "channels": channels,
+        "operations": operations(),
         "components": {"messages": messages},
     }
+
+
+def _channel(spec: topics.TopicSpec) -> str:
+    return spec.name.replace(".", "_")
+
+
+def operations() -> dict[str, Any]:
+    """The topology (`contracts.topics.TOPOLOGY`) as AsyncAPI operations: who
+    receives from and who sends to each channel."""
+    found: dict[str, Any] = {}
+    for stage in topics.TOPOLOGY:
+        for action, specs in (("receive", stage.consumes), ("send", stage.produces)):
+            for spec in specs:
+                found[f"{stage.service}_{action}s_{_channel(spec)}"] = {
+                    "action": action, "channel": {"$ref": f"#/channels/{_channel(spec)}"},
+                    "summary": f"{stage.service} {'consumes' if action == 'receive' else 'produces'} {spec.name}"}
+    return found
 
 
 def export(directory: Path = SCHEMAS_DIR) -> list[Path]:
@@ -80,9 +106,33 @@ def export(directory: Path = SCHEMAS_DIR) -> list[Path]:
     return written
 
 
+def with_tables(text: str) -> str:
+    """`text` with every marked topology table replaced by its current form."""
+    for name, table in TOPOLOGY_TABLES.items():
+        pattern = re.compile(rf"(<!-- topology:{name}\b[^>]*-->\n)(?:.*?\n)?(<!-- /topology:{name} -->)", re.DOTALL)
+        text = pattern.sub(lambda match: f"{match.group(1)}{table()}\n{match.group(2)}", text)
+    return text
+
+
+def write_tables(repository: Path = REPOSITORY) -> list[Path]:
+    """Rewrite the topology tables in the documents of a source checkout."""
+    written = []
+    for name in TOPOLOGY_DOCUMENTS:
+        path = repository / name
+        if not path.exists():
+            continue  # an installed package has no documents to keep
+        text = path.read_text()
+        if with_tables(text) != text:
+            path.write_text(with_tables(text))
+            written.append(path)
+    return written
+
+
 def main() -> None:
     for path in export():
         print(path.name)
+    for path in write_tables():
+        print(path.relative_to(REPOSITORY))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Token classes: disjoint, so nothing is counted twice (DESIGN.md decision 2)."""
+"""Token classes: disjoint, so nothing is counted twice (docs/architecture.md decision 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Provider usage objects into disjoint Token classes (DESIGN.md decision 2).
+"""Provider usage objects into disjoint Token classes (docs/architecture.md decision 2).
 
 OpenAI and DashScope count cached tokens inside prompt tokens and reasoning
 inside completion tokens; Anthropic reports cache reads and writes beside

@@ -12,6 +12,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 
+from tokenhub.contracts.topics import require_consumes
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
     FETCH_WAIT_MS_MAX,
@@ -78,7 +79,9 @@ def batch_subscriber_options(group_id: str) -> dict[str, Any]:
 
 def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, handler: RecordsHandler) -> None:
     """A batch subscriber (`batch_subscriber_options`) that hands `handler` the
-    records as received, with the runtime's bounded retries and dead letters."""
+    records as received, with the runtime's bounded retries and dead letters.
+    Only a topic the topology declares as the service's input is accepted."""
+    require_consumes(runtime.service, topic)
 
     async def consume(body: list[bytes], message: KafkaMessage) -> None:
         await runtime.process(message.raw_message, lambda records: handler(runtime, records))

@@ -1,5 +1,5 @@
 """The one place that configures structlog: JSON lines when not a terminal,
-the console renderer in a terminal (DESIGN.md Runtime)."""
+the console renderer in a terminal (docs/architecture.md, Runtime)."""
 
 from __future__ import annotations
 

@@ -21,13 +21,13 @@ from tokenhub.contracts.events import (
     PriceBookPublished,
 )
 from tokenhub.contracts.ids import derive_id, posted_id
-from tokenhub.contracts.money import DEFAULT_ROUNDING, round_to_minor
+from tokenhub.contracts.money import DEFAULT_ROUNDING, RoundingMode, round_to_minor
 from tokenhub.contracts.periods import Period, PeriodKind, billing_period
 from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.services.invoicing import netting
 
-SETTLEMENT_ROUNDING: Final = "half_even"
+SETTLEMENT_ROUNDING: Final[RoundingMode] = DEFAULT_ROUNDING
 """Settlement's; an invoice rounds as its price books say (`rounding_mode_for`)."""
 
 DEFAULT_CYCLE: Final[PeriodKind] = "month"
@@ -60,9 +60,9 @@ def invoice_lines(postings: Sequence[tuple[str, LedgerPosted]], period: str) -> 
     ]
 
 
-def rounding_mode_for(postings: Sequence[tuple[str, LedgerPosted]], books: Iterable[PriceBookPublished]) -> str:
+def rounding_mode_for(postings: Sequence[tuple[str, LedgerPosted]], books: Iterable[PriceBookPublished]) -> RoundingMode:
     """Half-even unless the price books the postings were priced with say otherwise
-    (DESIGN.md decision 5). An invoice is rounded once, in one mode: when its books
+    (docs/architecture.md decision 5). An invoice is rounded once, in one mode: when its books
     disagree, the default applies and the invoice names the mode it used."""
     modes_by_version = {(book.book_id, book.version): book.rounding for book in books}
     modes = {modes_by_version[(posted.book_id, posted.book_version)] for _, posted in postings
@@ -87,7 +87,7 @@ def build_invoice(
     number: int,
     currency: str,
     minor_units: int,
-    rounding_mode: str,
+    rounding_mode: RoundingMode,
     status: str,
     issued_at: datetime | None,
     extra_lines: Sequence[InvoiceLine] = (),

@@ -43,7 +43,7 @@ async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerReco
 
 
 async def handle_pricebook_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> None:
-    """Price books, for their period tiers: applied at close (DESIGN.md decision 6)."""
+    """Price books, for their period tiers: applied at close (docs/architecture.md decision 6)."""
     books = [decode(PriceBookPublished, record.value) for record in records]
     async with store.unit(runtime.db()) as unit:
         await unit.save_books([(book, record.value) for book, record in zip(books, records, strict=True)])

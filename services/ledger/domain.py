@@ -1,5 +1,5 @@
 """The ledger's functional core: a Priced becomes a balanced double-entry
-journal entry in the money and Tokens ledgers (DESIGN.md decision 10), linked
+journal entry in the money and Tokens ledgers (docs/architecture.md decision 10), linked
 into its payer's hash chain. Pure: the shell passes chain heads and posting time."""
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def split_by_payer(
     agreement: FundingAgreement | None,
 ) -> tuple[TokenConsumed, ...]:
     """One TokenConsumed per payer; each class split by largest remainder so the
-    parts sum exactly to the whole (DESIGN.md decision 1, invariant 6)."""
+    parts sum exactly to the whole (docs/architecture.md decision 1, invariant 6)."""
     data = usage.data
     payers = [(share.bu, share.percent) for share in agreement.payers] if agreement else [(data.consumer_bu, Decimal(100))]
     weights = [percent for _, percent in payers]

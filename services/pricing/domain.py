@@ -1,6 +1,6 @@
 """Pricing's functional core: a Priced event is a pure function of its
 TokenConsumed and the price book version in force at its event time
-(DESIGN.md decision 6). No I/O, clock or logging here."""
+(docs/architecture.md decision 6). No I/O, clock or logging here."""
 
 from __future__ import annotations
 

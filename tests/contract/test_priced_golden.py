@@ -1,6 +1,6 @@
 """Golden `Priced` bytes: fixed consumption priced with fixed book versions must
 give, byte for byte, the canonical JSON checked in as `contracts/golden/priced_*.json`
-(DESIGN.md decision 5). The test compares and never writes; regenerate only on
+(docs/architecture.md decision 5). The test compares and never writes; regenerate only on
 purpose, after a reviewed change of the wire form:
 `python -m tests.contract.test_priced_golden --write`."""
 
