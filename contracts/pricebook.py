@@ -1,5 +1,5 @@
 """Price books as every reader needs them: the version in force at a time, and
-the charge of a period total under a book's period tiers (DESIGN.md decisions
+the charge of a period total under a book's period tiers (docs/architecture.md decisions
 6 and 7). Pricing prices each consumption with the version in force; invoicing
 applies the period tiers at close. Pure: no I/O, clock or logging."""
 
