@@ -12,16 +12,17 @@ from tokenhub.contracts.topics import REGISTRY_CHANGED, USAGE_REPORTED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.app import create_app, create_broker, subscribe
 from tokenhub.services.common.runtime import Runtime
-from tokenhub.services.metering import handlers
+from tokenhub.services.metering.adapters.store import SCHEMA
+from tokenhub.services.metering.handlers import Metering
 from tokenhub.services.metering.http import create_http_app
 
 GROUP_ID = "metering"
 
 
 class HttpServer:
-    def __init__(self, runtime: Runtime) -> None:
-        settings = runtime.settings
-        config = uvicorn.Config(create_http_app(runtime), host=settings.http_host, port=settings.http_port,
+    def __init__(self, metering: Metering) -> None:
+        settings = metering.runtime.settings
+        config = uvicorn.Config(create_http_app(metering), host=settings.http_host, port=settings.http_port,
                                 log_level="warning", lifespan="off", access_log=False)
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
@@ -40,12 +41,14 @@ class HttpServer:
 
 
 def build(settings: Settings) -> FastStream:
-    runtime = Runtime(settings, service="metering", schema=handlers.SCHEMA)
+    runtime = Runtime(settings, service="metering", schema=SCHEMA)
+    metering = Metering(runtime)
     broker = create_broker(runtime)
-    subscribe(broker, runtime, REGISTRY_CHANGED.name, f"{GROUP_ID}.registry", handlers.handle_registry_records)
-    subscribe(broker, runtime, USAGE_REPORTED.name, GROUP_ID, handlers.handle_usage_records)
+    subscribe(broker, runtime, REGISTRY_CHANGED.name, f"{GROUP_ID}.registry",
+              lambda _, records: metering.handle_registry_records(records))
+    subscribe(broker, runtime, USAGE_REPORTED.name, GROUP_ID, lambda _, records: metering.handle_usage_records(records))
     app = create_app(runtime, broker)
-    http = HttpServer(runtime)
+    http = HttpServer(metering)
     app.after_startup(http.start)
     app.on_shutdown(http.stop)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -17,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageReported
+from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageRejected, UsageReported
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.money import split_largest_remainder
 from tokenhub.contracts.registry import ConversionTable, FundingAgreement, ModelEntry
@@ -319,3 +320,96 @@ def split_by_payer(
     )
     # A payer whose share rounds to no Token at all gets no event; the parts still sum to the whole.
     return tuple(event for event in consumed if event.tokens)
+
+
+# --- a batch: first sightings, duplicates and conflicts ---------------------------------
+
+UsageKey = tuple[str, str]
+"""(source, id): a usage event's idempotency key."""
+
+
+@dataclass(frozen=True)
+class Sorted:
+    """A batch's accepted usage sorted by what was seen before: `fresh` is metered
+    now, `duplicates` counts exact copies (dropped), `conflicts` are copies with
+    other content (rejected). Items carry their position in the batch."""
+
+    fresh: tuple[tuple[int, Metered], ...]
+    duplicates: int
+    conflicts: tuple[tuple[int, Rejection], ...]
+
+
+def key_of(metered: Metered) -> UsageKey:
+    return metered.usage.source, metered.usage.id
+
+
+def meter_each(raws: Sequence[RawUsage], catalogue: Catalogue, limits: Limits
+               ) -> tuple[list[tuple[int, Metered]], list[tuple[int, Rejection]]]:
+    """Every message of a batch metered or rejected, with its position in the batch."""
+    accepted: list[tuple[int, Metered]] = []
+    rejected: list[tuple[int, Rejection]] = []
+    for position, raw in enumerate(raws):
+        try:
+            accepted.append((position, meter(raw, catalogue, limits)))
+        except UsageError as error:
+            rejected.append((position, error.rejection))
+    return accepted, rejected
+
+
+def first_sightings(accepted: list[tuple[int, Metered]]) -> Sorted:
+    """Within one batch: the first copy of each key goes on to be claimed, later
+    exact copies are duplicates, later copies with other content are conflicts."""
+    first: dict[UsageKey, Metered] = {}
+    candidates: list[tuple[int, Metered]] = []
+    duplicates = 0
+    conflicts: list[tuple[int, Rejection]] = []
+    for position, metered in accepted:
+        key = key_of(metered)
+        seen = first.get(key)
+        if seen is None:
+            first[key] = metered
+            candidates.append((position, metered))
+        elif seen.content_sha256 == metered.content_sha256:
+            duplicates += 1
+        else:
+            conflicts.append((position, conflict(metered)))
+    return Sorted(tuple(candidates), duplicates, tuple(conflicts))
+
+
+def against_stored(candidates: Sorted, claimed: set[UsageKey], stored_sha256: dict[UsageKey, str]) -> Sorted:
+    """The batch's first sightings against the store: keys claimed now are fresh;
+    a key stored before is an exact duplicate when its content hash matches."""
+    fresh: list[tuple[int, Metered]] = []
+    duplicates = candidates.duplicates
+    conflicts = list(candidates.conflicts)
+    for position, metered in candidates.fresh:
+        key = key_of(metered)
+        if key in claimed:
+            fresh.append((position, metered))
+        elif stored_sha256.get(key) == metered.content_sha256:
+            duplicates += 1
+        else:
+            conflicts.append((position, conflict(metered)))
+    return Sorted(tuple(fresh), duplicates, tuple(conflicts))
+
+
+def conflict(metered: Metered) -> Rejection:
+    usage = metered.usage
+    return Rejection(Reason.CONFLICTING_DUPLICATE, f"source {usage.source} id {usage.id} was already accepted with "
+                     "other content", usage.source, usage.id)
+
+
+def rejected_event(raw: RawUsage, rejection: Rejection, now: datetime) -> UsageRejected:
+    """What is published for a stored bad original: its reason and a reference to it."""
+    reference = rejected_id(raw, rejection.reason_code)
+    return UsageRejected(
+        id=derive_id("usage.rejected", reference),
+        event_time=now,
+        cause_id=reference,
+        reason_code=rejection.reason_code,
+        message=rejection.message,
+        rejected_ref=reference,
+        usage_source=rejection.usage_source,
+        usage_id=rejection.usage_id,
+        original_sha256=sha256_hex(raw.value),
+    )

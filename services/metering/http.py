@@ -14,9 +14,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenhub.services.common.runtime import Runtime
-from tokenhub.services.metering import domain, handlers
-from tokenhub.services.metering.adapters import keys
+from tokenhub.services.metering import domain
+from tokenhub.services.metering.handlers import Incoming, Metering
 
 SINGLE: Final = "application/cloudevents+json"
 BATCH: Final = "application/cloudevents-batch+json"
@@ -83,7 +82,7 @@ def _source(value: bytes) -> str | None:
     return source if isinstance(source, str) else None
 
 
-def create_http_app(runtime: Runtime) -> FastAPI:
+def create_http_app(metering: Metering) -> FastAPI:
     app = FastAPI(title="Token Hub ingest", version="1")
 
     @app.post("/v1/events", status_code=202)
@@ -92,8 +91,7 @@ def create_http_app(runtime: Runtime) -> FastAPI:
         token = authorization.removeprefix("Bearer ").strip()
         if not token:
             return _problem(401, "missing API key: send Authorization: Bearer <key>")
-        async with runtime.db().acquire() as connection:
-            api_key = await keys.lookup(connection, token)
+        api_key = await metering.store.api_key(token)
         if api_key is None:
             return _problem(401, "unknown or revoked API key")
         content_type = request.headers.get("content-type", "")
@@ -110,8 +108,8 @@ def create_http_app(runtime: Runtime) -> FastAPI:
         if foreign:
             return _problem(403, f"key {api_key.key_id} may not report for source {foreign[0]}")
         headers = (("http_key_id", api_key.key_id.encode()),)
-        batch = [handlers.Incoming(domain.RawUsage(value, headers), topic="http") for value in values]
-        outcome = await handlers.meter_batch(runtime, batch)
+        batch = [Incoming(domain.RawUsage(value, headers), topic="http") for value in values]
+        outcome = await metering.meter_batch(batch)
         position = {id(incoming): index for index, incoming in enumerate(batch)}
         return JSONResponse({
             "accepted": outcome.accepted,

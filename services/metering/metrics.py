@@ -1,10 +1,11 @@
-"""Metering's Prometheus metrics: accepted, rejected by reason, duplicates, latency."""
+"""Metering's Prometheus metrics: accepted, rejected by reason, duplicates, latency.
+Made once per service (`Metering` owns them) against the registry it is given."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
 @dataclass(frozen=True)
@@ -14,17 +15,18 @@ class MeteringMetrics:
     duplicates: Counter
     batch_seconds: Histogram
 
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> MeteringMetrics:
+        return cls(
+            accepted=Counter("tokenhub_metering_accepted", "Usage events accepted", registry=registry),
+            rejected=Counter("tokenhub_metering_rejected", "Usage events rejected", ["reason"], registry=registry),
+            duplicates=Counter("tokenhub_metering_duplicates", "Exact duplicate usage events dropped", registry=registry),
+            batch_seconds=Histogram("tokenhub_metering_batch_seconds", "Time to meter one batch", registry=registry),
+        )
+
     def observe_batch(self, accepted: int, duplicates: int, reasons: list[str], seconds: float) -> None:
         self.accepted.inc(accepted)
         self.duplicates.inc(duplicates)
         for reason in reasons:
             self.rejected.labels(reason=reason).inc()
         self.batch_seconds.observe(seconds)
-
-
-METRICS = MeteringMetrics(
-    accepted=Counter("tokenhub_metering_accepted", "Usage events accepted"),
-    rejected=Counter("tokenhub_metering_rejected", "Usage events rejected", ["reason"]),
-    duplicates=Counter("tokenhub_metering_duplicates", "Exact duplicate usage events dropped"),
-    batch_seconds=Histogram("tokenhub_metering_batch_seconds", "Time to meter one batch"),
-)

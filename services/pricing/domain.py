@@ -4,6 +4,7 @@ TokenConsumed and the price book version in force at its event time
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from tokenhub.contracts.events import ContextTier, ModelPrice, Priced, PricedLine, PriceBookPublished, TokenConsumed
@@ -11,7 +12,8 @@ from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.money import line_amount, quantize
 from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
 
-__all__ = ["BookIndex", "Unpriceable", "context_tier", "period_tier_charge", "price", "price_factor", "price_in_force"]
+__all__ = ["BookIndex", "Unpriceable", "context_tier", "first_copies", "period_tier_charge", "price", "price_factor",
+           "price_in_force", "price_or_park"]
 
 
 class Unpriceable(Exception):
@@ -80,3 +82,24 @@ def price_in_force(consumed: TokenConsumed, books: BookIndex) -> Priced:
     if book is None:
         raise Unpriceable(f"no price book prices {consumed.model} at {consumed.event_time.isoformat()}")
     return price(consumed, book)
+
+
+def first_copies(received: Sequence[tuple[TokenConsumed, bytes]]) -> list[tuple[TokenConsumed, bytes]]:
+    """Each consumption once, as first received in the batch."""
+    first: dict[object, tuple[TokenConsumed, bytes]] = {}
+    for event, value in received:
+        first.setdefault(event.id, (event, value))
+    return list(first.values())
+
+
+def price_or_park(consumed: Sequence[TokenConsumed], books: BookIndex
+                  ) -> tuple[list[Priced], list[tuple[TokenConsumed, str]]]:
+    """Each consumption priced with the version in force, or parked with the reason it cannot be."""
+    priced: list[Priced] = []
+    parked: list[tuple[TokenConsumed, str]] = []
+    for event in consumed:
+        try:
+            priced.append(price_in_force(event, books))
+        except Unpriceable as reason:
+            parked.append((event, str(reason)))
+    return priced, parked

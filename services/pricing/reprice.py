@@ -5,12 +5,13 @@ changes nothing, a later version corrects again."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tokenhub.contracts.events import Priced, PricedLine, TokenConsumed
 from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.pricebook import BookIndex
-from tokenhub.services.pricing.domain import price_in_force
+from tokenhub.services.pricing.domain import Unpriceable, price_in_force
 
 
 class CorrectionMismatch(ValueError):
@@ -60,3 +61,20 @@ def correct(consumed: TokenConsumed, current: Priced, books: BookIndex) -> Corre
     if reversal.total_tokens + correction.total_tokens != 0 or reversal.consumed_id != correction.consumed_id:
         raise CorrectionMismatch(f"correction {correction.id} does not replace {current.id} Token for Token")
     return Correction(reversal, correction)
+
+
+def correct_all(current: Sequence[tuple[TokenConsumed, Priced]], books: BookIndex
+                ) -> tuple[list[Correction], list[tuple[Priced, str]]]:
+    """Corrections for the Priced that the books in force now price differently,
+    and the Priced that they no longer price at all (with the reason; they stand)."""
+    corrections: list[Correction] = []
+    unpriceable: list[tuple[Priced, str]] = []
+    for consumed, priced in current:
+        try:
+            outcome = correct(consumed, priced, books)
+        except Unpriceable as reason:
+            unpriceable.append((priced, str(reason)))
+            continue
+        if outcome is not None:
+            corrections.append(outcome)
+    return corrections, unpriceable

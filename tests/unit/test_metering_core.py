@@ -8,17 +8,24 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.canonical import canonical_json, sha256_hex
 from tokenhub.contracts.events import QUANTITY_MAX
 from tokenhub.contracts.registry import ConversionRule, ConversionTable, FundingAgreement, ModelEntry, PayerShare
 from tokenhub.services.metering.domain import (
     Catalogue,
     Reason,
     RawUsage,
+    Rejection,
     UsageError,
+    against_stored,
     dedup_horizon,
+    first_sightings,
     header_value,
+    key_of,
     meter,
+    meter_each,
+    rejected_event,
+    rejected_id,
     sorted_headers,
 )
 from tests.contract.examples import CATALOGUE, LIMITS, USAGE
@@ -146,3 +153,38 @@ def test_stored_headers_give_back_the_received_bytes_including_non_utf8() -> Non
     stored = sorted_headers(raw)
     assert stored["trace"].startswith("base64:")
     assert {name: header_value(text) for name, text in stored.items()} == dict(raw.headers)
+
+
+def _copy(request: str, **data_changes) -> RawUsage:  # noqa: ANN003
+    event = orjson.loads(canonical_json(USAGE))
+    event["id"] = request
+    event["data"].update(data_changes)
+    return RawUsage(orjson.dumps(event))
+
+
+def test_a_batch_is_sorted_into_fresh_duplicates_and_conflicts_within_it_and_against_the_store() -> None:
+    raws = [_copy("a"), _copy("b"), _copy("a"), _copy("a", input_tokens=1), _copy("c"), _copy("d"),
+            RawUsage(b"not json")]
+    accepted, rejected = meter_each(raws, CATALOGUE, LIMITS)
+    assert [position for position, _ in rejected] == [6]
+    within = first_sightings(accepted)
+    assert [key_of(metered)[1] for _, metered in within.fresh] == ["a", "b", "c", "d"]
+    assert within.duplicates == 1
+    assert [(position, rejection.reason_code) for position, rejection in within.conflicts] == [
+        (3, Reason.CONFLICTING_DUPLICATE)]
+    source = USAGE.source
+    stored = {(source, "c"): within.fresh[2][1].content_sha256, (source, "d"): "another content"}
+    outcome = against_stored(within, {(source, "a"), (source, "b")}, stored)
+    assert [position for position, _ in outcome.fresh] == [0, 1]
+    assert outcome.duplicates == 2  # one copy of a within the batch, c stored before with the same content
+    assert [(position, rejection.usage_id) for position, rejection in outcome.conflicts] == [(3, "a"), (5, "d")]
+
+
+def test_a_rejection_event_names_the_stored_original_deterministically() -> None:
+    raw = RawUsage(b"not json", (("ce_source", b"gateway/taobao"),))
+    rejection = Rejection(Reason.NOT_JSON, "value is not JSON")
+    event = rejected_event(raw, rejection, T)
+    assert event == rejected_event(raw, rejection, T)
+    assert event.rejected_ref == event.cause_id == rejected_id(raw, Reason.NOT_JSON)
+    assert event.original_sha256 == sha256_hex(b"not json")
+    assert rejected_event(raw, Rejection(Reason.INVALID_FIELD, "other"), T).rejected_ref != event.rejected_ref

@@ -3,6 +3,7 @@ dating, parking reasons and period tiers against hand-computed tables."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PeriodTier, PeriodTiers
 from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
-from tokenhub.services.pricing.domain import Unpriceable, price, price_in_force
+from tokenhub.services.pricing.domain import Unpriceable, first_copies, price, price_in_force, price_or_park
 from tests.contract.examples import BOOK, CONSUMED
 
 D = Decimal
@@ -107,3 +108,15 @@ def test_priced_lines_sum_to_the_total(input_tokens: int, output_tokens: int) ->
     if priced is not None:
         assert sum(line.amount for line in priced.lines) == priced.total_amount
         assert sum(line.tokens for line in priced.lines) == priced.total_tokens == input_tokens + output_tokens
+
+
+def test_a_batch_prices_what_a_book_prices_parks_the_rest_and_keeps_each_first_copy() -> None:
+    unknown = CONSUMED.model_copy(update={"id": uuid.uuid4(), "model": "no-such-model"})
+    received = [(CONSUMED, b"first"), (unknown, b"other"), (CONSUMED, b"second")]
+    assert first_copies(received) == [(CONSUMED, b"first"), (unknown, b"other")]
+    priced, parked = price_or_park([CONSUMED, unknown], BookIndex.of([BOOK]))
+    assert priced == [price(CONSUMED, BOOK)]
+    assert [(event.id, reason.startswith("no price book prices no-such-model")) for event, reason in parked] == [
+        (unknown.id, True)]
+    assert price_or_park([CONSUMED], BookIndex.of([])) == ([], [(CONSUMED, f"no price book prices qwen-max at "
+                                                                          f"{CONSUMED.event_time.isoformat()}")])

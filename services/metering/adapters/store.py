@@ -1,12 +1,19 @@
-"""Metering's tables: asyncpg here and only here."""
+"""Metering's tables: asyncpg here and only here. Handlers open a unit of work
+(`MeteringStore.unit`, one transaction) and call its typed methods, which take
+and return domain types."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
 import asyncpg
 
+from tokenhub.contracts.events import UsageRejected
 from tokenhub.contracts.registry import (
     BusinessUnit,
     ConversionTable,
@@ -15,7 +22,11 @@ from tokenhub.contracts.registry import (
     RegistryChanged,
 )
 from tokenhub.services.common.db import insert_new
-from tokenhub.services.metering.domain import Catalogue
+from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
+from tokenhub.services.metering import domain
+from tokenhub.services.metering.adapters import keys
+
+SCHEMA: Final = "metering"
 
 SELECT_BUSINESS_UNITS: Final = "select bu_id from metering.business_units where active"
 SELECT_MODELS: Final = """
@@ -36,12 +47,6 @@ on conflict do nothing
 returning usage_source, usage_id
 """
 DEDUP_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "event_time")
-
-
-async def claim_dedup_keys(connection: asyncpg.Connection, records: list[tuple[str, str, str, datetime]]) -> set[tuple[str, str]]:
-    """Store idempotency keys (DEDUP_COLUMNS); the (source, id) pairs not seen before."""
-    return await insert_new(connection, schema="metering", table="dedup", columns=DEDUP_COLUMNS, records=records,
-                            key_columns=2, fallback_sql=INSERT_DEDUP)
 
 
 SELECT_DEDUP: Final = """
@@ -101,7 +106,7 @@ where funding_agreements.changed_at <= excluded.changed_at
 """
 
 
-async def load_catalogue(connection: asyncpg.Connection) -> Catalogue:
+async def load_catalogue(connection: asyncpg.Connection) -> domain.Catalogue:
     business_units = frozenset(row["bu_id"] for row in await connection.fetch(SELECT_BUSINESS_UNITS))
     models = {
         row["model_id"]: ModelEntry(
@@ -130,7 +135,7 @@ async def load_catalogue(connection: asyncpg.Connection) -> Catalogue:
         )
         for row in await connection.fetch(SELECT_FUNDING)
     )
-    return Catalogue(business_units, models, tables, funding)
+    return domain.Catalogue(business_units, models, tables, funding)
 
 
 async def apply_registry_change(connection: asyncpg.Connection, change: RegistryChanged) -> bool:
@@ -174,3 +179,105 @@ async def apply_registry_change(connection: asyncpg.Connection, change: Registry
         )
     return True
 
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Idempotency keys claimed by this batch, and the content hash stored for
+    each key that was claimed before."""
+
+    claimed: set[domain.UsageKey]
+    stored_sha256: dict[domain.UsageKey, str]
+
+
+@dataclass(frozen=True)
+class RejectedUsage:
+    """A bad original as received, its reason, and what is published about it."""
+
+    raw: domain.RawUsage
+    rejection: domain.Rejection
+    event: UsageRejected
+    topic: str
+    partition: int | None
+    offset: int | None
+
+
+class MeteringUnit:
+    """One transaction of metering's writes and the reads they depend on."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def catalogue(self) -> domain.Catalogue:
+        return await load_catalogue(self._connection)
+
+    async def claim(self, candidates: Sequence[domain.Metered]) -> Claims:
+        """Store the idempotency keys of first sightings; a key another batch (or
+        instance) stored first is not claimed, and its content hash is returned."""
+        if not candidates:
+            return Claims(set(), {})
+        claimed = await insert_new(self._connection, schema=SCHEMA, table="dedup", columns=DEDUP_COLUMNS, records=[
+            (metered.usage.source, metered.usage.id, metered.content_sha256, metered.usage.time)
+            for metered in candidates], key_columns=2, fallback_sql=INSERT_DEDUP)
+        seen = [domain.key_of(metered) for metered in candidates if domain.key_of(metered) not in claimed]
+        if not seen:
+            return Claims(claimed, {})
+        rows = await self._connection.fetch(SELECT_DEDUP, [source for source, _ in seen], [usage_id for _, usage_id in seen])
+        return Claims(claimed, {(row["usage_source"], row["usage_id"]): row["content_sha256"] for row in rows})
+
+    async def store_rejected(self, rejected: Sequence[RejectedUsage]) -> list[RejectedUsage]:
+        """Store every bad original with its bytes and headers; the ones not stored
+        before (a redelivered bad message is stored and published once: its id is
+        deterministic)."""
+        if not rejected:
+            return []
+        ids = [uuid.UUID(item.event.rejected_ref) for item in rejected]
+        rows = await self._connection.fetch(
+            INSERT_REJECTED,
+            ids,
+            [item.rejection.reason_code for item in rejected],
+            [item.rejection.message for item in rejected],
+            [item.raw.value for item in rejected],
+            [item.event.original_sha256 for item in rejected],
+            [domain.sorted_headers(item.raw) for item in rejected],
+            [item.rejection.usage_source for item in rejected],
+            [item.rejection.usage_id for item in rejected],
+            [item.topic for item in rejected],
+            [item.partition for item in rejected],
+            [item.offset for item in rejected],
+        )
+        new_ids = {row["rejected_id"] for row in rows}
+        return [item for rejected_id, item in zip(ids, rejected, strict=True) if rejected_id in new_ids]
+
+    async def stage(self, rows: list[OutboxRow]) -> None:
+        await stage(self._connection, SCHEMA, rows)
+
+    async def count(self, counts: dict[str, int]) -> None:
+        await bump_counters(self._connection, SCHEMA, counts)
+
+    async def apply_registry_changes(self, changes: Sequence[RegistryChanged]) -> int:
+        """Apply changes in the order given; how many were new."""
+        applied = 0
+        for change in changes:
+            applied += await apply_registry_change(self._connection, change)
+        return applied
+
+
+class MeteringStore:
+    """Metering's schema behind a pool that exists once the service has started."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[MeteringUnit]:
+        async with self._pool().acquire() as connection, connection.transaction():
+            yield MeteringUnit(connection)
+
+    async def prune_dedup(self, older_than: datetime, rows_max: int) -> int:
+        async with self._pool().acquire() as connection:
+            return await connection.fetchval(PRUNE_DEDUP, older_than, rows_max)
+
+    async def api_key(self, key: str) -> keys.ApiKey | None:
+        async with self._pool().acquire() as connection:
+            return await keys.lookup(connection, key)
