@@ -27,7 +27,7 @@ from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.pricing import handlers
 from tokenhub.services.pricing.adapters import store
-from tokenhub.services.pricing.domain import BookIndex
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.pricing.litellm import LiteLLMImportError, import_book
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 

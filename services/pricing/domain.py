@@ -10,10 +10,7 @@ from decimal import Decimal
 from tokenhub.contracts.events import ContextTier, ModelPrice, Priced, PricedLine, PriceBookPublished, TokenConsumed
 from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.money import line_amount, quantize
-from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
-
-__all__ = ["BookIndex", "Unpriceable", "context_tier", "first_copies", "period_tier_charge", "price", "price_factor",
-           "price_in_force", "price_or_park"]
+from tokenhub.contracts.pricebook import BookIndex
 
 
 class Unpriceable(Exception):
