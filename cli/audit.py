@@ -538,6 +538,7 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
     dropped: those events were published by the ledger being restored."""
     from tokenhub.infra.migrate import migrate
     from tokenhub.services.common.db import create_pool
+    from tokenhub.services.ledger.adapters.store import LedgerUnit
     from tokenhub.services.ledger.handlers import apply_budget_values, post_values
 
     await migrate(target_url)
@@ -568,12 +569,12 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
             if await target.fetchval(TARGET_EMPTY):
                 raise ValueError("the target database already holds a ledger; restore needs an empty one")
             async with target.transaction():
-                stored, raised = await apply_budget_values(target, budget_values, now=now, zone=zone)
+                stored, raised = await apply_budget_values(LedgerUnit(target), budget_values, now=now, zone=zone)
                 alerts += len(raised)
             done = 0
             for posted_at, values in groups:
                 async with target.transaction():
-                    outcome = await post_values(target, values, now=posted_at, zone=zone)
+                    outcome = await post_values(LedgerUnit(target), values, now=posted_at, zone=zone)
                 posted += len(outcome.posted)
                 duplicates += outcome.duplicates
                 conflicts += len(outcome.conflicts)

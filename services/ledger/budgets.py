@@ -133,3 +133,123 @@ def alert_kind(alert: BudgetAlert) -> str:
     if isinstance(alert, BudgetThresholdCrossed):
         return "threshold"
     return "exhausted" if isinstance(alert, QuotaExhausted) else "restored"
+
+
+# --- the decision over a batch of payers and months ------------------------------------
+
+QuotaKey = tuple[str, str, str]
+"""(payer, scope, month)"""
+Funded = tuple[tuple[str, ...], tuple[str, ...]]
+"""(consumers, apps) a payer funded in a month: what a gateway refuses once its quota is exhausted."""
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """What the decision reads, loaded by the shell in one transaction under
+    the payers' locks."""
+
+    budgets: tuple[BudgetSet, ...]
+    current: dict[str, str]
+    """Each payer's current month: the later of the clock's and its latest month with spend."""
+    open_states: dict[QuotaKey, QuotaState]
+    """Quota states of months before their payer's current one that are not closed yet."""
+    spend: dict[tuple[str, str], dict[str, Decimal]]
+    """(payer, month) -> consumer -> month-to-date spend."""
+    states: dict[QuotaKey, QuotaState]
+    funded: dict[QuotaKey, Funded]
+    """Loaded for the keys `funding_wanted` names, and only those."""
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    states: dict[QuotaKey, QuotaState]
+    """Quota states that changed."""
+    alerts: tuple[BudgetAlert, ...]
+    """Every alert the spend causes; the shell raises those not raised before."""
+
+
+def current_months(payers: Iterable[str], latest: dict[str, str], clock_month: str) -> dict[str, str]:
+    """A payer's current month: the clock's, or a later one its usage reached."""
+    return {payer: max(clock_month, latest.get(payer, clock_month)) for payer in payers}
+
+
+def months_to_read(pairs: Iterable[tuple[str, str]], open_states: Iterable[QuotaKey], current: dict[str, str]) -> list[str]:
+    return sorted({month for _, month in pairs} | {month for _, _, month in open_states} | set(current.values()))
+
+
+def months_to_redecide(stored: Iterable[BudgetSet], months: set[tuple[str, str]], clock_month: str) -> set[tuple[str, str]]:
+    """(payer, month) pairs new budgets apply to: each month from the budget's
+    first on with spend or a quota state (`months`), and the month it starts
+    in or the clock's, whichever is later."""
+    pairs: set[tuple[str, str]] = set()
+    for budget in stored:
+        pairs |= {(payer, month) for payer, month in months if payer == budget.payer_bu and month >= budget.period_from}
+        pairs.add((budget.payer_bu, max(budget.period_from, clock_month)))
+    return pairs
+
+
+def _scopes(known: Iterable[BudgetSet]) -> dict[str, set[str]]:
+    scopes: dict[str, set[str]] = {}
+    for budget in known:
+        scopes.setdefault(budget.payer_bu, set()).add(budget.scope)
+    return scopes
+
+
+def funding_wanted(known: tuple[BudgetSet, ...], pairs: Iterable[tuple[str, str]], current: dict[str, str],
+                   spend: dict[tuple[str, str], dict[str, Decimal]], states: dict[QuotaKey, QuotaState]) -> list[QuotaKey]:
+    """The quotas that this decision may exhaust: only those need the consumers
+    and apps their payer funded, which the shell reads from the journal."""
+    wanted: list[QuotaKey] = []
+    scopes = _scopes(known)
+    for payer, month in sorted(pairs):
+        if month < current[payer]:
+            continue  # late usage: no quota change
+        for scope in sorted(scopes.get(payer, ())):
+            budget = in_force(known, payer, scope, month)
+            state = states.get((payer, scope, month)) or QuotaState()
+            if (budget is not None and budget.hard_limit is not None and not state.closed and not state.exhausted
+                    and scope_spend(spend.get((payer, month), {}), scope) >= budget.hard_limit):
+                wanted.append((payer, scope, month))
+    return wanted
+
+
+def decide(view: BudgetView, pairs: Iterable[tuple[str, str]], *, at: datetime, causes: dict[str, str],
+           raised: bool = False) -> BudgetDecision:
+    """Close the months before each payer's current one (an exhausted quota
+    comes back), then evaluate each (payer, month) of `pairs` under every
+    budget scope of its payer. `raised`: decided because budgets changed."""
+    changed: dict[QuotaKey, QuotaState] = {}
+    alerts: list[BudgetAlert] = []
+    for key in sorted(view.open_states):
+        payer, scope, month = key
+        state = view.open_states[key]
+        budget = in_force(view.budgets, payer, scope, month)
+        if budget is None:
+            changed[key] = QuotaState(False, state.transitions, True)
+            continue
+        new_month = view.current[payer]
+        restored, state = close_month(
+            budget, month, state, new_month=new_month,
+            new_month_spent=scope_spend(view.spend.get((payer, new_month), {}), scope),
+            at=at, cause=causes.get(payer, f"period:{new_month}"))
+        changed[key] = state
+        if restored is not None:
+            alerts.append(restored)
+    scopes = _scopes(view.budgets)
+    for payer, month in sorted(pairs):
+        for scope in sorted(scopes.get(payer, ())):
+            budget = in_force(view.budgets, payer, scope, month)
+            if budget is None:
+                continue
+            key = (payer, scope, month)
+            spent = scope_spend(view.spend.get((payer, month), {}), scope)
+            state = changed.get(key) or view.states.get(key) or QuotaState()
+            if month < view.current[payer]:
+                state = QuotaState(state.exhausted, state.transitions, True)  # late usage: no quota change
+            evaluation = evaluate(budget, month, spent, state, at=at, cause=causes.get(payer, str(budget.id)),
+                                  funded=view.funded.get(key, ((), ())), raised=raised)
+            alerts.extend(evaluation.crossed)
+            if evaluation.quota_alert is not None:
+                alerts.append(evaluation.quota_alert)
+                changed[key] = evaluation.state
+    return BudgetDecision(changed, tuple(alerts))

@@ -89,11 +89,7 @@ class LedgerConsumer:
 
     async def _seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        stored: dict[tuple[str, int], int] = {}
-        async with self.runtime.db().acquire() as connection:
-            for topic in TOPICS:
-                rows = await connection.fetch(store.SELECT_OFFSETS, self.cluster_id, topic)
-                stored.update({(topic, row["kafka_partition"]): row["next_offset"] for row in rows})
+        stored = await store.stored_offsets(self.runtime.db(), self.cluster_id, TOPICS)
         for partition in partitions:
             if (partition.topic, partition.partition) in stored:
                 self.consumer.seek(partition, stored[(partition.topic, partition.partition)])
@@ -138,9 +134,6 @@ class LedgerConsumer:
                 await self.runtime.process(records, lambda batch, handle=handle: handle(self.runtime, batch))
                 next_offsets = {tp.partition: max(record.offset for record in rs) + 1
                                 for tp, rs in batches.items() if rs and tp.topic == topic}
-                async with self.runtime.db().acquire() as connection:
-                    await connection.execute(
-                        store.UPSERT_OFFSETS, self.cluster_id, topic, list(next_offsets), list(next_offsets.values())
-                    )
+                await store.save_offsets(self.runtime.db(), self.cluster_id, topic, next_offsets)
             maybe_crash(self.runtime.settings, "ledger.before_outbox_publish")
             self.runtime.relay_soon()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,10 +14,12 @@ from typing import Any, Final, NamedTuple
 
 from pydantic import TypeAdapter
 
+from tokenhub.contracts.budgets import ConflictingDuplicate
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import LedgerPosted, Posting, Priced, unchecked
+from tokenhub.contracts.events import LedgerPosted, Posting, Priced, decode, unchecked
 from tokenhub.contracts.ids import derive_id, posted_id
 from tokenhub.contracts.money import format_amount
+from tokenhub.services.ledger.budgets import month_of
 
 GENESIS_HASH: Final = "0" * 64
 
@@ -202,3 +205,84 @@ def balance_deltas(posted: list[LedgerPosted]) -> dict[tuple[str, str], tuple[De
             debit, credit = deltas.get((posting.ledger, posting.account), (Decimal(0), Decimal(0)))
             deltas[(posting.ledger, posting.account)] = (debit + posting.debit, credit + posting.credit)
     return deltas
+
+
+# --- a batch: which Priced are new, which conflict, and what they post ------------------
+
+class Received(NamedTuple):
+    """A batch of Priced as received: each event, its JSON form, its canonical
+    bytes (what the journal keeps and the hash covers) and their hash."""
+
+    events: list[Priced]
+    contents: list[dict[str, Any]]
+    payloads: list[bytes]
+    hashes: list[str]
+
+
+def receive(values: Sequence[bytes]) -> Received:
+    events = [decode(Priced, value) for value in values]
+    contents = [priced_content(event) for event in events]  # dumped once: the stored bytes and the entry's content
+    payloads = [canonical_json(content) for content in contents]
+    return Received(events, contents, payloads, [hashlib.sha256(payload).hexdigest() for payload in payloads])
+
+
+@dataclass(frozen=True)
+class PostedEntry:
+    """An entry to store: the event, its canonical bytes, and the Priced it posts."""
+
+    posted: LedgerPosted
+    payload: bytes
+    priced: bytes
+    priced_sha256: str
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    received: int
+    entries: list[PostedEntry]
+    heads: dict[str, ChainHead]
+    """The new heads of the chains the batch extended."""
+    conflicts: list[ConflictingDuplicate]
+    """One per copy whose id was posted with other content: it posts nothing."""
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - len(self.entries) - len(self.conflicts)
+
+
+def decide_batch(batch: Received, stored: dict[uuid.UUID, str], heads: dict[str, ChainHead],
+                 posted_at: datetime) -> BatchDecision:
+    """Exactly once by Priced id: the first copy of an id not stored before is
+    posted, in arrival order; a later copy with the same bytes is a duplicate,
+    one with other bytes a conflict. `stored`: id -> hash of the stored bytes."""
+    kept = dict(stored)
+    fresh: list[int] = []
+    conflicts: list[ConflictingDuplicate] = []
+    for index, event in enumerate(batch.events):
+        known = kept.get(event.id)
+        if known is None:
+            kept[event.id] = batch.hashes[index]
+            fresh.append(index)
+        elif known != batch.hashes[index]:
+            conflicts.append(ConflictingDuplicate(
+                id=derive_id("alert", "conflicting_duplicate", str(event.id), batch.hashes[index]), event_time=posted_at,
+                cause_id=str(event.id), priced_id=event.id, payer_bu=event.payer_bu, stored_sha256=known,
+                received_sha256=batch.hashes[index], detected_at=posted_at))
+    result = post_batch([batch.events[index] for index in fresh], heads, posted_at,
+                        [batch.contents[index] for index in fresh])
+    entries = [PostedEntry(posted, payload, batch.payloads[index], batch.hashes[index])
+               for posted, payload, index in zip(result.posted, result.payloads, fresh, strict=True)]
+    changed = {entry.posted.chain: result.heads[entry.posted.chain] for entry in entries}
+    return BatchDecision(len(batch.events), entries, changed, conflicts)
+
+
+def month_spend(posted: Sequence[LedgerPosted], zone: str) -> tuple[dict[tuple[str, str, str], Decimal], dict[str, str]]:
+    """(payer, month, consumer) -> amount a batch adds to month-to-date spend by
+    event time, and per payer the last Priced that caused it (alerts name it)."""
+    spend: dict[tuple[str, str, str], Decimal] = {}
+    causes: dict[str, str] = {}
+    for entry in posted:
+        key = (entry.payer_bu, month_of(entry.event_time, zone), entry.consumer_bu)
+        spend[key] = spend.get(key, _ZERO) + entry.amount
+        causes[entry.payer_bu] = str(entry.priced_id)
+    return spend, causes

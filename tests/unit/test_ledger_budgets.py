@@ -12,8 +12,12 @@ from pydantic import ValidationError
 
 from tokenhub.contracts.budgets import BudgetSet, QuotaExhausted, QuotaRestored
 from tokenhub.services.ledger.budgets import (
+    BudgetView,
     QuotaState,
     close_month,
+    decide,
+    funding_wanted,
+    months_to_redecide,
     evaluate,
     in_force,
     month_of,
@@ -108,3 +112,62 @@ def test_nonsense_budgets_are_refused(change: dict) -> None:
 
 def test_thresholds_are_kept_in_order() -> None:
     assert budget(thresholds=("100", "50")).thresholds_percent == (Decimal(50), Decimal(100))
+
+
+# --- the decision over a batch, from what the shell loaded ---------------------------------
+
+def _view(known: tuple[BudgetSet, ...], *, spend: dict, states: dict | None = None, open_states: dict | None = None,
+          current: dict | None = None, funded: dict | None = None) -> BudgetView:
+    return BudgetView(known, current or {"taobao-tmall": "2026-03"}, open_states or {}, spend, states or {}, funded or {})
+
+
+def test_decide_exhausts_the_quota_naming_what_the_payer_funds_and_crosses_each_threshold() -> None:
+    known = (budget(),)
+    spend = {("taobao-tmall", "2026-03"): {"taobao-tmall": Decimal("100"), "maps": Decimal("20")}}
+    pairs = {("taobao-tmall", "2026-03")}
+    assert funding_wanted(known, pairs, {"taobao-tmall": "2026-03"}, spend, {}) == [("taobao-tmall", "*", "2026-03")]
+    decision = decide(_view(known, spend=spend, funded={("taobao-tmall", "*", "2026-03"): (("maps", "taobao-tmall"), ("search",))}),
+                      pairs, at=AT, causes={"taobao-tmall": "priced-1"})
+    crossed = [alert for alert in decision.alerts if not isinstance(alert, QuotaExhausted)]
+    exhausted = [alert for alert in decision.alerts if isinstance(alert, QuotaExhausted)]
+    assert [f"{alert.threshold_percent:f}" for alert in crossed] == ["50", "80", "100"]
+    assert [(alert.spent, alert.consumers, alert.apps, alert.cause_id) for alert in exhausted] == [
+        (Decimal(120), ("maps", "taobao-tmall"), ("search",), "priced-1")]
+    assert decision.states == {("taobao-tmall", "*", "2026-03"): QuotaState(True, 1)}
+
+
+def test_decide_below_the_hard_limit_wants_no_funding_and_changes_no_state() -> None:
+    known = (budget(),)
+    spend = {("taobao-tmall", "2026-03"): {"taobao-tmall": Decimal("119.999999999999")}}
+    pairs = {("taobao-tmall", "2026-03")}
+    assert funding_wanted(known, pairs, {"taobao-tmall": "2026-03"}, spend, {}) == []
+    decision = decide(_view(known, spend=spend), pairs, at=AT, causes={})
+    assert decision.states == {} and len(decision.alerts) == 3
+
+
+def test_decide_late_usage_of_an_earlier_month_changes_no_quota() -> None:
+    known = (budget(),)
+    spend = {("taobao-tmall", "2026-03"): {"taobao-tmall": Decimal("500")}}
+    pairs = {("taobao-tmall", "2026-03")}
+    current = {"taobao-tmall": "2026-04"}
+    assert funding_wanted(known, pairs, current, spend, {}) == []
+    decision = decide(_view(known, spend=spend, current=current), pairs, at=AT, causes={})
+    assert decision.states == {} and not any(isinstance(alert, QuotaExhausted) for alert in decision.alerts)
+
+
+def test_decide_closes_an_exhausted_earlier_month_and_restores_its_quota() -> None:
+    known = (budget(),)
+    open_states = {("taobao-tmall", "*", "2026-03"): QuotaState(True, 1)}
+    spend = {("taobao-tmall", "2026-04"): {"taobao-tmall": Decimal("3")}}
+    decision = decide(_view(known, spend=spend, open_states=open_states, current={"taobao-tmall": "2026-04"}), set(),
+                      at=AT, causes={})
+    assert [(type(alert), alert.period, alert.spent) for alert in decision.alerts] == [(QuotaRestored, "2026-04", Decimal(3))]
+    assert decision.states == {("taobao-tmall", "*", "2026-03"): QuotaState(False, 2, True)}
+
+
+def test_new_budgets_redecide_their_months_with_spend_and_the_current_one() -> None:
+    march = budget(period_from="2026-03")
+    months = {("taobao-tmall", "2026-02"), ("taobao-tmall", "2026-03"), ("taobao-tmall", "2026-04"), ("other", "2026-03")}
+    assert months_to_redecide([march], months, "2026-05") == {
+        ("taobao-tmall", "2026-03"), ("taobao-tmall", "2026-04"), ("taobao-tmall", "2026-05")}
+    assert months_to_redecide([budget(period_from="2026-07")], months, "2026-05") == {("taobao-tmall", "2026-07")}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -20,11 +21,14 @@ from tokenhub.services.ledger.domain import (
     UnbalancedEntry,
     balance_deltas,
     check_balanced,
+    decide_batch,
     hash_entry,
     hashed_content,
+    month_spend,
     post,
     post_batch,
     postings_for,
+    receive,
 )
 from tests.contract.examples import POSTED, PRICED
 
@@ -136,3 +140,30 @@ def test_a_model_built_unchecked_equals_the_validated_one_and_needs_every_field(
         unchecked(LedgerPosted, {name: value for name, value in values.items() if name != "schema_version"})
     with pytest.raises(MissingFields, match="surplus"):
         unchecked(LedgerPosted, values | {"surplus": 1})
+
+
+def test_a_batch_posts_each_new_id_once_and_names_copies_with_other_bytes() -> None:
+    original = canonical_json(PRICED)
+    forged = orjson.loads(original)
+    forged["lines"][0]["amount"] = f"{Decimal(forged['lines'][0]['amount']) + 1:.12f}"
+    forged["total_amount"] = f"{Decimal(forged['total_amount']) + 1:.12f}"
+    forged_bytes = canonical_json(forged)
+    batch = receive([original, original, forged_bytes, forged_bytes])
+    decision = decide_batch(batch, {}, {}, POSTED_AT)
+    assert [entry.posted.priced_id for entry in decision.entries] == [PRICED.id]
+    assert decision.entries[0].priced == original and decision.entries[0].payload == canonical_json(decision.entries[0].posted)
+    assert (len(decision.conflicts), decision.duplicates) == (2, 1)
+    assert len({alert.id for alert in decision.conflicts}) == 1, "one alert per distinct content"
+    assert decision.heads == {PRICED.payer_bu: ChainHead(PRICED.payer_bu, 1, decision.entries[0].posted.entry_hash)}
+
+    again = decide_batch(receive([original, forged_bytes]), {PRICED.id: batch.hashes[0]},
+                         decision.heads, POSTED_AT + timedelta(seconds=1))
+    assert (again.entries, again.heads, again.duplicates, len(again.conflicts)) == ([], {}, 1, 1)
+
+
+def test_month_spend_goes_by_event_time_in_the_company_zone() -> None:
+    posted = post_batch([PRICED], {}, POSTED_AT).posted
+    spend, causes = month_spend(posted, "Asia/Shanghai")
+    month = PRICED.event_time.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    assert spend == {(PRICED.payer_bu, month, PRICED.consumer_bu): PRICED.total_amount}
+    assert causes == {PRICED.payer_bu: str(PRICED.id)}

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
 from decimal import Decimal
 from typing import Final
 
 import asyncpg
 
-from tokenhub.contracts.events import LedgerPosted
-from tokenhub.services.common.db import insert_new
-from tokenhub.services.ledger.domain import ChainHead, entry_id_for
+from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetAlert, BudgetSet, ConflictingDuplicate
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.events import decode
+from tokenhub.contracts.periods import parse
+from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
+from tokenhub.services.ledger import budgets
+from tokenhub.services.ledger.domain import ChainHead, PostedEntry, entry_id_for
 
-INSERT_ARCHIVE: Final = """
-insert into ledger.priced_archive (priced_id, payload_sha256, payload)
-select * from unnest($1::uuid[], $2::text[], $3::bytea[])
-on conflict (priced_id) do nothing
-returning priced_id
-"""
+SCHEMA: Final = "ledger"
+
 ARCHIVE_COLUMNS: Final = ("priced_id", "payload_sha256", "payload")
-
-
-async def archive_priced(connection: asyncpg.Connection, records: list[tuple[uuid.UUID, str, bytes]]) -> set[uuid.UUID]:
-    """Archive Priced rows (ARCHIVE_COLUMNS); the ids not archived before."""
-    return await insert_new(connection, schema="ledger", table="priced_archive", columns=ARCHIVE_COLUMNS,
-                            records=records, key_columns=1, fallback_sql=INSERT_ARCHIVE)
 
 
 SELECT_ARCHIVE_HASHES: Final = """
@@ -68,46 +64,6 @@ on conflict (cluster_id, topic, kafka_partition) do update set next_offset = gre
 """
 
 
-async def lock_chain_heads(connection: asyncpg.Connection, chains: list[str]) -> dict[str, ChainHead]:
-    rows = await connection.fetch(LOCK_CHAINS, sorted(set(chains)))
-    return {row["chain"]: ChainHead(row["chain"], row["sequence"], row["head_hash"]) for row in rows}
-
-
-async def write_entries(connection: asyncpg.Connection, posted: list[LedgerPosted], payloads: list[bytes]) -> None:
-    ids = [entry_id(entry) for entry in posted]  # a uuid5 each: derived once, used by the entry and its legs
-    await connection.copy_records_to_table("entries", schema_name="ledger", columns=ENTRY_COLUMNS, records=[
-        (identifier, entry.priced_id, entry.kind, entry.corrects_id, entry.chain, entry.sequence, entry.payer_bu,
-         entry.consumer_bu, entry.provider_bu, entry.app, entry.model, entry.amount, entry.tokens, entry.event_time,
-         entry.posted_at, entry.entry_hash, entry.previous_hash, payload)
-        for identifier, entry, payload in zip(ids, posted, payloads, strict=True)
-    ])
-    await connection.copy_records_to_table("postings", schema_name="ledger", columns=POSTING_COLUMNS, records=[
-        (identifier, index, posting.ledger, posting.account, posting.debit, posting.credit)
-        for identifier, entry in zip(ids, posted, strict=True) for index, posting in enumerate(entry.postings)
-    ])
-
-
-def entry_id(entry: LedgerPosted) -> uuid.UUID:
-    return entry_id_for(entry.priced_id)
-
-
-async def update_balances(connection: asyncpg.Connection, deltas: dict[tuple[str, str], tuple[Decimal, Decimal]]) -> None:
-    keys = sorted(deltas)  # a fixed order: concurrent batches lock rows the same way round
-    await connection.execute(
-        UPSERT_BALANCES,
-        [ledger for ledger, _ in keys],
-        [account for _, account in keys],
-        [deltas[key][0] for key in keys],
-        [deltas[key][1] for key in keys],
-    )
-
-
-async def save_chain_heads(connection: asyncpg.Connection, heads: list[ChainHead]) -> None:
-    await connection.execute(
-        UPSERT_CHAINS, [head.chain for head in heads], [head.sequence for head in heads], [head.head_hash for head in heads]
-    )
-
-
 # --- budgets -----------------------------------------------------------------------
 
 # One transaction at a time decides a payer's budget alerts: posting and budget
@@ -121,7 +77,6 @@ insert into ledger.budgets (budget_id, payer_bu, scope, period_from, amount, thr
     actor, reason, set_at, payload)
 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 on conflict (budget_id) do nothing
-returning budget_id
 """
 SELECT_BUDGETS_OF: Final = "select payload from ledger.budgets where payer_bu = any($1::text[])"
 SELECT_ALL_BUDGETS: Final = "select payload from ledger.budgets order by set_at, budget_id"
@@ -133,10 +88,6 @@ on conflict (payer_bu, period, consumer_bu) do update set amount = period_spend.
 SELECT_PERIOD_SPEND: Final = """
 select payer_bu, period, consumer_bu, amount from ledger.period_spend
 where payer_bu = any($1::text[]) and period = any($2::text[])
-"""
-SELECT_SPEND_MONTHS: Final = """
-select distinct period from ledger.period_spend where payer_bu = $1 and period >= $2
-union select distinct period from ledger.quota_states where payer_bu = $1 and period >= $2
 """
 SELECT_LATEST_SPEND_MONTHS: Final = """
 select payer_bu, max(period) as period from ledger.period_spend where payer_bu = any($1::text[]) group by payer_bu
@@ -164,9 +115,200 @@ select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
 on conflict do nothing
 returning alert_id
 """
+SELECT_BUDGET_IDS: Final = "select budget_id from ledger.budgets where budget_id = any($1::uuid[])"
+SELECT_PAYERS_MONTHS_FROM: Final = """
+select payer_bu, period from ledger.period_spend where payer_bu = any($1::text[]) and period >= $2
+union select payer_bu, period from ledger.quota_states where payer_bu = any($1::text[]) and period >= $2
+"""
 SELECT_FUNDED: Final = """
 select array_agg(distinct consumer_bu order by consumer_bu) as consumers,
        array_remove(array_agg(distinct app order by app), null) as apps
 from ledger.entries
 where payer_bu = $1 and event_time >= $2 and event_time < $3 and ($4::text = '*' or consumer_bu = $4)
 """
+
+
+# --- the unit of work: typed loads and writes inside one transaction ------------------
+
+class LedgerUnit:
+    """The ledger's tables inside one transaction, as domain types. Handlers
+    load through it, decide in the core and write through it; asyncpg stays here."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    # posting
+
+    async def lock_chain_heads(self, chains: Iterable[str]) -> dict[str, ChainHead]:
+        """The heads of these chains, locked until the transaction ends: one
+        posting transaction at a time extends a chain."""
+        rows = await self._connection.fetch(LOCK_CHAINS, sorted(set(chains)))
+        return {row["chain"]: ChainHead(row["chain"], row["sequence"], row["head_hash"]) for row in rows}
+
+    async def stored_hashes(self, priced_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Priced already posted among these ids, with the hash of the bytes stored for each."""
+        rows = await self._connection.fetch(SELECT_ARCHIVE_HASHES, list(set(priced_ids)))
+        return {row["priced_id"]: row["payload_sha256"] for row in rows}
+
+    async def write_entries(self, entries: Sequence[PostedEntry]) -> None:
+        """Archive each entry's Priced, then the entries and their legs. The
+        ids are new: the caller read them under its chain locks."""
+        if not entries:
+            return
+        connection = self._connection
+        await connection.copy_records_to_table("priced_archive", schema_name="ledger", columns=ARCHIVE_COLUMNS, records=[
+            (entry.posted.priced_id, entry.priced_sha256, entry.priced) for entry in entries])
+        ids = [entry_id_for(entry.posted.priced_id) for entry in entries]  # a uuid5 each: used by the entry and its legs
+        await connection.copy_records_to_table("entries", schema_name="ledger", columns=ENTRY_COLUMNS, records=[
+            (identifier, posted.priced_id, posted.kind, posted.corrects_id, posted.chain, posted.sequence, posted.payer_bu,
+             posted.consumer_bu, posted.provider_bu, posted.app, posted.model, posted.amount, posted.tokens,
+             posted.event_time, posted.posted_at, posted.entry_hash, posted.previous_hash, entry.payload)
+            for identifier, entry in zip(ids, entries, strict=True) for posted in (entry.posted,)
+        ])
+        await connection.copy_records_to_table("postings", schema_name="ledger", columns=POSTING_COLUMNS, records=[
+            (identifier, index, posting.ledger, posting.account, posting.debit, posting.credit)
+            for identifier, entry in zip(ids, entries, strict=True) for index, posting in enumerate(entry.posted.postings)
+        ])
+
+    async def add_to_balances(self, deltas: dict[tuple[str, str], tuple[Decimal, Decimal]]) -> None:
+        if not deltas:
+            return
+        keys = sorted(deltas)  # a fixed order: concurrent batches lock rows the same way round
+        await self._connection.execute(UPSERT_BALANCES, [ledger for ledger, _ in keys], [account for _, account in keys],
+                                       [deltas[key][0] for key in keys], [deltas[key][1] for key in keys])
+
+    async def save_chain_heads(self, heads: Iterable[ChainHead]) -> None:
+        heads = list(heads)
+        if heads:
+            await self._connection.execute(UPSERT_CHAINS, [head.chain for head in heads],
+                                           [head.sequence for head in heads], [head.head_hash for head in heads])
+
+    async def raise_conflicts(self, conflicts: Sequence[ConflictingDuplicate]) -> set[uuid.UUID]:
+        """Store each conflict alert under its unique id; the ids stored now.
+        One statement each: conflicts are rare, and each is a forged or broken event."""
+        raised: set[uuid.UUID] = set()
+        for alert in conflicts:
+            stored = await self._connection.fetchval(INSERT_ALERT, alert.id, "conflicting_duplicate", {
+                "priced_id": str(alert.priced_id), "stored_sha256": alert.stored_sha256,
+                "received_sha256": alert.received_sha256})
+            if stored is not None:
+                raised.add(stored)
+        return raised
+
+    # budgets
+
+    async def lock_payers(self, payers: Iterable[str]) -> None:
+        """One transaction at a time decides a payer's budget alerts."""
+        await self._connection.execute(LOCK_PAYERS, sorted(set(payers)))
+
+    async def add_period_spend(self, spend: dict[tuple[str, str, str], Decimal]) -> None:
+        """(payer, month, consumer) -> amount added to the month-to-date spend."""
+        if not spend:
+            return
+        keys = sorted(spend)
+        await self._connection.execute(UPSERT_PERIOD_SPEND, [key[0] for key in keys], [key[1] for key in keys],
+                                       [key[2] for key in keys], [spend[key] for key in keys])
+
+    async def budgets_of(self, payers: Iterable[str]) -> tuple[BudgetSet, ...]:
+        rows = await self._connection.fetch(SELECT_BUDGETS_OF, sorted(set(payers)))
+        return tuple(decode(BudgetSet, row["payload"]) for row in rows)
+
+    async def known_budget_ids(self, budget_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        return {row["budget_id"] for row in await self._connection.fetch(SELECT_BUDGET_IDS, list(set(budget_ids)))}
+
+    async def months_with_spend_or_quota(self, payers: Iterable[str], month_from: str) -> set[tuple[str, str]]:
+        """(payer, month) from `month_from` on where the payer spent or has a quota state."""
+        rows = await self._connection.fetch(SELECT_PAYERS_MONTHS_FROM, sorted(set(payers)), month_from)
+        return {(row["payer_bu"], row["period"]) for row in rows}
+
+    async def payers_exhausted_before(self, month: str) -> list[str]:
+        return sorted(row["payer_bu"] for row in await self._connection.fetch(SELECT_EXHAUSTED_PAYERS_BEFORE, month))
+
+    async def budget_view(self, known: tuple[BudgetSet, ...], payers: list[str], pairs: set[tuple[str, str]],
+                          clock_month: str, zone: str) -> budgets.BudgetView:
+        """What `budgets.decide` reads for these payers and (payer, month) pairs.
+        The caller holds the payers' locks."""
+        connection = self._connection
+        latest = {row["payer_bu"]: row["period"] for row in await connection.fetch(SELECT_LATEST_SPEND_MONTHS, payers)}
+        current = budgets.current_months(payers, latest, clock_month)
+        open_states = {
+            (row["payer_bu"], row["scope"], row["period"]): budgets.QuotaState(row["exhausted"], row["transitions"], row["closed"])
+            for row in await connection.fetch(SELECT_OPEN_STATES_BEFORE, payers, max(current.values()))
+            if row["period"] < current[row["payer_bu"]]
+        }
+        months = budgets.months_to_read(pairs, open_states, current)
+        spend: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for row in await connection.fetch(SELECT_PERIOD_SPEND, payers, months):
+            spend.setdefault((row["payer_bu"], row["period"]), {})[row["consumer_bu"]] = row["amount"]
+        states = {(row["payer_bu"], row["scope"], row["period"]): budgets.QuotaState(row["exhausted"], row["transitions"], row["closed"])
+                  for row in await connection.fetch(SELECT_QUOTA_STATES, payers, months)}
+        funded: dict[budgets.QuotaKey, budgets.Funded] = {}
+        for key in budgets.funding_wanted(known, pairs, current, spend, states):
+            payer, scope, month = key
+            period = parse(month, zone)
+            row = await connection.fetchrow(SELECT_FUNDED, payer, period.start, period.end, scope)
+            funded[key] = (tuple(row["consumers"] or ()), tuple(row["apps"] or ()))
+        return budgets.BudgetView(known, current, open_states, spend, states, funded)
+
+    async def save_budgets(self, stored: Sequence[BudgetSet]) -> None:
+        if stored:
+            await self._connection.executemany(INSERT_BUDGET, [
+                (budget.id, budget.payer_bu, budget.scope, budget.period_from, budget.amount,
+                 list(budget.thresholds_percent), budget.hard_limit, budget.currency, budget.actor, budget.reason,
+                 budget.set_at, canonical_json(budget)) for budget in stored])
+
+    async def save_quota_states(self, states: dict[budgets.QuotaKey, budgets.QuotaState]) -> None:
+        if not states:
+            return
+        keys = sorted(states)
+        await self._connection.execute(UPSERT_QUOTA_STATES, [key[0] for key in keys], [key[1] for key in keys],
+                                       [key[2] for key in keys], [states[key].exhausted for key in keys],
+                                       [states[key].transitions for key in keys], [states[key].closed for key in keys])
+
+    async def raise_budget_alerts(self, alerts: Sequence[tuple[BudgetAlert, bytes]]) -> set[uuid.UUID]:
+        """Store each alert under its unique keys; the ids stored now (the others were raised before)."""
+        if not alerts:
+            return set()
+        rows = await self._connection.fetch(
+            INSERT_BUDGET_ALERTS,
+            [alert.id for alert, _ in alerts],
+            [budgets.alert_kind(alert) for alert, _ in alerts],
+            [alert.payer_bu for alert, _ in alerts],
+            [alert.consumer_bu or WHOLE_PAYER for alert, _ in alerts],
+            [alert.period for alert, _ in alerts],
+            [getattr(alert, "threshold_percent", None) for alert, _ in alerts],
+            [alert.budget_id for alert, _ in alerts],
+            [payload for _, payload in alerts],
+        )
+        return {row["alert_id"] for row in rows}
+
+    # outbox and counters
+
+    async def stage(self, rows: list[OutboxRow]) -> None:
+        await stage(self._connection, SCHEMA, rows)
+
+    async def count(self, counts: dict[str, int]) -> None:
+        await bump_counters(self._connection, SCHEMA, counts)
+
+
+@contextlib.asynccontextmanager
+async def unit(pool: asyncpg.Pool) -> AsyncIterator[LedgerUnit]:
+    """One transaction on a connection of the pool."""
+    async with pool.acquire() as connection, connection.transaction():
+        yield LedgerUnit(connection)
+
+
+# --- offsets (the consumer's hint of where to resume) ---------------------------------
+
+async def stored_offsets(pool: asyncpg.Pool, cluster_id: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    stored: dict[tuple[str, int], int] = {}
+    async with pool.acquire() as connection:
+        for topic in topics:
+            rows = await connection.fetch(SELECT_OFFSETS, cluster_id, topic)
+            stored.update({(topic, row["kafka_partition"]): row["next_offset"] for row in rows})
+    return stored
+
+
+async def save_offsets(pool: asyncpg.Pool, cluster_id: str, topic: str, next_offsets: dict[int, int]) -> None:
+    async with pool.acquire() as connection:
+        await connection.execute(UPSERT_OFFSETS, cluster_id, topic, list(next_offsets), list(next_offsets.values()))
