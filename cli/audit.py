@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, LEDGER_POSTED, TOKENS_PRICED
+from tokenhub.services.common.kafka import client_options
 
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
 ACCOUNT_FIGURES: Final = {"spend": ("money", "spend"), "revenue": ("money", "revenue"),
@@ -89,7 +90,8 @@ async def read_topic(bootstrap_servers: str, topic: str, *, expected: int = 0, i
     `expected` distinct records (by `distinct`) were read, or after
     `idle_timeout_s` without a record: the broker's end offsets are not trusted."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
+                                **client_options())
     await consumer.start()
     records: list[TopicRecord] = []
     seen: set[object] = set()

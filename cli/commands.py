@@ -25,7 +25,7 @@ from tokenhub.contracts.registry import PAYLOAD_MODELS, registry_change
 from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
-from tokenhub.services.common.kafka import create_producer
+from tokenhub.services.common.kafka import create_producer, usage_client_options
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, close_period
 
@@ -120,7 +120,7 @@ async def emit(arguments: argparse.Namespace) -> int:
                 values.append((str(consumer).encode(), line.strip().encode()))
     else:
         raise CliError("give a FILE of JSON-lines CloudEvents or --generate N")
-    async with UsageClient(bootstrap_servers) as client:
+    async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
         sent = await client.send_raw(render.progress(values, "emit"))
     print(f"sent {sent} usage events to usage.reported")
     return 0

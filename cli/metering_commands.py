@@ -29,6 +29,7 @@ from tokenhub.contracts.registry import (
 from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
+from tokenhub.services.common.kafka import usage_client_options
 from tokenhub.services.metering.adapters import keys
 from tokenhub.services.metering.domain import header_value
 
@@ -204,7 +205,7 @@ async def rejected(arguments: argparse.Namespace) -> int:
             value = Path(arguments.file).read_bytes() if arguments.file else row["original_bytes"]
             # Headers go back as received, non-UTF-8 ones decoded from their stored base64.
             headers = [] if arguments.file else [(name, header_value(text)) for name, text in (row["headers"] or {}).items()]
-            async with UsageClient(bootstrap_servers) as client:
+            async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
                 await client.send_raw([(b"", value)], headers=headers or None)
             await connection.execute(MARK_RESUBMITTED, _uuid(arguments.rejected_id), clock(settings),
                                      f"{_actor(arguments)}: {arguments.reason}")

@@ -24,7 +24,7 @@ from tokenhub.contracts.topics import (
 from tokenhub.infra.migrate import migrate
 from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
-from tokenhub.infra.settings import STACK_ENV_FILE, load_settings
+from tokenhub.infra.settings import STACK_ENV_FILE, Settings, load_settings, settings_for
 from tokenhub.infra.topics import create_topics
 from tokenhub.services.common.kafka import create_producer
 
@@ -45,18 +45,19 @@ ARCHIVED_STREAMS: Final = (
 REPUBLISH_BATCH: Final = 5_000
 
 
-async def prepare(bootstrap_servers: str, database_url: str) -> int:
-    """Migrations and topics; on a new, empty broker, republish the archives."""
+async def prepare(bootstrap_servers: str, database_url: str, settings: Settings | None = None) -> int:
+    """Migrations and topics; on a new, empty broker, republish the archives.
+    `settings`: the broker's client settings, where they are not this process's."""
     await migrate(database_url)
-    created = await create_topics(bootstrap_servers)
+    created = await create_topics(bootstrap_servers, settings=settings)
     if not created:
         return 0
-    return await republish(bootstrap_servers, database_url)
+    return await republish(bootstrap_servers, database_url, settings)
 
 
-async def republish(bootstrap_servers: str, database_url: str) -> int:
+async def republish(bootstrap_servers: str, database_url: str, settings: Settings | None = None) -> int:
     connection = await asyncpg.connect(database_url)
-    producer: AIOKafkaProducer = create_producer(bootstrap_servers, client_id="tokenhub-republish")
+    producer: AIOKafkaProducer = create_producer(bootstrap_servers, client_id="tokenhub-republish", settings=settings)
     await producer.start()
     published = 0
     try:
@@ -92,17 +93,17 @@ async def run_service(arguments: argparse.Namespace) -> int:
 
 
 async def up(arguments: argparse.Namespace) -> int:
-    from tokenhub.infra.embedded import EmbeddedStack
+    from tokenhub.infra.kafka.stack import open_stack, stack_environment
 
     settings = load_settings()
     state_dir = Path(settings.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    stack = EmbeddedStack(state_dir=state_dir, durable=True)
+    stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
     endpoints = stack.start()
-    environment = with_http_port(_service_env(endpoints.bootstrap_servers, endpoints.database_url))
+    environment = with_http_port(stack_environment(stack) | _service_env(endpoints.bootstrap_servers, endpoints.database_url))
     services = ServiceProcesses(environment, state_dir / "logs")
     try:
-        await prepare(endpoints.bootstrap_servers, endpoints.database_url)
+        await prepare(endpoints.bootstrap_servers, endpoints.database_url, settings_for(environment))
         stack.write_env_file(state_dir / STACK_ENV_FILE)
         services.start()
         print(
@@ -147,7 +148,12 @@ async def _wait_for_signal(services: ServiceProcesses) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("up", help="start the embedded stack and all four services in the foreground").set_defaults(handler=up)
+    up_parser = subparsers.add_parser("up", help="start the embedded stack and all four services in the foreground")
+    up_parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                           help="tansu: the embedded broker (default); kafka: Apache Kafka (KRaft) from Maven Central, "
+                                "secured with SASL/SCRAM and TLS, under the state folder's kafka/")
+    up_parser.add_argument("--brokers", type=int, default=3, help="Apache Kafka nodes (--broker kafka)")
+    up_parser.set_defaults(handler=up)
     run = subparsers.add_parser("run", help="run one service")
     run.add_argument("service", choices=SERVICES)
     run.set_defaults(handler=run_service)

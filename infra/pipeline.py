@@ -12,7 +12,9 @@ from typing import Final
 import asyncpg
 
 from tokenhub.infra.embedded import EmbeddedStack, StackEndpoints, free_port
+from tokenhub.infra.kafka.stack import stack_environment
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
+from tokenhub.infra.settings import settings_for
 
 COUNTER_SCHEMAS: Final = ("metering", "pricing", "ledger", "invoicing")
 POLL_INTERVAL_S: Final = 0.2
@@ -39,10 +41,12 @@ class LocalPipeline:
     """Start with `start()`, stop with `stop()`; nothing is left running."""
 
     def __init__(self, state_dir: Path | None = None, env: dict[str, str] | None = None,
-                 services: tuple[str, ...] = SERVICES, statement_stats: bool = False) -> None:
-        self.stack = EmbeddedStack(state_dir=state_dir, statement_stats=statement_stats)
+                 services: tuple[str, ...] = SERVICES, statement_stats: bool = False,
+                 stack: EmbeddedStack | None = None) -> None:
+        """`stack`: another broker in place of the embedded one (infra.kafka.stack)."""
+        self.stack = stack or EmbeddedStack(state_dir=state_dir, statement_stats=statement_stats)
         self.state_dir = self.stack.state_dir
-        self.extra_env = with_http_port(env or {})
+        self.extra_env = with_http_port(stack_environment(self.stack) | (env or {}))
         self.endpoints: StackEndpoints | None = None
         self.services: ServiceProcesses | None = None
         self.service_names = services
@@ -51,7 +55,7 @@ class LocalPipeline:
         from tokenhub.cli.stack import prepare
 
         self.endpoints = await asyncio.to_thread(self.stack.start)
-        await prepare(self.endpoints.bootstrap_servers, self.endpoints.database_url)
+        await prepare(self.endpoints.bootstrap_servers, self.endpoints.database_url, settings_for(self.env))
         self.services = ServiceProcesses(service_env(self.endpoints, self.extra_env), self.state_dir / "logs", self.service_names)
         self.services.start()
         return self.endpoints

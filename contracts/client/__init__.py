@@ -7,5 +7,7 @@ to `usage.reported` with acks=all and retries (docs/architecture.md, Delivery se
 
 from tokenhub.client.mapping import from_anthropic_usage, from_dashscope_usage, from_openai_usage
 from tokenhub.client.producer import SyncUsageClient, UsageClient, usage_event
+from tokenhub.client.security import KafkaSecurity
 
-__all__ = ["UsageClient", "SyncUsageClient", "usage_event", "from_openai_usage", "from_anthropic_usage", "from_dashscope_usage"]
+__all__ = ["UsageClient", "SyncUsageClient", "KafkaSecurity", "usage_event", "from_openai_usage", "from_anthropic_usage",
+           "from_dashscope_usage"]

@@ -10,6 +10,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from tokenhub.client.security import PLAINTEXT, KafkaSecurity
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import CLOUDEVENTS_TYPE, UsageData, UsageReported
 from tokenhub.contracts.ids import derive_id
@@ -44,14 +45,20 @@ def usage_event(source: str, event_id: str | None, time: datetime, data: UsageDa
 class UsageClient:
     """Async producer of usage events (structured CloudEvents in the value)."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str = "tokenhub-client", linger_ms: int = 5) -> None:
+    def __init__(self, bootstrap_servers: str, *, client_id: str = "tokenhub-client", linger_ms: int = 5,
+                 security: KafkaSecurity = PLAINTEXT, idempotent: bool = False) -> None:
+        """`security`: how to reach the brokers (SASL/SCRAM and TLS on a secured
+        cluster). `idempotent`: on Apache Kafka, a retried send is written once per
+        partition; the embedded broker has no idempotent producer, so it stays off
+        there, and metering's dedup by `source` + `id` counts a duplicate once."""
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
             acks="all",
-            enable_idempotence=False,
+            enable_idempotence=idempotent,
             linger_ms=linger_ms,
             max_batch_size=512 * 1024,
+            **security.aiokafka_options(),
         )
 
     async def __aenter__(self) -> UsageClient:

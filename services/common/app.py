@@ -54,7 +54,8 @@ async def tolerant_parser(records: tuple[ConsumerRecord, ...], original: Callabl
 
 def create_broker(runtime: Runtime) -> KafkaBroker:
     bootstrap_servers, _ = runtime.settings.require_stack()
-    return KafkaBroker(bootstrap_servers, client_id=f"tokenhub-{runtime.service}", logger=None)
+    return KafkaBroker(bootstrap_servers, client_id=f"tokenhub-{runtime.service}", logger=None,
+                       security=runtime.settings.kafka_security().faststream_security())
 
 
 def batch_subscriber_options(group_id: str) -> dict[str, Any]:

@@ -1,17 +1,24 @@
-"""Kafka producers and record helpers shared by the services."""
+"""Kafka clients and record helpers shared by the services, the CLI and the tools.
+
+Every client is made with `client_options(settings)`: the security protocol,
+SASL credentials and certificate authority of the deployment come from the
+settings (environment or the local stack's env file), never from code."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
-# acks=all with retries and no idempotent producer (the embedded broker has
-# none): retries may duplicate, and every consumer dedups by event id.
+from tokenhub.infra.settings import Settings, load_settings
+
+# acks=all with retries. The idempotent producer is on where the broker has one
+# (Apache Kafka: `producer_idempotence`); the embedded broker has none, so there
+# retries may duplicate, and every consumer dedups by event id either way.
 PRODUCER_LINGER_MS: Final = 5
 PRODUCER_BATCH_BYTES: Final = 512 * 1024
 PRODUCER_REQUEST_BYTES_MAX: Final = 4 * 1024 * 1024
@@ -32,17 +39,32 @@ BATCH_RECORDS_MAX: Final = 1_000
 enough that a batch commits well within the poll interval."""
 
 
-def create_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def client_options(settings: Settings | None = None) -> dict[str, Any]:
+    """The security options of every aiokafka client (producer, consumer, admin).
+    Without `settings`, this process's settings: the environment, or the env file
+    of the local stack that `tokenhub up` started."""
+    return (settings or load_settings()).kafka_security().aiokafka_options()
+
+
+def usage_client_options(settings: Settings | None = None) -> dict[str, Any]:
+    """The producer client's (`tokenhub.client.UsageClient`) security and idempotence."""
+    settings = settings or load_settings()
+    return {"security": settings.kafka_security(), "idempotent": settings.producer_idempotence}
+
+
+def create_producer(bootstrap_servers: str, client_id: str, settings: Settings | None = None) -> AIOKafkaProducer:
+    settings = settings or load_settings()
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
-        acks="all",
-        enable_idempotence=False,
+        acks="all" if settings.producer_acks == "all" else 1,
+        enable_idempotence=settings.producer_idempotence,
         linger_ms=PRODUCER_LINGER_MS,
         max_batch_size=PRODUCER_BATCH_BYTES,
         max_request_size=PRODUCER_REQUEST_BYTES_MAX,
         request_timeout_ms=30_000,
         retry_backoff_ms=200,
+        **client_options(settings),
     )
 
 

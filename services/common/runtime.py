@@ -99,7 +99,7 @@ class Runtime:
     async def start(self) -> None:
         bootstrap_servers, database_url = self.settings.require_stack()
         self.pool = await create_pool(database_url)
-        self.producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}")
+        self.producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}", settings=self.settings)
         await self.producer.start()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)

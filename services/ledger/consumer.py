@@ -15,7 +15,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, TOKENS_PRICED
 from tokenhub.infra.topics import broker_cluster_id
-from tokenhub.services.common.kafka import BATCH_RECORDS_MAX, FETCH_WAIT_MS_MAX, PARTITION_FETCH_BYTES_MAX
+from tokenhub.services.common.kafka import (
+    BATCH_RECORDS_MAX,
+    FETCH_WAIT_MS_MAX,
+    PARTITION_FETCH_BYTES_MAX,
+    client_options,
+)
 from tokenhub.services.common.runtime import INFRASTRUCTURE_ERRORS, Runtime, maybe_crash
 from tokenhub.services.ledger import handlers
 from tokenhub.services.ledger.adapters import store
@@ -41,7 +46,7 @@ class LedgerConsumer:
 
     async def start(self) -> None:
         bootstrap_servers, _ = self.runtime.settings.require_stack()
-        self.cluster_id = await broker_cluster_id(bootstrap_servers)
+        self.cluster_id = await broker_cluster_id(bootstrap_servers, self.runtime.settings)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             client_id=f"tokenhub-ledger-{self.runtime.settings.instance_index}",
@@ -50,6 +55,7 @@ class LedgerConsumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_wait_ms=FETCH_WAIT_MS_MAX,
+            **client_options(self.runtime.settings),
         )
         await self.consumer.start()
         partitions = await self._my_partitions()

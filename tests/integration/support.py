@@ -19,6 +19,7 @@ from tokenhub.contracts.events import UsageReported
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
 from tokenhub.infra.pipeline import counters, settled, wait_until
 from tokenhub.infra.settings import Settings
+from tokenhub.services.common.kafka import usage_client_options
 
 SETTLE_TIMEOUT_S = 90.0
 MILLION = Decimal(1_000_000)
@@ -98,12 +99,12 @@ class World:
 
 
 async def emit(settings: Settings, events: list[UsageReported]) -> None:
-    async with UsageClient(settings.bootstrap_servers or "") as client:
+    async with UsageClient(settings.bootstrap_servers or "", **usage_client_options(settings)) as client:
         await client.report(events)
 
 
 async def emit_raw(settings: Settings, values: list[tuple[bytes, bytes]], headers: list[tuple[str, bytes]] | None = None) -> None:
-    async with UsageClient(settings.bootstrap_servers or "") as client:
+    async with UsageClient(settings.bootstrap_servers or "", **usage_client_options(settings)) as client:
         await client.send_raw(values, headers=headers)
 
 
