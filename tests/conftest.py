@@ -1,5 +1,6 @@
-"""Shared fixtures. Hypothesis profiles are kept fast for the default suite.
-One pipeline per test session on a real broker and a real PostgreSQL: the
+"""Shared fixtures. Hypothesis tries 200 examples per property, with no
+per-example deadline: two cores shared with a broker and a database make single
+examples' timings noise. One pipeline per test session on a real broker and a real PostgreSQL: the
 embedded stack always, and testcontainers Kafka and Postgres where a Docker
 engine answers (one suite, two backends). Nothing is mocked."""
 

@@ -1,4 +1,6 @@
-"""Connection pools. asyncpg is used here and in each service's adapters only."""
+"""The services' connection pool and the insert helper their adapters share.
+Within a service, SQL lives in its adapters/ (handlers hand them a connection
+and never run a statement themselves); read-only tools and boot open their own."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.support import World, wait_http
+from tests.integration.support import World, emit, wait_http
 from tokenhub.contracts.money import format_amount
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -144,13 +144,20 @@ async def test_queries_fail_in_one_line(backend) -> None:
 
 async def test_pricebook_show_parked_and_litellm_import(backend, tmp_path: Path) -> None:
     world = World(backend.settings)
-    await world.publish(["shop"])
+    unpriced = f"{world.prefix}-unpriced"
+    await world.publish(["shop"], extra_models=[{"model_id": unpriced, "provider_bu": world.provider, "modality": "text",
+                                                 "token_classes": ["input", "output"]}])
+    await emit(backend.settings, [world.usage("shop", 1, 1000, 100, model=unpriced)])
     shown = json.loads(_run(backend, "pricebook", "show", world.model, "--json").stdout)
     assert shown[0]["book_id"] == f"{world.prefix}-book"
     assert shown[0]["unit_prices_per_million"]["input"] == "2.400000000000"
     before = (datetime.now(UTC) - timedelta(days=400)).isoformat()
     _one_line_error(_run(backend, "pricebook", "show", world.model, "--at", before, check=False), "no price applies")
-    assert isinstance(json.loads(_run(backend, "pricing", "parked", "--json").stdout), list)
+    parked = _poll(backend, ("pricing", "parked", "--limit", "100000", "--json"),
+                   lambda rows: any(row["model"] == unpriced for row in rows))
+    ours = [row for row in parked if row["model"] == unpriced]
+    assert [(row["payer_bu"], row["reason"]) for row in ours] == [
+        (world.bu("shop"), f"no price book prices {unpriced} at {ours[0]['event_time']}")]
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "litellm_prices.json"
     output = tmp_path / "book.json"
     _run(backend, "pricebook", "import-litellm", str(fixture), "--models", "qwen-max-intl", "--rate", "7.2",
