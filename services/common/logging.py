@@ -1,14 +1,62 @@
 """The one place that configures structlog: JSON lines when not a terminal,
-the console renderer in a terminal (docs/architecture.md, Runtime)."""
+the console renderer in a terminal (docs/architecture.md, Runtime); and the
+context every unit of work binds: a batch its topic, partitions and offset
+ranges, a record on its own its offset and event id."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
+from typing import Any
 
+import orjson
 import structlog
+from aiokafka.structs import ConsumerRecord
 
 from tokenhub.infra.settings import Settings
+
+CLOUDEVENTS_ID_HEADER = "ce_id"
+"""Where a binary-mode CloudEvent carries its id (the value holds only `data`)."""
+
+
+def batch_context(service: str, records: Sequence[ConsumerRecord]) -> dict[str, Any]:
+    """What a batch's log lines carry: its topic, and the offsets it spans per
+    partition as `first-last`, so a line leads to the records behind it."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for record in records:
+        span = spans.get((record.topic, record.partition))
+        if span is None:
+            spans[(record.topic, record.partition)] = [record.offset, record.offset]
+        elif record.offset > span[1]:
+            span[1] = record.offset
+        elif record.offset < span[0]:
+            span[0] = record.offset
+    topics = sorted({topic for topic, _ in spans})
+    context: dict[str, Any] = {"service": service, "batch_size": len(records),
+                               "topic": topics[0] if len(topics) == 1 else topics}
+    if len(spans) == 1:
+        ((_, partition), (first, last)), = spans.items()
+        context.update(partition=partition, offsets=f"{first}-{last}")
+    else:
+        context["offsets"] = {(str(partition) if len(topics) == 1 else f"{topic}:{partition}"): f"{first}-{last}"
+                              for (topic, partition), (first, last) in sorted(spans.items())}
+    return context
+
+
+def record_context(record: ConsumerRecord) -> dict[str, Any]:
+    """What the lines about one record carry (the path that isolates a failing
+    record): where it is, and the id of the event it holds when it has one."""
+    event_id = next((value.decode(errors="replace") for name, value in record.headers or ()
+                     if name == CLOUDEVENTS_ID_HEADER and value), None)
+    if event_id is None:
+        try:
+            payload = orjson.loads(record.value or b"")
+            event_id = payload.get("id") if isinstance(payload, dict) else None
+        except orjson.JSONDecodeError:
+            event_id = None  # not JSON: the offset is what finds it
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "event_id": None if event_id is None else str(event_id)}
 
 
 

@@ -22,6 +22,7 @@ from tokenhub.contracts.topics import DEAD_LETTER
 from tokenhub.infra.settings import Settings, clock
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
+from tokenhub.services.common.logging import batch_context, record_context
 from tokenhub.services.common.outbox import relay
 
 RELAY_RETRY_S: Final = 1.0
@@ -189,7 +190,7 @@ class Runtime:
 
     async def process(self, records: Sequence[ConsumerRecord], handle: Callable[[Sequence[ConsumerRecord]], Awaitable[None]]) -> None:
         """Run `handle` on a batch with bounded retries; isolate and dead-letter poison records."""
-        structlog.contextvars.bind_contextvars(service=self.service, batch_size=len(records))
+        structlog.contextvars.bind_contextvars(**batch_context(self.service, records))
         try:
             for attempt in range(RETRIES_MAX):
                 try:
@@ -202,6 +203,7 @@ class Runtime:
                     log.warning("batch_failed", attempt=attempt + 1, error=repr(error))
                     await asyncio.sleep(RETRY_BACKOFF_S[attempt])
             for record in records:
+                structlog.contextvars.bind_contextvars(**record_context(record))
                 try:
                     await handle([record])
                 except INFRASTRUCTURE_ERRORS:
