@@ -7,13 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-soak bench schemas up clean
 
 # The virtualenv is made once and reinstalled only when pyproject.toml changes.
+# setuptools explains, as a warning on every editable install of folders mapped
+# onto one namespace (contracts/ -> tokenhub.contracts, ...), that imports go
+# through a finder: a note about its own mechanism, so it is not shown.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run with PYTHON=python3" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# setuptools explains, as a warning on every install, that an editable install of
-	# folders mapped onto one namespace (contracts/ -> tokenhub.contracts, ...) goes
-	# through an import finder: a note about its own mechanism, not something to fix.
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
