@@ -229,6 +229,7 @@ async def _read_rejections(bootstrap_servers: str, references: set[str]) -> list
                         found[event["rejected_ref"]] = event
     finally:
         await consumer.stop()
+    assert len(found) == len(references), f"after 30 s, {len(found)} of {len(references)} rejections were on usage.rejected"
     return list(found.values())
 
 

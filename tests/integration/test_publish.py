@@ -51,7 +51,7 @@ async def test_publish_places_and_orders_messages_as_send_would(backend) -> None
                 received.setdefault(partition.partition, []).extend((record.key, record.value) for record in records)
     finally:
         await consumer.stop()
-    assert sum(map(len, received.values())) == len(keys)
+    assert sum(map(len, received.values())) == len(keys), f"after 30 s, {sum(map(len, received.values()))} of {len(keys)} records read back"
     expected_partition = {key: DefaultPartitioner()(key, list(range(PARTITIONS)), list(range(PARTITIONS))) for key in set(keys)}
     for partition, records in received.items():
         assert {key for key, _ in records} == {key for key, home in expected_partition.items() if home == partition}
