@@ -86,8 +86,10 @@ class Stage:
 
 
 TOPOLOGY: Final = (
-    Stage("metering", consumes=(USAGE_REPORTED, REGISTRY_CHANGED), produces=(TOKENS_CONSUMED, USAGE_REJECTED),
-          why="validates usage, dedups it, turns it into Tokens and splits it among payers"),
+    Stage("metering", consumes=(USAGE_REPORTED, REGISTRY_CHANGED),
+          produces=(TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED),
+          why="validates usage, dedups it, turns it into Tokens and splits it among payers; "
+              "puts usage it accepted over HTTP on usage.reported"),
     Stage("pricing", consumes=(TOKENS_CONSUMED, PRICEBOOK_PUBLISHED), produces=(TOKENS_PRICED,),
           why="prices each payer's Tokens with the book version in force at event time"),
     Stage("ledger", consumes=(TOKENS_PRICED, BUDGETS_CONFIGURED), produces=(LEDGER_POSTED, BUDGET_ALERTS),

@@ -100,6 +100,9 @@ class Rejection:
     message: str
     usage_source: str | None = None
     usage_id: str | None = None
+    content_sha256: str | None = None
+    """Of the usage, when it was well formed: a copy of usage accepted before is a
+    duplicate, whatever the registry or the clock say now."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,10 @@ class RawUsage:
 
 
 class UsageError(Exception):
-    def __init__(self, reason_code: str, message: str, usage_source: str | None = None, usage_id: str | None = None):
+    def __init__(self, reason_code: str, message: str, usage_source: str | None = None, usage_id: str | None = None,
+                 content_sha256: str | None = None):
         super().__init__(message)
-        self.rejection = Rejection(reason_code, message, usage_source, usage_id)
+        self.rejection = Rejection(reason_code, message, usage_source, usage_id, content_sha256)
 
 
 def rejected_id(raw: RawUsage, reason_code: str) -> str:
@@ -258,24 +262,27 @@ def meter(raw: RawUsage, catalogue: Catalogue, limits: Limits) -> Metered:
     if len(raw.value) > limits.message_bytes_max:
         raise UsageError(Reason.OVERSIZED, f"message of {len(raw.value)} bytes exceeds {limits.message_bytes_max}")
     usage = validate_envelope(parse_envelope(raw))
+    content_sha256 = sha256_hex(canonical_json(usage))
+    try:
+        return Metered(usage, content_sha256, _consumption(usage, catalogue, limits))
+    except UsageError as error:
+        rejection = error.rejection
+        raise UsageError(rejection.reason_code, rejection.message, usage.source, usage.id, content_sha256) from None
+
+
+def _consumption(usage: UsageReported, catalogue: Catalogue, limits: Limits) -> tuple[TokenConsumed, ...]:
     check_time(usage, limits)
     data = usage.data
-    source, usage_id = usage.source, usage.id
-    unknown_bus = [bu for bu in (data.consumer_bu,) if bu not in catalogue.business_units]
-    if unknown_bus:
-        raise UsageError(Reason.UNKNOWN_BU, f"unknown business unit {unknown_bus[0]}", source, usage_id)
+    if data.consumer_bu not in catalogue.business_units:
+        raise UsageError(Reason.UNKNOWN_BU, f"unknown business unit {data.consumer_bu}")
     model = catalogue.models.get(data.model)
     if model is None or not model.active:
-        raise UsageError(Reason.UNKNOWN_MODEL, f"unknown model or tool {data.model}", source, usage_id)
-    try:
-        tokens, raw_units, conversion_version = to_tokens(data, model, catalogue.conversion_at(usage.time))
-    except UsageError as error:
-        raise UsageError(error.rejection.reason_code, error.rejection.message, source, usage_id) from None
+        raise UsageError(Reason.UNKNOWN_MODEL, f"unknown model or tool {data.model}")
+    tokens, raw_units, conversion_version = to_tokens(data, model, catalogue.conversion_at(usage.time))
     if not tokens or sum(tokens.values()) == 0:
-        raise UsageError(Reason.EMPTY_USAGE, "usage carries no quantity", source, usage_id)
+        raise UsageError(Reason.EMPTY_USAGE, "usage carries no quantity")
     agreement = catalogue.funding_for(data.consumer_bu, data.app, data.model, usage.time)
-    consumed = split_by_payer(usage, model, tokens, raw_units, conversion_version, agreement)
-    return Metered(usage, sha256_hex(canonical_json(usage)), consumed)
+    return split_by_payer(usage, model, tokens, raw_units, conversion_version, agreement)
 
 
 def split_by_payer(
@@ -330,17 +337,36 @@ UsageKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class Sorted:
-    """A batch's accepted usage sorted by what was seen before: `fresh` is metered
-    now, `duplicates` counts exact copies (dropped), `conflicts` are copies with
-    other content (rejected). Items carry their position in the batch."""
+    """A batch's usage sorted by what was seen before: `fresh` is metered now,
+    `duplicates` counts exact copies (dropped), `echoes` counts usage that
+    metering itself published on usage.reported (HTTP ingest) coming back from
+    the topic, and `rejected` holds conflicting copies and bad usage. Items
+    carry their position in the batch."""
 
     fresh: tuple[tuple[int, Metered], ...]
     duplicates: int
-    conflicts: tuple[tuple[int, Rejection], ...]
+    echoes: int
+    rejected: tuple[tuple[int, Rejection], ...]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store holds for a usage key accepted before."""
+
+    content_sha256: str
+    published: bool  # metering published the usage on usage.reported itself: it came over HTTP
 
 
 def key_of(metered: Metered) -> UsageKey:
     return metered.usage.source, metered.usage.id
+
+
+def rejection_key(rejection: Rejection) -> UsageKey | None:
+    """The key of a well-formed usage event that was refused, which a copy of
+    usage accepted before would explain."""
+    if rejection.content_sha256 is None or rejection.usage_source is None or rejection.usage_id is None:
+        return None
+    return rejection.usage_source, rejection.usage_id
 
 
 def meter_each(raws: Sequence[RawUsage], catalogue: Catalogue, limits: Limits
@@ -356,13 +382,13 @@ def meter_each(raws: Sequence[RawUsage], catalogue: Catalogue, limits: Limits
     return accepted, rejected
 
 
-def first_sightings(accepted: list[tuple[int, Metered]]) -> Sorted:
+def first_sightings(accepted: list[tuple[int, Metered]], rejected: list[tuple[int, Rejection]]) -> Sorted:
     """Within one batch: the first copy of each key goes on to be claimed, later
     exact copies are duplicates, later copies with other content are conflicts."""
     first: dict[UsageKey, Metered] = {}
     candidates: list[tuple[int, Metered]] = []
     duplicates = 0
-    conflicts: list[tuple[int, Rejection]] = []
+    refused = list(rejected)
     for position, metered in accepted:
         key = key_of(metered)
         seen = first.get(key)
@@ -372,25 +398,44 @@ def first_sightings(accepted: list[tuple[int, Metered]]) -> Sorted:
         elif seen.content_sha256 == metered.content_sha256:
             duplicates += 1
         else:
-            conflicts.append((position, conflict(metered)))
-    return Sorted(tuple(candidates), duplicates, tuple(conflicts))
+            refused.append((position, conflict(metered)))
+    return Sorted(tuple(candidates), duplicates, 0, tuple(refused))
 
 
-def against_stored(candidates: Sorted, claimed: set[UsageKey], stored_sha256: dict[UsageKey, str]) -> Sorted:
+def against_stored(candidates: Sorted, claimed: set[UsageKey], stored: dict[UsageKey, Stored], *,
+                   from_topic: bool) -> Sorted:
     """The batch's first sightings against the store: keys claimed now are fresh;
-    a key stored before is an exact duplicate when its content hash matches."""
+    a key stored before with the same content is a duplicate (an echo when it is
+    metering's own copy of HTTP usage back from the topic), with other content a
+    conflict. A refused event that is a copy of usage accepted before is a
+    duplicate too: the first decision stands, whatever the registry says now."""
     fresh: list[tuple[int, Metered]] = []
     duplicates = candidates.duplicates
-    conflicts = list(candidates.conflicts)
+    echoes = 0
+    rejected: list[tuple[int, Rejection]] = []
+
+    def copy_of_stored(key: UsageKey, content_sha256: str) -> bool:
+        nonlocal duplicates, echoes
+        before = stored.get(key)
+        if before is None or before.content_sha256 != content_sha256:
+            return False
+        if from_topic and before.published:
+            echoes += 1
+        else:
+            duplicates += 1
+        return True
+
     for position, metered in candidates.fresh:
         key = key_of(metered)
         if key in claimed:
             fresh.append((position, metered))
-        elif stored_sha256.get(key) == metered.content_sha256:
-            duplicates += 1
-        else:
-            conflicts.append((position, conflict(metered)))
-    return Sorted(tuple(fresh), duplicates, tuple(conflicts))
+        elif not copy_of_stored(key, metered.content_sha256):
+            rejected.append((position, conflict(metered)))
+    for position, rejection in candidates.rejected:
+        key = rejection_key(rejection)
+        if key is None or rejection.content_sha256 is None or not copy_of_stored(key, rejection.content_sha256):
+            rejected.append((position, rejection))
+    return Sorted(tuple(fresh), duplicates, echoes, tuple(sorted(rejected, key=lambda item: item[0])))
 
 
 def conflict(metered: Metered) -> Rejection:

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import decode
 from tokenhub.contracts.registry import RegistryChanged
-from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REJECTED
+from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED
 from tokenhub.services.common.outbox import OutboxRow
 from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.metering import domain
@@ -77,36 +77,44 @@ class Metering:
     async def handle_usage_records(self, records: Sequence[ConsumerRecord]) -> None:
         await self.meter_batch([incoming_from_record(record) for record in records])
 
-    async def meter_batch(self, batch: Sequence[Incoming]) -> Outcome:
-        """Meter a batch: dedup, reject with reasons, stage consumption; one transaction."""
+    async def meter_batch(self, batch: Sequence[Incoming], *, publish_usage: bool = False) -> Outcome:
+        """Meter a batch: dedup, reject with reasons, stage consumption; one transaction.
+
+        `publish_usage` is for usage that did not come from usage.reported (HTTP
+        ingest): what is accepted is also staged for usage.reported, and its key
+        is stored with the bytes published, so the copy that comes back from the
+        topic is recognised as an echo of this event (see `http.py`)."""
         # Latency on the monotonic clock: `runtime.now()` stands still when a clock is injected.
         started = time.perf_counter()
         limits = self.limits()
         async with self.store.unit() as unit:
             catalogue = await unit.catalogue()
-            accepted, rejected = domain.meter_each([incoming.raw for incoming in batch], catalogue, limits)
-            candidates = domain.first_sightings(accepted)
-            claims = await unit.claim([metered for _, metered in candidates.fresh])
-            outcome = domain.against_stored(candidates, claims.claimed, claims.stored_sha256)
-            rejected.extend(outcome.conflicts)
+            accepted, refused = domain.meter_each([incoming.raw for incoming in batch], catalogue, limits)
+            candidates = domain.first_sightings(accepted, refused)
+            claims = await unit.claim(
+                [(metered, batch[position].raw.value if publish_usage else None) for position, metered in candidates.fresh],
+                [key for _, rejection in candidates.rejected if (key := domain.rejection_key(rejection)) is not None])
+            outcome = domain.against_stored(candidates, claims.claimed, claims.stored, from_topic=not publish_usage)
             stored = await unit.store_rejected([
                 RejectedUsage(batch[position].raw, rejection, domain.rejected_event(batch[position].raw, rejection, limits.now),
                               batch[position].topic, batch[position].partition, batch[position].offset)
-                for position, rejection in rejected])
+                for position, rejection in outcome.rejected])
+            usage = [OutboxRow(USAGE_REPORTED.name, metered.usage.data.consumer_bu.encode(), batch[position].raw.value)
+                     for position, metered in outcome.fresh] if publish_usage else []
             consumed = [OutboxRow(TOKENS_CONSUMED.name, event.payer_bu.encode(), canonical_json(event))
                         for _, metered in outcome.fresh for event in metered.consumed]
-            await unit.stage(consumed + [
+            await unit.stage(usage + consumed + [
                 OutboxRow(USAGE_REJECTED.name, (item.rejection.usage_source or "").encode(), canonical_json(item.event))
                 for item in stored])
-            await unit.count(_counts(len(outcome.fresh), outcome.duplicates, len(consumed), stored))
+            await unit.count(_counts(outcome, len(consumed), len(usage), stored))
         self.runtime.relay_soon()
         await self._prune(limits)
-        self.metrics.observe_batch(len(outcome.fresh), outcome.duplicates,
-                                   [rejection.reason_code for _, rejection in rejected], time.perf_counter() - started)
-        log.info("usage_metered", accepted=len(outcome.fresh), duplicates=outcome.duplicates, rejected=len(rejected),
-                 consumed=len(consumed))
+        self.metrics.observe_batch(len(outcome.fresh), outcome.duplicates, outcome.echoes,
+                                   [rejection.reason_code for _, rejection in outcome.rejected], time.perf_counter() - started)
+        log.info("usage_metered", accepted=len(outcome.fresh), duplicates=outcome.duplicates, echoes=outcome.echoes,
+                 rejected=len(outcome.rejected), consumed=len(consumed), published_usage=len(usage))
         return Outcome(len(outcome.fresh), outcome.duplicates,
-                       [(batch[position], rejection) for position, rejection in rejected])
+                       [(batch[position], rejection) for position, rejection in outcome.rejected])
 
     async def _prune(self, limits: domain.Limits) -> None:
         if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
@@ -124,8 +132,9 @@ class Metering:
         log.info("registry_applied", applied=applied, received=len(changes))
 
 
-def _counts(accepted: int, duplicates: int, consumed: int, stored: list[RejectedUsage]) -> dict[str, int]:
-    counts = {"accepted": accepted, "duplicates": duplicates, "consumed": consumed, "rejected": len(stored)}
+def _counts(outcome: domain.Sorted, consumed: int, published_usage: int, stored: list[RejectedUsage]) -> dict[str, int]:
+    counts = {"accepted": len(outcome.fresh), "duplicates": outcome.duplicates, "echoes": outcome.echoes,
+              "consumed": consumed, "published_usage": published_usage, "rejected": len(stored)}
     for item in stored:
         name = f"rejected.{item.rejection.reason_code}"
         counts[name] = counts.get(name, 0) + 1

@@ -1,7 +1,24 @@
 """HTTP ingest: `POST /v1/events` with one CloudEvent (`application/cloudevents+json`)
 or a batch (`application/cloudevents-batch+json`), authenticated by an API key
-bound to the sources it may report for. Usage goes through the same metering
-core, dedup and rejected store as Kafka, so nothing is lost. `GET /metrics`."""
+bound to the sources it may report for. `GET /metrics`.
+
+The path of usage that arrives here, so that usage.reported holds all usage:
+1. The request is metered at once, in one PostgreSQL transaction, by the same
+   core, dedup and rejected store as usage from Kafka: its idempotency key
+   (`metering.dedup`, holding the bytes received), its TokenConsumed and the
+   usage itself go into metering's outbox, for tokens.consumed and for
+   usage.reported. Bad usage is stored with its reason as from Kafka.
+2. Only after that commit does HTTP answer 202, with each event's result
+   (accepted, duplicate, or rejected with its reason): the usage is durable in
+   PostgreSQL, whatever happens to the broker. An in-memory broker's
+   acknowledgement alone would not be.
+3. The outbox relay publishes the usage on usage.reported (keyed by consumer
+   BU, the bytes as received) and its consumption on tokens.consumed.
+4. Metering's consumer then reads the usage back from usage.reported: its
+   source + id are stored already, with the same content, so it is counted as
+   an echo (`metering.echoes`) and metered no second time.
+So a replay of usage.reported sees HTTP usage like any other, and balances
+rebuilt from it equal the ledger's."""
 
 from __future__ import annotations
 
@@ -109,7 +126,7 @@ def create_http_app(metering: Metering) -> FastAPI:
             return _problem(403, f"key {api_key.key_id} may not report for source {foreign[0]}")
         headers = (("http_key_id", api_key.key_id.encode()),)
         batch = [Incoming(domain.RawUsage(value, headers), topic="http") for value in values]
-        outcome = await metering.meter_batch(batch)
+        outcome = await metering.meter_batch(batch, publish_usage=True)
         position = {id(incoming): index for index, incoming in enumerate(batch)}
         return JSONResponse({
             "accepted": outcome.accepted,

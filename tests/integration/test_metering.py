@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.topics import USAGE_REJECTED
+from tokenhub.contracts.events import UsageReported
+from tokenhub.contracts.topics import USAGE_REJECTED, USAGE_REPORTED
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.metering import domain
@@ -91,6 +92,11 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
             "authorization": f"Bearer {foreign_key}", "content-type": "application/cloudevents+json"})
         revoked = await client.post(url, content=canonical_json(good[0]), headers={
             "authorization": f"Bearer {revoked_key}", "content-type": "application/cloudevents+json"})
+
+        async def echoed() -> bool:  # metering reads its own copies of the HTTP usage back from usage.reported
+            metrics = await _metrics(client, backend.http_port)
+            return _metric_delta(metrics, metrics_before, "tokenhub_metering_echoes_total") == 3
+        await wait_until(echoed, 60, "metering to read back the HTTP usage it published")
         metrics_after = await _metrics(client, backend.http_port)
     assert (single.status_code, single.json()) == (202, {"accepted": 1, "duplicates": 0, "rejected_count": 0, "rejected": []})
     assert batch.status_code == 202
@@ -113,7 +119,9 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
     assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_accepted_total") == 3
     assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_rejected_total", reason="unknown_bu") == 1
     assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_duplicates_total") == 1
-    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_batch_seconds_count") == 3
+    assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_echoes_total") == 3
+    # Three requests, and one to three consumer batches that read the three echoes.
+    assert 3 + 1 <= _metric_delta(metrics_after, metrics_before, "tokenhub_metering_batch_seconds_count") <= 3 + 3
     assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_batch_seconds_sum") > 0
 
     async def posted() -> bool:
@@ -151,6 +159,86 @@ async def test_binary_and_structured_content_modes_are_both_accepted(backend) ->
         ("unknown_bu", "req-3", unknown_value)]
     stored_headers = orjson.loads(rows[0]["headers"]) if isinstance(rows[0]["headers"], str) else rows[0]["headers"]
     assert {name: domain.header_value(text) for name, text in stored_headers.items()} == dict(unknown_headers)
+
+
+async def _usage_on_topic(bootstrap_servers: str, source: str, expected: int) -> list[bytes]:
+    """The values on usage.reported from `source`, read until `expected` distinct ids are seen."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    found: dict[str, bytes] = {}
+    try:
+        partitions = [TopicPartition(USAGE_REPORTED.name, p) for p in consumer.partitions_for_topic(USAGE_REPORTED.name) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+
+        async def read_all() -> bool:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    if isinstance(event, dict) and event.get("source") == source:
+                        found.setdefault(event["id"], record.value)
+            return len(found) >= expected
+        await wait_until(read_all, 60, f"{expected} usage events from {source} on usage.reported")
+    finally:
+        await consumer.stop()
+    return list(found.values())
+
+
+async def test_usage_sent_over_http_is_on_usage_reported_and_rebuilds_the_ledgers_balances(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop", "cafe"])
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        _, key = await keys.create(connection, [f"tests/{world.prefix}"], "tests", "usage on the log")
+    finally:
+        await connection.close()
+    await wait_http(backend.http_port)
+    over_http = [world.usage("shop", 1, 1_200, 34), world.usage("cafe", 2, 5_600, 78), world.usage("shop", 3, 9_000, 12)]
+    over_kafka = [world.usage("cafe", 4, 3_300, 44)]
+    bad = world.usage("shop", 5, 100, 1).model_dump(mode="json")
+    bad["data"]["consumer_bu"] = world.bu("ghost")
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/cloudevents-batch+json"}
+    before = await read_counters(world.settings)
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(f"http://127.0.0.1:{backend.http_port}/v1/events", headers=headers,
+                                     content=orjson.dumps([orjson.loads(canonical_json(event)) for event in over_http] + [bad]))
+        again = await client.post(f"http://127.0.0.1:{backend.http_port}/v1/events", headers=headers,
+                                  content=orjson.dumps([orjson.loads(canonical_json(over_http[0]))]))
+    assert response.status_code == 202
+    assert (response.json()["accepted"], response.json()["rejected_count"]) == (3, 1)
+    assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 1)
+    await emit(world.settings, over_kafka)
+    after = await wait_settled(world.settings, before, len(over_http) + 2 + len(over_kafka))
+
+    # Every accepted event is on usage.reported once, however it arrived; the rejected one is not.
+    values = await _usage_on_topic(world.settings.bootstrap_servers, f"tests/{world.prefix}", 4)
+    on_topic = sorted((UsageReported.model_validate_json(value) for value in values), key=lambda event: event.id)
+    assert [event.id for event in on_topic] == ["req-1", "req-2", "req-3", "req-4"]
+    assert [canonical_json(event) for event in on_topic] == [canonical_json(event) for event in over_http + over_kafka]
+
+    # Metering read its own HTTP copies back from the topic as echoes: nothing metered twice.
+    async def echoed() -> bool:
+        return delta(await read_counters(world.settings), before, "metering.echoes") == len(over_http)
+    await wait_until(echoed, 60, "metering to read back the HTTP usage it published")
+    final = await read_counters(world.settings)
+    assert (delta(final, before, "metering.accepted"), delta(final, before, "metering.duplicates"),
+            delta(final, before, "metering.published_usage"), delta(final, before, "metering.rejected")) == (4, 1, 3, 1)
+    assert delta(final, after, "metering.consumed") == 0
+
+    # Balances rebuilt from the topic alone (prices by hand) equal the ledger's projection.
+    rebuilt: dict[str, Decimal] = {}
+    for event in on_topic:
+        account_spend = f"bu:{event.data.consumer_bu}:spend"
+        account_consumed = f"bu:{event.data.consumer_bu}:consumed"
+        amount = world.expected_amount(event.data.input_tokens or 0, event.data.output_tokens or 0)
+        tokens = Decimal((event.data.input_tokens or 0) + (event.data.output_tokens or 0))
+        for account, value in ((account_spend, amount), (f"bu:{world.provider}:revenue", amount),
+                               (account_consumed, tokens), (f"bu:{world.provider}:served", tokens)):
+            rebuilt[account] = rebuilt.get(account, Decimal(0)) + value
+    rows = await _fetch(world.settings, "select account, abs(debit_total - credit_total) as balance from ledger.balances "
+                        "where account like $1", f"bu:{world.prefix}-%")
+    assert {row["account"]: row["balance"] for row in rows} == rebuilt
+    assert rebuilt[f"bu:{world.bu('shop')}:spend"] == world.expected_amount(10_200, 46)
 
 
 def _envelope(world: World, index: int, **changes) -> dict:  # noqa: ANN003

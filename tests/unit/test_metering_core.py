@@ -16,6 +16,7 @@ from tokenhub.services.metering.domain import (
     Reason,
     RawUsage,
     Rejection,
+    Stored,
     UsageError,
     against_stored,
     dedup_horizon,
@@ -26,6 +27,7 @@ from tokenhub.services.metering.domain import (
     meter_each,
     rejected_event,
     rejected_id,
+    rejection_key,
     sorted_headers,
 )
 from tests.contract.examples import CATALOGUE, LIMITS, USAGE
@@ -164,20 +166,30 @@ def _copy(request: str, **data_changes) -> RawUsage:  # noqa: ANN003
 
 def test_a_batch_is_sorted_into_fresh_duplicates_and_conflicts_within_it_and_against_the_store() -> None:
     raws = [_copy("a"), _copy("b"), _copy("a"), _copy("a", input_tokens=1), _copy("c"), _copy("d"),
-            RawUsage(b"not json")]
-    accepted, rejected = meter_each(raws, CATALOGUE, LIMITS)
-    assert [position for position, _ in rejected] == [6]
-    within = first_sightings(accepted)
+            RawUsage(b"not json"), _copy("e", consumer_bu="no-such-bu"), _copy("f", consumer_bu="no-such-bu")]
+    accepted, refused = meter_each(raws, CATALOGUE, LIMITS)
+    assert [(position, rejection.reason_code) for position, rejection in refused] == [
+        (6, Reason.NOT_JSON), (7, Reason.UNKNOWN_BU), (8, Reason.UNKNOWN_BU)]
+    assert [rejection_key(rejection) for _, rejection in refused] == [None, (USAGE.source, "e"), (USAGE.source, "f")]
+    within = first_sightings(accepted, refused)
     assert [key_of(metered)[1] for _, metered in within.fresh] == ["a", "b", "c", "d"]
     assert within.duplicates == 1
-    assert [(position, rejection.reason_code) for position, rejection in within.conflicts] == [
-        (3, Reason.CONFLICTING_DUPLICATE)]
+    assert [(position, rejection.reason_code) for position, rejection in within.rejected] == [
+        (6, Reason.NOT_JSON), (7, Reason.UNKNOWN_BU), (8, Reason.UNKNOWN_BU), (3, Reason.CONFLICTING_DUPLICATE)]
     source = USAGE.source
-    stored = {(source, "c"): within.fresh[2][1].content_sha256, (source, "d"): "another content"}
-    outcome = against_stored(within, {(source, "a"), (source, "b")}, stored)
+    stored = {(source, "c"): Stored(within.fresh[2][1].content_sha256, published=True),
+              (source, "d"): Stored("another content", published=False),
+              # e was accepted before the registry lost its BU: a copy of it is a duplicate, not a rejection
+              (source, "e"): Stored(refused[1][1].content_sha256, published=False),
+              (source, "f"): Stored("another content", published=False)}
+    outcome = against_stored(within, {(source, "a"), (source, "b")}, stored, from_topic=True)
     assert [position for position, _ in outcome.fresh] == [0, 1]
-    assert outcome.duplicates == 2  # one copy of a within the batch, c stored before with the same content
-    assert [(position, rejection.usage_id) for position, rejection in outcome.conflicts] == [(3, "a"), (5, "d")]
+    assert (outcome.duplicates, outcome.echoes) == (2, 1)  # a within the batch and e; c is HTTP usage back from the topic
+    assert [(position, rejection.usage_id, rejection.reason_code) for position, rejection in outcome.rejected] == [
+        (3, "a", Reason.CONFLICTING_DUPLICATE), (5, "d", Reason.CONFLICTING_DUPLICATE), (6, None, Reason.NOT_JSON),
+        (8, "f", Reason.UNKNOWN_BU)]
+    over_http = against_stored(within, {(source, "a"), (source, "b")}, stored, from_topic=False)
+    assert (over_http.duplicates, over_http.echoes) == (3, 0)  # c sent again over HTTP is a plain duplicate
 
 
 def test_a_rejection_event_names_the_stored_original_deterministically() -> None:

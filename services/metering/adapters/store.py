@@ -41,16 +41,14 @@ from metering.funding_agreements
 """
 
 INSERT_DEDUP: Final = """
-insert into metering.dedup (usage_source, usage_id, content_sha256, event_time)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+insert into metering.dedup (usage_source, usage_id, content_sha256, event_time, usage_value)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[])
 on conflict do nothing
 returning usage_source, usage_id
 """
-DEDUP_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "event_time")
-
-
+DEDUP_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "event_time", "usage_value")
 SELECT_DEDUP: Final = """
-select usage_source, usage_id, content_sha256 from metering.dedup
+select usage_source, usage_id, content_sha256, usage_value is not null as published from metering.dedup
 where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[]))
 """
 PRUNE_DEDUP: Final = """
@@ -183,11 +181,11 @@ async def apply_registry_change(connection: asyncpg.Connection, change: Registry
 
 @dataclass(frozen=True)
 class Claims:
-    """Idempotency keys claimed by this batch, and the content hash stored for
-    each key that was claimed before."""
+    """Idempotency keys claimed by this batch, and what is stored for the keys
+    that were claimed before (of the candidates and of the refused usage asked about)."""
 
     claimed: set[domain.UsageKey]
-    stored_sha256: dict[domain.UsageKey, str]
+    stored: dict[domain.UsageKey, domain.Stored]
 
 
 @dataclass(frozen=True)
@@ -211,19 +209,23 @@ class MeteringUnit:
     async def catalogue(self) -> domain.Catalogue:
         return await load_catalogue(self._connection)
 
-    async def claim(self, candidates: Sequence[domain.Metered]) -> Claims:
-        """Store the idempotency keys of first sightings; a key another batch (or
-        instance) stored first is not claimed, and its content hash is returned."""
-        if not candidates:
-            return Claims(set(), {})
-        claimed = await insert_new(self._connection, schema=SCHEMA, table="dedup", columns=DEDUP_COLUMNS, records=[
-            (metered.usage.source, metered.usage.id, metered.content_sha256, metered.usage.time)
-            for metered in candidates], key_columns=2, fallback_sql=INSERT_DEDUP)
-        seen = [domain.key_of(metered) for metered in candidates if domain.key_of(metered) not in claimed]
-        if not seen:
+    async def claim(self, candidates: Sequence[tuple[domain.Metered, bytes | None]],
+                    refused: Sequence[domain.UsageKey] = ()) -> Claims:
+        """Store the idempotency keys of first sightings, each with the usage bytes
+        metering publishes on usage.reported itself (HTTP ingest; None for usage
+        that came from the topic). A key another batch or instance stored first is
+        not claimed; what is stored for it, and for the `refused` keys, is returned."""
+        claimed: set[domain.UsageKey] = set()
+        if candidates:
+            claimed = await insert_new(self._connection, schema=SCHEMA, table="dedup", columns=DEDUP_COLUMNS, records=[
+                (metered.usage.source, metered.usage.id, metered.content_sha256, metered.usage.time, published)
+                for metered, published in candidates], key_columns=2, fallback_sql=INSERT_DEDUP)
+        asked = [key for metered, _ in candidates if (key := domain.key_of(metered)) not in claimed] + list(refused)
+        if not asked:
             return Claims(claimed, {})
-        rows = await self._connection.fetch(SELECT_DEDUP, [source for source, _ in seen], [usage_id for _, usage_id in seen])
-        return Claims(claimed, {(row["usage_source"], row["usage_id"]): row["content_sha256"] for row in rows})
+        rows = await self._connection.fetch(SELECT_DEDUP, [source for source, _ in asked], [usage_id for _, usage_id in asked])
+        return Claims(claimed, {(row["usage_source"], row["usage_id"]): domain.Stored(row["content_sha256"], row["published"])
+                                for row in rows})
 
     async def store_rejected(self, rejected: Sequence[RejectedUsage]) -> list[RejectedUsage]:
         """Store every bad original with its bytes and headers; the ones not stored
