@@ -35,6 +35,10 @@ DATABASE: Final = "tokenhub"
 SYSTEM_USER: Final = "embedded_postgres"  # postgres refuses to run as root
 LOG_TAIL_LINES: Final = 20
 AUTOVACUUM_NAPTIME_S: Final = 2
+RESTART_ATTEMPTS_MAX: Final = 5
+RESTART_PAUSE_S: Final = 1.0
+"""A PostgreSQL killed a moment ago may refuse to start while its old backends
+still hold the shared memory: a few attempts a second apart, then give up."""
 
 log = structlog.get_logger()
 
@@ -127,12 +131,18 @@ class EmbeddedBroker:
         wait_for_port("127.0.0.1", self.port, BROKER_START_TIMEOUT_S, self.log_path)
         log.info("broker_started", bootstrap_servers=self.bootstrap_servers, pid=self.process.pid)
 
+    def exit_code(self) -> int | None:
+        """None while the broker runs; its exit status once it died (which also
+        reaps it, so no zombie is left)."""
+        return None if self.process is None else self.process.poll()
+
     def stop(self) -> None:
         _stop_process(self.process)
         self.process = None
 
     def restart(self) -> None:
-        """A new, empty broker on the same port."""
+        """A new, empty broker on the same port: memory storage, so every topic is
+        gone and the caller re-creates and republishes them (`infra.boot`)."""
         self.stop()
         self.start()
 
@@ -182,10 +192,33 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         return {"user": entry.pw_uid, "group": entry.pw_gid}
 
+    def running_elsewhere(self) -> int | None:
+        """The pid of a PostgreSQL that holds this data folder and is not our
+        child (left by an earlier run that was killed), if there is one."""
+        lock = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if self.process is not None and pid == self.process.pid:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
     def start(self) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)  # removed at stop; a restart needs it again
+        other = self.running_elsewhere()
+        if other is not None:
+            raise StackError(f"a PostgreSQL from an earlier run still uses {self.data_dir} (pid {other}); "
+                             f"stop it (kill {other}) and start again")
         run_as = self._as_user()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -238,6 +271,41 @@ class EmbeddedPostgres:
             result = self._psql("postgres", f"create database {DATABASE}")
             if result.returncode != 0:
                 raise StackError(f"could not create database {DATABASE}: {result.stderr.decode(errors='replace')}")
+
+    def exit_code(self) -> int | None:
+        """None while the postmaster runs; its exit status once it died. Polling
+        reaps it: a dead postmaster left unreaped keeps its pid, and with it the
+        lock file postmaster.pid, alive, so no new one could start."""
+        return None if self.process is None else self.process.poll()
+
+    def reap(self) -> None:
+        """After the postmaster died: end its orphaned backends (same process
+        group), which would hold the shared memory a new postmaster needs, and
+        collect the postmaster's exit status."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def restart(self) -> int:
+        """Start again on the same data, port and socket after a crash, with
+        bounded attempts. Returns the attempts it took."""
+        self.reap()
+        for attempt in range(1, RESTART_ATTEMPTS_MAX + 1):
+            try:
+                self.start()
+                return attempt
+            except StackError as error:
+                if self.process is not None and self.process.poll() is None:
+                    self.reap()
+                if attempt == RESTART_ATTEMPTS_MAX:
+                    raise StackError(f"PostgreSQL did not restart after {attempt} attempts: {error}") from error
+                log.warning("postgres_restart_retry", attempt=attempt, error=str(error).splitlines()[0])
+                time.sleep(RESTART_PAUSE_S)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         # SIGTERM is postgres's "smart" shutdown, which waits for clients; SIGINT is "fast".

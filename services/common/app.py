@@ -94,5 +94,7 @@ def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, 
 def create_app(runtime: Runtime, broker: KafkaBroker) -> FastStream:
     app = FastStream(broker, logger=None)
     app.on_startup(runtime.start)
-    app.on_shutdown(runtime.stop)
+    # After the subscribers and every service's own stop hooks: the pool and the
+    # producer outlive the last batch, and the outbox is relayed once more at the end.
+    app.after_shutdown(runtime.stop)
     return app

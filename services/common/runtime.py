@@ -1,5 +1,7 @@
 """What every service process holds: settings, a database pool, a producer,
-and the bounded-retry, dead-letter path for batches that keep failing."""
+its supervised background tasks, and the bounded-retry, dead-letter path for
+batches that keep failing. Which failures are the infrastructure's and which are
+the work's is decided in `services.common.supervision`, and nowhere else."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from typing import Final
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, start_http_server
 
@@ -24,10 +25,17 @@ from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.logging import batch_context, record_context
 from tokenhub.services.common.outbox import relay
+from tokenhub.services.common.supervision import (
+    INFRASTRUCTURE_ERRORS,
+    Backoff,
+    ExitFunction,
+    exit_process,
+    is_infrastructure,
+    supervise,
+)
 
-RELAY_RETRY_S: Final = 1.0
-"""How long the background relay waits after the broker or database failed it;
-the rows stay in the outbox meanwhile, so waiting loses nothing."""
+__all__ = ["INFRASTRUCTURE_ERRORS", "Runtime", "collect_garbage_less_often", "is_infrastructure", "maybe_crash"]
+
 GC_THRESHOLDS: Final = (50_000, 50, 100)
 """Allocations between young collections, then collections between older ones.
 A batch allocates hundreds of thousands of short-lived objects (events, dicts,
@@ -39,19 +47,14 @@ RETRIES_MAX: Final = 3
 RETRY_BACKOFF_S: Final = (0.2, 1.0, 3.0)
 """Bounded retries of a failing batch before the records are tried one by one
 and the ones that still fail are dead-lettered with their reason."""
-
-# Failures of the infrastructure itself are not poison: the batch is rewound
-# and retried until the database or broker is back, never dead-lettered.
-INFRASTRUCTURE_ERRORS: Final = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-RELAY_TRANSIENT_ERRORS: Final = (*INFRASTRUCTURE_ERRORS, KafkaError)
-"""What pauses the relay without losing anything: the rows wait in the outbox."""
+INFRASTRUCTURE_PATIENCE_S: Final = 120.0
+"""How long a batch waits in place (retrying with backoff) for the database or
+broker to come back before the error goes up and the subscriber rewinds and
+fetches the batch again. Below the consumer group's poll interval (300 s), so
+waiting never costs the partitions."""
+STARTUP_PATIENCE_S: Final = 120.0
+"""How long a starting service waits for the database and broker (they may be
+starting too) before it gives up and exits non-zero for its supervisor."""
 
 log = structlog.get_logger()
 
@@ -93,39 +96,87 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
     extra_stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    infrastructure_patience_s: float = INFRASTRUCTURE_PATIENCE_S
+    startup_patience_s: float = STARTUP_PATIENCE_S
+    exit: ExitFunction = exit_process
+    """How a failed task ends the process; tests pass a recorder."""
     _relay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _relay_wanted: asyncio.Event = field(default_factory=asyncio.Event)
-    _relay_task: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        bootstrap_servers, database_url = self.settings.require_stack()
-        self.pool = await create_pool(database_url)
-        self.producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}", settings=self.settings)
-        await self.producer.start()
+        """Connect to the database and the broker, waiting (with backoff) while
+        either is unavailable, then relay what the outbox still holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_patience_s
+        backoff = Backoff()
+        while True:
+            try:
+                leftover = await self._connect()
+                break
+            except Exception as error:
+                if not is_infrastructure(error) or loop.time() > deadline:
+                    log.critical("service_start_failed", service=self.service, error=repr(error))
+                    raise
+                delay = backoff.next()
+                log.warning("service_start_waiting", service=self.service, error=repr(error), retry_in_s=delay)
+                await self._disconnect()
+                await asyncio.sleep(delay)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
-        leftover = await self.relay()
-        self._relay_task = asyncio.create_task(self._relay_loop(), name=f"{self.service}-relay")
+        self.spawn(f"{self.service}-relay", self._relay_forever)
         gc.freeze()  # what start-up built lives as long as the process: no collection need look at it again
         log.info("service_started", service=self.service, outbox_relayed=leftover)
+
+    async def _connect(self) -> int:
+        bootstrap_servers, database_url = self.settings.require_stack()
+        if self.pool is None:
+            self.pool = await create_pool(database_url)
+        if self.producer is None:
+            producer = create_producer(bootstrap_servers, client_id=f"tokenhub-{self.service}", settings=self.settings)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self.producer = producer
+        return await self.relay()
+
+    async def _disconnect(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run a long-running task under supervision (`supervision.supervise`):
+        retried while the infrastructure is away, the process ended on any other
+        failure. Cancelled at stop."""
+        task = asyncio.create_task(supervise(name, run, exit=self.exit), name=name)
+        self._tasks.append(task)
+        return task
 
     async def stop(self) -> None:
         for stop in self.extra_stops:
             await stop()
-        if self._relay_task is not None:
-            self._relay_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._relay_task
+                await task
             except asyncio.CancelledError:
                 pass
+        self._tasks.clear()
+        if self.producer is not None and self.pool is not None:
             try:
                 await self.relay()  # what the last batches staged; a failure here is relayed at the next start
-            except RELAY_TRANSIENT_ERRORS as error:
+            except Exception as error:
+                if not is_infrastructure(error):
+                    raise
                 log.warning("relay_at_stop_failed", error=repr(error))
-        if self.producer is not None:
-            await self.producer.stop()
-        if self.pool is not None:
-            await self.pool.close()
+        await self._disconnect()
         log.info("service_stopped", service=self.service)
 
     def now(self):  # noqa: ANN201 - datetime
@@ -153,19 +204,31 @@ class Runtime:
         the rows are durable in the outbox, so nothing waits on the broker for safety."""
         self._relay_wanted.set()
 
-    async def _relay_loop(self) -> None:
+    async def _relay_forever(self) -> None:
+        # Relays first: after a pause (the broker or database was away) the rows
+        # staged meanwhile wait in the outbox, and nobody may ask again.
         while True:
+            await self.relay()
             await self._relay_wanted.wait()
             self._relay_wanted.clear()
+
+    async def patiently(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work`, retrying it in place with backoff while the database or
+        broker is unavailable, for up to `infrastructure_patience_s`; then the
+        error goes up (the caller rewinds). Other errors go up at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.infrastructure_patience_s
+        backoff = Backoff()
+        while True:
             try:
-                await self.relay()
-            except RELAY_TRANSIENT_ERRORS as error:
-                log.warning("relay_paused", error=repr(error), retry_in_s=RELAY_RETRY_S)
-                await asyncio.sleep(RELAY_RETRY_S)
-                self._relay_wanted.set()
-            except Exception:
-                log.exception("relay_failed")
-                os._exit(1)  # a bug, not the weather: stop so the supervisor restarts us and relays at start
+                await work()
+                return
+            except Exception as error:
+                if not is_infrastructure(error) or loop.time() >= deadline:
+                    raise
+                delay = min(backoff.next(), max(deadline - loop.time(), 0.0))
+                log.warning("batch_paused_infrastructure_unavailable", error=repr(error), retry_in_s=delay)
+                await asyncio.sleep(delay)
 
     async def dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         detail = {
@@ -189,28 +252,31 @@ class Runtime:
                 )
 
     async def process(self, records: Sequence[ConsumerRecord], handle: Callable[[Sequence[ConsumerRecord]], Awaitable[None]]) -> None:
-        """Run `handle` on a batch with bounded retries; isolate and dead-letter poison records."""
+        """Run `handle` on a batch with bounded retries; isolate and dead-letter
+        poison records. While the database or broker is unavailable the batch
+        waits (`patiently`) and is never counted as failing: healthy records are
+        not dead-lettered because PostgreSQL is restarting."""
         structlog.contextvars.bind_contextvars(**batch_context(self.service, records))
         try:
             for attempt in range(RETRIES_MAX):
                 try:
-                    await handle(records)
+                    await self.patiently(lambda: handle(records))
                     RECORDS_PROCESSED.labels(service=self.service).inc(len(records))
                     return
-                except INFRASTRUCTURE_ERRORS:
-                    raise
-                except Exception as error:  # noqa: BLE001 - retried, then dead-lettered below
+                except Exception as error:
+                    if is_infrastructure(error):
+                        raise  # patience ran out: the subscriber rewinds and fetches the batch again
                     log.warning("batch_failed", attempt=attempt + 1, error=repr(error))
                     await asyncio.sleep(RETRY_BACKOFF_S[attempt])
             for record in records:
                 structlog.contextvars.bind_contextvars(**record_context(record))
                 try:
-                    await handle([record])
-                except INFRASTRUCTURE_ERRORS:
-                    raise
-                except Exception as error:  # noqa: BLE001 - the reason travels with the record
-                    await self.dead_letter(record, repr(error)[:1000])
+                    await self.patiently(lambda record=record: handle([record]))
+                except Exception as error:
+                    if is_infrastructure(error):
+                        raise
+                    # The reason travels with the record.
+                    await self.patiently(lambda record=record, error=error: self.dead_letter(record, repr(error)[:1000]))
                     RECORDS_DEAD_LETTERED.labels(service=self.service).inc()
         finally:
             structlog.contextvars.clear_contextvars()
-

@@ -7,7 +7,6 @@ tokens.priced and budgets.configured, and closes past months on a timer."""
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Final
 
 import structlog
@@ -21,13 +20,12 @@ from tokenhub.services.common.kafka import (
     PARTITION_FETCH_BYTES_MAX,
     client_options,
 )
-from tokenhub.services.common.runtime import INFRASTRUCTURE_ERRORS, Runtime, maybe_crash
+from tokenhub.services.common.runtime import Runtime, maybe_crash
 from tokenhub.services.ledger import handlers
 from tokenhub.services.ledger.adapters import store
 
 POLL_TIMEOUT_MS: Final = 200
 METADATA_WAIT_S: Final = 30.0
-INFRASTRUCTURE_RETRY_S: Final = 1.0
 MONTH_CHECK_INTERVAL_S: Final = 30.0
 """How often the clock is checked for a month that ended with a quota exhausted:
 a restored quota may arrive this late after midnight, which a gateway tolerates."""
@@ -58,10 +56,8 @@ class LedgerConsumer:
             **client_options(self.runtime.settings),
         )
         await self.consumer.start()
-        partitions = await self._my_partitions()
-        self.consumer.assign(partitions)
-        await self._seek_to_stored(partitions)
-        self.task = asyncio.create_task(self._run(), name="ledger-consumer")
+        self.consumer.assign(await self._my_partitions())
+        self.task = self.runtime.spawn("ledger-consumer", self._run)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -105,20 +101,15 @@ class LedgerConsumer:
                 await self.consumer.seek_to_beginning(partition)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._consume()
-            except INFRASTRUCTURE_ERRORS as error:
-                # The database or broker is away: nothing was stored past the last
-                # offsets we kept, so resume from them once it is back.
-                log.warning("ledger_consumer_paused", error=repr(error), retry_in_s=INFRASTRUCTURE_RETRY_S)
-                await asyncio.sleep(INFRASTRUCTURE_RETRY_S)
-                await self._seek_to_stored(list(self.consumer.assignment()) if self.consumer else [])
-            except asyncio.CancelledError:
-                raise
-            except BaseException:
-                log.exception("ledger_consumer_failed")
-                os._exit(1)  # a bug, not bad data: stop so the supervisor restarts us
+        """Resume from the offsets stored with the entries, then consume. Run under
+        supervision (`Runtime.spawn`): when the database or broker goes away the
+        whole of this runs again once it is back, so the position is always
+        restored from what was stored, never from where the failed batch left the
+        consumer; any other failure ends the process for its supervisor to restart."""
+        if self.consumer is None:
+            raise RuntimeError("the ledger consumer is not started")
+        await self._seek_to_stored(list(self.consumer.assignment()))
+        await self._consume()
 
     async def _consume(self) -> None:
         assert self.consumer is not None

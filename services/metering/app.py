@@ -21,6 +21,7 @@ GROUP_ID = "metering"
 
 class HttpServer:
     def __init__(self, metering: Metering) -> None:
+        self.runtime = metering.runtime
         settings = metering.runtime.settings
         config = uvicorn.Config(create_http_app(metering), host=settings.http_host, port=settings.http_port,
                                 log_level="warning", lifespan="off", access_log=False)
@@ -28,7 +29,8 @@ class HttpServer:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve(), name="metering-http")
+        # Supervised: a server that fails ends the process loudly instead of leaving it without HTTP.
+        self.task = self.runtime.spawn("metering-http", self.server.serve)
         while not self.server.started and not self.task.done():
             await asyncio.sleep(0.01)
         if self.task.done():
