@@ -1,6 +1,6 @@
 """`tokenhub replay`, `verify`, `restore`, `statement` and `budget`: the
 auditor's and the budget owner's commands. The arithmetic lives in
-`cli.audit` and `cli.audit_verify`; here are arguments and rendering."""
+`tokenhub.audit`; here are arguments and rendering."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
-from tokenhub.cli import audit, audit_verify, render
+from tokenhub.audit.balances import FIGURES
+from tokenhub.audit.replay import ReplayReport, replay
+from tokenhub.audit.restore import restore
+from tokenhub.audit.statement import Statement, Unbalanced, statement
+from tokenhub.audit.verify import VIOLATIONS_SHOWN_MAX, VerifyReport, verify
+from tokenhub.cli import render
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
@@ -58,12 +63,12 @@ def _time(text: str | None, option: str) -> datetime | None:
 
 
 def _figures(values: dict[str, Decimal]) -> dict[str, str]:
-    return {figure: f"{values[figure]:f}" for figure in audit.FIGURES}
+    return {figure: f"{values[figure]:f}" for figure in FIGURES}
 
 
 # --- replay -----------------------------------------------------------------------------
 
-def replay_text(report: audit.ReplayReport) -> str:
+def replay_text(report: ReplayReport) -> str:
     where = "tokens.priced" if report.source == "topic" else "the ledger's Priced archive"
     when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
     lines = []
@@ -85,14 +90,14 @@ def replay_text(report: audit.ReplayReport) -> str:
             lines.append(f"reprice FAILED: {len(repricing.mismatches)} amounts differ, {len(repricing.unrecomputable)} "
                          f"cannot be recomputed, {len(report.repriced_differences)} balances differ")
             lines += [f"  Priced {priced_id} ({kind}): recorded {recorded:f}, recomputed {recomputed:f}"
-                      for priced_id, kind, recorded, recomputed in repricing.mismatches[:audit_verify.VIOLATIONS_SHOWN_MAX]]
-            lines += [f"  Priced {priced_id}: {why}" for priced_id, why in repricing.unrecomputable[:audit_verify.VIOLATIONS_SHOWN_MAX]]
+                      for priced_id, kind, recorded, recomputed in repricing.mismatches[:VIOLATIONS_SHOWN_MAX]]
+            lines += [f"  Priced {priced_id}: {why}" for priced_id, why in repricing.unrecomputable[:VIOLATIONS_SHOWN_MAX]]
             lines += [f"  {difference.bu} {difference.figure}: repriced {difference.rebuilt:f} != projected {difference.projected:f}"
                       for difference in report.repriced_differences]
     return "\n".join(lines)
 
 
-def replay_json(report: audit.ReplayReport) -> str:
+def replay_json(report: ReplayReport) -> str:
     document: dict[str, Any] = {
         "ok": report.ok,
         "source": report.source,
@@ -124,7 +129,7 @@ async def replay_command(arguments: argparse.Namespace) -> int:
     bootstrap_servers, _ = settings.require_stack()
     pool = await _pool(settings)
     try:
-        report = await audit.replay(pool, bootstrap_servers, source=arguments.source, bu=arguments.bu,
+        report = await replay(pool, bootstrap_servers, source=arguments.source, bu=arguments.bu,
                                     as_of=_time(arguments.as_of, "--as-of"), with_reprice=arguments.reprice,
                                     idle_timeout_s=arguments.idle_timeout, progress=_progress)
     finally:
@@ -135,22 +140,22 @@ async def replay_command(arguments: argparse.Namespace) -> int:
 
 # --- verify -----------------------------------------------------------------------------
 
-def verify_text(report: audit_verify.VerifyReport) -> str:
+def verify_text(report: VerifyReport) -> str:
     lines = [f"Token Hub verify{' of ' + report.scope if report.scope else ''}"]
     for check in report.checks:
         status = "SKIPPED" if check.skipped else ("ok" if check.ok else "FAILED")
         lines.append(f"  [{status:>7}] {check.name:<12} {check.title} ({check.examined} examined"
                      + (f"; {check.skipped}" if check.skipped else "") + (f"; {len(check.violations)} violations" if check.violations else "") + ")")
-        for violation in check.violations[:audit_verify.VIOLATIONS_SHOWN_MAX]:
+        for violation in check.violations[:VIOLATIONS_SHOWN_MAX]:
             lines.append(f"      {violation.subject}: {violation.detail}")
-        if len(check.violations) > audit_verify.VIOLATIONS_SHOWN_MAX:
-            lines.append(f"      ... and {len(check.violations) - audit_verify.VIOLATIONS_SHOWN_MAX} more (--json lists all)")
+        if len(check.violations) > VIOLATIONS_SHOWN_MAX:
+            lines.append(f"      ... and {len(check.violations) - VIOLATIONS_SHOWN_MAX} more (--json lists all)")
     violations = len(report.violations)
     lines.append("verify OK: every chain and invariant holds" if report.ok else f"verify FAILED: {violations} violations")
     return "\n".join(lines)
 
 
-def verify_json(report: audit_verify.VerifyReport) -> str:
+def verify_json(report: VerifyReport) -> str:
     return orjson.dumps({
         "ok": report.ok,
         "scope": report.scope,
@@ -166,7 +171,7 @@ async def verify_command(arguments: argparse.Namespace) -> int:
     bootstrap_servers, _ = settings.require_stack()
     pool = await _pool(settings)
     try:
-        report = await audit_verify.verify(pool, bootstrap_servers, scope=arguments.bu, minor_units=settings.currency_minor_units,
+        report = await verify(pool, bootstrap_servers, scope=arguments.bu, minor_units=settings.currency_minor_units,
                                            idle_timeout_s=arguments.idle_timeout, progress=_progress)
     finally:
         await pool.close()
@@ -183,7 +188,7 @@ async def restore_command(arguments: argparse.Namespace) -> int:
         raise CliError("--into names the ledger being restored; give an empty database")
     pool = await _pool(settings)
     try:
-        report = await audit.restore(pool, arguments.into, bootstrap_servers, source=arguments.source, now=clock(settings),
+        report = await restore(pool, arguments.into, bootstrap_servers, source=arguments.source, now=clock(settings),
                                      zone=settings.timezone, idle_timeout_s=arguments.idle_timeout, progress=_progress)
     except (OSError, asyncpg.PostgresError) as error:
         raise CliError(f"cannot restore into {arguments.into}: {error}") from None
@@ -197,7 +202,7 @@ async def restore_command(arguments: argparse.Namespace) -> int:
 
 # --- statement --------------------------------------------------------------------------------
 
-def statement_text(found: audit.Statement, currency: str) -> str:
+def statement_text(found: Statement, currency: str) -> str:
     header = (f"STATEMENT {found.bu}  {found.start.isoformat()} to {found.end.isoformat()} (end exclusive, by {found.by})")
     rows = render.table(
         ("event time", "entry", "kind", "payer", "consumer", "provider", "model", f"spend {currency}", f"revenue {currency}",
@@ -213,14 +218,14 @@ def statement_text(found: audit.Statement, currency: str) -> str:
         return (f"  {label:<10} spend {values['spend']:f}  revenue {values['revenue']:f}  net {values['revenue'] - values['spend']:f}"
                 f"  Tokens consumed {values['tokens_consumed']:,}  served {values['tokens_served']:,}")
 
-    agrees = all(found.opening[figure] + movements[figure] == found.closing[figure] for figure in audit.FIGURES)
+    agrees = all(found.opening[figure] + movements[figure] == found.closing[figure] for figure in FIGURES)
     footer = "\n".join([figures("opening", found.opening), figures("entries", movements), figures("closing", found.closing),
                         "  opening + entries = closing" if agrees or found.truncated else "  MISMATCH: opening + entries != closing"])
     more = f"\n  (first {len(found.lines)} entries shown; narrow the window for the rest)" if found.truncated else ""
     return f"{header}\n{rows}\n{footer}{more}"
 
 
-def statement_json(found: audit.Statement) -> str:
+def statement_json(found: Statement) -> str:
     return orjson.dumps({
         "bu": found.bu, "from": found.start.isoformat(), "to": found.end.isoformat(), "by": found.by,
         "opening": _figures(found.opening), "movements": _figures(found.movements), "closing": _figures(found.closing),
@@ -241,8 +246,8 @@ async def statement_command(arguments: argparse.Namespace) -> int:
         raise CliError("--to must be after --from")
     pool = await _pool(settings)
     try:
-        found = await audit.statement(pool, arguments.bu, start, end, arguments.by)
-    except audit.Unbalanced as error:
+        found = await statement(pool, arguments.bu, start, end, arguments.by)
+    except Unbalanced as error:
         raise CliError(str(error)) from None
     finally:
         await pool.close()

@@ -33,6 +33,9 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tokenhub.audit.balances import rebuild
+from tokenhub.audit.replay import priced_from_archive, priced_from_topic
+from tokenhub.audit.verify import verify
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import PARTITIONS_DEFAULT
@@ -433,24 +436,20 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
 
 
 async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> None:
-    """Replay and verify with the auditor's own code (cli.audit), timed."""
-    from tokenhub.cli import audit
-
+    """Replay and verify with the auditor's own code (`tokenhub.audit`), timed."""
     print("replay: rebuilding every balance from the archive and from the topic ...", file=sys.stderr)
     pool = await create_pool(database_url, size_max=2)
     try:
         async with pool.acquire() as connection:
             started = time.monotonic()
-            events = await audit.priced_from_archive(connection)
-            audit.rebuild(events)
+            events = await priced_from_archive(connection)
+            rebuild(events)
             report.replay_archive_events_per_s = round(len(events) / (time.monotonic() - started), 1)
             report.replay_events = len(events)
         started = time.monotonic()
-        topic_events, _ = await audit.priced_from_topic(bootstrap_servers, len(events), 5.0)
-        audit.rebuild(topic_events)
+        topic_events, _ = await priced_from_topic(bootstrap_servers, len(events), 5.0)
+        rebuild(topic_events)
         report.replay_topic_events_per_s = round(len(topic_events) / (time.monotonic() - started), 1)
-        from tokenhub.cli.audit_verify import verify
-
         print("verify: every invariant over the whole ledger ...", file=sys.stderr)
         started = time.monotonic()
         verified = await verify(pool, bootstrap_servers)

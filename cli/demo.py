@@ -21,11 +21,12 @@ import asyncpg
 import yaml
 
 from tokenhub.cli import render
-from tokenhub.cli.audit_commands import verify_text
-from tokenhub.cli.audit_verify import verify
+from tokenhub.audit.replay import replay
+from tokenhub.audit.verify import verify
+from tokenhub.cli.audit_commands import replay_text, verify_text
 from tokenhub.cli.commands import relay_invoicing
 from tokenhub.cli.invoicing_commands import render_settlement, settlement_for
-from tokenhub.cli.queries import balances, invoices, replay_topic
+from tokenhub.cli.queries import balances, invoices
 from tokenhub.client import UsageClient, usage_event
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import UsageReported
@@ -281,8 +282,8 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
         _section(f"settlement between business units for {DAY:%Y-%m}")
         print(render_settlement(settlement, final))
         _section("replay from tokens.priced")
-        report = await replay_topic(pool, settings.bootstrap_servers or "", bu=None, idle_timeout_s=3.0)
-        print(render.replay_text(report))
+        report = await replay(pool, settings.bootstrap_servers, source="topic", idle_timeout_s=3.0)
+        print(replay_text(report))
         _section("audit: tokenhub verify")
         verified = await verify(pool, settings.bootstrap_servers, minor_units=settings.currency_minor_units,
                                 idle_timeout_s=3.0)

@@ -1,5 +1,5 @@
 """Read-only queries for people. Tools may read every schema (docs/architecture.md).
-Replay and verify live in `cli.audit` and `cli.audit_verify`, with their own code."""
+Replay and verify live in `tokenhub.audit`, with their own code."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from tokenhub.contracts.events import InvoiceIssued, decode
 from tokenhub.contracts.periods import parse
 from tokenhub.infra.settings import Settings
 from tokenhub.services.invoicing.handlers import draft_invoice
-
-# Replay moved to the audit module; these names stay importable for the demo and older callers.
-from tokenhub.cli.audit import ReplayReport, replay_topic  # noqa: E402,F401
 
 SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
 SELECT_AS_OF: Final = """

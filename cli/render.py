@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import orjson
 
-from tokenhub.cli.queries import BalanceRow, ReplayReport
+from tokenhub.cli.queries import BalanceRow
 from tokenhub.contracts.events import InvoiceIssued
 from tokenhub.contracts.money import round_to_minor
 
@@ -97,18 +97,6 @@ def invoice_text(invoice: InvoiceIssued) -> str:
 
 def invoices_json(invoices: list[InvoiceIssued]) -> str:
     return orjson.dumps([invoice.model_dump(mode="json") for invoice in invoices], option=orjson.OPT_INDENT_2).decode()
-
-
-def replay_text(report: ReplayReport) -> str:
-    from tokenhub.cli.audit_commands import replay_text as audit_replay_text  # the audit module owns replay
-
-    return audit_replay_text(report)
-
-
-def replay_json(report: ReplayReport) -> str:
-    from tokenhub.cli.audit_commands import replay_json as audit_replay_json
-
-    return audit_replay_json(report)
 
 
 INVOICE_CSV_COLUMNS = ("invoice", "payer", "period", "status", "kind", "line_period", "provider", "consumer", "model",

@@ -46,6 +46,19 @@ def _iso_year_of(year: int, month: int, week: int) -> tuple[int, int]:
     return year, week
 
 
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time that names its zone (`2026-03-14T12:00:00+08:00`, `Z` for
+    UTC), kept in that zone: the one parser of the times people and events give
+    (decision 8, docs/architecture.md: a timestamp without a zone is refused)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PeriodError(f"{text!r} is not an ISO time, for example 2026-03-14T12:00:00+08:00") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise PeriodError(f"{text} needs a time zone, for example {text}+08:00")
+    return moment
+
+
 def require_aware(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise PeriodError(f"timestamp {moment.isoformat()} has no time zone")

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.integration.support import World, delta, emit, read_counters, wait_settled
-from tokenhub.cli import audit, audit_verify
+from tokenhub.audit import balances, log, replay, restore, verify
 from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED, TOKENS_PRICED
 from tokenhub.infra.migrate import migrate
@@ -62,7 +62,7 @@ async def test_replay_equals_the_projection_at_five_times_from_topic_and_archive
     try:
         for source in ("topic", "archive"):
             for as_of in as_of_times:
-                report = await audit.replay(pool, world.settings.bootstrap_servers, source=source, as_of=as_of,
+                report = await replay.replay(pool, world.settings.bootstrap_servers, source=source, as_of=as_of,
                                             with_reprice=True)
                 assert report.differences == [], (source, as_of, report.differences)
                 assert report.repricing is not None
@@ -75,7 +75,7 @@ async def test_replay_equals_the_projection_at_five_times_from_topic_and_archive
                                     if who == consumer and moment <= as_of), Decimal(0))
                     tokens = sum(tokens_in + tokens_out for who, moment, tokens_in, tokens_out in plan
                                  if who == consumer and moment <= as_of)
-                    figures = report.rebuilt.get(world.bu(consumer), dict.fromkeys(audit.FIGURES, Decimal(0)))
+                    figures = report.rebuilt.get(world.bu(consumer), dict.fromkeys(balances.FIGURES, Decimal(0)))
                     assert figures["spend"] == expected, (source, as_of, consumer)
                     assert figures["tokens_consumed"] == tokens
             assert sum(1 for _, moment, _, _ in plan if moment <= as_of_times[0]) == 4  # the first as-of splits the data
@@ -93,19 +93,19 @@ async def test_a_corrupted_projection_row_makes_replay_fail_and_name_it(backend)
                                      "where ledger = 'money' and account = $1", account)
         try:
             for source in ("topic", "archive"):
-                broken = await audit.replay(pool, world.settings.bootstrap_servers, source=source)
+                broken = await replay.replay(pool, world.settings.bootstrap_servers, source=source)
                 assert not broken.ok
                 assert [(difference.bu, difference.figure) for difference in broken.differences] == [(world.provider, "revenue")]
                 assert broken.differences[0].rebuilt - broken.differences[0].projected == Decimal("0.000000000007")
                 assert broken.differences[0].row(None) == f"ledger.balances (money, {account})"
-            report = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=world.provider)
+            report = await verify.verify(pool, world.settings.bootstrap_servers, scope=world.provider)
             projection = next(check for check in report.checks if check.name == "invariant-3")
             assert [violation.subject for violation in projection.violations] == [f"ledger.balances (money, {account})"]
         finally:
             async with pool.acquire() as connection:
                 await connection.execute("update ledger.balances set credit_total = credit_total + 0.000000000007 "
                                          "where ledger = 'money' and account = $1", account)
-        assert (await audit.replay(pool, world.settings.bootstrap_servers, source="archive")).ok
+        assert (await replay.replay(pool, world.settings.bootstrap_servers, source="archive")).ok
     finally:
         await pool.close()
 
@@ -126,7 +126,7 @@ def _rehash(rows: list[asyncpg.Record], from_sequence: int, amount_delta: Decima
                     side = "debit" if Decimal(leg.get("debit", "0")) else "credit"
                     leg[side] = f"{Decimal(leg[side]) + amount_delta:.12f}"
         content["previous_hash"] = previous_hash
-        content["entry_hash"] = audit_verify.entry_hash(content, previous_hash)
+        content["entry_hash"] = verify.entry_hash(content, previous_hash)
         previous_hash = content["entry_hash"]
         rewritten.append((row["entry_id"], content))
     return rewritten
@@ -143,9 +143,9 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
         " from ledger.entries e where chain = $1 order by sequence", payer)
     head = await connection.fetchrow("select * from ledger.chains where chain = $1", payer)
     target = originals[2]
-    target_name = audit_verify.row_name(payer, 3, target["entry_id"])
+    target_name = verify.row_name(payer, 3, target["entry_id"])
     try:
-        clean = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+        clean = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
         assert clean.ok, clean.violations
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await connection.execute("update ledger.entries set amount = amount + 1 where entry_id = $1", target["entry_id"])
@@ -160,7 +160,7 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
                                      entry_id, delta_amount, orjson.dumps({**content, "entry_hash": target["entry_hash"],
                                                                             "previous_hash": target["previous_hash"]},
                                                                            option=orjson.OPT_SORT_KEYS))
-        naive = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+        naive = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
         assert not naive.ok
         chains = next(check for check in naive.checks if check.name == "chains")
         assert {violation.subject for violation in chains.violations} == {target_name}
@@ -184,7 +184,7 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
                                      f"bu:{payer}:spend", delta_amount)
             await connection.execute("update ledger.balances set credit_total = credit_total + $2 where account = $1",
                                      f"bu:{world.provider}:revenue", delta_amount)
-        careful = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+        careful = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
         assert not careful.ok
         by_check = {check.name: check for check in careful.checks}
         assert by_check["chains"].ok and by_check["invariant-1"].ok and by_check["invariant-3"].ok  # internally consistent
@@ -192,7 +192,7 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
         assert published[0].subject == target_name and published[0].detail.startswith("REWRITTEN")
         assert "amount" in published[0].detail and "postings" in published[0].detail
         assert [violation.subject for violation in published[1:]] == [
-            audit_verify.row_name(payer, row["sequence"], row["entry_id"]) for row in originals[3:]]
+            verify.row_name(payer, row["sequence"], row["entry_id"]) for row in originals[3:]]
         assert all("re-hashed" in violation.detail for violation in published[1:])
         assert [violation.subject for violation in by_check["invariant-2"].violations] == [target_name]
         assert by_check["invariant-4"].ok  # the archived Priced itself was not touched: the entry no longer posts it
@@ -213,7 +213,7 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
                                      "and b.account = any($1::text[])", [f"bu:{payer}:spend", f"bu:{world.provider}:revenue"])
         await connection.close()
     try:
-        assert (await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer)).ok
+        assert (await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)).ok
     finally:
         await pool.close()
 
@@ -245,7 +245,7 @@ async def test_a_conflicting_duplicate_posts_nothing_and_raises_one_alert(backen
         assert len(alerts) == 1
     finally:
         await connection.close()
-    records = await audit.read_topic(world.settings.bootstrap_servers or "", BUDGET_ALERTS.name, idle_timeout_s=1.5)
+    records = await log.read_topic(world.settings.bootstrap_servers or "", BUDGET_ALERTS.name, idle_timeout_s=1.5)
     raised = [orjson.loads(record.value) for record in records]
     raised = [alert for alert in raised if alert.get("priced_id") == forged["id"]]
     assert [(alert["type"], alert["payer_bu"]) for alert in raised] == [("ledger.conflicting_duplicate", payer)]
@@ -263,23 +263,23 @@ async def test_restore_rebuilds_the_ledger_into_an_empty_database_with_equal_bal
             target_url = (world.settings.database_url or "").replace("/tokenhub?", f"/{name}?")
             assert target_url != world.settings.database_url
             await migrate(target_url)
-            report = await audit.restore(pool, target_url, world.settings.bootstrap_servers, source=source, now=now,
+            report = await restore.restore(pool, target_url, world.settings.bootstrap_servers, source=source, now=now,
                                          zone=world.settings.timezone)
             chains_query = ("select chain, sequence, priced_id, posted_at, entry_hash from ledger.entries "
                             "where chain = any($1::text[]) order by chain, sequence")
             payers = [world.bu("shop"), world.bu("maps")]
             async with pool.acquire() as connection:
-                original = await audit.projection(connection, None)
+                original = await replay.projection(connection, None)
                 entries = await connection.fetchval("select count(*) from ledger.entries")
                 original_chains = [tuple(row) for row in await connection.fetch(chains_query, payers)]
             restored_pool = await create_pool(target_url, size_max=1)
             try:
                 async with restored_pool.acquire() as connection:
-                    restored = await audit.projection(connection, None)
+                    restored = await replay.projection(connection, None)
                     restored_entries = await connection.fetchval("select count(*) from ledger.entries")
                     outbox = await connection.fetchval("select count(*) from ledger.outbox")
                     restored_chains = [tuple(row) for row in await connection.fetch(chains_query, payers)]
-                restored_report = await audit_verify.verify(restored_pool, world.settings.bootstrap_servers,
+                restored_report = await verify.verify(restored_pool, world.settings.bootstrap_servers,
                                                             scope=world.bu("shop"))
             finally:
                 await restored_pool.close()

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.integration.support import World, emit, read_counters, wait_settled, delta
-from tokenhub.cli import audit
+from tokenhub.audit import log
 from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
@@ -124,7 +124,7 @@ async def test_budget_alerts_once_quota_exhausted_and_restored(backend) -> None:
         services.stop_one("ledger")
         services.start("ledger")
 
-    records = await audit.read_topic(world.settings.bootstrap_servers or "", BUDGET_ALERTS.name, idle_timeout_s=1.5)
+    records = await log.read_topic(world.settings.bootstrap_servers or "", BUDGET_ALERTS.name, idle_timeout_s=1.5)
     published = [orjson.loads(record.value) for record in records]
     published = [alert for alert in published if alert.get("payer_bu") == payer]
     assert len(published) == len({alert["id"] for alert in published}) == 8, "each alert arrives once"

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.integration.support import World, emit, read_counters, wait_settled
-from tokenhub.cli import audit, audit_verify
+from tokenhub.audit import log, verify
 from tokenhub.contracts.topics import LEDGER_POSTED
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
@@ -104,7 +104,7 @@ async def _run(backend, events_count: int, kills: list[str], seed: int) -> None:
         await connection.close()
 
     # Every sequence of every chain on ledger.posted, each with the hash the journal holds.
-    records = await audit.read_topic(world.settings.bootstrap_servers or "", LEDGER_POSTED.name, expected=events_count,
+    records = await log.read_topic(world.settings.bootstrap_servers or "", LEDGER_POSTED.name, expected=events_count,
                                      idle_timeout_s=5.0, distinct=lambda value: _ours(value, world.prefix))
     published: dict[str, set[int]] = defaultdict(set)
     for record in records:
@@ -116,7 +116,7 @@ async def _run(backend, events_count: int, kills: list[str], seed: int) -> None:
     pool = await create_pool(world.settings.database_url or "", size_max=2)
     try:
         for payer in payers:
-            report = await audit_verify.verify(pool, world.settings.bootstrap_servers, scope=payer, idle_timeout_s=5.0)
+            report = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer, idle_timeout_s=5.0)
             assert report.ok, report.violations[:5]
     finally:
         await pool.close()

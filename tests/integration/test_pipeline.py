@@ -10,7 +10,8 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tokenhub.cli.queries import balances, replay_topic
+from tokenhub.audit.replay import replay
+from tokenhub.cli.queries import balances
 from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED
@@ -168,7 +169,7 @@ async def test_replay_equals_projection_and_a_corrupted_projection_fails(backend
     await wait_settled(world.settings, before, len(events))
     pool = await create_pool(world.settings.database_url or "", size_max=2)
     try:
-        report = await replay_topic(pool, world.settings.bootstrap_servers or "", bu=None, idle_timeout_s=3.0)
+        report = await replay(pool, world.settings.bootstrap_servers, source="topic", idle_timeout_s=3.0)
         assert report.ok, report.differences
         account = f"bu:{world.bu('shop')}:spend"
         async with pool.acquire() as connection:
@@ -176,7 +177,7 @@ async def test_replay_equals_projection_and_a_corrupted_projection_fails(backend
                 "update ledger.balances set debit_total = debit_total + 0.000000000001 where ledger = 'money' and account = $1",
                 account)
         try:
-            broken = await replay_topic(pool, world.settings.bootstrap_servers or "", bu=None, idle_timeout_s=3.0)
+            broken = await replay(pool, world.settings.bootstrap_servers, source="topic", idle_timeout_s=3.0)
         finally:
             async with pool.acquire() as connection:
                 await connection.execute(

@@ -14,22 +14,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.contract.examples import BOOK, CONSUMED, POSTED, PRICED
-from tokenhub.cli import audit, audit_verify
+from tokenhub.audit import balances, log, reprice, restore, verify
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.money import split_largest_remainder
 from tokenhub.services.ledger.domain import hash_entry, hashed_content
 
 
 def _json(model) -> dict:  # noqa: ANN001
-    return audit.loads(canonical_json(model))
+    return log.loads(canonical_json(model))
 
 
 def test_the_auditor_recomputes_the_ledger_hash_from_the_payload() -> None:
     content = _json(POSTED)
-    assert audit_verify.entry_hash(content, POSTED.previous_hash) == POSTED.entry_hash
+    assert verify.entry_hash(content, POSTED.previous_hash) == POSTED.entry_hash
     assert hash_entry(hashed_content(POSTED), POSTED.previous_hash) == POSTED.entry_hash
     content["amount"] = "0.000000000001"
-    assert audit_verify.entry_hash(content, POSTED.previous_hash) != POSTED.entry_hash
+    assert verify.entry_hash(content, POSTED.previous_hash) != POSTED.entry_hash
 
 
 @given(st.recursive(st.none() | st.booleans() | st.integers(-10**15, 10**15) | st.text(),
@@ -37,38 +37,38 @@ def test_the_auditor_recomputes_the_ledger_hash_from_the_payload() -> None:
                     max_leaves=20))
 def test_canonical_form_written_out_equals_the_contracts_one(value) -> None:  # noqa: ANN001
     wrapped = {"value": value}
-    assert audit_verify.canonical(wrapped) == orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS)
+    assert verify.canonical(wrapped) == orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS)
 
 
 def test_repricing_recomputes_the_golden_priced_with_context_tier_and_factor() -> None:
-    lines = audit.recompute_lines(_json(CONSUMED), _json(BOOK))
+    lines = reprice.recompute_lines(_json(CONSUMED), _json(BOOK))
     assert sorted(lines) == sorted(
         (line.token_class, line.tokens, line.unit_price_per_million, line.amount) for line in PRICED.lines)
     assert len(lines) == 4 and PRICED.context_tier == "long-context" and PRICED.price_factor == Decimal("0.9")
     assert sum((line[3] for line in lines), Decimal(0)) == PRICED.total_amount
-    result = audit.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert (result.mismatches, result.unrecomputable, result.amounts) == ([], [], {str(PRICED.id): PRICED.total_amount})
 
 
 def test_repricing_names_a_wrong_amount_and_a_missing_book() -> None:
     wrong = _json(PRICED) | {"total_amount": f"{PRICED.total_amount + Decimal('0.000000000001'):f}"}
-    result = audit.reprice([wrong], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([wrong], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert result.mismatches == [(str(PRICED.id), "charge", PRICED.total_amount + Decimal("0.000000000001"), PRICED.total_amount)]
-    missing = audit.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {})
+    missing = reprice.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {})
     assert missing.unrecomputable == [(str(PRICED.id), f"no price book {BOOK.book_id} v{BOOK.version}")]
 
 
 def test_a_reversal_reprices_as_the_negative_of_what_it_reverses() -> None:
     reversal = _json(PRICED) | {"id": "r", "kind": "reversal", "corrects_id": str(PRICED.id),
                                 "total_amount": f"{-PRICED.total_amount:f}", "total_tokens": -PRICED.total_tokens}
-    result = audit.reprice([_json(PRICED), reversal], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_json(PRICED), reversal], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert result.amounts["r"] == -PRICED.total_amount and result.mismatches == []
-    assert audit.rebuild([_json(PRICED), reversal])["taobao-tmall"]["spend"] == 0
+    assert balances.rebuild([_json(PRICED), reversal])["taobao-tmall"]["spend"] == 0
 
 
 @given(st.integers(0, 10**12), st.lists(st.decimals(min_value=Decimal("0.1"), max_value=100, places=1), min_size=1, max_size=6))
 def test_the_auditors_split_equals_meterings(total: int, weights: list[Decimal]) -> None:
-    assert audit_verify.largest_remainder(total, weights) == split_largest_remainder(total, weights)
+    assert verify.largest_remainder(total, weights) == split_largest_remainder(total, weights)
 
 
 def test_shares_that_do_not_add_up_are_named() -> None:
@@ -76,21 +76,21 @@ def test_shares_that_do_not_add_up_are_named() -> None:
     for index, (payer, share, tokens) in enumerate((("a", "60", 601), ("b", "40", 400))):
         parts[payer] = {"usage_source": "s", "usage_id": "1", "payer_bu": payer, "consumer_bu": "c", "payer_index": index,
                         "payer_count": 2, "share_percent": share, "request_input_tokens": 1001, "tokens": {"input": tokens}}
-    check = audit_verify.Check("invariant-6", "")
-    audit_verify.check_shares(parts, None, check)
+    check = verify.Check("invariant-6", "")
+    verify.check_shares(parts, None, check)
     assert check.ok
     parts["a"]["tokens"] = {"input": 602}
-    audit_verify.check_shares(parts, None, check)
+    verify.check_shares(parts, None, check)
     assert [violation.subject for violation in check.violations] == ["usage s 1", "usage s 1"]
     assert "input Tokens sum to 1002" in check.violations[0].detail
 
 
 def test_rebuild_at_an_as_of_time_and_diff_names_the_projection_row() -> None:
     event = _json(PRICED)
-    assert audit.rebuild([event], as_of=PRICED.event_time)["taobao-tmall"]["spend"] == PRICED.total_amount
-    assert audit.rebuild([event], as_of=PRICED.event_time.replace(year=2025)) == {}
-    projected = {"taobao-tmall": dict.fromkeys(audit.FIGURES, Decimal(0))}
-    differences = audit.diff(audit.rebuild([event]), projected, "taobao-tmall")
+    assert balances.rebuild([event], as_of=PRICED.event_time)["taobao-tmall"]["spend"] == PRICED.total_amount
+    assert balances.rebuild([event], as_of=PRICED.event_time.replace(year=2025)) == {}
+    projected = {"taobao-tmall": dict.fromkeys(balances.FIGURES, Decimal(0))}
+    differences = balances.diff(balances.rebuild([event]), projected, "taobao-tmall")
     assert [(difference.figure, difference.row(None)) for difference in differences] == [
         ("spend", "ledger.balances (money, bu:taobao-tmall:spend)"),
         ("tokens_consumed", "ledger.balances (tokens, bu:taobao-tmall:consumed)")]
@@ -101,26 +101,26 @@ def test_restore_posts_in_the_original_batches_and_chain_order_even_when_clocks_
     later = t0 + timedelta(seconds=5)
     now = t0 + timedelta(days=1)
     placed = [
-        (b"b2", audit.Placement("b", 2, t0)),  # another instance's clock ran behind: b2 still follows b1
-        (b"a2", audit.Placement("a", 2, later)),
+        (b"b2", restore.Placement("b", 2, t0)),  # another instance's clock ran behind: b2 still follows b1
+        (b"a2", restore.Placement("a", 2, later)),
         (b"lost", None),
-        (b"b1", audit.Placement("b", 1, later)),
-        (b"a1", audit.Placement("a", 1, t0)),
-        (b"a1-copy", audit.Placement("a", 1, t0)),
+        (b"b1", restore.Placement("b", 1, later)),
+        (b"a1", restore.Placement("a", 1, t0)),
+        (b"a1-copy", restore.Placement("a", 1, t0)),
     ]
-    groups = audit.posting_groups(placed, now, size_max=10)
+    groups = restore.posting_groups(placed, now, size_max=10)
     assert groups == [(t0, [b"a1", b"a1-copy"]), (later, [b"a2", b"b1"]), (t0, [b"b2"]), (now, [b"lost"])]
-    assert [len(values) for _, values in audit.posting_groups(placed, now, size_max=1)] == [1] * 6
+    assert [len(values) for _, values in restore.posting_groups(placed, now, size_max=1)] == [1] * 6
 
 
 def test_a_published_entry_missing_from_the_journal_is_named_by_its_sequence() -> None:
     published = [{"chain": "a", "sequence": sequence, "priced_id": f"p{sequence}", "entry_hash": f"h{sequence}"}
                  for sequence in (1, 2, 3)]
-    records = [audit.TopicRecord(0, offset, b"a", orjson.dumps(event)) for offset, event in enumerate(published)]
-    stored = {"a": [audit_verify.StoredEntry("a", event["sequence"], f"e{event['sequence']}", event["entry_hash"], event)
+    records = [log.TopicRecord(0, offset, b"a", orjson.dumps(event)) for offset, event in enumerate(published)]
+    stored = {"a": [verify.StoredEntry("a", event["sequence"], f"e{event['sequence']}", event["entry_hash"], event)
                     for event in published if event["sequence"] != 2]}  # entry 2 deleted, the others untouched
-    check = audit_verify.Check("published", "")
-    audit_verify.check_published(stored, records, check)
+    check = verify.Check("published", "")
+    verify.check_published(stored, records, check)
     assert [(violation.subject, violation.detail) for violation in check.violations] == [
         ("chain a sequence 2 (Priced p2)", "published on ledger.posted but missing from the journal (deleted?)")]
 
@@ -129,11 +129,11 @@ def test_figures_decoded_alone_rebuild_what_whole_events_rebuild() -> None:
     reversal = _json(PRICED) | {"id": "r", "kind": "reversal", "total_amount": f"{-PRICED.total_amount:f}",
                                 "total_tokens": -PRICED.total_tokens, "payer_bu": "cainiao"}
     whole = [_json(PRICED), reversal]
-    decoded = [audit._FIGURES_DECODER.decode(orjson.dumps(event)) for event in whole]
-    assert decoded[0] == audit.PricedFigures(str(PRICED.id), whole[0]["event_time"], "taobao-tmall", PRICED.provider_bu,
+    decoded = [balances.FIGURES_DECODER.decode(orjson.dumps(event)) for event in whole]
+    assert decoded[0] == balances.PricedFigures(str(PRICED.id), whole[0]["event_time"], "taobao-tmall", PRICED.provider_bu,
                                              PRICED.consumer_bu, f"{PRICED.total_amount:f}", PRICED.total_tokens)
-    rebuilt = audit.rebuild(decoded)
-    assert rebuilt == audit.rebuild(whole)
+    rebuilt = balances.rebuild(decoded)
+    assert rebuilt == balances.rebuild(whole)
     assert rebuilt["cainiao"]["spend"] == -PRICED.total_amount and rebuilt["taobao-tmall"]["spend"] == PRICED.total_amount
 
 
@@ -141,9 +141,9 @@ def test_figures_decoded_alone_rebuild_what_whole_events_rebuild() -> None:
                                     {"payer_bu": None}, {"total_amount": None}])
 def test_figures_of_the_wrong_type_are_refused_while_decoding(change: dict) -> None:
     with pytest.raises(msgspec.ValidationError):
-        audit._FIGURES_DECODER.decode(orjson.dumps(_json(PRICED) | change))
+        balances.FIGURES_DECODER.decode(orjson.dumps(_json(PRICED) | change))
 
 
 def test_a_float_amount_is_refused_whichever_way_the_event_was_read() -> None:
-    with pytest.raises(audit.NotExact):
-        audit.rebuild([_json(PRICED) | {"total_amount": 1.5}])
+    with pytest.raises(log.NotExact):
+        balances.rebuild([_json(PRICED) | {"total_amount": 1.5}])

@@ -11,12 +11,18 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, localcontext
 from typing import Any, Final
 
 import asyncpg
 
-from tokenhub.cli import audit
+from tokenhub.audit.balances import diff, figures_of, rebuild
+from tokenhub.audit.log import PROGRESS_EVERY, Progress, TopicRecord, loads, read_topic, silent
+from tokenhub.audit.replay import SELECT_PROJECTION
+from tokenhub.audit.reprice import load_pricing_inputs, reprice
+from tokenhub.contracts.accounts import parse_account
+from tokenhub.contracts.periods import parse_time
 from tokenhub.contracts.topics import LEDGER_POSTED
 
 GENESIS: Final = "0" * 64
@@ -108,6 +114,13 @@ class StoredEntry:
     content: dict[str, Any]
 
 
+def _same_time(text: Any, stored: datetime) -> bool:
+    try:
+        return parse_time(text) == stored
+    except (TypeError, ValueError):
+        return False  # missing, not a time, or without its zone: it cannot be the stored time
+
+
 def _compare_columns(check: Check, row: asyncpg.Record, content: dict[str, Any]) -> None:
     name = row_name(row["chain"], row["sequence"], row["entry_id"])
     differing = [column for column in _COLUMNS if content.get(column) != row[column]]
@@ -118,7 +131,7 @@ def _compare_columns(check: Check, row: asyncpg.Record, content: dict[str, Any])
     if content.get("priced_id") != str(row["priced_id"]) or content.get("corrects_id") != (str(row["corrects_id"]) if row["corrects_id"] else None):
         differing.append("priced_id/corrects_id")
     for column in ("event_time", "posted_at"):
-        if audit.moment(content.get(column, "1970-01-01T00:00:00+00:00")) != row[column]:
+        if not _same_time(content.get(column), row[column]):
             differing.append(column)
     if content.get("entry_hash") != row["entry_hash"] or content.get("previous_hash") != row["previous_hash"]:
         differing.append("hashes")
@@ -132,7 +145,7 @@ def _compare_columns(check: Check, row: asyncpg.Record, content: dict[str, Any])
 
 
 async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check,
-                       progress: audit.Progress = audit._silent) -> dict[str, list[StoredEntry]]:
+                       progress: Progress = silent) -> dict[str, list[StoredEntry]]:
     """Recompute every hash from the stored payload, check the payload against
     the columns and legs, and the links, sequences and stored heads."""
     stored: dict[str, list[StoredEntry]] = defaultdict(list)
@@ -141,12 +154,12 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
         total = await connection.fetchval(COUNT_ENTRIES, scope)
         async for row in connection.cursor(SELECT_ENTRIES, scope, prefetch=2_000):
             chains.examined += 1
-            if chains.examined % audit.PROGRESS_EVERY == 0 and chains.examined < total:
+            if chains.examined % PROGRESS_EVERY == 0 and chains.examined < total:
                 progress("chains", chains.examined, total)
             chain, sequence = row["chain"], row["sequence"]
             name = row_name(chain, sequence, row["entry_id"])
             try:
-                content = audit.loads(row["payload"])
+                content = loads(row["payload"])
             except ValueError:
                 chains.fail(name, "payload is not JSON")
                 continue
@@ -177,14 +190,14 @@ def _content_without_hashes(content: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in content.items() if key not in ("entry_hash", "previous_hash")}
 
 
-def check_published(stored: dict[str, list[StoredEntry]], published: list[audit.TopicRecord], check: Check) -> None:
+def check_published(stored: dict[str, list[StoredEntry]], published: list[TopicRecord], check: Check) -> None:
     """Against the public log: every sequence published once with the stored
     hash. Where they differ, the first entry whose content differs is the one
     rewritten; later ones were only re-hashed to hide it."""
     heads: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for record in published:
         try:
-            event = audit.loads(record.value)
+            event = loads(record.value)
         except ValueError:
             check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "not JSON")
             continue
@@ -311,7 +324,7 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
     by_consumed: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in await connection.fetch(SELECT_ENTRY_FACTS, scope):
         name = row_name(row["chain"], row["sequence"], row["entry_id"])
-        priced = audit.loads(row["priced"])
+        priced = loads(row["priced"])
         facts.append(EntryFact(name, priced))
         if (Decimal(priced["total_amount"]), int(priced["total_tokens"]), priced["payer_bu"], priced["consumer_bu"],
                 priced["provider_bu"], priced.get("kind", "charge")) != (row["amount"], row["tokens"], row["payer_bu"],
@@ -387,11 +400,11 @@ select ledger, account, sum(debit) as debit_total, sum(credit) as credit_total f
 
 async def check_projection(connection: asyncpg.Connection, facts: list[EntryFact], scope: str | None, check: Check) -> None:
     projected = {(row["ledger"], row["account"]): (row["debit_total"], row["credit_total"])
-                 for row in await connection.fetch(audit.SELECT_PROJECTION)}
+                 for row in await connection.fetch(SELECT_PROJECTION)}
     journal = {(row["ledger"], row["account"]): (row["debit_total"], row["credit_total"])
                for row in await connection.fetch(SELECT_JOURNAL_TOTALS)}
     for key in sorted(set(projected) | set(journal)):
-        if scope is not None and key[1].split(":")[1] != scope:
+        if scope is not None and parse_account(key[1])[0] != scope:
             continue
         check.examined += 1
         zero = (Decimal(0), Decimal(0))
@@ -399,8 +412,8 @@ async def check_projection(connection: asyncpg.Connection, facts: list[EntryFact
             check.fail(f"ledger.balances ({key[0]}, {key[1]})",
                        f"debit/credit {_pair(projected.get(key, zero))} but the journal sums to {_pair(journal.get(key, zero))}")
     if scope is None:
-        rebuilt = audit.rebuild(fact.priced for fact in facts)
-        for difference in audit.diff(rebuilt, audit.figures_of(
+        rebuilt = rebuild(fact.priced for fact in facts)
+        for difference in diff(rebuilt, figures_of(
                 {"account": account, "debit_total": debit, "credit_total": credit}
                 for (_, account), (debit, credit) in projected.items())):
             check.fail(difference.row(None), f"{difference.figure}: rebuilt from the Priced archive {difference.rebuilt} "
@@ -424,7 +437,7 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
                        books: dict[tuple[str, int], dict], check: Check) -> None:
     events = [fact.priced for fact in facts]
     names = {fact.priced["id"]: fact.name for fact in facts}
-    repricing = audit.reprice(events, consumed, books)
+    repricing = reprice(events, consumed, books)
     check.examined = len(events)
     for priced_id, kind, recorded, recomputed in repricing.mismatches:
         check.fail(f"{names[priced_id]} (Priced {priced_id}, {kind})", f"amount {recorded} but its TokenConsumed and "
@@ -562,7 +575,7 @@ def check_shares(consumed: dict[str, dict], scope: str | None, check: Check) -> 
 # --- all of it ---------------------------------------------------------------------------------
 
 async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: str | None = None, minor_units: int = 2,
-                 idle_timeout_s: float = 3.0, progress: audit.Progress = audit._silent) -> VerifyReport:
+                 idle_timeout_s: float = 3.0, progress: Progress = silent) -> VerifyReport:
     chains = Check("chains", "hash chains recomputed from the stored rows (links, sequences, heads)")
     published = Check("published", "chain heads against those published on ledger.posted and printed on invoices")
     double_entry = Check("invariant-1", "debits = credits in every entry and in each whole ledger")
@@ -576,7 +589,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
         progress("chains", chains.examined, chains.examined)
         entries = sum(len(entries) for entries in stored.values())
         if bootstrap_servers:
-            records = await audit.read_topic(
+            records = await read_topic(
                 bootstrap_servers, LEDGER_POSTED.name, expected=entries, idle_timeout_s=idle_timeout_s,
                 distinct=lambda value: _chain_sequence(value, scope), progress=progress)
             if scope is not None:
@@ -586,7 +599,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
             published.skipped = "no broker configured"
         await check_invoice_heads(connection, stored, scope, published)
         await check_double_entry(connection, scope, double_entry)
-        consumed, books = await audit.load_pricing_inputs(connection)
+        consumed, books = await load_pricing_inputs(connection)
         facts = await check_exactly_once(connection, scope, consumed, exactly_once)
         await check_projection(connection, facts, scope, projection)
         await check_prices(connection, facts, consumed, books, prices)
@@ -598,7 +611,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
 def _chain_sequence(value: bytes, scope: str | None) -> tuple[object, object] | None:
     """What makes a ledger.posted record distinct; None: not counted (another chain, or unreadable)."""
     try:
-        event = audit.loads(value)
+        event = loads(value)
     except ValueError:
         return None
     if scope is not None and event.get("chain") != scope:

@@ -1,0 +1,118 @@
+"""Balances per business unit, summed with the auditor's own arithmetic: from
+Priced events (a rebuild) or from account totals (the ledger's answer), and the
+differences between the two."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from tokenhub.audit.log import exact
+from tokenhub.contracts.accounts import DEBIT_NORMAL, AccountKind, account_name, parse_account
+from tokenhub.contracts.periods import parse_time
+
+FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
+ACCOUNT_FIGURES: Final[dict[str, tuple[str, AccountKind]]] = {
+    "spend": ("money", "spend"), "revenue": ("money", "revenue"),
+    "tokens_consumed": ("tokens", "consumed"), "tokens_served": ("tokens", "served")}
+"""Each figure's (ledger, account kind)."""
+
+
+class PricedFigures(msgspec.Struct, frozen=True):
+    """What balances are rebuilt from, of one Priced. Decoding only these
+    fields skips the rest of the event (its lines) without building it, about
+    ten times faster than parsing the whole event. The types are the contract's:
+    an amount is a string and a Token count an integer, so a float in either is
+    refused while decoding."""
+
+    id: str
+    event_time: str
+    payer_bu: str
+    provider_bu: str
+    consumer_bu: str
+    total_amount: str
+    total_tokens: int
+
+
+FIGURES_DECODER: Final = msgspec.json.Decoder(PricedFigures)
+
+
+def figures(event: Mapping[str, Any]) -> PricedFigures:
+    """The figures of an event already parsed whole (from a topic, say); `rebuild` checks them with `exact`."""
+    return PricedFigures(event["id"], event["event_time"], event["payer_bu"], event["provider_bu"], event["consumer_bu"],
+                         event["total_amount"], event["total_tokens"])
+
+
+Balances = dict[str, dict[str, Decimal]]
+
+
+def zero() -> dict[str, Decimal]:
+    return dict.fromkeys(FIGURES, Decimal(0))
+
+
+def rebuild(events: Iterable[PricedFigures | Mapping[str, Any]], as_of: datetime | None = None,
+            amounts: dict[str, Decimal] | None = None) -> Balances:
+    """Balances straight from Priced events: spend of the payer and revenue of
+    the provider; Tokens consumed by the consumer and served by the provider.
+    `amounts` replaces recorded amounts by recomputed ones (by Priced id)."""
+    totals: Balances = defaultdict(zero)
+    for event in events:
+        if type(event) is not PricedFigures:
+            event = figures(event)
+        if as_of is not None and parse_time(event.event_time) > as_of:
+            continue
+        amount = amounts[event.id] if amounts and event.id in amounts else exact(event.total_amount)
+        tokens = exact(event.total_tokens)
+        totals[event.payer_bu]["spend"] += amount
+        totals[event.provider_bu]["revenue"] += amount
+        totals[event.consumer_bu]["tokens_consumed"] += tokens
+        totals[event.provider_bu]["tokens_served"] += tokens
+    return dict(totals)
+
+
+def figures_of(rows: Iterable[asyncpg.Record | dict[str, Any]]) -> Balances:
+    """Per BU from account totals: spend and consumed are debit balances,
+    revenue and served credit balances."""
+    by_kind = {kind: figure for figure, (_, kind) in ACCOUNT_FIGURES.items()}
+    totals: Balances = defaultdict(zero)
+    for row in rows:
+        bu, kind = parse_account(row["account"])
+        debit_balance = row["debit_total"] - row["credit_total"]
+        totals[bu][by_kind[kind]] += debit_balance if kind in DEBIT_NORMAL else -debit_balance
+    return dict(totals)
+
+
+@dataclass(frozen=True)
+class Difference:
+    bu: str
+    figure: str
+    rebuilt: Decimal
+    projected: Decimal
+
+    def __iter__(self):  # noqa: ANN204 - unpacks as (bu, figure, rebuilt, projected)
+        return iter((self.bu, self.figure, self.rebuilt, self.projected))
+
+    def row(self, as_of: datetime | None) -> str:
+        ledger, kind = ACCOUNT_FIGURES[self.figure]
+        if as_of is None:
+            return f"ledger.balances ({ledger}, {account_name(self.bu, kind)})"
+        return f"journal ({ledger}, {account_name(self.bu, kind)}) as of {as_of.isoformat()}"
+
+
+def diff(rebuilt: Balances, projected: Balances, bu: str | None = None) -> list[Difference]:
+    names = sorted((set(rebuilt) | set(projected)) if bu is None else {bu})
+    empty = zero()
+    return [
+        Difference(name, figure, rebuilt.get(name, empty)[figure], projected.get(name, empty)[figure])
+        for name in names
+        for figure in FIGURES
+        if rebuilt.get(name, empty)[figure] != projected.get(name, empty)[figure]
+    ]
+

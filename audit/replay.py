@@ -1,0 +1,121 @@
+"""Replay: every balance rebuilt from the log (tokens.priced) or from the
+ledger's Priced archive, as of an event time, and compared with the ledger's
+own projection (its balances table, or its journal at a past time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from tokenhub.audit.balances import FIGURES_DECODER, Balances, Difference, PricedFigures, diff, figures_of, rebuild
+from tokenhub.audit.log import Progress, event_id, loads_many, read_topic, silent
+from tokenhub.audit.reprice import Repricing, load_pricing_inputs, reprice
+from tokenhub.contracts.topics import TOKENS_PRICED
+
+SELECT_PRICED_ARCHIVE: Final = "select payload from ledger.priced_archive"  # sums need no order
+SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.priced_archive"
+SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
+SELECT_JOURNAL_AS_OF: Final = """
+select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
+from ledger.postings p join ledger.entries e using (entry_id)
+where e.event_time <= $1
+group by p.ledger, p.account
+"""
+
+
+async def priced_from_topic(bootstrap_servers: str, expected: int, idle_timeout_s: float,
+                            progress: Progress = silent) -> tuple[list[dict[str, Any]], int]:
+    """Distinct Priced on tokens.priced, the first copy of each id kept (the one
+    the ledger posted), and how many later copies had other content."""
+    records = await read_topic(bootstrap_servers, TOKENS_PRICED.name, expected=expected, idle_timeout_s=idle_timeout_s,
+                               distinct=event_id, progress=progress)
+    kept: dict[str, dict[str, Any]] = {}
+    conflicts = 0
+    for record in records:
+        try:
+            event = loads_many(record.value)
+        except ValueError:
+            continue  # the ledger dead-letters what it cannot read; so does replay
+        previous = kept.setdefault(event["id"], event)
+        if previous is not event and previous != event:
+            conflicts += 1
+    return list(kept.values()), conflicts
+
+
+class NotReadable(ValueError):
+    """An archived event is not JSON, or its figures are missing or of the wrong type."""
+
+
+async def priced_from_archive(connection: asyncpg.Connection) -> list[PricedFigures]:
+    try:
+        return [FIGURES_DECODER.decode(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise NotReadable(f"an archived Priced cannot be read: {error}") from None
+
+
+async def priced_events_from_archive(connection: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Whole events, for repricing, which needs their lines and causes."""
+    return [loads_many(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+
+
+async def projection(connection: asyncpg.Connection, as_of: datetime | None) -> Balances:
+    """The ledger's answer: its balances table now, its journal at a past time."""
+    if as_of is None:
+        return figures_of(await connection.fetch(SELECT_PROJECTION))
+    return figures_of(await connection.fetch(SELECT_JOURNAL_AS_OF, as_of))
+
+
+@dataclass
+class ReplayReport:
+    events: int
+    rebuilt: Balances
+    projected: Balances
+    differences: list[Difference] = field(default_factory=list)
+    source: str = "topic"
+    as_of: datetime | None = None
+    bu: str | None = None
+    conflicts: int = 0
+    repricing: Repricing | None = None
+    repriced_differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        reprice_ok = self.repricing is None or not (self.repricing.mismatches or self.repricing.unrecomputable
+                                                    or self.repriced_differences)
+        return not self.differences and reprice_ok
+
+
+async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: str = "topic", bu: str | None = None,
+                 as_of: datetime | None = None, with_reprice: bool = False, idle_timeout_s: float = 3.0,
+                 progress: Progress = silent) -> ReplayReport:
+    """Rebuild balances from tokens.priced or the ledger's archive, as of an
+    event time, and diff them against the ledger's projection."""
+    async with pool.acquire() as connection:
+        expected = await connection.fetchval(SELECT_ARCHIVE_COUNT)
+        projected = await projection(connection, as_of)
+        archived: list[PricedFigures] | list[dict[str, Any]] | None = None
+        if source == "archive":
+            # Repricing needs whole events; rebuilding balances needs their figures only.
+            archived = await (priced_events_from_archive if with_reprice else priced_from_archive)(connection)
+        inputs = await load_pricing_inputs(connection) if with_reprice else None
+    conflicts = 0
+    events: list[PricedFigures] | list[dict[str, Any]]
+    if archived is not None:
+        events = archived
+        progress("read ledger.priced_archive", len(events), len(events))
+    else:
+        if not bootstrap_servers:
+            raise ValueError("replay from the topic needs a broker")
+        events, conflicts = await priced_from_topic(bootstrap_servers, expected, idle_timeout_s, progress)
+    rebuilt = rebuild(events, as_of)
+    report = ReplayReport(len(events), rebuilt, projected, diff(rebuilt, projected, bu), source, as_of, bu, conflicts)
+    if inputs is not None:
+        scoped = [event for event in events if bu is None or bu in (event["payer_bu"], event["consumer_bu"], event["provider_bu"])]
+        report.repricing = reprice(scoped if bu else events, *inputs)
+        repriced = rebuild(events, as_of, report.repricing.amounts)
+        report.repriced_differences = diff(repriced, projected, bu)
+    return report
