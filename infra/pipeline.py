@@ -4,6 +4,7 @@ broker, database, topics, migrations and the four services as processes."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,8 +34,34 @@ def service_env(endpoints: StackEndpoints, extra: dict[str, str] | None = None) 
 
 
 def with_http_port(env: dict[str, str]) -> dict[str, str]:
-    """A free port for metering's HTTP ingest unless one is set."""
-    return {"TOKENHUB_HTTP_PORT": str(free_port()), **env}
+    """A free port for metering's HTTP ingest and a free block for every
+    service's metrics (`services.common.metrics`), unless they are set."""
+    return {"TOKENHUB_HTTP_PORT": str(free_port()), "TOKENHUB_METRICS_PORT_BASE": str(free_port_block()), **env}
+
+
+METRICS_PORTS_RESERVED: Final = 20
+"""The block checked free for the metrics ports: two instances of each service."""
+
+
+def free_port_block(size: int = METRICS_PORTS_RESERVED, attempts: int = 50) -> int:
+    """The first of `size` consecutive ports that are free now on loopback."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + size > 65_000:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                candidate = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(candidate)
+                candidate.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for candidate in sockets:
+                candidate.close()
+    raise RuntimeError(f"no {size} consecutive free ports found in {attempts} attempts")
 
 
 class LocalPipeline:

@@ -45,7 +45,12 @@ class Settings(BaseSettings):
     instance_count: int = Field(1, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    metrics_port: int | None = None
+    metrics_host: str = Field("127.0.0.1", description="where every service serves /metrics and /healthz")
+    metrics_port_base: int | None = Field(
+        None, ge=1, le=65_000, description="the stack's metrics ports start here: each service adds its place in the "
+        "topology (metering 0, pricing 1, ledger 2, invoicing 3) and 10 per instance index; unset: no metrics port")
+    metrics_port: int | None = Field(None, ge=1, le=65_535,
+                                     description="this one process's metrics port, in place of the derived one")
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     now: AwareDatetime | None = Field(None, description="an injected clock: fixes 'now' for demos and tests")

@@ -20,6 +20,7 @@ from tokenhub.services.common.kafka import (
     PARTITION_FETCH_BYTES_MAX,
     SESSION_TIMEOUT_MS,
 )
+from tokenhub.services.common.metrics import MetricsServer
 from tokenhub.services.common.runtime import Runtime
 
 BATCH_WAIT_MS = 100
@@ -93,7 +94,10 @@ def subscribe(broker: KafkaBroker, runtime: Runtime, topic: str, group_id: str, 
 
 def create_app(runtime: Runtime, broker: KafkaBroker) -> FastStream:
     app = FastStream(broker, logger=None)
+    metrics = MetricsServer(runtime)
     app.on_startup(runtime.start)
+    app.after_startup(metrics.start)
+    app.on_shutdown(metrics.stop)
     # After the subscribers and every service's own stop hooks: the pool and the
     # producer outlive the last batch, and the outbox is relayed once more at the end.
     app.after_shutdown(runtime.stop)

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter
 
 from tokenhub.contracts.topics import DEAD_LETTER
 from tokenhub.infra.settings import Settings, clock
@@ -65,8 +65,7 @@ def collect_garbage_less_often() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-# Every service's own metrics; metering serves them on its HTTP port, the others
-# on TOKENHUB_METRICS_PORT when it is set.
+# Every service's own metrics, served on its metrics port (services.common.metrics).
 RECORDS_PROCESSED = Counter("tokenhub_records_processed", "Records handled", ["service"])
 RECORDS_DEAD_LETTERED = Counter("tokenhub_records_dead_lettered", "Records dead-lettered after bounded retries", ["service"])
 
@@ -122,8 +121,6 @@ class Runtime:
                 log.warning("service_start_waiting", service=self.service, error=repr(error), retry_in_s=delay)
                 await self._disconnect()
                 await asyncio.sleep(delay)
-        if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port)
         self.spawn(f"{self.service}-relay", self._relay_forever)
         gc.freeze()  # what start-up built lives as long as the process: no collection need look at it again
         log.info("service_started", service=self.service, outbox_relayed=leftover)

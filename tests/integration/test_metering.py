@@ -336,7 +336,8 @@ async def test_one_event_twice_is_counted_once_across_a_restart_and_with_two_ins
     assert delta(second, first, "metering.duplicates") == 40
     assert delta(second, first, "metering.accepted") == 0
 
-    backend.services.start("metering", name="metering-2", extra_env={"TOKENHUB_HTTP_PORT": str(free_port())})
+    backend.services.start("metering", name="metering-2", extra_env={"TOKENHUB_HTTP_PORT": str(free_port()),
+                                                                    "TOKENHUB_METRICS_PORT": str(free_port())})
     try:
         more = [world.usage("shop", index, 700, 70) for index in range(40, 80)]
         await emit(world.settings, more + events + more)

@@ -80,3 +80,15 @@ def test_metering_listens_for_http_ingest_on_its_published_port() -> None:
     environment = _environment("metering")
     assert environment["TOKENHUB_HTTP_HOST"] == "0.0.0.0"
     assert f"{environment['TOKENHUB_HTTP_PORT']}:{environment['TOKENHUB_HTTP_PORT']}" in metering["ports"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_publishes_its_metrics_port(service: str) -> None:
+    from tokenhub.services.common.metrics import metrics_port
+
+    fields = {name[len(ENV_PREFIX):].lower(): value for name, value in _environment(service).items()
+              if name.startswith(ENV_PREFIX)}
+    settings = Settings(**fields)
+    port = metrics_port(settings, service)
+    assert settings.metrics_host == "0.0.0.0"
+    assert f"{port}:{port}" in COMPOSE["services"][service]["ports"]
