@@ -7,80 +7,25 @@ import asyncio
 import importlib
 import signal
 from pathlib import Path
-from typing import Final
 
-import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
 
-from tokenhub.contracts.topics import (
-    BUDGETS_CONFIGURED,
-    LEDGER_POSTED,
-    PRICEBOOK_PUBLISHED,
-    REGISTRY_CHANGED,
-    TOKENS_CONSUMED,
-    TOKENS_PRICED,
-)
-from tokenhub.infra.migrate import migrate
+from tokenhub.infra.boot import prepare
 from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
-from tokenhub.infra.settings import STACK_ENV_FILE, Settings, load_settings, settings_for
-from tokenhub.infra.topics import create_topics
-from tokenhub.services.common.kafka import create_producer
+from tokenhub.infra.settings import STACK_ENV_FILE, load_settings, settings_for
 
-__all__ = ["SERVICES", "init", "up", "run_service", "prepare", "register"]
+__all__ = ["SERVICES", "init", "up", "run_service", "register"]
 
 log = structlog.get_logger()
-
-# The archived streams, in the order a new broker needs them (docs/architecture.md decision 11):
-# configuration first, then each stage's output. (topic, query of key and value)
-ARCHIVED_STREAMS: Final = (
-    (REGISTRY_CHANGED.name, "select entity_id as key, payload::text::bytea as value from metering.registry_changes order by changed_at"),
-    (PRICEBOOK_PUBLISHED.name, "select book_id as key, payload as value from pricing.price_books order by effective_from, version"),
-    (BUDGETS_CONFIGURED.name, "select payer_bu as key, payload as value from ledger.budgets order by set_at, budget_id"),
-    (TOKENS_CONSUMED.name, "select payer_bu as key, payload as value from pricing.consumed_archive order by event_time"),
-    (TOKENS_PRICED.name, "select convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' as key, payload as value from ledger.priced_archive order by received_at"),
-    (LEDGER_POSTED.name, "select chain as key, payload as value from ledger.entries order by chain, sequence"),
-)
-REPUBLISH_BATCH: Final = 5_000
-
-
-async def prepare(bootstrap_servers: str, database_url: str, settings: Settings | None = None) -> int:
-    """Migrations and topics; on a new, empty broker, republish the archives.
-    `settings`: the broker's client settings, where they are not this process's."""
-    await migrate(database_url)
-    created = await create_topics(bootstrap_servers, settings=settings)
-    if not created:
-        return 0
-    return await republish(bootstrap_servers, database_url, settings)
-
-
-async def republish(bootstrap_servers: str, database_url: str, settings: Settings | None = None) -> int:
-    connection = await asyncpg.connect(database_url)
-    producer: AIOKafkaProducer = create_producer(bootstrap_servers, client_id="tokenhub-republish", settings=settings)
-    await producer.start()
-    published = 0
-    try:
-        for topic, query in ARCHIVED_STREAMS:
-            async with connection.transaction():
-                cursor = connection.cursor(query, prefetch=REPUBLISH_BATCH)
-                async for row in cursor:
-                    await producer.send(topic, row["value"], key=(row["key"] or "").encode())
-                    published += 1
-            await producer.flush()
-    finally:
-        await producer.stop()
-        await connection.close()
-    if published:
-        log.info("archives_republished", events=published)
-    return published
 
 
 async def init(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     bootstrap_servers, database_url = settings.require_stack()
-    republished = await prepare(bootstrap_servers, database_url)
-    print(f"topics and migrations ready (republished {republished} archived events)")
+    report = await prepare(bootstrap_servers, database_url)
+    print(f"topics and migrations ready ({len(report.migrations)} migrations applied, "
+          f"{len(report.topics_created)} topics created, {report.republished_total} produced events republished)")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Final
 
 import asyncpg
 
+from tokenhub.infra.boot import prepare
 from tokenhub.infra.embedded import EmbeddedStack, StackEndpoints, free_port
 from tokenhub.infra.kafka.stack import stack_environment
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
@@ -79,8 +80,6 @@ class LocalPipeline:
         self.service_names = services
 
     async def start(self) -> StackEndpoints:
-        from tokenhub.cli.stack import prepare
-
         self.endpoints = await asyncio.to_thread(self.stack.start)
         await prepare(self.endpoints.bootstrap_servers, self.endpoints.database_url, settings_for(self.env))
         self.services = ServiceProcesses(service_env(self.endpoints, self.extra_env), self.state_dir / "logs", self.service_names)

@@ -74,7 +74,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         return
     if not _docker_available():
         pytest.skip("no Docker engine: the testcontainers backend runs where one is present")
-    from tokenhub.cli.stack import prepare
+    from tokenhub.infra.boot import prepare
 
     with _docker_backend() as (endpoints, services):
         await prepare(endpoints.bootstrap_servers, endpoints.database_url)

@@ -9,6 +9,7 @@ each, and the claim walked past every dead row left since the last vacuum."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,6 +32,12 @@ class OutboxRow:
     topic: str
     key: bytes
     value: bytes
+
+
+ProducedRecord = tuple[str, bytes, bytes, Sequence[tuple[str, bytes]]]
+"""(topic, key, value, headers) of an event a service produced, read back from
+its own record of it, as `services/<service>/adapters/produced.py` yields them
+for the republish into a broker that lost its topics (`infra.boot`)."""
 
 
 def _insert_sql(schema: str) -> str:
