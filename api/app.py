@@ -1,0 +1,74 @@
+"""The API's FastAPI app: routes, errors, metrics and the hub's lifespan.
+`tokenhub api serve` runs it on uvicorn; `tokenhub up` starts that process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import structlog
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tokenhub.api.hub import Hub
+from tokenhub.api.routes import admin, audit, ops, quota, reads, webhooks
+from tokenhub.api.settings import ApiSettings
+from tokenhub.api.web import ApiError, MetricsMiddleware, error_response
+from tokenhub.infra.settings import Settings
+
+DESCRIPTION: Final = """Token Hub over HTTP: balances, month-to-date spend, statements, invoices,
+settlements, budgets, quota checks, rejected and parked usage, price books and the
+registry, for people, gateways and tools, each key seeing what its role allows.
+
+Authenticate with `Authorization: Bearer <key>` (`tokenhub apikey create`). Amounts are
+strings in plain notation; lists page by cursor in a stable order."""
+
+log = structlog.get_logger()
+
+
+def create_app(settings: Settings, api_settings: ApiSettings, *, webhook_backoff_s: tuple[float, ...] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = Hub(settings, api_settings, webhook_backoff_s)
+        app.state.hub = hub
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(title="Token Hub API", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+    app.mount(ops.DOCS_ASSETS_URL, StaticFiles(directory=ops.DOCS_ASSETS), name="docs-assets")
+    for module in (ops, quota, reads, webhooks, admin, audit):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Any:
+        return error_response(error.status, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Any:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+        return error_response(422, f"{where}: {first['msg']}" if where else str(first["msg"]))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Any:
+        return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    return app
+
+
+async def serve(settings: Settings, api_settings: ApiSettings) -> None:
+    app = create_app(settings, api_settings)
+    config = uvicorn.Config(app, host=api_settings.host, port=api_settings.port, loop="uvloop", access_log=False,
+                            log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    log.info("api_serving", host=api_settings.host, port=api_settings.port)
+    await server.serve()

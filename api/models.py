@@ -1,0 +1,228 @@
+"""Request and response bodies, so the OpenAPI document describes every one.
+Amounts are strings in plain notation (never exponent form), as on the topics."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from tokenhub.api.webhooks import KINDS, URL_LENGTH_MAX
+
+AmountText = str
+"""An exact decimal in plain notation, for example "12.345000000000"."""
+
+T = TypeVar("T")
+
+PLAIN = r"^-?\d+(\.\d+)?$"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Body):
+    error: str = Field(description="what went wrong, in one line")
+
+
+class Page(Body, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+# --- identity and operations ----------------------------------------------------------
+
+class Me(Body):
+    key_id: str
+    role: Literal["bu-reader", "finance", "auditor", "admin"]
+    bu: str | None = Field(description="the business unit a bu-reader key reads for")
+    owner: str
+
+
+class Health(Body):
+    status: Literal["ok"]
+
+
+class Readiness(Body):
+    status: Literal["ready", "not ready"]
+    database: bool
+    broker: bool
+    quota_state: bool = Field(description="quota state has read what the topics held when the API started")
+    webhooks: bool
+
+
+# --- quota ------------------------------------------------------------------------------
+
+class QuotaScope(Body):
+    scope: str = Field(description="'*' for all of the payer's spend, else the consumer BU")
+    budget_id: str
+    budget: AmountText = Field(pattern=PLAIN)
+    hard_limit: AmountText | None = Field(pattern=PLAIN)
+    spent: AmountText = Field(pattern=PLAIN)
+    remaining: AmountText | None = Field(pattern=PLAIN)
+    exhausted: bool
+
+
+class Quota(Body):
+    payer_bu: str
+    consumer_bu: str | None
+    app: str | None
+    period: str = Field(description="the month, in the company time zone, by event time")
+    allowed: bool
+    status: Literal["allowed", "exhausted"]
+    spent: AmountText | None = Field(pattern=PLAIN, description="of the deciding scope; null when no budget has a hard limit")
+    limit: AmountText | None = Field(pattern=PLAIN, description="the deciding scope's hard limit")
+    remaining: AmountText | None = Field(pattern=PLAIN)
+    currency: str | None
+    app_spent: AmountText | None = Field(pattern=PLAIN, description="this month's spend of the consumer's app, when both are given")
+    scopes: list[QuotaScope]
+    postings_applied: int = Field(description="ledger postings quota state has applied")
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+WebhookKind = Literal[KINDS]  # type: ignore[valid-type]
+
+
+class WebhookCreate(Body):
+    url: AnyHttpUrl = Field(max_length=URL_LENGTH_MAX)
+    kinds: list[WebhookKind] = Field(min_length=1, max_length=len(KINDS))  # type: ignore[valid-type]
+    bu: str | None = Field(None, description="finance keys: only this BU's events (default: all); bu-reader keys: always their own")
+
+
+class Webhook(Body):
+    webhook_id: uuid.UUID
+    url: str
+    kinds: list[str]
+    bu: str | None
+    owner: str
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="signs every delivery (HMAC-SHA256); shown once")
+
+
+class Delivery(Body):
+    delivery_id: uuid.UUID
+    webhook_id: uuid.UUID
+    event_id: str
+    kind: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class Attempt(Body):
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: str
+
+
+class DeliveryDetail(Delivery):
+    body: dict[str, Any]
+    attempt_log: list[Attempt]
+
+
+class Accepted(Body):
+    status: Literal["accepted"]
+    id: str
+
+
+# --- admin changes ------------------------------------------------------------------------
+
+class Change(Body):
+    reason: str = Field(min_length=1, max_length=1000, description="why: kept with the change")
+
+
+class Published(Body):
+    topic: str
+    event_ids: list[str]
+    actor: str
+
+
+class BusinessUnitChange(Change):
+    bu_id: str
+    display_name: str
+    parent_group: str | None = None
+    cost_centre: str | None = None
+    active: bool = True
+
+
+class ModelChange(Change):
+    model_id: str
+    provider_bu: str
+    modality: Literal["text", "embedding", "image", "video", "audio", "agent", "tool"]
+    token_classes: list[str] = Field(min_length=1)
+    display_name: str | None = None
+    active: bool = True
+
+
+class PayerShareBody(Body):
+    bu: str
+    percent: str = Field(pattern=PLAIN)
+
+
+class FundingChange(Change):
+    agreement_id: str
+    consumer_bu: str
+    app: str | None = None
+    model_pattern: str | None = None
+    payers: list[PayerShareBody] = Field(min_length=1)
+    effective_from: datetime
+    effective_to: datetime | None = None
+
+
+class ConversionRuleBody(Body):
+    unit: str
+    token_class: str
+    tokens_per_unit: str = Field(pattern=PLAIN)
+    model_config = ConfigDict(extra="allow")
+
+
+class ConversionChange(Change):
+    version: int = Field(ge=1)
+    effective_from: datetime
+    rules: list[dict[str, Any]] = Field(min_length=1)
+
+
+class BudgetChange(Change):
+    payer_bu: str
+    consumer_bu: str | None = None
+    period_from: str | None = Field(None, pattern=r"^\d{4}-\d{2}$", description="first month (default: this month)")
+    amount: str = Field(pattern=PLAIN)
+    thresholds_percent: list[str] = Field(default=["50", "80", "100"], min_length=1, max_length=10)
+    hard_limit: str | None = Field(None, pattern=PLAIN)
+
+
+class PriceBookChange(Change):
+    book: dict[str, Any] = Field(description="the price book document, as `tokenhub pricebook publish` reads it")
+    retroactive: bool = False
+
+
+class AuditRequest(Body):
+    bu: str | None = Field(None, description="only this payer's chain and events")
+    as_of: datetime | None = Field(None, description="replay only: balances as of this event time")
+    source: Literal["topic", "archive"] = "archive"
+    reprice: bool = False
+
+
+class AuditRun(Body):
+    run_id: uuid.UUID
+    kind: Literal["verify", "replay"]
+    scope: str | None
+    requested_by: str
+    requested_at: datetime
+    finished_at: datetime | None
+    ok: bool | None
+    report: dict[str, Any] | None
+    error: str | None
