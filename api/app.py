@@ -46,7 +46,8 @@ def create_app(settings: Settings, api_settings: ApiSettings, *, webhook_backoff
     app.mount(ops.DOCS_ASSETS_URL, StaticFiles(directory=ops.DOCS_ASSETS), name="docs-assets")
     for module in (ops, quota, reads, webhooks, admin, audit):
         app.include_router(module.router)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(quota.QuotaFastPath)
+    app.add_middleware(MetricsMiddleware)  # added last, so outermost: it times the fast path too
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Any:
@@ -67,7 +68,7 @@ def create_app(settings: Settings, api_settings: ApiSettings, *, webhook_backoff
 
 async def serve(settings: Settings, api_settings: ApiSettings) -> None:
     app = create_app(settings, api_settings)
-    config = uvicorn.Config(app, host=api_settings.host, port=api_settings.port, loop="uvloop", access_log=False,
+    config = uvicorn.Config(app, host=api_settings.host, port=api_settings.port, loop="uvloop", http="httptools", access_log=False,
                             log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     log.info("api_serving", host=api_settings.host, port=api_settings.port)

@@ -73,6 +73,13 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: tuple[str, ...]) -> li
     return found
 
 
+async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
+    for partition, target in targets.items():
+        if await consumer.position(partition) < target:
+            return False
+    return True
+
+
 async def supervise(name: str, body: Callable[[], Awaitable[None]]) -> None:
     """Run `body` for ever: transient failures are retried, a bug ends the process."""
     while True:
@@ -118,7 +125,7 @@ class QuotaFollower:
                 if any(batches.values()):
                     self._apply(batches)
                     self.last_record_at = datetime.now(UTC)
-                elif not self.caught_up.is_set() and all(await consumer.position(tp) >= targets[tp] for tp in partitions):
+                elif not self.caught_up.is_set() and await _reached(consumer, targets):
                     self.caught_up.set()
                     log.info("quota_state_caught_up", postings=self.book.applied, duplicates=self.book.duplicates,
                              payers=len({payer for payer, _ in self.book.spend}))

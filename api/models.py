@@ -226,3 +226,222 @@ class AuditRun(Body):
     ok: bool | None
     report: dict[str, Any] | None
     error: str | None
+
+
+# --- reads ------------------------------------------------------------------------------
+
+class Balance(Body):
+    bu: str
+    display_name: str
+    spend: AmountText = Field(pattern=PLAIN)
+    revenue: AmountText = Field(pattern=PLAIN)
+    net: AmountText = Field(pattern=PLAIN, description="revenue - spend")
+    tokens_consumed: int
+    tokens_served: int
+
+
+class Figures(Body):
+    spend: AmountText = Field(pattern=PLAIN)
+    revenue: AmountText = Field(pattern=PLAIN)
+    tokens_consumed: AmountText = Field(pattern=PLAIN)
+    tokens_served: AmountText = Field(pattern=PLAIN)
+
+
+class StatementEntry(Body):
+    entry_id: str
+    priced_id: str
+    kind: str
+    corrects_id: str | None
+    chain: str
+    sequence: int
+    event_time: datetime
+    posted_at: datetime
+    payer_bu: str
+    consumer_bu: str
+    provider_bu: str
+    app: str | None
+    model: str
+    amount: AmountText = Field(pattern=PLAIN)
+    tokens: int
+    effect: Figures = Field(description="what this entry adds to each of the BU's figures")
+
+
+class Statement(Body):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    bu: str
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    by: Literal["event-time", "posting-time"]
+    opening: Figures = Field(description="balances before `from`")
+    closing: Figures = Field(description="balances before `to`")
+    entries: list[StatementEntry]
+    next_cursor: str | None
+
+
+class ChainHead(Body):
+    chain: str
+    sequence: int
+    head_hash: str
+
+
+class SpendLine(Body):
+    consumer_bu: str
+    app: str
+    model: str
+    token_class: str
+    modality: str
+    tokens: int
+    amount: AmountText = Field(pattern=PLAIN)
+
+
+class SpendTotal(Body):
+    key: str
+    tokens: int
+    amount: AmountText = Field(pattern=PLAIN)
+
+
+class TierReached(Body):
+    mode: Literal["graduated", "volume"]
+    tier: int = Field(description="1-based")
+    tiers: int
+    from_tokens: int
+    up_to_tokens: int | None
+    unit_price_per_million: AmountText = Field(pattern=PLAIN)
+    flat_fee: AmountText = Field(pattern=PLAIN)
+
+
+class PeriodTierSoFar(Body):
+    model: str
+    tokens: int
+    charge: AmountText = Field(pattern=PLAIN, description="the tier line if the period closed now")
+    reached: TierReached | None
+
+
+class Spend(Body):
+    bu: str
+    period: str
+    currency: str
+    spend: AmountText = Field(pattern=PLAIN)
+    lines: list[SpendLine]
+    by: dict[Literal["consumer", "app", "model", "class", "modality"], list[SpendTotal]]
+    period_tiers: list[PeriodTierSoFar]
+
+
+class BudgetRow(Body):
+    payer_bu: str
+    consumer_bu: str | None
+    period: str
+    budget_id: str
+    amount: AmountText = Field(pattern=PLAIN)
+    currency: str
+    thresholds_percent: list[str]
+    hard_limit: AmountText | None
+    spent: AmountText = Field(pattern=PLAIN)
+    used_percent: str
+    thresholds_crossed: list[str]
+    quota_exhausted: bool
+    actor: str
+    reason: str
+    set_at: datetime
+    period_from: str
+
+
+class SettledMonth(Body):
+    period: str
+    settled_at: datetime
+
+
+class RejectedRow(Body):
+    rejected_id: str
+    reason_code: str
+    message: str
+    usage_source: str | None
+    usage_id: str | None
+    consumer_bu: str | None = Field(description="as the original names it, where it can be read")
+    topic: str
+    received_at: datetime
+    resubmitted_at: datetime | None
+    resubmitted_by: str | None
+    size: int
+
+
+class RejectedDetail(RejectedRow):
+    original: str | None = Field(description="the bytes as received, when UTF-8")
+    original_base64: str | None = Field(description="the bytes as received, base64, when not UTF-8")
+
+
+class ParkedRow(Body):
+    consumed_id: str
+    payer_bu: str
+    consumer_bu: str | None
+    provider_bu: str | None
+    model: str
+    tokens: dict[str, int]
+    event_time: datetime
+    parked_at: datetime
+    reason: str
+
+
+class PriceBookVersion(Body):
+    book_id: str
+    version: int
+    effective_from: datetime
+    currency: str
+    retroactive: bool
+    actor: str
+    reason: str
+    published_at: datetime
+    models: list[str]
+
+
+class RegistryBusinessUnit(Body):
+    bu_id: str
+    display_name: str
+    parent_group: str | None
+    cost_centre: str | None
+    active: bool
+    actor: str
+    reason: str
+    changed_at: datetime
+
+
+class ModelRow(Body):
+    model_id: str
+    provider_bu: str
+    display_name: str | None
+    modality: str
+    token_classes: list[str]
+    active: bool
+    actor: str
+    reason: str
+    changed_at: datetime
+
+
+class RegistryFunding(Body):
+    agreement_id: str
+    consumer_bu: str
+    app: str | None
+    model_pattern: str | None
+    payers: list[dict[str, Any]]
+    effective_from: datetime
+    effective_to: datetime | None
+    actor: str
+    reason: str
+    changed_at: datetime
+
+
+class RegistryConversionTable(Body):
+    version: int
+    effective_from: datetime
+    rules: list[dict[str, Any]]
+    actor: str
+    reason: str
+    published_at: datetime
+
+
+from tokenhub.contracts.events import InvoiceIssued as InvoiceBody  # noqa: E402 - the contract's own model is the body
+from tokenhub.contracts.settlement import SettlementNetted  # noqa: E402
+
+
+class SettlementBody(SettlementNetted):
+    final: bool = Field(description="false: provisional, from what is invoiced so far (the month is not closed)")

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from fastapi import Depends, Request
-from fastapi.responses import ORJSONResponse
+import orjson
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter, Histogram
 
@@ -33,8 +34,8 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
-    return ORJSONResponse({"error": message}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, headers=headers, media_type="application/json")
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -89,6 +90,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -106,7 +109,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", UNMATCHED_ROUTE)
+            template = scope.get("route_template") or getattr(route, "path", UNMATCHED_ROUTE)
             method = scope.get("method", "")
-            LATENCY.labels(method, template).observe(time.perf_counter() - started)
-            REQUESTS.labels(method, template, str(status[0])).inc()
+            latency = self._latency.get((method, template))
+            if latency is None:  # label look-ups cost more than the observation: once per series
+                latency = self._latency[(method, template)] = LATENCY.labels(method, template)
+            latency.observe(time.perf_counter() - started)
+            counter = self._requests.get((method, template, status[0]))
+            if counter is None:
+                counter = self._requests[(method, template, status[0])] = REQUESTS.labels(method, template, str(status[0]))
+            counter.inc()

@@ -11,7 +11,7 @@ import structlog
 import uvloop
 from pydantic import ValidationError
 
-from tokenhub.cli import audit_commands, bench, commands, demo, invoicing_commands, metering_commands, pricing_commands, stack
+from tokenhub.cli import api_commands, audit_commands, bench, commands, demo, invoicing_commands, metering_commands, pricing_commands, stack
 from tokenhub.cli.errors import CliError
 from tokenhub.infra.settings import load_settings
 from tokenhub.services.common.logging import configure_logging
@@ -20,7 +20,8 @@ from tokenhub.services.common.runtime import collect_garbage_less_often
 EXIT_FAILURE = 1
 
 # Each module adds its commands with `register(subparsers)`, setting `handler`.
-COMMAND_MODULES = (stack, commands, metering_commands, pricing_commands, invoicing_commands, audit_commands, bench, demo)
+COMMAND_MODULES = (stack, commands, metering_commands, pricing_commands, invoicing_commands, audit_commands, bench, demo,
+                   api_commands)
 
 
 def _parser() -> argparse.ArgumentParser:

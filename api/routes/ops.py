@@ -10,7 +10,8 @@ from typing import Final
 import fastapi_offline
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, ORJSONResponse, Response
+import orjson
+from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenhub.api.access import Principal
@@ -39,7 +40,7 @@ async def readyz(request: Request) -> Response:
     ready = database and broker
     body = Readiness(status="ready" if ready else "not ready", database=database, broker=broker, quota_state=quota,
                      webhooks=webhooks)
-    return ORJSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    return Response(orjson.dumps(body.model_dump()), status_code=200 if ready else 503, media_type="application/json")
 
 
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics, per endpoint",

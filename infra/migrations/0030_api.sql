@@ -105,11 +105,23 @@ create table api.audit_runs (
 );
 create index audit_runs_time on api.audit_runs (requested_at, run_id);
 
+-- The consumer BU a stored usage event names, or null when its bytes are not a
+-- JSON object that names one (which is often why it was rejected): lets a
+-- business unit's reader page through its own rejected usage in SQL.
+create function api.usage_consumer(original bytea) returns text
+language plpgsql immutable parallel safe as $$
+begin
+    return convert_from(original, 'UTF8')::jsonb -> 'data' ->> 'consumer_bu';
+exception when others then
+    return null;
+end $$;
+
 grant usage on schema metering, pricing, ledger, invoicing to tokenhub_reader;
 grant select on all tables in schema metering, pricing, ledger, invoicing to tokenhub_reader;
 -- Tables that later migrations add are readable too.
 alter default privileges in schema metering, pricing, ledger, invoicing grant select on tables to tokenhub_reader;
 
-grant usage on schema api to tokenhub_api;
+grant usage on schema api to tokenhub_api, tokenhub_reader;
+grant execute on function api.usage_consumer(bytea) to tokenhub_reader;
 grant select, insert, update on all tables in schema api to tokenhub_api;
 alter default privileges in schema api grant select, insert, update on tables to tokenhub_api;

@@ -1,0 +1,229 @@
+"""`tokenhub api bench-quota`: the quota check's latency under a steady load.
+
+Open loop: requests are started at a fixed rate whether or not earlier ones
+have answered, and each latency is measured from the moment its request was
+due, so a slow server shows as latency rather than as a lower rate
+(coordinated omission). Against a running API (`--url`, `--key`), or, by
+default, against one it starts itself on an embedded stack whose topics it
+fills with budgets and postings for many payers, so quota state is not empty."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+from typing import Final
+
+import asyncpg
+import httpx
+import orjson
+
+from tokenhub.api import keys
+from tokenhub.contracts.budgets import BudgetSet, budget_set_id
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.periods import containing
+from tokenhub.contracts.topics import BUDGETS_CONFIGURED, LEDGER_POSTED
+from tokenhub.infra.embedded import EmbeddedStack, free_port
+from tokenhub.services.common.kafka import create_producer, publish
+
+CONNECTIONS_MAX: Final = 64
+"""Keep-alive connections the load generator holds: enough that a request
+never waits for a free one at 1,000 a second and a few ms each."""
+READY_TIMEOUT_S: Final = 120.0
+WARM_UP_S: Final = 2.0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    requests: int
+    seconds: float
+    rate_offered: float
+    errors: int
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_ms_p99: float
+    latency_ms_max: float
+    server_ms_p99_bucket: str
+    payers: int
+    postings: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"quota check: {self.requests} requests in {self.seconds:.1f} s (offered {self.rate_offered:.0f}/s), "
+            f"{self.errors} errors; state of {self.payers} payers, {self.postings} postings",
+            f"latency from the moment each request was due, ms: p50 {self.latency_ms_p50:.2f}  p90 {self.latency_ms_p90:.2f}"
+            f"  p99 {self.latency_ms_p99:.2f}  max {self.latency_ms_max:.2f}",
+            f"server-side p99 (Prometheus bucket): <= {self.server_ms_p99_bucket} ms",
+        ]
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def _server_p99(metrics: str) -> str:
+    """The smallest bucket holding 99 % of the quota route's requests."""
+    buckets: list[tuple[float, float]] = []
+    count = 0.0
+    for line in metrics.splitlines():
+        if not line.startswith("tokenhub_api_request_seconds") or 'route="/v1/quota/{payer}"' not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("tokenhub_api_request_seconds_bucket"):
+            bound = name.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(value)))
+        elif name.startswith("tokenhub_api_request_seconds_count"):
+            count = float(value)
+    for bound, cumulative in sorted(buckets):
+        if count and cumulative >= 0.99 * count:
+            return "inf" if bound == float("inf") else f"{bound * 1000:g}"
+    return "n/a"
+
+
+async def load(url: str, key: str, payers: list[str], rate: float, seconds: float) -> tuple[list[float], int]:
+    """Open-loop load over keep-alive HTTP/1.1 connections with a minimal client
+    of asyncio streams: a general client (httpx) spends about a millisecond of
+    CPU per request, which on two cores would measure the client, not the API."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    requests = [f"GET /v1/quota/{payer}?consumer={payer} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+                for payer in payers]
+    queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
+    latencies: list[float] = []
+    errors = 0
+
+    async def connection() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while (item := await queue.get()) is not None:
+                index, due = item
+                writer.write(requests[index % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                latencies.append((time.perf_counter() - due) * 1000)
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(CONNECTIONS_MAX)]
+    total = int(rate * seconds)
+    started = time.perf_counter()
+    for index in range(total):
+        due = started + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((index, due))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return latencies, errors
+
+
+async def _seed(bootstrap_servers: str, payers: list[str], postings_per_payer: int, now: datetime, zone: str) -> int:
+    """Budgets for every payer and postings shaped as ledger.posted carries them
+    (the fields quota state reads), published straight to the topics."""
+    month = containing(now, "month", zone).name
+    producer = create_producer(bootstrap_servers, client_id="tokenhub-bench-quota")
+    await producer.start()
+    try:
+        budgets = [(BUDGETS_CONFIGURED.name, payer.encode(), canonical_json(BudgetSet(
+            id=budget_set_id(payer, None, month, now.isoformat()), event_time=now, cause_id="bench:quota", payer_bu=payer,
+            period_from=month, amount=Decimal("1000"), hard_limit=Decimal("1000"), currency="CNY", actor="bench",
+            reason="quota benchmark", set_at=now))) for payer in payers]
+        postings = [(LEDGER_POSTED.name, payer.encode(), orjson.dumps({
+            "chain": payer, "sequence": sequence, "payer_bu": payer, "consumer_bu": payer, "app": "bench",
+            "amount": "0.010000000000", "event_time": (now - timedelta(seconds=sequence)).isoformat()}))
+            for payer in payers for sequence in range(1, postings_per_payer + 1)]
+        await publish(producer, budgets + postings)
+    finally:
+        await producer.stop()
+    return len(postings)
+
+
+async def run(*, url: str | None, key: str | None, rate: float, seconds: float, payers_count: int,
+              postings_per_payer: int) -> BenchResult:
+    payers = [f"bench-payer-{index}" for index in range(payers_count)]
+    if url is not None:
+        if not key:
+            raise ValueError("--url needs --key")
+        latencies, errors = await load(url, key, payers, rate, seconds)
+        async with httpx.AsyncClient(base_url=url) as client:
+            metrics = (await client.get("/metrics")).text
+        return _result(latencies, errors, rate, seconds, metrics, payers_count, 0)
+    state = Path(os.environ.get("TOKENHUB_BENCH_DIR", "/tmp")) / f"thbench-{uuid.uuid4().hex[:8]}"
+    stack = EmbeddedStack(state_dir=state)
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        endpoints = await asyncio.to_thread(stack.start)
+        from tokenhub.infra.migrate import migrate
+        from tokenhub.infra.topics import create_topics
+
+        await migrate(endpoints.database_url)
+        await create_topics(endpoints.bootstrap_servers)
+        now = datetime.now(UTC)
+        postings = await _seed(endpoints.bootstrap_servers, payers, postings_per_payer, now, "Asia/Shanghai")
+        connection = await asyncpg.connect(endpoints.database_url)
+        try:
+            _, key = await keys.create(connection, "finance", None, "bench", "quota benchmark", now, None)
+        finally:
+            await connection.close()
+        port = free_port()
+        environment = {**os.environ, "TOKENHUB_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
+                       "TOKENHUB_DATABASE_URL": endpoints.database_url, "TOKENHUB_API_PORT": str(port),
+                       "TOKENHUB_LOG_LEVEL": "WARNING"}
+        process = subprocess.Popen([sys.executable, "-m", "tokenhub.cli.main", "api", "serve"], env=environment,
+                                   stdout=subprocess.DEVNULL, stderr=(state / "api.log").open("ab"), start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        await _wait_quota_ready(url, key, payers[0])
+        await load(url, key, payers, rate, WARM_UP_S)  # connections opened, code paths warm
+        latencies, errors = await load(url, key, payers, rate, seconds)
+        async with httpx.AsyncClient(base_url=url) as client:
+            metrics = (await client.get("/metrics")).text
+        return _result(latencies, errors, rate, seconds, metrics, payers_count, postings)
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        stack.stop()
+        if process is not None and process.returncode in (0, -15):
+            shutil.rmtree(state, ignore_errors=True)  # kept, with the API's log, when something failed
+
+
+async def _wait_quota_ready(url: str, key: str, payer: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}) as client:
+        while True:
+            try:
+                if (await client.get(f"/v1/quota/{payer}")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the API's quota state was not ready within {READY_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+def _result(latencies: list[float], errors: int, rate: float, seconds: float, metrics: str, payers: int,
+            postings: int) -> BenchResult:
+    return BenchResult(len(latencies), seconds, rate, errors, _percentile(latencies, 0.50), _percentile(latencies, 0.90),
+                       _percentile(latencies, 0.99), max(latencies, default=0.0), _server_p99(metrics), payers, postings)

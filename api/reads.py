@@ -1,0 +1,474 @@
+"""What the API reads, in one place: each function answers one question from
+the services' schemas through the read-only role, and returns JSON-ready values
+(amounts as strings in plain notation, as the CLI's `--json` prints them, so
+the two agree to the last digit).
+
+The services' own read queries (`services/<svc>/queries.py`) are the source
+where they exist; the rest is read here with the same SQL the CLI runs today.
+Nothing here writes."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import asyncpg
+import orjson
+
+from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet
+from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
+from tokenhub.contracts.periods import Period, parse
+from tokenhub.contracts.pricebook import BookIndex
+from tokenhub.contracts.settlement import SettlementNetted
+from tokenhub.infra.settings import Settings
+from tokenhub.services.invoicing.adapters import store as invoicing_store
+from tokenhub.services.invoicing.handlers import draft_invoice, month_settlement
+
+FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
+STATEMENT_PAGE_MAX: Final = 1_000
+
+
+def text(value: Decimal) -> str:
+    """Plain notation, as the CLI prints amounts."""
+    return f"{value:f}"
+
+
+# --- balances (ledger) ----------------------------------------------------------------
+
+SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
+SELECT_AS_OF: Final = """
+select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
+from ledger.postings p join ledger.entries e using (entry_id)
+where e.{column} <= $1
+group by p.ledger, p.account
+"""
+SELECT_ACCOUNTS_BEFORE: Final = """
+select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
+from ledger.postings p join ledger.entries e using (entry_id)
+where e.{column} < $1 and p.account like $2
+group by p.ledger, p.account
+"""
+SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
+
+
+def _zero() -> dict[str, Decimal]:
+    return dict.fromkeys(FIGURES, Decimal(0))
+
+
+def figures_from_accounts(rows: list[asyncpg.Record]) -> dict[str, dict[str, Decimal]]:
+    """Per BU: spend and consumed are debit balances, revenue and served credit balances."""
+    figures: dict[str, dict[str, Decimal]] = defaultdict(_zero)
+    for row in rows:
+        _, bu, kind = row["account"].split(":", 2)
+        debit_balance = row["debit_total"] - row["credit_total"]
+        name = {"spend": "spend", "revenue": "revenue", "consumed": "tokens_consumed", "served": "tokens_served"}[kind]
+        figures[bu][name] += debit_balance if kind in ("spend", "consumed") else -debit_balance
+    return figures
+
+
+def _column(by: str) -> str:
+    return "event_time" if by == "event-time" else "posted_at"
+
+
+async def balances(pool: asyncpg.Pool, *, as_of: datetime | None, by: str) -> list[dict[str, Any]]:
+    """Every BU with postings (or registered), as `tokenhub balance --json` shows them."""
+    async with pool.acquire() as connection:
+        if as_of is None:
+            rows = await connection.fetch(SELECT_PROJECTION)
+        else:
+            rows = await connection.fetch(SELECT_AS_OF.format(column=_column(by)), as_of)
+        names = {row["bu_id"]: row["display_name"] for row in await connection.fetch(SELECT_NAMES)}
+    figures = figures_from_accounts(rows)
+    for bu in names:
+        figures.setdefault(bu, _zero())  # a registered BU with nothing posted has zero balances, not none
+    return [{"bu": bu, "display_name": names.get(bu, bu), "spend": text(values["spend"]), "revenue": text(values["revenue"]),
+             "net": text(values["revenue"] - values["spend"]), "tokens_consumed": int(values["tokens_consumed"]),
+             "tokens_served": int(values["tokens_served"])} for bu, values in sorted(figures.items())]
+
+
+# --- statements (ledger) ----------------------------------------------------------------
+
+SELECT_STATEMENT_PAGE: Final = """
+select e.entry_id, e.priced_id, e.kind, e.corrects_id, e.chain, e.sequence, e.payer_bu, e.consumer_bu, e.provider_bu,
+       e.app, e.model, e.amount, e.tokens, e.event_time, e.posted_at, e.entry_hash,
+       coalesce(sum(p.debit) filter (where p.ledger = 'money'), 0) as money_debit,
+       coalesce(sum(p.credit) filter (where p.ledger = 'money'), 0) as money_credit,
+       coalesce(sum(p.debit) filter (where p.ledger = 'tokens'), 0) as tokens_debit,
+       coalesce(sum(p.credit) filter (where p.ledger = 'tokens'), 0) as tokens_credit
+from ledger.entries e join ledger.postings p using (entry_id)
+where (e.payer_bu = $1 or e.consumer_bu = $1 or e.provider_bu = $1)
+  and e.{column} >= $2 and e.{column} < $3
+  and ($4::timestamptz is null or (e.{column}, e.chain, e.sequence) > ($4, $5, $6))
+group by e.entry_id
+order by e.{column}, e.chain, e.sequence
+limit $7
+"""
+
+
+class Unbalanced(ValueError):
+    """An entry read back does not balance: the journal is damaged."""
+
+
+def _effect(bu: str, row: asyncpg.Record) -> dict[str, Decimal]:
+    effect = _zero()
+    if row["payer_bu"] == bu:
+        effect["spend"] += row["amount"]
+    if row["provider_bu"] == bu:
+        effect["revenue"] += row["amount"]
+        effect["tokens_served"] += row["tokens"]
+    if row["consumer_bu"] == bu:
+        effect["tokens_consumed"] += row["tokens"]
+    return effect
+
+
+def _figures_text(values: dict[str, Decimal]) -> dict[str, str]:
+    return {figure: text(values[figure]) for figure in FIGURES}
+
+
+@dataclass(frozen=True)
+class StatementPage:
+    opening: dict[str, str]
+    closing: dict[str, str]
+    entries: list[dict[str, Any]]
+    last_key: tuple[datetime, str, int] | None
+    more: bool
+
+
+async def statement(pool: asyncpg.Pool, bu: str, start: datetime, end: datetime, by: str,
+                    after: tuple[datetime, str, int] | None, limit: int) -> StatementPage:
+    """A page of the entries behind a BU's balance in [start, end), with the
+    balances at both ends of the whole window; each entry's legs are checked to
+    balance as read back."""
+    column = _column(by)
+    pattern = f"bu:{bu}:%"
+    moment, chain, sequence = after if after else (None, "", 0)
+    async with pool.acquire() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
+        opening = figures_from_accounts(await connection.fetch(SELECT_ACCOUNTS_BEFORE.format(column=column), start, pattern)).get(bu, _zero())
+        closing = figures_from_accounts(await connection.fetch(SELECT_ACCOUNTS_BEFORE.format(column=column), end, pattern)).get(bu, _zero())
+        rows = await connection.fetch(SELECT_STATEMENT_PAGE.format(column=column), bu, start, end, moment, chain, sequence, limit + 1)
+    entries = []
+    for row in rows[:limit]:
+        if row["money_debit"] != row["money_credit"] or row["tokens_debit"] != row["tokens_credit"]:
+            raise Unbalanced(f"entry {row['entry_id']} (chain {row['chain']} #{row['sequence']}) does not balance")
+        entries.append({
+            "entry_id": str(row["entry_id"]), "priced_id": str(row["priced_id"]), "kind": row["kind"],
+            "corrects_id": str(row["corrects_id"]) if row["corrects_id"] else None, "chain": row["chain"],
+            "sequence": row["sequence"], "event_time": row["event_time"].isoformat(), "posted_at": row["posted_at"].isoformat(),
+            "payer_bu": row["payer_bu"], "consumer_bu": row["consumer_bu"], "provider_bu": row["provider_bu"],
+            "app": row["app"], "model": row["model"], "amount": text(row["amount"]), "tokens": row["tokens"],
+            "effect": _figures_text(_effect(bu, row))})
+    last = rows[:limit][-1] if rows[:limit] else None
+    return StatementPage(_figures_text(opening), _figures_text(closing), entries,
+                         (last[column], last["chain"], last["sequence"]) if last is not None else None, len(rows) > limit)
+
+
+# --- chain heads (ledger) -----------------------------------------------------------------
+
+SELECT_CHAINS: Final = "select chain, sequence, head_hash from ledger.chains order by chain"
+
+
+async def chain_heads(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    async with pool.acquire() as connection:
+        return [{"chain": row["chain"], "sequence": row["sequence"], "head_hash": row["head_hash"]}
+                for row in await connection.fetch(SELECT_CHAINS)]
+
+
+# --- budgets (ledger) ---------------------------------------------------------------------
+
+SELECT_BUDGETS: Final = "select payload from ledger.budgets where $1::text is null or payer_bu = $1"
+SELECT_MONTH_SPEND: Final = "select payer_bu, consumer_bu, amount from ledger.period_spend where period = $1"
+SELECT_MONTH_ALERTS: Final = """
+select payer_bu, scope, kind, threshold_percent from ledger.budget_alerts where period = $1 order by raised_at
+"""
+SELECT_MONTH_QUOTAS: Final = "select payer_bu, scope, exhausted from ledger.quota_states where period = $1"
+
+
+def _in_force(budgets: list[BudgetSet], payer_bu: str, scope: str, month: str) -> BudgetSet | None:
+    candidates = [budget for budget in budgets if budget.payer_bu == payer_bu and budget.scope == scope and budget.period_from <= month]
+    return max(candidates, key=lambda budget: (budget.set_at, str(budget.id)), default=None)
+
+
+async def budgets(pool: asyncpg.Pool, month: str) -> list[dict[str, Any]]:
+    """Each payer's budget in force for `month` per scope, with month-to-date
+    spend by event time, thresholds crossed and the quota state, as
+    `tokenhub budget show --json` shows them."""
+    async with pool.acquire() as connection:
+        known = [BudgetSet.model_validate_json(bytes(row["payload"])) for row in await connection.fetch(SELECT_BUDGETS, None)]
+        spend: dict[str, dict[str, Decimal]] = {}
+        for row in await connection.fetch(SELECT_MONTH_SPEND, month):
+            spend.setdefault(row["payer_bu"], {})[row["consumer_bu"]] = row["amount"]
+        alerts = await connection.fetch(SELECT_MONTH_ALERTS, month)
+        quotas = {(row["payer_bu"], row["scope"]): row["exhausted"] for row in await connection.fetch(SELECT_MONTH_QUOTAS, month)}
+    rows = []
+    for payer, scope in sorted({(budget.payer_bu, budget.scope) for budget in known}):
+        budget = _in_force(known, payer, scope, month)
+        if budget is None:
+            continue
+        by_consumer = spend.get(payer, {})
+        spent = sum(by_consumer.values(), Decimal(0)) if scope == WHOLE_PAYER else by_consumer.get(scope, Decimal(0))
+        crossed = sorted(row["threshold_percent"] for row in alerts
+                         if row["payer_bu"] == payer and row["scope"] == scope and row["kind"] == "threshold")
+        rows.append({
+            "payer_bu": payer, "consumer_bu": None if scope == WHOLE_PAYER else scope, "period": month,
+            "budget_id": str(budget.id), "amount": text(budget.amount), "currency": budget.currency,
+            "thresholds_percent": [text(threshold) for threshold in budget.thresholds_percent],
+            "hard_limit": text(budget.hard_limit) if budget.hard_limit is not None else None,
+            "spent": text(spent), "used_percent": text((spent * 100 / budget.amount).quantize(Decimal("0.01"))),
+            "thresholds_crossed": [text(threshold.normalize()) for threshold in crossed],
+            "quota_exhausted": bool(quotas.get((payer, scope), False)),
+            "actor": budget.actor, "reason": budget.reason, "set_at": budget.set_at.isoformat(), "period_from": budget.period_from,
+        })
+    return rows
+
+
+# --- spend month to date (invoicing) --------------------------------------------------------
+
+SELECT_SPEND: Final = """
+select p.payload ->> 'consumer_bu' as consumer_bu, coalesce(p.payload ->> 'app', '-') as app,
+       p.payload ->> 'model' as model, line ->> 'token_class' as token_class,
+       sum((line ->> 'tokens')::bigint)::bigint as tokens, sum((line ->> 'amount')::numeric) as amount
+from invoicing.postings p, jsonb_array_elements(p.payload -> 'lines') line
+where p.payer_bu = $1 and p.event_time >= $2 and p.event_time < $3
+group by 1, 2, 3, 4 order by 1, 2, 3, 4
+"""
+SELECT_MODALITIES: Final = "select model_id, modality from metering.models"
+
+
+def tier_reached(total_tokens: int, book: PriceBookPublished | None, model: str) -> dict[str, Any] | None:
+    """Which of the model's period tiers the running total falls in (tiers cover (from, to])."""
+    schedule = book.price_for(model).period_tiers if book is not None and book.price_for(model) else None
+    if schedule is None:
+        return None
+    lower = 0
+    for index, tier in enumerate(schedule.tiers):
+        if tier.up_to_tokens is None or total_tokens <= tier.up_to_tokens:
+            return {"mode": schedule.mode, "tier": index + 1, "tiers": len(schedule.tiers), "from_tokens": lower,
+                    "up_to_tokens": tier.up_to_tokens, "unit_price_per_million": text(tier.unit_price_per_million),
+                    "flat_fee": text(tier.flat_fee)}
+        lower = tier.up_to_tokens
+    return None
+
+
+async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Period) -> dict[str, Any]:
+    """Month to date: what the payer spends by consumer, app, model, class and
+    modality, and the period tier its running total has reached; the lines and
+    tiers as `tokenhub spend --json` shows them."""
+    async with pool.acquire() as connection:
+        rows = [dict(row) for row in await connection.fetch(SELECT_SPEND, payer, month.start, month.end)]
+        draft = await draft_invoice(connection, settings, payer, month)
+        modalities = {row["model_id"]: row["modality"] for row in await connection.fetch(SELECT_MODALITIES)}
+        books = BookIndex.of(decode(PriceBookPublished, row["payload"])
+                             for row in await connection.fetch(invoicing_store.SELECT_BOOKS))
+    tiers = [line for line in (draft.lines if draft else ()) if line.kind == "period_tier" and line.period == month.name]
+    total = sum((row["amount"] for row in rows), Decimal(0))
+    lines = [{**row, "amount": text(row["amount"]), "modality": modalities.get(row["model"], "unknown")} for row in rows]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for dimension, key in (("consumer", "consumer_bu"), ("app", "app"), ("model", "model"), ("class", "token_class"),
+                           ("modality", "modality")):
+        sums: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+        for row, line in zip(rows, lines, strict=True):
+            sums[line[key]][0] += row["tokens"]
+            sums[line[key]][1] += row["amount"]
+        by[dimension] = [{"key": name, "tokens": int(tokens), "amount": text(amount)} for name, (tokens, amount) in sorted(sums.items())]
+    last_instant = month.end
+    return {
+        "bu": payer, "period": month.name, "currency": settings.currency, "spend": text(total), "lines": lines, "by": by,
+        "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": text(line.amount),
+                          "reached": tier_reached(line.tokens, books.in_force(line.model, last_instant), line.model)}
+                         for line in tiers],
+    }
+
+
+# --- invoices and settlements (invoicing) ------------------------------------------------------
+
+SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
+SELECT_OPEN: Final = "select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2"
+SELECT_SETTLED_MONTHS: Final = "select period, settled_at from invoicing.settlements order by period"
+
+
+async def invoices(pool: asyncpg.Pool, settings: Settings) -> list[InvoiceIssued]:
+    """Issued invoices, then drafts of the open periods."""
+    async with pool.acquire() as connection:
+        issued = [decode(InvoiceIssued, row["payload"]).model_copy(update={"status": row["status"]})
+                  for row in await connection.fetch(SELECT_ISSUED)]
+        drafts = []
+        for row in await connection.fetch(SELECT_OPEN):
+            draft = await draft_invoice(connection, settings, row["payer_bu"], parse(row["period"], settings.timezone))
+            if draft is not None:
+                drafts.append(draft)
+    return issued + drafts
+
+
+async def settlement(pool: asyncpg.Pool, settings: Settings, month: Period) -> tuple[SettlementNetted, bool]:
+    """The issued settlement of a closed month, or a provisional one from what is invoiced so far."""
+    async with pool.acquire() as connection:
+        stored = await connection.fetchval(invoicing_store.SELECT_SETTLEMENT, month.name)
+        if stored is not None:
+            return decode(SettlementNetted, stored), True
+        return await month_settlement(connection, settings, month), False
+
+
+async def settled_months(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    async with pool.acquire() as connection:
+        return [{"period": row["period"], "settled_at": row["settled_at"].isoformat()}
+                for row in await connection.fetch(SELECT_SETTLED_MONTHS)]
+
+
+# --- rejected usage (metering) --------------------------------------------------------------
+
+SELECT_REJECTED_PAGE: Final = """
+select rejected_id, reason_code, message, usage_source, usage_id, topic, received_at, resubmitted_at, resubmitted_by,
+       length(original_bytes) as size, api.usage_consumer(original_bytes) as consumer_bu
+from metering.rejected_usage
+where ($1::text is null or reason_code = $1) and ($2::text is null or usage_source = $2)
+  and ($3::timestamptz is null or received_at >= $3) and ($4::timestamptz is null or received_at < $4)
+  and ($5::text is null or api.usage_consumer(original_bytes) = $5)
+  and ($6::timestamptz is null or (received_at, rejected_id) > ($6, $7::uuid))
+order by received_at, rejected_id
+limit $8
+"""
+SELECT_REJECTED_ONE: Final = """
+select rejected_id, reason_code, message, usage_source, usage_id, topic, received_at, resubmitted_at, resubmitted_by,
+       length(original_bytes) as size, api.usage_consumer(original_bytes) as consumer_bu, original_bytes
+from metering.rejected_usage where rejected_id = $1
+"""
+SELECT_REJECTED_CONSUMERS: Final = """
+select rejected_id::text as id, api.usage_consumer(original_bytes) as consumer_bu from metering.rejected_usage
+where rejected_id = any($1::uuid[])
+"""
+
+
+def _rejected(row: asyncpg.Record) -> dict[str, Any]:
+    return {"rejected_id": str(row["rejected_id"]), "reason_code": row["reason_code"], "message": row["message"],
+            "usage_source": row["usage_source"], "usage_id": row["usage_id"], "consumer_bu": row["consumer_bu"],
+            "topic": row["topic"], "received_at": row["received_at"].isoformat(),
+            "resubmitted_at": row["resubmitted_at"].isoformat() if row["resubmitted_at"] else None,
+            "resubmitted_by": row["resubmitted_by"], "size": row["size"]}
+
+
+async def rejected(pool: asyncpg.Pool, *, reason_code: str | None, source: str | None, start: datetime | None,
+                   end: datetime | None, consumer_bu: str | None, after: tuple[datetime, uuid.UUID] | None,
+                   limit: int) -> list[dict[str, Any]]:
+    moment, rejected_id = after if after else (None, uuid.UUID(int=0))
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(SELECT_REJECTED_PAGE, reason_code, source, start, end, consumer_bu, moment,
+                                      rejected_id, limit)
+    return [{**_rejected(row), "_key": (row["received_at"], row["rejected_id"])} for row in rows]
+
+
+async def rejected_one(pool: asyncpg.Pool, rejected_id: uuid.UUID) -> dict[str, Any] | None:
+    async with pool.acquire() as connection:
+        row = await connection.fetchrow(SELECT_REJECTED_ONE, rejected_id)
+    if row is None:
+        return None
+    original = bytes(row["original_bytes"])
+    try:
+        shown = {"original": original.decode(), "original_base64": None}
+    except UnicodeDecodeError:
+        shown = {"original": None, "original_base64": base64.b64encode(original).decode()}
+    return {**_rejected(row), **shown}
+
+
+async def rejected_consumers(pool: asyncpg.Pool, rejected_ids: list[str]) -> dict[str, str | None]:
+    ids = []
+    for rejected_id in rejected_ids:
+        try:
+            ids.append(uuid.UUID(rejected_id))
+        except ValueError:
+            continue
+    async with pool.acquire() as connection:
+        return {row["id"]: row["consumer_bu"] for row in await connection.fetch(SELECT_REJECTED_CONSUMERS, ids)}
+
+
+# --- parked consumption (pricing) ------------------------------------------------------------
+
+SELECT_PARKED_PAGE: Final = """
+select parked.consumed_id, parked.model, parked.event_time, parked.reason, parked.parked_at, archive.payer_bu,
+       convert_from(archive.payload, 'UTF8')::jsonb as consumed
+from pricing.parked parked join pricing.consumed_archive archive using (consumed_id)
+where ($1::text is null or archive.payer_bu = $1) and ($2::text is null or parked.model = $2)
+  and ($3::text is null or archive.payer_bu = $3
+       or convert_from(archive.payload, 'UTF8')::jsonb ->> 'consumer_bu' = $3
+       or convert_from(archive.payload, 'UTF8')::jsonb ->> 'provider_bu' = $3)
+  and ($4::timestamptz is null or (parked.event_time, parked.consumed_id) > ($4, $5::uuid))
+order by parked.event_time, parked.consumed_id
+limit $6
+"""
+
+
+async def parked(pool: asyncpg.Pool, *, payer: str | None, model: str | None, visible_to: str | None,
+                 after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[dict[str, Any]]:
+    moment, consumed_id = after if after else (None, uuid.UUID(int=0))
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(SELECT_PARKED_PAGE, payer, model, visible_to, moment, consumed_id, limit)
+    return [{"consumed_id": str(row["consumed_id"]), "payer_bu": row["payer_bu"],
+             "consumer_bu": row["consumed"].get("consumer_bu"), "provider_bu": row["consumed"].get("provider_bu"),
+             "model": row["model"], "tokens": row["consumed"].get("tokens", {}), "event_time": row["event_time"].isoformat(),
+             "parked_at": row["parked_at"].isoformat(), "reason": row["reason"],
+             "_key": (row["event_time"], row["consumed_id"])} for row in rows]
+
+
+# --- price books (pricing) ----------------------------------------------------------------------
+
+SELECT_BOOKS: Final = """
+select book_id, version, effective_from, retroactive, actor, reason, published_at, payload from pricing.price_books
+order by book_id, version
+"""
+
+
+async def price_books(pool: asyncpg.Pool) -> list[PriceBookPublished]:
+    async with pool.acquire() as connection:
+        return [decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(SELECT_BOOKS)]
+
+
+def book_for(book: PriceBookPublished, bu: str | None) -> dict[str, Any]:
+    """A book as JSON; for a BU's reader, only its own price adjustments."""
+    document = orjson.loads(book.model_dump_json())
+    if bu is not None:
+        for model in document["models"]:
+            model["bu_adjustments"] = [adjustment for adjustment in model.get("bu_adjustments", ()) if adjustment["bu"] == bu]
+    return document
+
+
+# --- the registry (metering) ---------------------------------------------------------------------
+
+SELECT_BUSINESS_UNITS: Final = """
+select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
+from metering.business_units order by bu_id
+"""
+SELECT_MODELS: Final = """
+select model_id, provider_bu, display_name, modality, token_classes, active, actor, reason, changed_at
+from metering.models order by model_id
+"""
+SELECT_FUNDING: Final = """
+select agreement_id, consumer_bu, app, model_pattern, payers, effective_from, effective_to, actor, reason, changed_at
+from metering.funding_agreements order by agreement_id
+"""
+SELECT_CONVERSION: Final = """
+select version, effective_from, rules, actor, reason, published_at from metering.conversion_tables order by version
+"""
+REGISTRY_QUERIES: Final = {"business-units": SELECT_BUSINESS_UNITS, "models": SELECT_MODELS, "funding-agreements": SELECT_FUNDING,
+                           "conversion-tables": SELECT_CONVERSION}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return text(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _plain(item) for name, item in value.items()}
+    return value
+
+
+async def registry(pool: asyncpg.Pool, section: str) -> list[dict[str, Any]]:
+    async with pool.acquire() as connection:
+        return [{name: _plain(value) for name, value in dict(row).items()}
+                for row in await connection.fetch(REGISTRY_QUERIES[section])]

@@ -1,0 +1,127 @@
+"""`tokenhub apikey create|list|revoke` and `tokenhub api serve|bench-quota`:
+arguments and printing; the work is in `tokenhub.api`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+from datetime import datetime, timedelta
+
+import orjson
+
+from tokenhub.api import bench, keys
+from tokenhub.api.access import ROLES
+from tokenhub.api.app import serve
+from tokenhub.api.settings import ApiSettings
+from tokenhub.cli import render
+from tokenhub.cli.errors import CliError
+from tokenhub.infra.settings import clock, load_settings
+from tokenhub.services.common.db import create_pool
+
+_DURATION = re.compile(r"^(\d+)([dh])$")
+
+
+def _expiry(text: str | None, now: datetime) -> datetime | None:
+    if text is None:
+        return None
+    match = _DURATION.fullmatch(text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return now + (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--expires {text!r}: a duration such as 90d or 12h, or an ISO time with zone") from None
+    if moment.tzinfo is None:
+        raise CliError(f"--expires {text} needs a time zone, for example {text}+08:00")
+    return moment
+
+
+async def apikey(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    owner = arguments.owner or getpass.getuser() if arguments.action != "list" else ""
+    now = datetime.now().astimezone()
+    try:
+        async with pool.acquire() as connection:
+            if arguments.action == "create":
+                try:
+                    key_id, key = await keys.create(connection, arguments.role, arguments.bu, owner, arguments.reason, now,
+                                                    _expiry(arguments.expires, now))
+                except (keys.KeyNotIssued, ValueError) as error:
+                    raise CliError(str(error)) from None
+                if arguments.json:
+                    print(orjson.dumps({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu,
+                                        "owner": owner}).decode())
+                else:
+                    print(f"key {key_id} ({arguments.role}{' for ' + arguments.bu if arguments.bu else ''}, owner {owner}):\n"
+                          f"{key}\nIt is shown once; only its SHA-256 is stored.")
+                return 0
+            if arguments.action == "revoke":
+                if not await keys.revoke(connection, arguments.key_id, now, f"{owner}: {arguments.reason}"):
+                    raise CliError(f"no active key {arguments.key_id}")
+                print(f"revoked key {arguments.key_id}; the API refuses it within a second")
+                return 0
+            rows = await keys.listing(connection)
+    finally:
+        await pool.close()
+    if arguments.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC).decode())
+        return 0
+    print(render.table(["key", "role", "bu", "owner", "created", "expires", "revoked", "reason"],
+                       [[row["key_id"], row["role"], row["bu"] or "-", row["owner"], row["created_at"].isoformat(timespec="seconds"),
+                         row["expires_at"].isoformat(timespec="seconds") if row["expires_at"] else "-",
+                         row["revoked_at"].isoformat(timespec="seconds") if row["revoked_at"] else "-", row["reason"]]
+                        for row in rows], right=set()) if rows else "(no keys)")
+    return 0
+
+
+async def api_serve(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.require_stack()
+    await serve(settings, ApiSettings())
+    return 0
+
+
+async def api_bench(arguments: argparse.Namespace) -> int:
+    result = await bench.run(url=arguments.url, key=arguments.key, rate=arguments.rate, seconds=arguments.seconds,
+                             payers_count=arguments.payers, postings_per_payer=arguments.postings)
+    if arguments.json:
+        print(orjson.dumps(result.__dict__, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(result.lines()))
+    return 0 if result.errors == 0 else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    actions = subparsers.add_parser("apikey", help="API keys for the HTTP API, with roles").add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="issue a key (shown once)")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--bu", help="the business unit a bu-reader key reads for")
+    create.add_argument("--owner", help="who holds it: the actor of every change it makes (default: the login name)")
+    create.add_argument("--expires", help="a duration (90d, 12h) or an ISO time with zone (default: never)")
+    create.add_argument("--reason", required=True)
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=apikey)
+    listing = actions.add_parser("list", help="keys, their roles and state (never the keys themselves)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=apikey)
+    revoke = actions.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--owner", help="who revokes it (default: the login name)")
+    revoke.add_argument("--reason", required=True)
+    revoke.set_defaults(handler=apikey)
+
+    api = subparsers.add_parser("api", help="the HTTP API").add_subparsers(dest="action", required=True)
+    api.add_parser("serve", help="serve the API (TOKENHUB_API_PORT, default 8090)").set_defaults(handler=api_serve)
+    bench_parser = api.add_parser("bench-quota", help="p50/p99 of the quota check at a steady request rate")
+    bench_parser.add_argument("--rate", type=float, default=1000.0, help="requests per second offered")
+    bench_parser.add_argument("--seconds", type=float, default=20.0)
+    bench_parser.add_argument("--payers", type=int, default=200, help="payers in the seeded quota state")
+    bench_parser.add_argument("--postings", type=int, default=100, help="postings per payer seeded on ledger.posted")
+    bench_parser.add_argument("--url", help="an API already running (default: start one on an embedded stack)")
+    bench_parser.add_argument("--key", help="its API key (with --url)")
+    bench_parser.add_argument("--json", action="store_true")
+    bench_parser.set_defaults(handler=api_bench)
