@@ -1,11 +1,11 @@
 """verify and replay for auditors (and admins): started over HTTP, run in the
-background with the auditor's own code (`tokenhub.audit`), their reports kept
-in the api schema for anyone who may audit to read."""
+background with the auditor's own code (`tokenhub.audit`, independent of the
+services'), their reports kept in the api schema for finance, auditors and
+admins to read."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,16 +20,13 @@ from tokenhub.api.hub import Hub
 from tokenhub.api.models import Accepted, AuditRequest, AuditRun, Page
 from tokenhub.api.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, BadCursor, decode_cursor, encode_cursor
 from tokenhub.api.web import AUTH_ERRORS, NOT_FOUND, ApiError, hub_of, principal, require_audit
+from tokenhub.audit import replay as audit_replay
+from tokenhub.audit import verify as audit_verify
 
 router = APIRouter(tags=["audit"])
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
 IDLE_TIMEOUT_S: Final = 3.0
 log = structlog.get_logger()
-
-
-def _audit_module(name: str) -> Any:
-    """The auditor's package, imported when a run starts."""
-    return importlib.import_module(f"tokenhub.audit.{name}")
 
 
 def verify_report(report: Any) -> dict[str, Any]:
@@ -57,12 +54,12 @@ async def _run(hub: Hub, run_id: uuid.UUID, kind: str, request: AuditRequest) ->
     error: str | None = None
     try:
         if kind == "verify":
-            found = await _audit_module("verify").verify(hub.reader, hub.bootstrap_servers, scope=request.bu,
+            found = await audit_verify.verify(hub.reader, hub.bootstrap_servers, scope=request.bu,
                                                          minor_units=hub.settings.currency_minor_units,
                                                          idle_timeout_s=IDLE_TIMEOUT_S)
             report = verify_report(found)
         else:
-            found = await _audit_module("replay").replay(hub.reader, hub.bootstrap_servers, source=request.source,
+            found = await audit_replay.replay(hub.reader, hub.bootstrap_servers, source=request.source,
                                                          bu=request.bu, as_of=request.as_of, with_reprice=request.reprice,
                                                          idle_timeout_s=IDLE_TIMEOUT_S)
             report = replay_report(found)

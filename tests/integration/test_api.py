@@ -329,3 +329,26 @@ async def test_a_business_unit_reader_never_gets_another_units_figures(scene: Sc
     http.close()
     assert {"/v1/balances", "/v1/spend/{payer}", "/v1/statements/{bu}", "/v1/invoices", "/v1/settlements/{period}",
             "/v1/quota/{payer}", "/v1/budgets"} <= seen_paths
+
+
+async def test_an_auditor_runs_verify_and_replay_over_http_and_finance_reads_the_reports(scene: Scene) -> None:
+    api = scene.api
+    async with client(scene, await api.key("auditor", owner="auditor-ana")) as auditor:
+        runs = {kind: (await auditor.post(f"/v1/audit/{kind}", {"bu": scene.shop}))["id"] for kind in ("verify", "replay")}
+    async with client(scene, await api.key("finance")) as finance:
+        finished: dict[str, Any] = {}
+
+        async def done() -> bool:
+            for kind, run_id in runs.items():
+                finished[kind] = await finance.get(f"/v1/audit/runs/{run_id}")
+            return all(run["finished_at"] for run in finished.values())
+        await wait_until(done, WAIT_S * 2, "verify and replay to finish")
+        assert {run_id for run_id in runs.values()} <= {run["run_id"] for run in await finance.all("/v1/audit/runs")}
+    verify, replay = finished["verify"], finished["replay"]
+    assert (verify["error"], verify["ok"], verify["requested_by"], verify["scope"]) == (None, True, "auditor-ana", scene.shop)
+    assert [check["name"] for check in verify["report"]["checks"]] == [
+        "chains", "published", "invariant-1", "invariant-2", "invariant-3", "invariant-4", "invariant-5", "invariant-6"]
+    assert (replay["error"], replay["ok"], replay["report"]["differences"]) == (None, True, [])
+    async with client(scene, await api.key("finance")) as finance:
+        balance = await finance.balance(scene.shop)
+    assert replay["report"]["balances"][scene.shop]["spend"] == balance["spend"]
