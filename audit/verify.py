@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, localcontext
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from tokenhub.audit.balances import diff, figures_of, rebuild
-from tokenhub.audit.log import PROGRESS_EVERY, Progress, TopicRecord, loads, read_topic, silent
+from tokenhub.audit.log import PROGRESS_EVERY, Progress, TopicRecord, loads, loads_many, read_topic, silent
 from tokenhub.audit.replay import SELECT_PROJECTION
 from tokenhub.audit.reprice import load_pricing_inputs, reprice
 from tokenhub.contracts.accounts import parse_account
@@ -27,6 +28,9 @@ from tokenhub.contracts.topics import LEDGER_POSTED
 
 GENESIS: Final = "0" * 64
 ROUNDING: Final = {"half_even": ROUND_HALF_EVEN, "half_up": ROUND_HALF_UP, "down": ROUND_DOWN, "up": ROUND_UP}
+COMPANY_ZONE_DEFAULT: Final = "Asia/Shanghai"
+"""The settings' default company time zone: months, which invoicing's totals are
+checked by, begin and end in it. Callers with settings pass theirs."""
 VIOLATIONS_SHOWN_MAX: Final = 50
 """Violations listed per check; the count is always complete."""
 
@@ -236,7 +240,7 @@ def check_published(stored: dict[str, list[StoredEntry]], published: list[TopicR
         check.fail(f"chain {chain}", f"{len(heads[chain])} entries published on ledger.posted, none in the journal")
 
 
-SELECT_INVOICE_HEADS: Final = "select payer_bu, period, payload -> 'chain_heads' as heads from invoicing.invoices"
+SELECT_INVOICE_HEADS: Final = "select payer_bu, period, payload from invoicing.invoices"
 
 
 async def check_invoice_heads(connection: asyncpg.Connection, stored: dict[str, list[StoredEntry]], scope: str | None,
@@ -244,7 +248,7 @@ async def check_invoice_heads(connection: asyncpg.Connection, stored: dict[str, 
     # By sequence, not by position: a deleted entry must not shift the blame onto its successor.
     by_sequence = {(entry.chain, entry.sequence): entry for entries in stored.values() for entry in entries}
     for row in await connection.fetch(SELECT_INVOICE_HEADS):
-        for head in row["heads"] or ():
+        for head in loads_many(row["payload"]).get("chain_heads") or ():
             if scope is not None and head["chain"] != scope:
                 continue
             check.examined += 1
@@ -426,11 +430,7 @@ def _pair(pair: tuple[Decimal, Decimal]) -> str:
 
 # --- invariant 4: every Priced recomputable ------------------------------------------------
 
-SELECT_TIER_LINES: Final = """
-select invoice_id::text as invoice_id, line ->> 'model' as model, line ->> 'amount' as amount
-from invoicing.invoices, jsonb_array_elements(payload -> 'lines') as line
-where line ->> 'kind' = 'period_tier'
-"""
+SELECT_INVOICE_PAYLOADS: Final = "select invoice_id::text as invoice_id, payload from invoicing.invoices"
 
 
 async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], consumed: dict[str, dict],
@@ -444,7 +444,9 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
                                                                       f"book version give {recomputed}")
     for priced_id, why in repricing.unrecomputable:
         check.fail(f"{names[priced_id]} (Priced {priced_id})", f"cannot be recomputed: {why}")
-    tiers = {(row["invoice_id"], row["model"]): Decimal(row["amount"]) for row in await connection.fetch(SELECT_TIER_LINES)}
+    tiers = {(row["invoice_id"], line["model"]): Decimal(line["amount"])
+             for row in await connection.fetch(SELECT_INVOICE_PAYLOADS)
+             for line in loads_many(row["payload"])["lines"] if line["kind"] == "period_tier"}
     for event in events:
         if event.get("kind") != "adjustment":
             continue
@@ -455,14 +457,26 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
 
 
 # --- invariant 5: invoices and settlements ------------------------------------------------------
+# Invoicing keeps running totals per invoice-line key (not each posting): an invoice is
+# checked against the totals assigned to it, and the totals against the journal, per
+# payer and month (periods nest in months), so a posting lost or counted twice shows.
 
 SELECT_INVOICES: Final = "select invoice_id::text as invoice_id, payer_bu, period, payload from invoicing.invoices"
-SELECT_ASSIGNED: Final = """
-select invoice_id::text as invoice_id, posting_id::text as posting_id, payload ->> 'priced_id' as priced_id,
-       payload ->> 'kind' as kind, (payload ->> 'amount')::numeric as amount, chain, sequence, entry_hash
-from invoicing.postings where invoice_id is not null
+SELECT_ASSIGNED_TOTALS: Final = """
+select invoice_id::text as invoice_id, period, kind, consumer_bu, provider_bu, model, token_class,
+       unit_price_per_million, tokens, amount
+from invoicing.line_totals where invoice_id is not null
 """
-SELECT_ENTRY_HASHES: Final = "select priced_id::text as priced_id, amount, entry_hash from ledger.entries"
+SELECT_ASSIGNED_POSTINGS: Final = """
+select invoice_id::text as invoice_id, sum(postings) as postings from invoicing.chain_totals
+where invoice_id is not null group by invoice_id
+"""
+SELECT_TOTALS_BY_MONTH: Final = """
+select payer_bu, to_char((period_end - interval '1 microsecond') at time zone $1, 'YYYY-MM') as month, kind,
+       consumer_bu, provider_bu, model, sum(tokens) as tokens, sum(amount) as amount
+from invoicing.line_totals group by 1, 2, 3, 4, 5, 6
+"""
+SELECT_WAITING_COUNT: Final = "select count(*) from invoicing.waiting"
 SELECT_SETTLEMENTS: Final = "select period, payload from invoicing.settlements"
 
 
@@ -472,41 +486,65 @@ def round_once(amount: Decimal, minor_units: int, mode: str) -> Decimal:
         return amount.quantize(Decimal(1).scaleb(-minor_units), rounding=ROUNDING[mode])
 
 
-async def check_invoices(connection: asyncpg.Connection, scope: str | None, minor_units: int, check: Check) -> None:
+def _totals_kind(kind: str | None) -> str:
+    return {"adjustment": "period_tier", "reversal": "reversal"}.get(kind or "charge", "charge")
+
+
+def _month_of(event_time: str, zone: ZoneInfo) -> str:
+    return datetime.fromisoformat(event_time).astimezone(zone).strftime("%Y-%m")
+
+
+async def check_invoices(connection: asyncpg.Connection, scope: str | None, minor_units: int, facts: list[EntryFact],
+                         zone: str, check: Check) -> None:
     assigned: dict[str, list[asyncpg.Record]] = defaultdict(list)
-    for row in await connection.fetch(SELECT_ASSIGNED):
+    for row in await connection.fetch(SELECT_ASSIGNED_TOTALS):
         assigned[row["invoice_id"]].append(row)
-    ledger = {row["priced_id"]: (row["amount"], row["entry_hash"]) for row in await connection.fetch(SELECT_ENTRY_HASHES)}
+    counted = {row["invoice_id"]: row["postings"] for row in await connection.fetch(SELECT_ASSIGNED_POSTINGS)}
     for row in await connection.fetch(SELECT_INVOICES):
         if scope is not None and row["payer_bu"] != scope:
             continue
         check.examined += 1
-        invoice = row["payload"]
+        invoice = loads(row["payload"])
         subject = f"invoice {row['payer_bu']}-{invoice['number']:04d} ({row['period']})"
         lines_sum = sum((Decimal(line["amount"]) for line in invoice["lines"]), Decimal(0))
-        postings = assigned.get(row["invoice_id"], [])
-        postings_sum = sum((posting["amount"] for posting in postings), Decimal(0))
+        totals = assigned.get(row["invoice_id"], [])
+        totals_sum = sum((total["amount"] for total in totals), Decimal(0))
         total = Decimal(invoice["total"])
         if lines_sum != Decimal(invoice["subtotal"]):
             check.fail(subject, f"lines sum to {lines_sum}, subtotal says {invoice['subtotal']}")
-        if postings_sum != lines_sum:
-            check.fail(subject, f"postings assigned to it sum to {postings_sum}, its lines to {lines_sum} "
+        if totals_sum != lines_sum:
+            check.fail(subject, f"the totals assigned to it sum to {totals_sum}, its lines to {lines_sum} "
                                 "(a period tier adjustment not yet posted, or a posting lost)")
-        if round_once(postings_sum, minor_units, invoice["rounding_mode"]) != total:
-            check.fail(subject, f"total {total} is not its postings {postings_sum} rounded once "
-                                f"({invoice['rounding_mode']}): {round_once(postings_sum, minor_units, invoice['rounding_mode'])}")
-        usage = [posting for posting in postings if posting["kind"] != "adjustment"]
-        if len(usage) != invoice["postings_count"]:
-            check.fail(subject, f"counts {invoice['postings_count']} postings, {len(usage)} are assigned to it")
-        for posting in postings:
-            stored = ledger.get(posting["priced_id"])
-            if stored is None or stored != (posting["amount"], posting["entry_hash"]):
-                check.fail(subject, f"posting {posting['chain']}#{posting['sequence']} differs from the journal")
+        if round_once(lines_sum, minor_units, invoice["rounding_mode"]) != total:
+            check.fail(subject, f"total {total} is not its lines {lines_sum} rounded once "
+                                f"({invoice['rounding_mode']}): {round_once(lines_sum, minor_units, invoice['rounding_mode'])}")
+        # Its lines, regrouped from its totals with this module's own grouping.
+        regrouped: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
+        for total_row in totals:
+            if total_row["kind"] == "period_tier":
+                continue
+            kind = "credit" if total_row["kind"] == "reversal" else (
+                "usage" if total_row["period"] == row["period"] else "adjustment")
+            key = (kind, total_row["period"], total_row["provider_bu"], total_row["consumer_bu"], total_row["model"],
+                   total_row["token_class"], total_row["unit_price_per_million"])
+            regrouped[key][0] += total_row["tokens"]
+            regrouped[key][1] += total_row["amount"]
+        printed = {(line["kind"], line["period"], line["provider_bu"], line["consumer_bu"], line["model"],
+                    line.get("token_class"), Decimal(line["unit_price_per_million"])): [line["tokens"], Decimal(line["amount"])]
+                   for line in invoice["lines"] if line["kind"] != "period_tier"}
+        if printed != dict(regrouped):
+            differing = sorted(str(key[:2] + key[4:6]) for key in set(printed) | set(regrouped)
+                               if printed.get(key) != regrouped.get(key))
+            check.fail(subject, f"lines differ from the totals assigned to it: {', '.join(differing[:5])}")
+        if counted.get(row["invoice_id"], 0) != invoice["postings_count"]:
+            check.fail(subject, f"counts {invoice['postings_count']} postings, {counted.get(row['invoice_id'], 0)} "
+                                "are assigned to it")
+    await _check_totals_against_journal(connection, scope, facts, zone, check)
     if scope is not None:
         return
     for row in await connection.fetch(SELECT_SETTLEMENTS):
         check.examined += 1
-        settlement = row["payload"]
+        settlement = loads(row["payload"])
         subject = f"settlement {row['period']}"
         positions = {bu: Decimal(amount) for bu, amount in settlement["positions"].items()}
         rounded = {bu: Decimal(amount) for bu, amount in settlement["rounded_positions"].items()}
@@ -525,6 +563,36 @@ async def check_invoices(connection: asyncpg.Connection, scope: str | None, mino
         for bu in sorted(set(rounded) | set(moved)):
             if moved.get(bu, Decimal(0)) != rounded.get(bu, Decimal(0)):
                 check.fail(subject, f"transfers move {moved.get(bu, Decimal(0))} for {bu}, its net position is {rounded.get(bu)}")
+
+
+async def _check_totals_against_journal(connection: asyncpg.Connection, scope: str | None, facts: list[EntryFact],
+                                       zone: str, check: Check) -> None:
+    """Invoicing's totals, on invoices or open, equal the journal's postings, per
+    payer, month, kind, consumer, provider and model."""
+    company_zone = ZoneInfo(zone)
+    journal: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
+    for fact in facts:
+        priced = fact.priced
+        if scope is not None and priced["payer_bu"] != scope:
+            continue
+        key = (priced["payer_bu"], _month_of(priced["event_time"], company_zone), _totals_kind(priced.get("kind")),
+               priced["consumer_bu"], priced["provider_bu"], priced["model"])
+        journal[key][0] += int(priced["total_tokens"])
+        journal[key][1] += Decimal(priced["total_amount"])
+    kept: dict[tuple, list] = {}
+    for row in await connection.fetch(SELECT_TOTALS_BY_MONTH, zone):
+        if scope is None or row["payer_bu"] == scope:
+            kept[(row["payer_bu"], row["month"], row["kind"], row["consumer_bu"], row["provider_bu"], row["model"])] = [
+                int(row["tokens"]), row["amount"]]
+    waiting = await connection.fetchval(SELECT_WAITING_COUNT)
+    hint = f" ({waiting} postings wait in invoicing for a missing sequence)" if waiting else (
+        " (in flight: verify a settled pipeline)")
+    for key in sorted(set(journal) | set(kept)):
+        expected, held = journal.get(key, [0, Decimal(0)]), kept.get(key, [0, Decimal(0)])
+        if expected != held:
+            payer, month, kind, consumer, provider, model = key
+            check.fail(f"invoicing totals {payer} {month} {kind} {consumer} -> {provider} {model}",
+                       f"{held[0]} Tokens, {held[1]} but the journal has {expected[0]} Tokens, {expected[1]}{hint}")
 
 
 # --- invariant 6: payer shares sum to the whole ---------------------------------------------
@@ -575,6 +643,7 @@ def check_shares(consumed: dict[str, dict], scope: str | None, check: Check) -> 
 # --- all of it ---------------------------------------------------------------------------------
 
 async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: str | None = None, minor_units: int = 2,
+                 zone: str = COMPANY_ZONE_DEFAULT,
                  idle_timeout_s: float = 3.0, progress: Progress = silent) -> VerifyReport:
     chains = Check("chains", "hash chains recomputed from the stored rows (links, sequences, heads)")
     published = Check("published", "chain heads against those published on ledger.posted and printed on invoices")
@@ -603,7 +672,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
         facts = await check_exactly_once(connection, scope, consumed, exactly_once)
         await check_projection(connection, facts, scope, projection)
         await check_prices(connection, facts, consumed, books, prices)
-        await check_invoices(connection, scope, minor_units, invoices)
+        await check_invoices(connection, scope, minor_units, facts, zone, invoices)
         check_shares(consumed, scope, shares)
     return VerifyReport([chains, published, double_entry, exactly_once, projection, prices, invoices, shares], scope)
 

@@ -172,7 +172,7 @@ async def verify_command(arguments: argparse.Namespace) -> int:
     pool = await _pool(settings)
     try:
         report = await verify(pool, bootstrap_servers, scope=arguments.bu, minor_units=settings.currency_minor_units,
-                                           idle_timeout_s=arguments.idle_timeout, progress=_progress)
+                              zone=settings.timezone, idle_timeout_s=arguments.idle_timeout, progress=_progress)
     finally:
         await pool.close()
     print(verify_json(report) if arguments.json else verify_text(report))

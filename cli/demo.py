@@ -286,7 +286,7 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
         print(replay_text(report))
         _section("audit: tokenhub verify")
         verified = await verify(pool, settings.bootstrap_servers, minor_units=settings.currency_minor_units,
-                                idle_timeout_s=3.0)
+                                zone=settings.timezone, idle_timeout_s=3.0)
         print(verify_text(verified))
         return report.ok and verified.ok
     finally:

@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 
 import getpass
-from decimal import Decimal
-from typing import Final
 
 import orjson
 
 from tokenhub.cli.errors import CliError
-from tokenhub.contracts.events import decode
 from tokenhub.contracts.periods import containing, parse
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
-from tokenhub.services.invoicing.adapters import store
-from tokenhub.services.invoicing.handlers import draft_invoice, month_settlement, set_cycle
+from tokenhub.services.invoicing import queries as invoicing_queries
+from tokenhub.services.invoicing.handlers import set_cycle
 
 
 async def settlement_for(pool, settings: Settings, period_name: str) -> tuple[SettlementNetted, bool]:  # noqa: ANN001
@@ -25,11 +22,7 @@ async def settlement_for(pool, settings: Settings, period_name: str) -> tuple[Se
     period = parse(period_name, settings.timezone)
     if period.kind != "month":
         raise CliError(f"settlement is monthly: give a month such as 2026-03, not {period_name}")
-    async with pool.acquire() as connection:
-        stored = await connection.fetchval(store.SELECT_SETTLEMENT, period.name)
-        if stored is not None:
-            return decode(SettlementNetted, stored), True
-        return await month_settlement(connection, settings, period), False
+    return await invoicing_queries.settlement(pool, settings, period)
 
 
 def render_settlement(settlement: SettlementNetted, final: bool) -> str:
@@ -69,17 +62,6 @@ async def settle(arguments: argparse.Namespace) -> int:
     return 0
 
 
-# sum(bigint) is numeric in Postgres: cast back, so --json prints Tokens as integers.
-SELECT_SPEND: Final = """
-select p.payload ->> 'consumer_bu' as consumer_bu, coalesce(p.payload ->> 'app', '-') as app,
-       p.payload ->> 'model' as model, line ->> 'token_class' as token_class,
-       sum((line ->> 'tokens')::bigint)::bigint as tokens, sum((line ->> 'amount')::numeric) as amount
-from invoicing.postings p, jsonb_array_elements(p.payload -> 'lines') line
-where p.payer_bu = $1 and p.event_time >= $2 and p.event_time < $3
-group by 1, 2, 3, 4 order by 1, 2, 3, 4
-"""
-
-
 async def spend(arguments: argparse.Namespace) -> int:
     """Month to date: what the payer spends, by consumer, app, model and class,
     and the period tier its running total has reached."""
@@ -90,13 +72,10 @@ async def spend(arguments: argparse.Namespace) -> int:
         raise CliError(f"spend is month to date: give a month such as 2026-03, not {arguments.period}")
     pool = await create_pool(database_url, size_max=1)
     try:
-        async with pool.acquire() as connection:
-            rows = [dict(row) for row in await connection.fetch(SELECT_SPEND, arguments.bu, month.start, month.end)]
-            draft = await draft_invoice(connection, settings, arguments.bu, month)
+        report = await invoicing_queries.spend(pool, settings, arguments.bu, month)
     finally:
         await pool.close()
-    tiers = [line for line in (draft.lines if draft else ()) if line.kind == "period_tier" and line.period == month.name]
-    total = sum((row["amount"] for row in rows), Decimal(0))
+    rows, tiers, total = report.rows, report.period_tiers, report.total
     if arguments.json:
         print(orjson.dumps({
             "bu": arguments.bu, "period": month.name, "spend": f"{total:f}",

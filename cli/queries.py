@@ -11,10 +11,9 @@ from typing import Final
 
 import asyncpg
 
-from tokenhub.contracts.events import InvoiceIssued, decode
-from tokenhub.contracts.periods import parse
+from tokenhub.contracts.events import InvoiceIssued
 from tokenhub.infra.settings import Settings
-from tokenhub.services.invoicing.handlers import draft_invoice
+from tokenhub.services.invoicing import queries as invoicing_queries
 
 SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
 SELECT_AS_OF: Final = """
@@ -24,8 +23,6 @@ where e.{column} <= $1
 group by p.ledger, p.account
 """
 SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
-SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
-SELECT_OPEN: Final = "select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2"
 
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
 
@@ -84,14 +81,4 @@ async def display_names(pool: asyncpg.Pool) -> dict[str, str]:
 
 async def invoices(pool: asyncpg.Pool, settings: Settings, *, bu: str | None, period: str | None) -> list[InvoiceIssued]:
     """Issued invoices, then drafts of the open periods."""
-    async with pool.acquire() as connection:
-        # The status moves to credited when a later credit note reverses its charges; the content never changes.
-        issued = [decode(InvoiceIssued, row["payload"]).model_copy(update={"status": row["status"]})
-                  for row in await connection.fetch(SELECT_ISSUED)]
-        drafts = []
-        for row in await connection.fetch(SELECT_OPEN):
-            draft = await draft_invoice(connection, settings, row["payer_bu"], parse(row["period"], settings.timezone))
-            if draft is not None:
-                drafts.append(draft)
-    return [invoice for invoice in issued + drafts
-            if (bu is None or invoice.payer_bu == bu) and (period is None or invoice.period == period)]
+    return await invoicing_queries.invoices(pool, settings, bu=bu, period=period)

@@ -1,5 +1,5 @@
-"""Invoicing's shell: store postings by billing period; close periods into
-invoices (with period tier lines) and months into settlements. Each handler
+"""Invoicing's shell: add postings to running totals by billing period; close
+periods into invoices (with period tier lines) and months into settlements. Each handler
 loads what the core needs, calls it, and writes its results in one transaction."""
 
 from __future__ import annotations
@@ -15,31 +15,41 @@ from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, LedgerPosted, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind, parse
 from tokenhub.contracts.pricebook import BookIndex
-from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.outbox import OutboxRow
 from tokenhub.services.common.runtime import Runtime
-from tokenhub.services.invoicing import domain
+from tokenhub.services.invoicing import domain, queries
 from tokenhub.services.invoicing.adapters import store
 from tokenhub.services.invoicing.adapters.store import SCHEMA
 
-__all__ = ["SCHEMA", "close_period", "draft_invoice", "handle_posted_records", "handle_pricebook_records",
-           "month_settlement", "set_cycle"]
+__all__ = ["SCHEMA", "close_period", "handle_posted_records", "handle_pricebook_records", "set_cycle"]
 
 log = structlog.get_logger()
 
 
 async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> None:
-    events = [decode(LedgerPosted, record.value) for record in records]
+    """Add postings to the running totals, each chain in its order: a sequence seen
+    before is a duplicate; one ahead of a missing sequence waits for it."""
+    batch = [(decode(LedgerPosted, record.value), record.value) for record in records]
     async with store.unit(runtime.db()) as unit:
+        await unit.lock_against_closes()
         cycles = await unit.cycles()
-        periods = domain.billing_periods(events, cycles, runtime.settings.timezone)
-        new = await unit.save_postings([(event, period, record.value)  # decoded above, so valid JSON
-                                        for event, period, record in zip(events, periods, records, strict=True)])
-        await unit.count({"postings": new, "duplicates": len(events) - new})
+        chains = await unit.lock_chains([posted.chain for posted, _ in batch])
+        zone = runtime.settings.timezone
+        invoiced = await unit.invoiced(domain.payer_periods(
+            [posted for posted, _ in batch] + [waiting.posted for waiting in chains.waiting], cycles, zone))
+        received = domain.receive(batch, watermarks=chains.watermarks, waiting=chains.waiting, invoiced=invoiced,
+                                  cycles=cycles, zone=zone)
+        await unit.save_received(received, chains, runtime.now())
+        await unit.count({"postings": received.applied, "duplicates": received.duplicates,
+                          "waiting": len(received.to_wait) - len(received.released)})
+    for gap in received.gaps:
+        log.warning("chain_gap_waiting", chain=gap.chain, missing_sequence=gap.missing_sequence,
+                    waiting_from=gap.waiting_from, waiting=gap.waiting)
     await close_due_periods(runtime)
-    log.info("postings_received", received=len(events), new=new)
+    log.info("postings_received", received=len(batch), applied=received.applied, duplicates=received.duplicates,
+             waiting=len(received.to_wait))
 
 
 async def handle_pricebook_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> None:
@@ -63,20 +73,6 @@ async def close_due_periods(runtime: Runtime) -> list[InvoiceIssued]:
     if issued:
         await runtime.relay()
     return issued
-
-
-async def draft_invoice(connection: asyncpg.Connection, settings: Settings, payer_bu: str, period: Period) -> InvoiceIssued | None:
-    """What the payer's invoice for `period` would be if every open period closed now,
-    tier reached so far included (`domain.draft_postings` says which postings)."""
-    unit = store.Unit(connection)
-    open_postings = await unit.payer_open_postings(payer_bu)
-    place, postings = domain.draft_postings(open_postings, await unit.invoiced_periods(payer_bu), period)
-    if not postings:
-        return None
-    number = await unit.next_number(payer_bu) + place
-    return domain.issue_invoice(payer_bu, period, postings, await unit.books(), number=number,
-                                currency=settings.currency, minor_units=settings.currency_minor_units,
-                                status="draft", issued_at=None)
 
 
 async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str, *, actor: str, now: datetime) -> list[InvoiceIssued]:
@@ -110,36 +106,25 @@ async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str,
 
 async def _issue(unit: store.Unit, settings: Settings, books: BookIndex, payer_bu: str, period: Period,
                  now: datetime) -> InvoiceIssued | None:
-    postings = await unit.open_postings(payer_bu, period.end)
-    if not postings:
+    totals = await unit.open_totals(payer_bu, period.end)
+    if not totals.lines and not totals.chains:
         return None  # an earlier period's invoice of this close took them
-    invoice = domain.issue_invoice(payer_bu, period, postings, books, number=await unit.next_number(payer_bu),
+    invoice = domain.issue_invoice(payer_bu, period, totals, books, number=await unit.next_number(payer_bu),
                                    currency=settings.currency, minor_units=settings.currency_minor_units,
                                    status="issued", issued_at=now)
     payload = canonical_json(invoice)
     if not await unit.save_invoice(invoice, payload, now):
         return None  # issued before: these postings wait for the payer's next invoice
-    await unit.assign_postings(invoice)
-    # Reversals on this invoice are credit notes for the invoices that carried the charges.
-    await unit.mark_credited(domain.reversed_posting_ids(postings), invoice.invoice_id)
+    await unit.assign(invoice)
     await unit.stage([OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)] + [
         OutboxRow(TOKENS_PRICED.name, payer_bu.encode(), canonical_json(adjustment))
         for adjustment in domain.tier_adjustments(invoice, settings.currency)])
     return invoice
 
 
-async def month_settlement(connection: asyncpg.Connection, settings: Settings, month: Period) -> SettlementNetted:
-    """The month's settlement from what its invoices carry, period tier lines included:
-    netted from the invoices, since their ledger adjustments come back only after the close."""
-    unit = store.Unit(connection)
-    return domain.build_settlement(month, await unit.month_postings(month), await unit.month_period_tiers(month),
-                                   currency=settings.currency, minor_units=settings.currency_minor_units)
-
-
 async def _settle(unit: store.Unit, settings: Settings, period: Period, now: datetime) -> int:
     """Net the month's invoiced flows once, when the month closes; published on settlements.netted."""
-    settlement = domain.build_settlement(period, await unit.month_postings(period), await unit.month_period_tiers(period),
-                                         currency=settings.currency, minor_units=settings.currency_minor_units)
+    settlement = await queries.settlement_of(unit, settings, period)
     payload = canonical_json(settlement)
     if not await unit.save_settlement(settlement, payload, now):
         return 0

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Protocol
 
-from tokenhub.contracts.events import InvoiceLine, LedgerPosted
+from tokenhub.contracts.events import InvoiceLine
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.settlement import GrossFlow, Transfer
 
@@ -16,7 +17,20 @@ class NettingError(ValueError):
     pass
 
 
-def gross_flows(postings: Iterable[LedgerPosted],
+class FlowLike(Protocol):
+    """What netting reads of a posting or of a month's invoiced totals."""
+
+    @property
+    def payer_bu(self) -> str: ...
+    @property
+    def provider_bu(self) -> str: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def kind(self) -> str: ...
+
+
+def gross_flows(postings: Iterable[FlowLike],
                 period_tiers: Iterable[tuple[str, InvoiceLine]] = ()) -> tuple[GrossFlow, ...]:
     """Payer -> provider amounts of what was invoiced; a BU's own use of its own
     models nets to nothing and is left out.

@@ -23,7 +23,7 @@ from tokenhub.contracts.events import (
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.periods import parse
 from tokenhub.contracts.registry import BusinessUnit, ModelEntry, registry_change
-from tokenhub.services.invoicing.domain import build_invoice, build_settlement
+from tokenhub.services.invoicing.domain import build_invoice, build_settlement, totals_of
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tokenhub.services.metering.domain import Catalogue, Limits, RawUsage, meter
 from tokenhub.services.pricing.domain import price
@@ -83,7 +83,7 @@ REJECTED = UsageRejected(
 REGISTRY = registry_change("business_unit", BusinessUnit(bu_id="taobao-tmall", display_name="Taobao & Tmall",
                                                          parent_group="China E-commerce", cost_centre="CC-1001"),
                            "taobao-tmall", "finance-ops", "company registry", PUBLISHED)
-INVOICE = build_invoice("taobao-tmall", parse("2026-03", "Asia/Shanghai"), [("2026-03", POSTED)], number=1,
+INVOICE = build_invoice("taobao-tmall", parse("2026-03", "Asia/Shanghai"), totals_of([("2026-03", POSTED)]), number=1,
                         currency="CNY", minor_units=2, rounding_mode="half_even", status="issued",
                         issued_at=datetime(2026, 4, 2, 1, 0, tzinfo=UTC))
 

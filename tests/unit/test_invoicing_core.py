@@ -15,7 +15,15 @@ from tokenhub.contracts.events import InvoiceLine, LedgerPosted, Priced, TokenCo
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.periods import parse
-from tokenhub.services.invoicing.domain import build_invoice, chain_heads, rounding_mode_for
+from tokenhub.services.invoicing.domain import (
+    Gap,
+    build_invoice,
+    chain_heads,
+    receive,
+    rounding_mode_for,
+    tier_adjustment,
+    totals_of,
+)
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tokenhub.services.pricing.domain import price
 from tokenhub.services.pricing.reprice import reverse
@@ -52,7 +60,7 @@ ASSIGNED = [("2026-03", POSTED[0]), ("2026-03", POSTED[1]), ("2026-03", POSTED[2
 
 
 def _invoice(postings=ASSIGNED, mode: str = "half_even", extra: tuple[InvoiceLine, ...] = ()):  # noqa: ANN001, ANN202
-    return build_invoice("taobao-tmall", MARCH, postings, number=3, currency="CNY", minor_units=2, rounding_mode=mode,
+    return build_invoice("taobao-tmall", MARCH, totals_of(postings), number=3, currency="CNY", minor_units=2, rounding_mode=mode,
                          status="issued", issued_at=MARCH.end + timedelta(days=2), extra_lines=extra)
 
 
@@ -97,7 +105,7 @@ def test_the_total_is_rounded_once_in_the_named_mode(mode: str, total: str) -> N
 def test_chain_heads_are_the_last_entry_of_each_chain_whatever_the_order() -> None:
     other = post(FUNDED.model_copy(update={"payer_bu": "quark"}), ChainHead("quark", 41, "f" * 64), POSTED_AT)
     postings = [*reversed(ASSIGNED), ("2026-03", other)]
-    heads = chain_heads(postings)
+    heads = chain_heads(totals_of(postings).chains)
     assert [(head.chain, head.sequence, head.entry_hash) for head in heads] == [
         ("quark", 42, other.entry_hash), ("taobao-tmall", 5, POSTED[4].entry_hash)]
     assert _invoice(postings).chain_heads == heads
@@ -106,12 +114,12 @@ def test_chain_heads_are_the_last_entry_of_each_chain_whatever_the_order() -> No
 def test_the_books_rounding_mode_applies_and_disagreeing_books_fall_back_to_half_even() -> None:
     up = BOOK.model_copy(update={"rounding": "up"})
     other = BOOK.model_copy(update={"book_id": "other", "rounding": "down"})
-    assert rounding_mode_for(ASSIGNED, [BOOK]) == "half_even"
-    assert rounding_mode_for(ASSIGNED, [up]) == "up"
-    assert rounding_mode_for([], [up]) == "half_even"
+    assert rounding_mode_for(totals_of(ASSIGNED).lines, [BOOK]) == "half_even"
+    assert rounding_mode_for(totals_of(ASSIGNED).lines, [up]) == "up"
+    assert rounding_mode_for((), [up]) == "half_even"
     mixed = [*ASSIGNED, ("2026-03", POSTED[0].model_copy(update={"book_id": "other"}))]
-    assert rounding_mode_for(mixed, [up, other]) == "half_even"
-    assert rounding_mode_for(mixed, [up, other.model_copy(update={"rounding": "up"})]) == "up"
+    assert rounding_mode_for(totals_of(mixed).lines, [up, other]) == "half_even"
+    assert rounding_mode_for(totals_of(mixed).lines, [up, other.model_copy(update={"rounding": "up"})]) == "up"
 
 
 @given(st.lists(st.tuples(st.sampled_from(["taobao-tmall", "quark", "dingtalk"]), st.integers(0, 10**8),
@@ -128,3 +136,81 @@ def test_the_total_is_the_postings_rounded_once(usage: list[tuple[str, int, int]
     assert invoice.total == round_to_minor(exact, 2, mode)
     assert invoice.rounding == invoice.total - exact
     assert sum(invoice.consumer_subtotals.values(), D(0)) == exact
+
+
+# --- running totals: each chain in order, duplicates by sequence, gaps wait ---------------------
+
+def _batch(postings: list[LedgerPosted]) -> list[tuple[LedgerPosted, bytes]]:
+    return [(posted, posted.model_dump_json().encode()) for posted in postings]
+
+
+def _receive(postings: list[LedgerPosted], watermarks: dict[str, int] | None = None, waiting=(),  # noqa: ANN001
+             invoiced: set[tuple[str, str]] | None = None):  # noqa: ANN202
+    return receive(_batch(postings), watermarks=watermarks or {}, waiting=list(waiting), invoiced=invoiced or set(),
+                   cycles={}, zone="Asia/Shanghai")
+
+
+def test_a_batch_adds_into_totals_per_line_key_and_counts_postings_per_chain() -> None:
+    received = _receive(POSTED[:3])
+    assert (received.applied, received.duplicates, received.watermarks, received.gaps) == (3, 0, {"taobao-tmall": 3}, ())
+    lines = {(total.key.consumer_bu, total.key.token_class): (total.tokens, total.amount) for total in received.open_lines}
+    assert lines == {("taobao-tmall", "input"): (3_000, D("0.00648")), ("taobao-tmall", "output"): (100, D("0.000864")),
+                     ("quark", "input"): (3_333, D("0.00719928")), ("quark", "output"): (7, D("0.00006048"))}
+    assert [(c.period, c.postings, c.head_sequence, c.head_hash) for c in received.chains] == [
+        ("2026-03", 3, 3, POSTED[2].entry_hash)]
+
+
+def test_sequences_at_or_below_the_watermark_or_twice_in_a_batch_are_duplicates() -> None:
+    received = _receive([POSTED[1], POSTED[2], POSTED[2], POSTED[3]], watermarks={"taobao-tmall": 2})
+    assert (received.applied, received.duplicates, received.watermarks) == (2, 2, {"taobao-tmall": 4})
+    assert _receive(POSTED[:3], watermarks={"taobao-tmall": 3}).open_lines == ()
+
+
+def test_a_posting_ahead_of_a_missing_sequence_waits_and_is_applied_when_the_gap_closes() -> None:
+    first = _receive([POSTED[0], POSTED[2], POSTED[4]])
+    assert (first.applied, first.watermarks) == (1, {"taobao-tmall": 1})
+    assert [(w.posted.sequence) for w in first.to_wait] == [3, 5]
+    assert first.gaps == (Gap("taobao-tmall", 2, 3, 2),)
+    again = _receive([POSTED[2]], watermarks={"taobao-tmall": 1}, waiting=first.to_wait)
+    assert (again.applied, again.duplicates, again.to_wait, again.released) == (0, 1, (), ())
+    assert again.gaps == (Gap("taobao-tmall", 2, 3, 2),)
+    filled = _receive([POSTED[1]], watermarks={"taobao-tmall": 1}, waiting=first.to_wait)
+    assert (filled.applied, filled.watermarks, filled.gaps) == (2, {"taobao-tmall": 3}, (Gap("taobao-tmall", 4, 5, 1),))
+    assert filled.released == (("taobao-tmall", 3),) and filled.to_wait == ()
+
+
+def test_charges_of_an_invoiced_period_are_late_and_reversals_name_the_charge_they_reverse() -> None:
+    received = _receive(POSTED, invoiced={("taobao-tmall", "2026-03")})
+    assert [late.priced_id for late in received.late] == [posted.priced_id for posted in POSTED[:4]]
+    assert [(ref.priced_id, ref.corrects_id) for ref in received.reversals] == [(POSTED[4].priced_id, FEBRUARY.id)]
+    assert {total.key.kind for total in received.open_lines} == {"charge", "reversal"}
+
+
+def test_a_period_tier_adjustment_belongs_to_its_invoice_and_is_neither_counted_nor_a_head() -> None:
+    adjustment = tier_adjustment(_invoice(), InvoiceLine(
+        kind="period_tier", period="2026-03", provider_bu="qwen-platform", consumer_bu="taobao-tmall", model="qwen-max",
+        tokens=6_440, amount=D("1.005")), "CNY")
+    posted = post(adjustment, ChainHead("taobao-tmall", 5, POSTED[4].entry_hash), POSTED_AT)
+    received = _receive([posted], watermarks={"taobao-tmall": 5})
+    assert received.open_lines == () and received.chains == ()
+    assert [(invoice_id, total.key.kind, total.amount) for invoice_id, total in received.tier_lines] == [
+        (_invoice().invoice_id, "period_tier", D("1.005"))]
+    assert received.watermarks == {"taobao-tmall": 6}
+
+
+@given(st.permutations(range(5)), st.integers(1, 5))
+def test_whatever_the_arrival_order_and_batching_the_totals_are_those_of_the_chain(order, batch_size) -> None:  # noqa: ANN001
+    arrivals = [POSTED[index] for index in order]
+    watermarks: dict[str, int] = {}
+    waiting: list = []
+    sums: dict = {}
+    for start in range(0, len(arrivals), batch_size):
+        received = _receive(arrivals[start:start + batch_size], watermarks=dict(watermarks), waiting=waiting)
+        watermarks.update(received.watermarks)
+        released = set(received.released)
+        waiting = [w for w in waiting if (w.posted.chain, w.posted.sequence) not in released] + list(received.to_wait)
+        for total in received.open_lines:
+            tokens, amount = sums.get(total.key, (0, D(0)))
+            sums[total.key] = (tokens + total.tokens, amount + total.amount)
+    assert watermarks == {"taobao-tmall": 5} and waiting == []
+    assert sums == {total.key: (total.tokens, total.amount) for total in _receive(POSTED).open_lines}

@@ -1,110 +1,264 @@
 """Invoicing's tables: asyncpg here and only here. The handlers open a unit
 (one transaction, or one connection for reads) and call its typed methods,
-which take and return domain types."""
+which take and return domain types.
+
+Invoicing keeps running totals, not a copy of every posting (migration 0024,
+docs/architecture.md): totals per invoice-line key and per chain, open until
+an invoice takes them; each chain's applied-through sequence, which is its
+dedup; the postings that arrived ahead of a gap, until it closes; and, for
+credit notes, the few postings that must stay identifiable one by one (late
+charges and reversals)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 
+from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, LedgerPosted, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
-from tokenhub.services.common.db import insert_new
+from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
+from tokenhub.services.invoicing.domain import (
+    ChainTotal,
+    LineKey,
+    LineTotal,
+    PeriodTotals,
+    Received,
+    WaitingPosting,
+    tier_adjustments,
+)
 
 SCHEMA: Final = "invoicing"
 
-POSTING_COLUMNS: Final = ("posting_id", "payer_bu", "period", "period_end", "event_time", "chain", "sequence", "entry_hash",
-                          "invoice_id", "payload")
-INSERT_POSTINGS: Final = """
-insert into invoicing.postings (posting_id, payer_bu, period, period_end, event_time, chain, sequence, entry_hash,
-    invoice_id, payload)
-select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[],
-    $7::bigint[], $8::text[], $9::uuid[], $10::jsonb[])
-on conflict (posting_id) do nothing
-returning posting_id
-"""
+# --- postings in: once per batch ---------------------------------------------------------
 
-
+# Closes take SHARE ROW EXCLUSIVE on invoices (LOCK_INVOICES); a batch takes SHARE, which
+# only a close conflicts with: a close never sees half a batch, and a batch knows which
+# periods are invoiced (late charges) as of a close that has either happened or not.
+LOCK_AGAINST_CLOSES: Final = "lock table invoicing.invoices in share mode"
 SELECT_CYCLES: Final = "select payer_bu, kind from invoicing.billing_cycles"
+# Each chain of the batch, created at 0 when new, locked: two instances never apply one
+# chain at once (during a rebalance both may hold its partition for a moment).
+LOCK_CHAINS: Final = """
+with created as (
+    insert into invoicing.chains (chain, sequence, waiting)
+    select unnest($1::text[]), 0, 0 on conflict (chain) do nothing
+)
+select chain, sequence, waiting from invoicing.chains where chain = any($1::text[]) order by chain for update
+"""
+SELECT_WAITING: Final = "select payload from invoicing.waiting where chain = any($1::text[]) order by chain, sequence"
+SELECT_INVOICED: Final = """
+select i.payer_bu, i.period from invoicing.invoices i
+join unnest($1::text[], $2::text[]) as batch(payer_bu, period) using (payer_bu, period)
+"""
+ADD_LINE_TOTALS: Final = """
+insert into invoicing.line_totals (payer_bu, period, period_end, kind, consumer_bu, provider_bu, app, model, token_class,
+    unit_price_per_million, book_id, book_version, tokens, amount)
+select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::numeric[], $11::text[], $12::int[], $13::bigint[], $14::numeric[])
+on conflict (payer_bu, period, kind, consumer_bu, provider_bu, app, model, token_class, unit_price_per_million, book_id,
+    book_version) where invoice_id is null
+do update set tokens = line_totals.tokens + excluded.tokens, amount = line_totals.amount + excluded.amount
+"""
+INSERT_TIER_TOTALS: Final = """
+insert into invoicing.line_totals (payer_bu, period, period_end, kind, consumer_bu, provider_bu, app, model, token_class,
+    unit_price_per_million, book_id, book_version, tokens, amount, invoice_id)
+select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::numeric[], $11::text[], $12::int[], $13::bigint[], $14::numeric[], $15::uuid[])
+"""
+ADD_CHAIN_TOTALS: Final = """
+insert into invoicing.chain_totals (payer_bu, period, period_end, chain, postings, head_sequence, head_hash)
+select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[], $7::text[])
+on conflict (payer_bu, period, chain) where invoice_id is null
+do update set postings = chain_totals.postings + excluded.postings,
+    head_sequence = greatest(chain_totals.head_sequence, excluded.head_sequence),
+    head_hash = case when excluded.head_sequence > chain_totals.head_sequence then excluded.head_hash
+                     else chain_totals.head_hash end
+"""
+UPDATE_CHAINS: Final = """
+update invoicing.chains c
+set sequence = batch.sequence, waiting = batch.waiting,
+    latest_event_time = greatest(c.latest_event_time, batch.latest_event_time)
+from unnest($1::text[], $2::bigint[], $3::int[], $4::timestamptz[]) as batch(chain, sequence, waiting, latest_event_time)
+where c.chain = batch.chain
+"""
+INSERT_WAITING: Final = """
+insert into invoicing.waiting (chain, sequence, payload, received_at)
+select chain, sequence, payload, $4 from unnest($1::text[], $2::bigint[], $3::bytea[]) as batch(chain, sequence, payload)
+on conflict (chain, sequence) do nothing
+"""
+DELETE_WAITING: Final = """
+delete from invoicing.waiting w using unnest($1::text[], $2::bigint[]) as done(chain, sequence)
+where w.chain = done.chain and w.sequence = done.sequence
+"""
+INSERT_LATE: Final = """
+insert into invoicing.late_charges (priced_id, payer_bu, period, period_end)
+select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) on conflict (priced_id) do nothing
+"""
+INSERT_REVERSALS: Final = """
+insert into invoicing.reversals (priced_id, corrects_id, payer_bu, period, period_end)
+select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) on conflict (priced_id) do nothing
+"""
 UPSERT_CYCLE: Final = """
 insert into invoicing.billing_cycles (payer_bu, kind, actor, reason, changed_at) values ($1, $2, $3, $4, $5)
 on conflict (payer_bu) do update set kind = excluded.kind, actor = excluded.actor, reason = excluded.reason,
     changed_at = excluded.changed_at
 """
-SELECT_OPEN_POSTINGS: Final = """
-select period, payload from invoicing.postings
-where payer_bu = $1 and invoice_id is null and period_end <= $2
-order by chain, sequence
-"""
-SELECT_OPEN_PAYER_PERIODS: Final = """
-select payer_bu, period, max(period_end) as period_end from invoicing.postings
-where invoice_id is null and period_end <= $1
-group by payer_bu, period order by payer_bu, period_end
-"""
-SELECT_DRAFT_PERIODS: Final = """
-select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2
-"""
-LOCK_INVOICES: Final = "lock table invoicing.invoices in share row exclusive mode"
-SELECT_PAYER_OPEN_POSTINGS: Final = """
-select period, period_end, payload from invoicing.postings
-where payer_bu = $1 and invoice_id is null
-order by chain, sequence
-"""
-SELECT_INVOICED_PERIODS: Final = "select period from invoicing.invoices where payer_bu = $1"
-SELECT_NEXT_NUMBER: Final = "select coalesce(max(number), 0) + 1 from invoicing.invoices where payer_bu = $1"
-INSERT_INVOICE: Final = """
-insert into invoicing.invoices (invoice_id, payer_bu, period, number, status, currency, subtotal, rounding, total,
-    payload, issued_at)
-values ($1, $2, $3, $4, 'issued', $5, $6, $7, $8, $9, $10)
-on conflict (payer_bu, period) do nothing
-returning invoice_id
-"""
-ASSIGN_POSTINGS: Final = """
-update invoicing.postings set invoice_id = $1
-where payer_bu = $2 and invoice_id is null and period_end <= $3
-"""
-INSERT_CLOSED_PERIOD: Final = """
-insert into invoicing.closed_periods (period, closed_at, actor) values ($1, $2, $3) on conflict (period) do nothing
-"""
-SELECT_WATERMARK: Final = "select max(event_time) from invoicing.postings"
-SELECT_DUE_PERIODS: Final = """
-select distinct period, period_end from invoicing.postings
-where invoice_id is null and period_end <= $1 order by period_end
-"""
-SELECT_PERIOD_INVOICED_POSTINGS: Final = """
-select p.payload from invoicing.postings p join invoicing.invoices i using (invoice_id)
-where (i.payload ->> 'period_end')::timestamptz > $1 and (i.payload ->> 'period_end')::timestamptz <= $2
-"""
-# The period tier lines of the same invoices: (payer_bu, line as jsonb).
-SELECT_PERIOD_TIER_LINES: Final = """
-select i.payer_bu, line from invoicing.invoices i, jsonb_array_elements(i.payload -> 'lines') line
-where line ->> 'kind' = 'period_tier'
-  and (i.payload ->> 'period_end')::timestamptz > $1 and (i.payload ->> 'period_end')::timestamptz <= $2
-"""
-INSERT_SETTLEMENT: Final = """
-insert into invoicing.settlements (period, payload, settled_at) values ($1, $2, $3)
-on conflict (period) do nothing returning period
-"""
-SELECT_SETTLEMENT: Final = "select payload from invoicing.settlements where period = $1"
 INSERT_BOOK: Final = """
 insert into invoicing.price_books (book_id, version, effective_from, payload) values ($1, $2, $3, $4)
 on conflict (book_id, version) do nothing
 """
 SELECT_BOOKS: Final = "select payload from invoicing.price_books"
-SELECT_INVOICE: Final = "select payload, status from invoicing.invoices where invoice_id = $1"
+
+# --- after every batch: is a period due? -------------------------------------------------
+
+SELECT_WATERMARK: Final = "select max(latest_event_time) from invoicing.chains"
+SELECT_DUE_PERIODS: Final = """
+select distinct period, period_end from invoicing.chain_totals
+where invoice_id is null and period_end <= $1 order by period_end, period
+"""
+
+# --- closing -------------------------------------------------------------------------------
+
+LOCK_INVOICES: Final = "lock table invoicing.invoices in share row exclusive mode"
+SELECT_OPEN_PAYER_PERIODS: Final = """
+select payer_bu, period, max(period_end) as period_end from invoicing.chain_totals
+where invoice_id is null and period_end <= $1
+group by payer_bu, period order by payer_bu, period_end
+"""
+LINE_COLUMNS: Final = """payer_bu, period, period_end, kind, consumer_bu, provider_bu, app, model, token_class,
+    unit_price_per_million, book_id, book_version, tokens, amount"""
+CHAIN_COLUMNS: Final = "payer_bu, period, period_end, chain, postings, head_sequence, head_hash"
+SELECT_OPEN_LINES: Final = f"""
+select {LINE_COLUMNS} from invoicing.line_totals where payer_bu = $1 and invoice_id is null and period_end <= $2
+"""
+SELECT_OPEN_CHAINS: Final = f"""
+select {CHAIN_COLUMNS} from invoicing.chain_totals where payer_bu = $1 and invoice_id is null and period_end <= $2
+"""
+SELECT_NEXT_NUMBER: Final = "select coalesce(max(number), 0) + 1 from invoicing.invoices where payer_bu = $1"
+INSERT_INVOICE: Final = """
+insert into invoicing.invoices (invoice_id, payer_bu, period, period_end, number, status, currency, subtotal, rounding,
+    total, payload, issued_at)
+values ($1, $2, $3, $4, $5, 'issued', $6, $7, $8, $9, $10, $11)
+on conflict (payer_bu, period) do nothing
+returning invoice_id
+"""
+ASSIGN_LINES: Final = """
+update invoicing.line_totals set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
+"""
+ASSIGN_CHAINS: Final = """
+update invoicing.chain_totals set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
+"""
+ASSIGN_LATE: Final = """
+update invoicing.late_charges set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
+"""
+ASSIGN_REVERSALS: Final = """
+update invoicing.reversals set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
+returning corrects_id, period
+"""
+# The invoice that carried a reversed charge: the late charge's, when it came after its
+# period's invoice; otherwise its period's own invoice.
 MARK_CREDITED: Final = """
 update invoicing.invoices set status = 'credited'
-where status = 'issued' and invoice_id <> $2 and invoice_id in (
-    select invoice_id from invoicing.postings where posting_id = any($1::uuid[]))
+where status = 'issued' and invoice_id <> $1 and invoice_id in (
+    select coalesce(late.invoice_id, own.invoice_id)
+    from unnest($3::uuid[], $4::text[]) as reversed(corrects_id, period)
+    left join invoicing.late_charges late on late.priced_id = reversed.corrects_id
+    left join invoicing.invoices own on own.payer_bu = $2 and own.period = reversed.period)
 """
+INSERT_CLOSED_PERIOD: Final = """
+insert into invoicing.closed_periods (period, closed_at, actor) values ($1, $2, $3) on conflict (period) do nothing
+"""
+INSERT_SETTLEMENT: Final = """
+insert into invoicing.settlements (period, payload, settled_at) values ($1, $2, $3)
+on conflict (period) do nothing returning period
+"""
+
+# --- read side: drafts, spend, settlements, republishing ---------------------------------
+
+SELECT_PAYER_OPEN_LINES: Final = f"select {LINE_COLUMNS} from invoicing.line_totals where payer_bu = $1 and invoice_id is null"
+SELECT_PAYER_OPEN_CHAINS: Final = f"select {CHAIN_COLUMNS} from invoicing.chain_totals where payer_bu = $1 and invoice_id is null"
+SELECT_INVOICED_PERIODS: Final = "select period from invoicing.invoices where payer_bu = $1"
+SELECT_DRAFT_PERIODS: Final = """
+select distinct payer_bu, period from invoicing.chain_totals where invoice_id is null order by 1, 2
+"""
+SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
+SELECT_MONTH_FLOWS: Final = f"""
+select {', '.join('t.' + column.strip() for column in LINE_COLUMNS.split(','))}
+from invoicing.line_totals t join invoicing.invoices i using (invoice_id)
+where i.period_end > $1 and i.period_end <= $2 and t.kind <> 'period_tier'
+"""
+SELECT_MONTH_INVOICES: Final = "select payload from invoicing.invoices where period_end > $1 and period_end <= $2"
+SELECT_SETTLEMENT: Final = "select payload from invoicing.settlements where period = $1"
+# sum(bigint) is numeric in Postgres: cast back, so --json prints Tokens as integers.
+SELECT_SPEND: Final = """
+select consumer_bu, coalesce(app, '-') as app, model, token_class,
+       sum(tokens)::bigint as tokens, sum(amount) as amount
+from invoicing.line_totals
+where payer_bu = $1 and period_end > $2 and period_end <= $3
+group by 1, 2, 3, 4 order by 1, 2, 3, 4
+"""
+SELECT_GAPS: Final = """
+select c.chain, c.sequence + 1 as missing_sequence, min(w.sequence) as waiting_from, count(*) as waiting,
+       min(w.received_at) as waiting_since
+from invoicing.chains c join invoicing.waiting w using (chain)
+group by c.chain, c.sequence order by c.chain
+"""
+SELECT_PRODUCED: Final = """
+select 0 as rank, issued_at as at, payer_bu as key, number, payload from invoicing.invoices
+union all
+select 1, settled_at, period, 0, payload from invoicing.settlements
+order by at, rank, key, number
+"""
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What a batch needs of its chains: the applied-through sequences and the
+    postings waiting ahead of a gap."""
+
+    watermarks: dict[str, int]
+    waiting: list[WaitingPosting]
+
+
+@dataclass(frozen=True)
+class WaitingChain:
+    chain: str
+    missing_sequence: int
+    waiting_from: int
+    waiting: int
+    waiting_since: datetime
+
+
+def _line_total(row: asyncpg.Record) -> LineTotal:
+    key = LineKey(row["payer_bu"], row["period"], row["kind"], row["consumer_bu"], row["provider_bu"], row["app"],
+                  row["model"], row["token_class"], row["unit_price_per_million"], row["book_id"], row["book_version"])
+    return LineTotal(key, row["period_end"], row["tokens"], row["amount"])
+
+
+def _chain_total(row: asyncpg.Record) -> ChainTotal:
+    return ChainTotal(row["payer_bu"], row["period"], row["period_end"], row["chain"], row["postings"],
+                      row["head_sequence"], row["head_hash"])
+
+
+def _line_arrays(totals: Sequence[LineTotal]) -> list[list]:
+    columns: list[list] = [[] for _ in range(14)]
+    for total in totals:
+        key = total.key
+        for column, value in zip(columns, (key.payer_bu, key.period, total.period_end, key.kind, key.consumer_bu,
+                                           key.provider_bu, key.app, key.model, key.token_class,
+                                           key.unit_price_per_million, key.book_id, key.book_version, total.tokens,
+                                           total.amount), strict=True):
+            column.append(value)
+    return columns
 
 
 class Unit:
@@ -113,22 +267,78 @@ class Unit:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._connection = connection
 
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """For read functions that take a connection (queries.py)."""
+        return self._connection
+
     # --- postings in -------------------------------------------------------------------
+
+    async def lock_against_closes(self) -> None:
+        await self._connection.execute(LOCK_AGAINST_CLOSES)
 
     async def cycles(self) -> dict[str, PeriodKind]:
         """Billing cycles set per payer; the others are billed monthly."""
         return {row["payer_bu"]: row["kind"] for row in await self._connection.fetch(SELECT_CYCLES)}
 
-    async def save_postings(self, postings: Sequence[tuple[LedgerPosted, Period, bytes]]) -> int:
-        """Store postings with their billing periods and received bytes; how many
-        were new. A period tier adjustment belongs to the invoice that computed it."""
-        records: list[tuple[Any, ...]] = [
-            (event.id, event.payer_bu, period.name, period.end, event.event_time, event.chain, event.sequence,
-             event.entry_hash, event.invoice_id, payload)
-            for event, period, payload in postings]
-        inserted = await insert_new(self._connection, schema=SCHEMA, table="postings", columns=POSTING_COLUMNS,
-                                    records=records, key_columns=1, fallback_sql=INSERT_POSTINGS)
-        return len(inserted)
+    async def lock_chains(self, chains: Sequence[str]) -> ChainState:
+        """The chains' applied-through sequences (0 for a chain not seen before),
+        locked until the batch commits, and their waiting postings."""
+        rows = await self._connection.fetch(LOCK_CHAINS, sorted(set(chains)))
+        watermarks = {row["chain"]: row["sequence"] for row in rows}
+        with_waiting = [row["chain"] for row in rows if row["waiting"]]
+        waiting = []
+        if with_waiting:
+            waiting = [WaitingPosting(decode(LedgerPosted, row["payload"]), row["payload"])
+                       for row in await self._connection.fetch(SELECT_WAITING, with_waiting)]
+        return ChainState(watermarks, waiting)
+
+    async def invoiced(self, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (payer, period) pairs have an invoice already."""
+        if not pairs:
+            return set()
+        payers, periods = zip(*sorted(pairs), strict=True)
+        rows = await self._connection.fetch(SELECT_INVOICED, list(payers), list(periods))
+        return {(row["payer_bu"], row["period"]) for row in rows}
+
+    async def save_received(self, received: Received, state: ChainState, now: datetime) -> None:
+        """Add a batch to the totals and move its chains on, in the caller's transaction."""
+        connection = self._connection
+        if received.open_lines:
+            await connection.execute(ADD_LINE_TOTALS, *_line_arrays(received.open_lines))
+        if received.tier_lines:
+            columns = _line_arrays([total for _, total in received.tier_lines])
+            await connection.execute(INSERT_TIER_TOTALS, *columns, [invoice_id for invoice_id, _ in received.tier_lines])
+        if received.chains:
+            chains = received.chains
+            await connection.execute(
+                ADD_CHAIN_TOTALS, [c.payer_bu for c in chains], [c.period for c in chains],
+                [c.period_end for c in chains], [c.chain for c in chains], [c.postings for c in chains],
+                [c.head_sequence for c in chains], [c.head_hash for c in chains])
+        if received.to_wait:
+            await connection.execute(
+                INSERT_WAITING, [w.posted.chain for w in received.to_wait], [w.posted.sequence for w in received.to_wait],
+                [w.payload for w in received.to_wait], now)
+        if received.released:
+            await connection.execute(DELETE_WAITING, [chain for chain, _ in received.released],
+                                     [sequence for _, sequence in received.released])
+        if received.late:
+            late = received.late
+            await connection.execute(INSERT_LATE, [c.priced_id for c in late], [c.payer_bu for c in late],
+                                     [c.period for c in late], [c.period_end for c in late])
+        if received.reversals:
+            refs = received.reversals
+            await connection.execute(INSERT_REVERSALS, [r.priced_id for r in refs], [r.corrects_id for r in refs],
+                                     [r.payer_bu for r in refs], [r.period for r in refs], [r.period_end for r in refs])
+        # The event-time watermark is the latest over the chains (SELECT_WATERMARK): the
+        # batch's latest is enough for each chain it moved.
+        waiting_now = {gap.chain: gap.waiting for gap in received.gaps}
+        moved = sorted(set(received.watermarks) | set(waiting_now) | {chain for chain, _ in received.released})
+        if moved:
+            await connection.execute(
+                UPDATE_CHAINS, moved, [received.watermarks.get(chain, state.watermarks.get(chain, 0)) for chain in moved],
+                [waiting_now.get(chain, 0) for chain in moved],
+                [received.latest_event_time for _ in moved])
 
     async def save_books(self, books: Sequence[tuple[PriceBookPublished, bytes]]) -> None:
         for book, payload in books:
@@ -138,27 +348,28 @@ class Unit:
         return BookIndex.of(decode(PriceBookPublished, row["payload"]) for row in await self._connection.fetch(SELECT_BOOKS))
 
     async def event_time_watermark(self) -> datetime | None:
-        """The latest event time of any posting received."""
+        """The latest event time of any posting applied."""
         return await self._connection.fetchval(SELECT_WATERMARK)
 
     async def due_periods(self, horizon: datetime) -> list[str]:
-        """Periods with open postings that ended by `horizon`, in order of their end."""
+        """Periods with open totals that ended by `horizon`, in order of their end."""
         return [row["period"] for row in await self._connection.fetch(SELECT_DUE_PERIODS, horizon)]
 
     # --- closing -----------------------------------------------------------------------
 
     async def lock_invoices(self) -> None:
-        """Closes take turns: numbers are per payer without gaps."""
+        """Closes take turns (numbers are per payer without gaps), and batches wait for them."""
         await self._connection.execute(LOCK_INVOICES)
 
     async def open_payer_periods(self, end: datetime) -> list[tuple[str, str]]:
-        """(payer, period) with open postings whose period ended by `end`, by payer and end."""
+        """(payer, period) with open totals whose period ended by `end`, by payer and end."""
         return [(row["payer_bu"], row["period"]) for row in await self._connection.fetch(SELECT_OPEN_PAYER_PERIODS, end)]
 
-    async def open_postings(self, payer_bu: str, end: datetime) -> list[tuple[str, LedgerPosted]]:
-        """The payer's open postings of periods that ended by `end`, as (period, posting)."""
-        rows = await self._connection.fetch(SELECT_OPEN_POSTINGS, payer_bu, end)
-        return [(row["period"], decode(LedgerPosted, row["payload"])) for row in rows]
+    async def open_totals(self, payer_bu: str, end: datetime) -> PeriodTotals:
+        """The payer's open totals of periods that ended by `end`."""
+        lines = await self._connection.fetch(SELECT_OPEN_LINES, payer_bu, end)
+        chains = await self._connection.fetch(SELECT_OPEN_CHAINS, payer_bu, end)
+        return PeriodTotals(tuple(map(_line_total, lines)), tuple(map(_chain_total, chains)))
 
     async def next_number(self, payer_bu: str) -> int:
         return await self._connection.fetchval(SELECT_NEXT_NUMBER, payer_bu)
@@ -166,19 +377,22 @@ class Unit:
     async def save_invoice(self, invoice: InvoiceIssued, payload: bytes, now: datetime) -> bool:
         """Store an issued invoice; False when the payer's period had one already."""
         created = await self._connection.fetchval(
-            INSERT_INVOICE, invoice.invoice_id, invoice.payer_bu, invoice.period, invoice.number, invoice.currency,
-            invoice.subtotal, invoice.rounding, invoice.total, payload, now)
+            INSERT_INVOICE, invoice.invoice_id, invoice.payer_bu, invoice.period, invoice.period_end, invoice.number,
+            invoice.currency, invoice.subtotal, invoice.rounding, invoice.total, payload, now)
         return created is not None
 
-    async def assign_postings(self, invoice: InvoiceIssued) -> None:
-        """The payer's open postings of periods that ended by the invoice's end are its."""
-        await self._connection.execute(ASSIGN_POSTINGS, invoice.invoice_id, invoice.payer_bu, invoice.period_end)
-
-    async def mark_credited(self, reversed_postings: Sequence[uuid.UUID], crediting: uuid.UUID) -> None:
-        """Invoices that carried the reversed postings are credited by `crediting`;
-        their issued content never changes."""
-        if reversed_postings:
-            await self._connection.execute(MARK_CREDITED, list(reversed_postings), crediting)
+    async def assign(self, invoice: InvoiceIssued) -> None:
+        """The payer's open totals of periods that ended by the invoice's end are its.
+        Reversals on it are credit notes: the invoices that carried the charges they
+        reverse are marked credited; their issued content never changes."""
+        arguments = (invoice.invoice_id, invoice.payer_bu, invoice.period_end)
+        for statement in (ASSIGN_LINES, ASSIGN_CHAINS, ASSIGN_LATE):
+            await self._connection.execute(statement, *arguments)
+        reversed_charges = await self._connection.fetch(ASSIGN_REVERSALS, *arguments)
+        if reversed_charges:
+            await self._connection.execute(MARK_CREDITED, invoice.invoice_id, invoice.payer_bu,
+                                           [row["corrects_id"] for row in reversed_charges],
+                                           [row["period"] for row in reversed_charges])
 
     async def record_closed(self, period: str, now: datetime, actor: str) -> None:
         await self._connection.execute(INSERT_CLOSED_PERIOD, period, now, actor)
@@ -195,23 +409,47 @@ class Unit:
 
     # --- drafts and settlements (read) -------------------------------------------------
 
-    async def payer_open_postings(self, payer_bu: str) -> list[tuple[str, datetime, LedgerPosted]]:
-        """Every open posting of the payer, as (period, period end, posting)."""
-        rows = await self._connection.fetch(SELECT_PAYER_OPEN_POSTINGS, payer_bu)
-        return [(row["period"], row["period_end"], decode(LedgerPosted, row["payload"])) for row in rows]
+    async def payer_open_totals(self, payer_bu: str) -> PeriodTotals:
+        """Every open total of the payer."""
+        lines = await self._connection.fetch(SELECT_PAYER_OPEN_LINES, payer_bu)
+        chains = await self._connection.fetch(SELECT_PAYER_OPEN_CHAINS, payer_bu)
+        return PeriodTotals(tuple(map(_line_total, lines)), tuple(map(_chain_total, chains)))
 
     async def invoiced_periods(self, payer_bu: str) -> set[str]:
         return {row["period"] for row in await self._connection.fetch(SELECT_INVOICED_PERIODS, payer_bu)}
 
-    async def month_postings(self, month: Period) -> list[LedgerPosted]:
-        """Postings on the month's invoices (its days, weeks and itself), adjustments included."""
-        rows = await self._connection.fetch(SELECT_PERIOD_INVOICED_POSTINGS, month.start, month.end)
-        return [decode(LedgerPosted, row["payload"]) for row in rows]
+    async def draft_periods(self) -> list[tuple[str, str]]:
+        """(payer, period) of every period with open totals."""
+        return [(row["payer_bu"], row["period"]) for row in await self._connection.fetch(SELECT_DRAFT_PERIODS)]
+
+    async def issued_invoices(self) -> list[InvoiceIssued]:
+        """Issued invoices by payer and number. The status moves to credited when a later
+        credit note reverses their charges; the content never changes."""
+        return [decode(InvoiceIssued, row["payload"]).model_copy(update={"status": row["status"]})
+                for row in await self._connection.fetch(SELECT_ISSUED)]
+
+    async def month_totals(self, month: Period) -> list[LineTotal]:
+        """The totals on the month's invoices (its days, weeks and itself), tier adjustments left out."""
+        return [_line_total(row) for row in await self._connection.fetch(SELECT_MONTH_FLOWS, month.start, month.end)]
 
     async def month_period_tiers(self, month: Period) -> list[tuple[str, InvoiceLine]]:
         """The period tier lines of the month's invoices, as (payer, line)."""
-        rows = await self._connection.fetch(SELECT_PERIOD_TIER_LINES, month.start, month.end)
-        return [(row["payer_bu"], InvoiceLine.model_validate(row["line"])) for row in rows]
+        invoices = [decode(InvoiceIssued, row["payload"])
+                    for row in await self._connection.fetch(SELECT_MONTH_INVOICES, month.start, month.end)]
+        return [(invoice.payer_bu, line) for invoice in invoices for line in invoice.lines if line.kind == "period_tier"]
+
+    async def settlement(self, month: Period) -> SettlementNetted | None:
+        payload = await self._connection.fetchval(SELECT_SETTLEMENT, month.name)
+        return None if payload is None else decode(SettlementNetted, payload)
+
+    async def spend(self, payer_bu: str, month: Period) -> list[dict]:
+        """Month to date: the payer's Tokens and amounts by consumer, app, model and class."""
+        return [dict(row) for row in await self._connection.fetch(SELECT_SPEND, payer_bu, month.start, month.end)]
+
+    async def waiting_chains(self) -> list[WaitingChain]:
+        """Chains whose next sequence is missing while later ones wait for it."""
+        return [WaitingChain(row["chain"], row["missing_sequence"], row["waiting_from"], row["waiting"],
+                             row["waiting_since"]) for row in await self._connection.fetch(SELECT_GAPS)]
 
     async def set_cycle(self, payer_bu: str, kind: PeriodKind, actor: str, reason: str, now: datetime) -> None:
         await self._connection.execute(UPSERT_CYCLE, payer_bu, kind, actor, reason, now)
@@ -229,3 +467,24 @@ async def reading(pool: asyncpg.Pool) -> AsyncIterator[Unit]:
     """One connection, each statement its own snapshot."""
     async with pool.acquire() as connection:
         yield Unit(connection)
+
+
+Record = tuple[str, bytes, bytes, tuple[tuple[str, bytes], ...]]
+
+
+async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[Record]:
+    """What invoicing published, in the order it was produced, as (topic, key, value,
+    headers), for republishing into an empty broker: each invoice issued, followed
+    by its period tier lines as Priced adjustments (rebuilt from the invoice, byte
+    for byte what was published), and each settlement after the invoices of its close."""
+    async with connection.transaction():
+        async for row in connection.cursor(SELECT_PRODUCED):
+            payload = bytes(row["payload"])
+            if row["rank"] == 1:
+                yield (SETTLEMENTS_NETTED.name, row["key"].encode(), payload, ())
+                continue
+            invoice = decode(InvoiceIssued, payload)
+            yield (INVOICES_ISSUED.name, row["key"].encode(), payload, ())
+            for adjustment in tier_adjustments(invoice, invoice.currency):
+                yield (TOKENS_PRICED.name, row["key"].encode(), canonical_json(adjustment), ())
+
