@@ -22,12 +22,12 @@ import orjson
 
 from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet
 from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
-from tokenhub.contracts.periods import Period, parse
+from tokenhub.contracts.periods import Period
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.settings import Settings
+from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.services.invoicing.adapters import store as invoicing_store
-from tokenhub.services.invoicing.handlers import draft_invoice, month_settlement
 
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
 STATEMENT_PAGE_MAX: Final = 1_000
@@ -228,14 +228,6 @@ async def budgets(pool: asyncpg.Pool, month: str) -> list[dict[str, Any]]:
 
 # --- spend month to date (invoicing) --------------------------------------------------------
 
-SELECT_SPEND: Final = """
-select p.payload ->> 'consumer_bu' as consumer_bu, coalesce(p.payload ->> 'app', '-') as app,
-       p.payload ->> 'model' as model, line ->> 'token_class' as token_class,
-       sum((line ->> 'tokens')::bigint)::bigint as tokens, sum((line ->> 'amount')::numeric) as amount
-from invoicing.postings p, jsonb_array_elements(p.payload -> 'lines') line
-where p.payer_bu = $1 and p.event_time >= $2 and p.event_time < $3
-group by 1, 2, 3, 4 order by 1, 2, 3, 4
-"""
 SELECT_MODALITIES: Final = "select model_id, modality from metering.models"
 
 
@@ -258,14 +250,12 @@ async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Perio
     """Month to date: what the payer spends by consumer, app, model, class and
     modality, and the period tier its running total has reached; the lines and
     tiers as `tokenhub spend --json` shows them."""
+    report = await invoicing_queries.spend(pool, settings, payer, month)
+    rows, tiers, total = report.rows, report.period_tiers, report.total
     async with pool.acquire() as connection:
-        rows = [dict(row) for row in await connection.fetch(SELECT_SPEND, payer, month.start, month.end)]
-        draft = await draft_invoice(connection, settings, payer, month)
         modalities = {row["model_id"]: row["modality"] for row in await connection.fetch(SELECT_MODALITIES)}
         books = BookIndex.of(decode(PriceBookPublished, row["payload"])
                              for row in await connection.fetch(invoicing_store.SELECT_BOOKS))
-    tiers = [line for line in (draft.lines if draft else ()) if line.kind == "period_tier" and line.period == month.name]
-    total = sum((row["amount"] for row in rows), Decimal(0))
     lines = [{**row, "amount": text(row["amount"]), "modality": modalities.get(row["model"], "unknown")} for row in rows]
     by: dict[str, list[dict[str, Any]]] = {}
     for dimension, key in (("consumer", "consumer_bu"), ("app", "app"), ("model", "model"), ("class", "token_class"),
@@ -286,31 +276,17 @@ async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Perio
 
 # --- invoices and settlements (invoicing) ------------------------------------------------------
 
-SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
-SELECT_OPEN: Final = "select distinct payer_bu, period from invoicing.postings where invoice_id is null order by 1, 2"
 SELECT_SETTLED_MONTHS: Final = "select period, settled_at from invoicing.settlements order by period"
 
 
 async def invoices(pool: asyncpg.Pool, settings: Settings) -> list[InvoiceIssued]:
     """Issued invoices, then drafts of the open periods."""
-    async with pool.acquire() as connection:
-        issued = [decode(InvoiceIssued, row["payload"]).model_copy(update={"status": row["status"]})
-                  for row in await connection.fetch(SELECT_ISSUED)]
-        drafts = []
-        for row in await connection.fetch(SELECT_OPEN):
-            draft = await draft_invoice(connection, settings, row["payer_bu"], parse(row["period"], settings.timezone))
-            if draft is not None:
-                drafts.append(draft)
-    return issued + drafts
+    return await invoicing_queries.invoices(pool, settings, bu=None, period=None)
 
 
 async def settlement(pool: asyncpg.Pool, settings: Settings, month: Period) -> tuple[SettlementNetted, bool]:
     """The issued settlement of a closed month, or a provisional one from what is invoiced so far."""
-    async with pool.acquire() as connection:
-        stored = await connection.fetchval(invoicing_store.SELECT_SETTLEMENT, month.name)
-        if stored is not None:
-            return decode(SettlementNetted, stored), True
-        return await month_settlement(connection, settings, month), False
+    return await invoicing_queries.settlement(pool, settings, month)
 
 
 async def settled_months(pool: asyncpg.Pool) -> list[dict[str, Any]]:
