@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import asyncpg
 import structlog
 import uvicorn
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenhub.api.hub import Hub
 from tokenhub.api.routes import admin, audit, ops, quota, reads, webhooks
 from tokenhub.api.settings import ApiSettings
-from tokenhub.api.web import ApiError, MetricsMiddleware, error_response
+from tokenhub.api.web import ApiError, MetricsMiddleware, RefuseNul, error_response
 from tokenhub.infra.settings import Settings
 
 DESCRIPTION: Final = """Token Hub over HTTP: balances, month-to-date spend, statements, invoices,
@@ -46,6 +47,7 @@ def create_app(settings: Settings, api_settings: ApiSettings, *, webhook_backoff
     app.mount(ops.DOCS_ASSETS_URL, StaticFiles(directory=ops.DOCS_ASSETS), name="docs-assets")
     for module in (ops, quota, reads, webhooks, admin, audit):
         app.include_router(module.router)
+    app.add_middleware(RefuseNul)
     app.add_middleware(quota.QuotaFastPath)
     app.add_middleware(MetricsMiddleware)  # added last, so outermost: it times the fast path too
 
@@ -58,6 +60,11 @@ def create_app(settings: Settings, api_settings: ApiSettings, *, webhook_backoff
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
         return error_response(422, f"{where}: {first['msg']}" if where else str(first["msg"]))
+
+    @app.exception_handler(asyncpg.DataError)
+    async def out_of_range(request: Request, error: asyncpg.DataError) -> Any:
+        # A value the database cannot hold (a time past year 9999 in a zone, say): the request's fault.
+        return error_response(422, f"a parameter is out of range: {str(error).splitlines()[0]}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Any:

@@ -119,3 +119,18 @@ class MetricsMiddleware:
             if counter is None:
                 counter = self._requests[(method, template, status[0])] = REQUESTS.labels(method, template, str(status[0]))
             counter.inc()
+
+
+class RefuseNul:
+    """A NUL character in the path or query is refused with 422: no text column
+    can hold one, and no slug, name or time contains one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (b"%00" in scope["query_string"].lower() or "\x00" in scope["path"]):
+            response = error_response(422, "parameters may not contain a NUL character")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
