@@ -68,7 +68,8 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
         await connection.close()
     # Only the key's SHA-256 is kept: no column holds the key or its secret part.
     assert stored_key["key_sha256"] == sha256_hex(key.encode())
-    assert not any(key.rsplit("_", 1)[-1] in str(value) for value in stored_key.values())
+    secret = key.split("_", 2)[2]  # urlsafe base64 may itself contain "_"
+    assert not any(secret in str(value) for value in stored_key.values())
     url = f"http://127.0.0.1:{backend.http_port}/v1/events"
     await wait_http(backend.http_port)
     good = [world.usage("shop", index, 1_000, 100) for index in range(3)]
@@ -174,7 +175,10 @@ async def _usage_on_topic(bootstrap_servers: str, source: str, expected: int) ->
         async def read_all() -> bool:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    event = orjson.loads(record.value)
+                    try:
+                        event = orjson.loads(record.value)
+                    except orjson.JSONDecodeError:
+                        continue  # binary-mode usage and other tests' malformed input share the topic
                     if isinstance(event, dict) and event.get("source") == source:
                         found.setdefault(event["id"], record.value)
             return len(found) >= expected
