@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,3 +39,17 @@ def role_url(database_url: str, role: str) -> str:
 def database_urls(api: ApiSettings, database_url: str) -> tuple[str, str]:
     """(reader URL, writer URL)."""
     return api.reader_url or role_url(database_url, READER_ROLE), api.writer_url or role_url(database_url, WRITER_ROLE)
+
+
+def api_port() -> int:
+    """The port `tokenhub up` serves the API on: TOKENHUB_API_PORT, else 8090 when
+    it is free, else any free port (the banner says which)."""
+    if os.environ.get("TOKENHUB_API_PORT"):
+        return int(os.environ["TOKENHUB_API_PORT"])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", PORT_DEFAULT))
+            return PORT_DEFAULT
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from tokenhub.api.settings import api_port
 from tokenhub.infra.boot import prepare
 from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
@@ -46,7 +47,8 @@ async def up(arguments: argparse.Namespace) -> int:
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
     endpoints = stack.start()
     environment = with_http_port(stack_environment(stack) | _service_env(endpoints.bootstrap_servers, endpoints.database_url))
-    services = ServiceProcesses(environment, state_dir / "logs")
+    environment["TOKENHUB_API_PORT"] = str(api_port())
+    services = ServiceProcesses(environment, state_dir / "logs", (*SERVICES, "api"))
     try:
         await prepare(endpoints.bootstrap_servers, endpoints.database_url, settings_for(environment))
         stack.write_env_file(state_dir / STACK_ENV_FILE)
@@ -57,6 +59,7 @@ async def up(arguments: argparse.Namespace) -> int:
             f"  database  {endpoints.database_url}\n"
             f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
             f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
+            f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"
             "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
             "Ctrl-C stops everything.",
             flush=True,

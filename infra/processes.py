@@ -15,6 +15,8 @@ from typing import Final
 import structlog
 
 SERVICES: Final = ("metering", "pricing", "ledger", "invoicing")
+COMMANDS: Final = {"api": ("api", "serve")}
+"""Processes that are not services (`tokenhub run NAME`), by the arguments that run them."""
 STOP_GRACE_S: Final = 10.0
 """A service finishing its batch and outbox relay needs well under this."""
 
@@ -37,7 +39,7 @@ class ServiceProcesses:
             environment = {**os.environ, **self.env, **(extra_env or {})}
             log_file = (self.log_dir / f"{key}.log").open("ab")
             self.processes[key] = subprocess.Popen(
-                [sys.executable, "-m", "tokenhub.cli.main", "run", each],
+                [sys.executable, "-m", "tokenhub.cli.main", *COMMANDS.get(each, ("run", each))],
                 env=environment,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -22,7 +22,7 @@ def _environment(service: str) -> dict[str, str]:
 
 
 def test_the_deployment_has_kafka_postgres_init_and_the_four_services() -> None:
-    assert set(COMPOSE["services"]) == {"kafka", "postgres", *TOKENHUB_SERVICES}
+    assert set(COMPOSE["services"]) == {"kafka", "postgres", *TOKENHUB_SERVICES, "api"}
 
 
 def test_kafka_runs_in_kraft_mode_without_zookeeper() -> None:
