@@ -21,7 +21,7 @@ from tokenhub.audit.statement import Statement, Unbalanced, statement
 from tokenhub.audit.verify import VIOLATIONS_SHOWN_MAX, VerifyReport, verify
 from tokenhub.cli import render
 from tokenhub.cli.errors import CliError
-from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet, budget_set_id
+from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.money import to_decimal
 from tokenhub.contracts.periods import PeriodError, containing, parse
@@ -29,6 +29,8 @@ from tokenhub.contracts.topics import BUDGETS_CONFIGURED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
+from tokenhub.services.ledger import queries as ledger_queries
+from tokenhub.services.ledger.queries import BudgetStatus
 
 IDLE_TIMEOUT_S_DEFAULT: Final = 3.0
 """Seconds without a record that end reading a topic (end offsets are not trusted)."""
@@ -308,44 +310,18 @@ async def budget_set(arguments: argparse.Namespace) -> int:
     return 0
 
 
-SELECT_BUDGET_VIEW: Final = "select payload, received_at from ledger.budgets where $1::text is null or payer_bu = $1"
-SELECT_MONTH_SPEND: Final = "select payer_bu, consumer_bu, amount from ledger.period_spend where period = $1"
-SELECT_MONTH_ALERTS: Final = """
-select payer_bu, scope, kind, threshold_percent, payload from ledger.budget_alerts where period = $1 order by raised_at
-"""
-SELECT_MONTH_QUOTAS: Final = "select payer_bu, scope, exhausted from ledger.quota_states where period = $1"
-
-
-async def budget_rows(pool: asyncpg.Pool, bu: str | None, month: str) -> list[dict[str, Any]]:
-    """Each payer's budget in force for `month` per scope, with month-to-date spend by event time."""
-    from tokenhub.services.ledger.budgets import in_force, scope_spend
-
-    async with pool.acquire() as connection:
-        known = [BudgetSet.model_validate_json(bytes(row["payload"])) for row in await connection.fetch(SELECT_BUDGET_VIEW, bu)]
-        spend: dict[str, dict[str, Decimal]] = {}
-        for row in await connection.fetch(SELECT_MONTH_SPEND, month):
-            spend.setdefault(row["payer_bu"], {})[row["consumer_bu"]] = row["amount"]
-        alerts = await connection.fetch(SELECT_MONTH_ALERTS, month)
-        quotas = {(row["payer_bu"], row["scope"]): row["exhausted"] for row in await connection.fetch(SELECT_MONTH_QUOTAS, month)}
-    rows = []
-    for payer, scope in sorted({(budget.payer_bu, budget.scope) for budget in known}):
-        budget = in_force(known, payer, scope, month)
-        if budget is None:
-            continue
-        spent = scope_spend(spend.get(payer, {}), scope)
-        crossed = sorted(row["threshold_percent"] for row in alerts
-                         if row["payer_bu"] == payer and row["scope"] == scope and row["kind"] == "threshold")
-        rows.append({
-            "payer_bu": payer, "consumer_bu": None if scope == WHOLE_PAYER else scope, "period": month,
-            "budget_id": str(budget.id), "amount": f"{budget.amount:f}", "currency": budget.currency,
-            "thresholds_percent": [f"{threshold:f}" for threshold in budget.thresholds_percent],
-            "hard_limit": f"{budget.hard_limit:f}" if budget.hard_limit is not None else None,
-            "spent": f"{spent:f}", "used_percent": f"{(spent * 100 / budget.amount).quantize(Decimal('0.01')):f}",
-            "thresholds_crossed": [f"{threshold.normalize():f}" for threshold in crossed],
-            "quota_exhausted": bool(quotas.get((payer, scope), False)),
-            "actor": budget.actor, "reason": budget.reason, "set_at": budget.set_at.isoformat(), "period_from": budget.period_from,
-        })
-    return rows
+def budget_json(status: BudgetStatus) -> dict[str, Any]:
+    budget = status.budget
+    return {
+        "payer_bu": budget.payer_bu, "consumer_bu": status.consumer_bu, "period": status.month,
+        "budget_id": str(budget.id), "amount": f"{budget.amount:f}", "currency": budget.currency,
+        "thresholds_percent": [f"{threshold:f}" for threshold in budget.thresholds_percent],
+        "hard_limit": f"{budget.hard_limit:f}" if budget.hard_limit is not None else None,
+        "spent": f"{status.spent:f}", "used_percent": f"{status.used_percent:f}",
+        "thresholds_crossed": [f"{threshold.normalize():f}" for threshold in status.thresholds_crossed],
+        "quota_exhausted": status.quota_exhausted,
+        "actor": budget.actor, "reason": budget.reason, "set_at": budget.set_at.isoformat(), "period_from": budget.period_from,
+    }
 
 
 async def budget_show(arguments: argparse.Namespace) -> int:
@@ -353,7 +329,7 @@ async def budget_show(arguments: argparse.Namespace) -> int:
     month = _month(arguments.month, settings)
     pool = await _pool(settings)
     try:
-        rows = await budget_rows(pool, arguments.bu, month)
+        rows = [budget_json(status) for status in await ledger_queries.budgets(pool, month=month, bu=arguments.bu)]
     finally:
         await pool.close()
     if arguments.bu and not rows:

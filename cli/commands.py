@@ -15,7 +15,6 @@ import yaml
 
 from tokenhub.cli import render
 from tokenhub.cli.errors import CliError
-from tokenhub.cli.queries import balances, display_names, invoices
 from tokenhub.client import UsageClient
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished
@@ -27,7 +26,10 @@ from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer, usage_client_options
 from tokenhub.services.common.outbox import relay
+from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, close_period
+from tokenhub.services.ledger import queries as ledger_queries
+from tokenhub.services.metering import queries as metering_queries
 
 
 def _actor(arguments: argparse.Namespace) -> str:
@@ -155,7 +157,8 @@ async def balance(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     pool = await _pool(settings)
     try:
-        rows = await balances(pool, bu=arguments.bu, as_of=_as_of(arguments.as_of), by=arguments.by)
+        rows = await ledger_queries.balances(pool, names=await metering_queries.display_names(pool), bu=arguments.bu,
+                                             as_of=_as_of(arguments.as_of), by=arguments.by)
     finally:
         await pool.close()
     if arguments.bu and not rows:
@@ -176,9 +179,9 @@ async def invoice(arguments: argparse.Namespace) -> int:
             published = await relay_invoicing(settings, pool)
             print(f"closed {arguments.period}: {len(issued)} invoices issued, {published} events published")
             return 0
-        found = await invoices(pool, settings, bu=arguments.bu, period=arguments.period)
+        found = await invoicing_queries.invoices(pool, settings, bu=arguments.bu, period=arguments.period)
         # A finance person reads names, not slugs: the page shows both.
-        names = await display_names(pool) if arguments.format == "html" and not arguments.json else {}
+        names = await metering_queries.display_names(pool) if arguments.format == "html" and not arguments.json else {}
     finally:
         await pool.close()
     if arguments.action == "show" and not found:

@@ -25,17 +25,21 @@ from tokenhub.audit.replay import replay
 from tokenhub.audit.verify import verify
 from tokenhub.cli.audit_commands import replay_text, verify_text
 from tokenhub.cli.commands import relay_invoicing
-from tokenhub.cli.invoicing_commands import render_settlement, settlement_for
-from tokenhub.cli.queries import balances, invoices
+from tokenhub.cli.invoicing_commands import render_settlement
 from tokenhub.client import UsageClient, usage_event
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import UsageReported
 from tokenhub.contracts.money import line_amount
+from tokenhub.contracts.periods import parse
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.logging import configure_logging
+from tokenhub.services.invoicing import queries as invoicing_queries
+from tokenhub.services.ledger import queries as ledger_queries
+from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.pricing import queries as pricing_queries
 
 EVENTS_DEFAULT: Final = 4_000
 SEED_DEFAULT: Final = 20260314
@@ -182,22 +186,6 @@ async def _wait_registry(database_url: str, business_units: int, models: int) ->
         await connection.close()
 
 
-USAGE_BY_CLASS: Final = """
-select token.key as token_class, string_agg(distinct archive.model, ', ' order by archive.model) as models,
-       sum(token.value::bigint) as tokens
-from pricing.consumed_archive archive, jsonb_each_text(convert_from(archive.payload, 'UTF8')::jsonb -> 'tokens') token
-group by token.key order by tokens desc
-"""
-SHARED_COST: Final = """
-select payload ->> 'funding_agreement_id' as agreement, payload ->> 'consumer_bu' as consumer_bu,
-       payload ->> 'payer_bu' as payer_bu, payload ->> 'share_percent' as share, count(*) as events,
-       sum((select sum(value::bigint) from jsonb_each_text(payload -> 'tokens'))) as tokens
-from (select convert_from(payload, 'UTF8')::jsonb as payload from pricing.consumed_archive) consumed
-where payload ? 'funding_agreement_id'
-group by 1, 2, 3, 4 order by 1, 3
-"""
-
-
 def _section(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
@@ -242,17 +230,16 @@ async def _report(pipeline: LocalPipeline, events: list[UsageReported], figures:
           f"priced {figures.get('pricing.priced', 0)}, posted {figures.get('ledger.posted', 0)}")
     pool = await create_pool(pipeline.env["TOKENHUB_DATABASE_URL"], size_max=2)
     try:
-        async with pool.acquire() as connection:
-            by_class = await connection.fetch(USAGE_BY_CLASS)
-            shared = await connection.fetch(SHARED_COST)
+        by_class = await pricing_queries.tokens_by_class(pool)
+        shared = await pricing_queries.funding_shares(pool)
         _section("Tokens by class: text, image, video and agent usage")
-        print(render.table(["class", "models", "Tokens"], [[row["token_class"], row["models"], f"{row['tokens']:,}"]
+        print(render.table(["class", "models", "Tokens"], [[row.token_class, row.models, f"{row.tokens:,}"]
                                                         for row in by_class], right={2}))
         _section("shared costs: funding agreements applied")
         print(render.table(["agreement", "consumer", "payer", "share %", "events", "Tokens"],
-                           [[row["agreement"], row["consumer_bu"], row["payer_bu"], row["share"], str(row["events"]),
-                             f"{row['tokens']:,}"] for row in shared], right={3, 4, 5}))
-        rows = await balances(pool)
+                           [[row.agreement, row.consumer_bu, row.payer_bu, row.share_percent, str(row.events),
+                             f"{row.tokens:,}"] for row in shared], right={3, 4, 5}))
+        rows = await ledger_queries.balances(pool, names=await metering_queries.display_names(pool))
         _section("balances per business unit (CNY, Tokens)")
         print(render.balances_table(rows, "CNY"))
         ledger_spend = next(row.spend for row in rows if row.bu == RECOMPUTED_BU)
@@ -275,10 +262,10 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
         issued = await close_period(pool, settings, f"{DAY:%Y-%m}", actor="finance-ops", now=NOW)
         await relay_invoicing(settings, pool)  # invoices.issued and settlements.netted, as the command does
         _section(f"month end: {len(issued)} invoices issued for {DAY:%Y-%m}")
-        print(render.invoice_list(await invoices(pool, settings, bu=None, period=f"{DAY:%Y-%m}")))
+        print(render.invoice_list(await invoicing_queries.invoices(pool, settings, bu=None, period=f"{DAY:%Y-%m}")))
         print()
         print(render.invoice_text(next(invoice for invoice in issued if invoice.payer_bu == "dingtalk")))
-        settlement, final = await settlement_for(pool, settings, f"{DAY:%Y-%m}")
+        settlement, final = await invoicing_queries.settlement(pool, settings, parse(f"{DAY:%Y-%m}", settings.timezone))
         _section(f"settlement between business units for {DAY:%Y-%m}")
         print(render_settlement(settlement, final))
         _section("replay from tokens.priced")

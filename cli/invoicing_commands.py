@@ -1,33 +1,24 @@
-"""`tokenhub settle`: the month's BU-by-BU matrix, net positions and transfers."""
+"""`tokenhub settle`, `spend` and `billing-cycle`: the month's BU-by-BU matrix, net
+positions and transfers; month-to-date spend; how often a payer is billed."""
 
 from __future__ import annotations
 
 import argparse
-
 import getpass
 
 import orjson
 
 from tokenhub.cli.errors import CliError
-from tokenhub.contracts.periods import containing, parse
+from tokenhub.cli.render import money, table
+from tokenhub.contracts.periods import Period, containing, parse
 from tokenhub.contracts.settlement import SettlementNetted
-from tokenhub.infra.settings import Settings, clock, load_settings
+from tokenhub.infra.settings import clock, load_settings
 from tokenhub.services.common.db import create_pool
-from tokenhub.services.invoicing import queries as invoicing_queries
+from tokenhub.services.invoicing import queries
 from tokenhub.services.invoicing.handlers import set_cycle
 
 
-async def settlement_for(pool, settings: Settings, period_name: str) -> tuple[SettlementNetted, bool]:  # noqa: ANN001
-    """The issued settlement of a closed month, or a provisional one from what is invoiced so far."""
-    period = parse(period_name, settings.timezone)
-    if period.kind != "month":
-        raise CliError(f"settlement is monthly: give a month such as 2026-03, not {period_name}")
-    return await invoicing_queries.settlement(pool, settings, period)
-
-
 def render_settlement(settlement: SettlementNetted, final: bool) -> str:
-    from tokenhub.cli.render import money, table
-
     status = "settled" if final else "provisional (month not closed)"
     payers = sorted({flow.payer_bu for flow in settlement.matrix})
     providers = sorted({flow.provider_bu for flow in settlement.matrix})
@@ -47,12 +38,19 @@ def render_settlement(settlement: SettlementNetted, final: bool) -> str:
             f"{len(settlement.transfers)} transfers clear {len(settlement.positions)} positions:\n{transfers}")
 
 
+def _month(name: str, zone: str) -> Period:
+    month = parse(name, zone)
+    if month.kind != "month":
+        raise CliError(f"settlement is monthly: give a month such as 2026-03, not {name}")
+    return month
+
+
 async def settle(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     _, database_url = settings.require_stack()
     pool = await create_pool(database_url, size_max=2)
     try:
-        settlement, final = await settlement_for(pool, settings, arguments.period)
+        settlement, final = await queries.settlement(pool, settings, _month(arguments.period, settings.timezone))
     finally:
         await pool.close()
     if arguments.json:
@@ -72,24 +70,22 @@ async def spend(arguments: argparse.Namespace) -> int:
         raise CliError(f"spend is month to date: give a month such as 2026-03, not {arguments.period}")
     pool = await create_pool(database_url, size_max=1)
     try:
-        report = await invoicing_queries.spend(pool, settings, arguments.bu, month)
+        found = await queries.spend(pool, settings, arguments.bu, month)
     finally:
         await pool.close()
-    rows, tiers, total = report.rows, report.period_tiers, report.total
     if arguments.json:
         print(orjson.dumps({
-            "bu": arguments.bu, "period": month.name, "spend": f"{total:f}",
-            "lines": [{**row, "amount": f"{row['amount']:f}"} for row in rows],
-            "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": f"{line.amount:f}"} for line in tiers],
+            "bu": arguments.bu, "period": month.name, "spend": f"{found.total:f}",
+            "lines": [{**row, "amount": f"{row['amount']:f}"} for row in found.rows],
+            "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": f"{line.amount:f}"}
+                             for line in found.period_tiers],
         }, option=orjson.OPT_INDENT_2).decode())
         return 0
-    from tokenhub.cli.render import table
-
-    print(f"{arguments.bu}: month to date {month.name}, {total:,.6f} {settings.currency}")
+    print(f"{arguments.bu}: month to date {month.name}, {found.total:,.6f} {settings.currency}")
     print(table(["consumer", "app", "model", "class", "Tokens", "amount"],
                 [[row["consumer_bu"], row["app"], row["model"], row["token_class"], f"{row['tokens']:,}",
-                  f"{row['amount']:,.6f}"] for row in rows], right={4, 5}))
-    for line in tiers:
+                  f"{row['amount']:,.6f}"] for row in found.rows], right={4, 5}))
+    for line in found.period_tiers:
         print(f"period tier so far: {line.model} at {line.tokens:,} Tokens -> {line.amount:,.6f} {settings.currency}")
     return 0
 

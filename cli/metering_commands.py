@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, TypeVar
 
 import orjson
 
@@ -30,36 +32,8 @@ from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import usage_client_options
-from tokenhub.services.metering.adapters import keys
-from tokenhub.services.metering.domain import header_value
-
-SELECT_BUSINESS_UNITS: Final = """
-select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
-from metering.business_units order by bu_id
-"""
-SELECT_MODELS: Final = """
-select model_id, provider_bu, display_name, modality, token_classes, active, actor, reason, changed_at
-from metering.models order by model_id
-"""
-SELECT_FUNDING: Final = """
-select agreement_id, consumer_bu, app, model_pattern, payers, effective_from, effective_to, actor, reason, changed_at
-from metering.funding_agreements order by consumer_bu, agreement_id
-"""
-SELECT_CONVERSION: Final = """
-select version, effective_from, rules, actor, reason, published_at from metering.conversion_tables order by version
-"""
-SELECT_REJECTED: Final = """
-select rejected_id, reason_code, message, usage_source, usage_id, topic, received_at, resubmitted_at, resubmitted_by,
-       length(original_bytes) as size
-from metering.rejected_usage where $1::text is null or reason_code = $1 order by received_at, rejected_id
-limit $2
-"""
-SELECT_REJECTED_ONE: Final = "select original_bytes, headers, reason_code from metering.rejected_usage where rejected_id = $1"
-MARK_RESUBMITTED: Final = """
-update metering.rejected_usage set resubmitted_at = $2, resubmitted_by = $3 where rejected_id = $1
-"""
-LIST_LIMIT: Final = 1_000  # a person reads a page, a tool pages with --reason
-
+from tokenhub.services.metering import queries
+from tokenhub.services.metering.adapters import keys, rejected
 
 async def _publish_change(settings: Settings, kind: RegistryKind, entity: Any, entity_id: str, arguments: argparse.Namespace) -> None:
     change = registry_change(kind, entity, entity_id, _actor(arguments), arguments.reason, clock(settings))
@@ -67,13 +41,16 @@ async def _publish_change(settings: Settings, kind: RegistryKind, entity: Any, e
     print(f"published {kind.replace('_', ' ')} {entity_id} (actor {change.actor}: {change.reason})")
 
 
-async def _rows(query: str, *parameters: Any) -> list[dict[str, Any]]:
+T = TypeVar("T")
+
+
+async def _read(query: Callable[..., Awaitable[T]], *parameters: Any, **options: Any) -> T:
+    """One of metering's queries, on a pool opened for it."""
     settings = load_settings()
     _, database_url = settings.require_stack()
     pool = await create_pool(database_url, size_max=1)
     try:
-        async with pool.acquire() as connection:
-            return [dict(row) for row in await connection.fetch(query, *parameters)]
+        return await query(pool, *parameters, **options)
     finally:
         await pool.close()
 
@@ -119,7 +96,7 @@ def _time(text: str | None, name: str) -> datetime | None:
 
 async def bu(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        _show(await _rows(SELECT_BUSINESS_UNITS), ["bu_id", "display_name", "parent_group", "cost_centre", "active"], arguments.json)
+        _show(await _read(queries.business_units), ["bu_id", "display_name", "parent_group", "cost_centre", "active"], arguments.json)
         return 0
     settings = load_settings()
     unit = BusinessUnit(bu_id=arguments.bu_id, display_name=arguments.name, parent_group=arguments.group,
@@ -130,7 +107,7 @@ async def bu(arguments: argparse.Namespace) -> int:
 
 async def model(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        _show(await _rows(SELECT_MODELS), ["model_id", "provider_bu", "modality", "token_classes", "active"], arguments.json)
+        _show(await _read(queries.models), ["model_id", "provider_bu", "modality", "token_classes", "active"], arguments.json)
         return 0
     settings = load_settings()
     entry = ModelEntry(model_id=arguments.model_id, provider_bu=arguments.provider, display_name=arguments.name,
@@ -150,12 +127,12 @@ def _payer(text: str) -> PayerShare:
 
 async def funding(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        _show(await _rows(SELECT_FUNDING), ["agreement_id", "consumer_bu", "app", "model_pattern", "payers",
+        _show(await _read(queries.funding_agreements), ["agreement_id", "consumer_bu", "app", "model_pattern", "payers",
                                             "effective_from", "effective_to"], arguments.json)
         return 0
     settings = load_settings()
     if arguments.action == "end":
-        rows = [row for row in await _rows(SELECT_FUNDING) if row["agreement_id"] == arguments.agreement_id]
+        rows = [row for row in await _read(queries.funding_agreements) if row["agreement_id"] == arguments.agreement_id]
         if not rows:
             raise CliError(f"no funding agreement {arguments.agreement_id}")
         row = rows[0]
@@ -175,7 +152,7 @@ async def funding(arguments: argparse.Namespace) -> int:
 
 async def conversion(arguments: argparse.Namespace) -> int:
     if arguments.action == "show":
-        rows = await _rows(SELECT_CONVERSION)
+        rows = await _read(queries.conversion_tables)
         if arguments.json:
             print(_jsonable(rows))
         for row in [] if arguments.json else rows:
@@ -189,26 +166,25 @@ async def conversion(arguments: argparse.Namespace) -> int:
     return 0
 
 
-async def rejected(arguments: argparse.Namespace) -> int:
+async def rejected_command(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        rows = await _rows(SELECT_REJECTED, arguments.reason_code, LIST_LIMIT)
+        rows = await _read(queries.rejected_usage, reason_code=arguments.reason_code)
         _show(rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], arguments.json)
         return 0
     settings = load_settings()
     bootstrap_servers, database_url = settings.require_stack()
+    rejected_id = _uuid(arguments.rejected_id)
     pool = await create_pool(database_url, size_max=1)
     try:
-        async with pool.acquire() as connection:
-            row = await connection.fetchrow(SELECT_REJECTED_ONE, _uuid(arguments.rejected_id))
-            if row is None:
-                raise CliError(f"no rejected usage {arguments.rejected_id}")
-            value = Path(arguments.file).read_bytes() if arguments.file else row["original_bytes"]
-            # Headers go back as received, non-UTF-8 ones decoded from their stored base64.
-            headers = [] if arguments.file else [(name, header_value(text)) for name, text in (row["headers"] or {}).items()]
-            async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
-                await client.send_raw([(b"", value)], headers=headers or None)
-            await connection.execute(MARK_RESUBMITTED, _uuid(arguments.rejected_id), clock(settings),
-                                     f"{_actor(arguments)}: {arguments.reason}")
+        original = await queries.rejected_original(pool, rejected_id)
+        if original is None:
+            raise CliError(f"no rejected usage {arguments.rejected_id}")
+        value = Path(arguments.file).read_bytes() if arguments.file else original.value
+        # Headers go back as received; a corrected file is sent without them.
+        headers = [] if arguments.file else original.headers
+        async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
+            await client.send_raw([(b"", value)], headers=headers or None)
+        await rejected.mark_resubmitted(pool, rejected_id, clock(settings), f"{_actor(arguments)}: {arguments.reason}")
     finally:
         await pool.close()
     print(f"resubmitted {arguments.rejected_id} ({'corrected from ' + arguments.file if arguments.file else 'as it was'}); "
@@ -216,9 +192,7 @@ async def rejected(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _uuid(text: str) -> Any:
-    import uuid
-
+def _uuid(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError as error:
@@ -226,6 +200,9 @@ def _uuid(text: str) -> Any:
 
 
 async def api_keys(arguments: argparse.Namespace) -> int:
+    if arguments.action == "list":
+        _show(await _read(queries.api_keys), ["key_id", "sources", "actor", "reason", "created_at", "revoked_at"], arguments.json)
+        return 0
     settings = load_settings()
     _, database_url = settings.require_stack()
     pool = await create_pool(database_url, size_max=1)
@@ -236,15 +213,11 @@ async def api_keys(arguments: argparse.Namespace) -> int:
                 print(f"key {key_id} for sources {', '.join(arguments.source)}:\n{key}\n"
                       "It is shown once; only its SHA-256 is stored.")
                 return 0
-            if arguments.action == "revoke":
-                if not await keys.revoke(connection, arguments.key_id):
-                    raise CliError(f"no active key {arguments.key_id}")
-                print(f"revoked key {arguments.key_id}")
-                return 0
-            rows = [dict(row) for row in await connection.fetch(keys.SELECT_KEYS)]
+            if not await keys.revoke(connection, arguments.key_id):
+                raise CliError(f"no active key {arguments.key_id}")
     finally:
         await pool.close()
-    _show(rows, ["key_id", "sources", "actor", "reason", "created_at", "revoked_at"], arguments.json)
+    print(f"revoked key {arguments.key_id}")
     return 0
 
 
@@ -321,10 +294,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = rejects.add_parser("list")
     listing.add_argument("--reason", dest="reason_code", help="a reason code, e.g. unknown_bu")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=rejected)
+    listing.set_defaults(handler=rejected_command)
     resubmit = rejects.add_parser("resubmit", help="send a rejected event back, as it was or corrected")
     resubmit.add_argument("rejected_id")
     resubmit.add_argument("--file", help="the corrected event (JSON)")
     resubmit.add_argument("--actor", default=None)
     resubmit.add_argument("--reason", default="resubmitted after correction")
-    resubmit.set_defaults(handler=rejected)
+    resubmit.set_defaults(handler=rejected_command)

@@ -16,7 +16,7 @@ from tokenhub.cli import render
 from tokenhub.cli.commands import _actor, _read_document, build_book, publish_events
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import PriceBookPublished, decode
+from tokenhub.contracts.events import PriceBookPublished
 from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.registry import ConversionTable
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
@@ -25,15 +25,11 @@ from tokenhub.infra.settings import clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
-from tokenhub.services.pricing import handlers
-from tokenhub.services.pricing.adapters import store
-from tokenhub.contracts.pricebook import BookIndex
+from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.pricing import handlers, queries
 from tokenhub.services.pricing.litellm import LiteLLMImportError, import_book
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
-# Tools may read every schema: the import converts through metering's conversion tables.
-SELECT_CONVERSION_TABLES: Final = "select version, effective_from, rules from metering.conversion_tables"
-PARKED_SHOWN_MAX: Final = 1_000  # a screenful to act on; the total is printed beside it
 PUBLISH_CONFIRM_S: Final = 30.0  # pricing reads a new book within seconds; longer means it is not running
 
 
@@ -56,12 +52,11 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
     _, database_url = settings.require_stack()
     pool = await create_pool(database_url, size_max=1)
     try:
-        async with pool.acquire() as connection:
-            existing = await connection.fetchval(store.SELECT_BOOK_VERSION, book.book_id, book.version)
-            latest = await connection.fetchval(store.SELECT_LATEST_VERSION, book.book_id)
+        existing = await queries.book_stored(pool, book.book_id, book.version)
+        latest = await queries.latest_version(pool, book.book_id)
     finally:
         await pool.close()
-    if existing is not None:
+    if existing:
         raise CliError(f"version {book.version} of book {book.book_id} is already published and never changes; "
                        f"publish version {latest + 1} instead")
     await publish_events(settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
@@ -70,10 +65,9 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
     # Wait for pricing to store it, so a `tokenhub reprice` typed next sees the new version.
     pool = await create_pool(database_url, size_max=1)
     try:
-        async with pool.acquire() as connection:
-            async def stored() -> bool:
-                return await connection.fetchval(store.SELECT_BOOK_VERSION, book.book_id, book.version) is not None
-            await wait_until(stored, PUBLISH_CONFIRM_S, f"pricing to store {book.book_id} v{book.version}")
+        async def stored() -> bool:
+            return await queries.book_stored(pool, book.book_id, book.version)
+        await wait_until(stored, PUBLISH_CONFIRM_S, f"pricing to store {book.book_id} v{book.version}")
         print("pricing has stored it; parked consumption it prices is being priced")
     except Timeout:
         print(f"pricing has not stored it within {PUBLISH_CONFIRM_S:.0f} s (is the pricing service running?); "
@@ -88,28 +82,15 @@ async def publish(arguments: argparse.Namespace) -> int:
     return 0
 
 
-async def _books() -> list[PriceBookPublished]:
-    settings = load_settings()
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=1)
-    try:
-        async with pool.acquire() as connection:
-            return [decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(store.SELECT_BOOKS)]
-    finally:
-        await pool.close()
-
-
 async def show(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     at = _time(arguments.at, "--at") or clock(settings)
-    index = BookIndex.of(await _books())
-    models = sorted({entry.model for book in index.versions for entry in book.models})
-    chosen = [arguments.model] if arguments.model else models
-    found = []
-    for model in chosen:
-        book = index.in_force(model, at)
-        if book is not None:
-            found.append((book, book.price_for(model)))
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    try:
+        found = await queries.prices_in_force(pool, at, arguments.model)
+    finally:
+        await pool.close()
     if not found:
         raise CliError(f"no price applies to {arguments.model or 'any model'} at {at.isoformat()}")
     if arguments.json:
@@ -174,16 +155,11 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
 
 
 async def _conversion_table(moment: datetime) -> ConversionTable | None:
-    settings = load_settings()
-    pool = await create_pool(settings.database_url or "", size_max=1)
+    pool = await create_pool(load_settings().database_url or "", size_max=1)
     try:
-        async with pool.acquire() as connection:
-            tables = [ConversionTable(version=row["version"], effective_from=row["effective_from"], rules=row["rules"])
-                      for row in await connection.fetch(SELECT_CONVERSION_TABLES)]
+        return await metering_queries.conversion_table_at(pool, moment)
     finally:
         await pool.close()
-    in_force = [table for table in tables if table.effective_from <= moment]
-    return max(in_force, key=lambda table: (table.effective_from, table.version), default=None)
 
 
 async def parked(arguments: argparse.Namespace) -> int:
@@ -193,21 +169,19 @@ async def parked(arguments: argparse.Namespace) -> int:
         raise CliError("--limit must be at least 1")
     pool = await create_pool(database_url, size_max=1)
     try:
-        async with pool.acquire() as connection:
-            rows = [dict(row) for row in await connection.fetch(store.SELECT_PARKED, arguments.limit)]
-            total = await connection.fetchval(store.COUNT_PARKED)
+        rows, total = await queries.parked(pool, arguments.limit)
     finally:
         await pool.close()
     if arguments.json:
-        print(orjson.dumps([{"consumed_id": str(row["consumed_id"]), "payer_bu": row["payer_bu"], "model": row["model"],
-                             "event_time": row["event_time"].isoformat(), "parked_at": row["parked_at"].isoformat(),
-                             "reason": row["reason"]} for row in rows], option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps([{"consumed_id": str(row.consumed_id), "payer_bu": row.payer_bu, "model": row.model,
+                             "event_time": row.event_time.isoformat(), "parked_at": row.parked_at.isoformat(),
+                             "reason": row.reason} for row in rows], option=orjson.OPT_INDENT_2).decode())
     elif not rows:
         print("nothing parked: every consumption has a price")
     else:
         print(render.table(["consumed id", "payer", "model", "event time", "why"],
-                           [[str(row["consumed_id"]), row["payer_bu"], row["model"], row["event_time"].isoformat(),
-                             row["reason"]] for row in rows], right=set()))
+                           [[str(row.consumed_id), row.payer_bu, row.model, row.event_time.isoformat(),
+                             row.reason] for row in rows], right=set()))
         print(f"{total} parked" + (f", the first {len(rows)} shown (--limit)" if total > len(rows) else ""))
     return 0
 
@@ -275,7 +249,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pricing = subparsers.add_parser("pricing", help="pricing state").add_subparsers(dest="action", required=True)
     command = pricing.add_parser("parked", help="consumption waiting for a price")
-    command.add_argument("--limit", type=int, default=PARKED_SHOWN_MAX, help="rows shown, oldest first")
+    command.add_argument("--limit", type=int, default=queries.PARKED_SHOWN_MAX, help="rows shown, oldest first")
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=parked)
 

@@ -9,9 +9,9 @@ from typing import TypeVar
 
 import orjson
 
-from tokenhub.cli.queries import BalanceRow
 from tokenhub.contracts.events import InvoiceIssued
 from tokenhub.contracts.money import round_to_minor
+from tokenhub.services.ledger.queries import Balance
 
 T = TypeVar("T")
 PROGRESS_STEPS = 10
@@ -47,7 +47,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]
     return "\n".join(lines)
 
 
-def balances_table(rows: list[BalanceRow], currency: str) -> str:
+def balances_table(rows: list[Balance], currency: str) -> str:
     rendered = table(
         ("business unit", "name", f"spend {currency}", f"revenue {currency}", f"net {currency}", "Tokens consumed", "Tokens served"),
         [(row.bu, row.display_name, money(row.spend), money(row.revenue), money(row.net),
@@ -58,7 +58,7 @@ def balances_table(rows: list[BalanceRow], currency: str) -> str:
     return f"{rendered}\nnet positions sum to {total_net:f} (zero in a balanced ledger)"
 
 
-def balances_json(rows: list[BalanceRow]) -> str:
+def balances_json(rows: list[Balance]) -> str:
     return orjson.dumps([
         {"bu": row.bu, "display_name": row.display_name, "spend": f"{row.spend:f}", "revenue": f"{row.revenue:f}",
          "net": f"{row.net:f}", "tokens_consumed": row.tokens_consumed, "tokens_served": row.tokens_served}

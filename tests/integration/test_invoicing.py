@@ -18,7 +18,6 @@ import orjson
 import pytest
 
 from tokenhub.cli import commands, invoicing_commands, render
-from tokenhub.cli.queries import invoices as list_invoices
 from tokenhub.contracts.events import InvoiceIssued, decode
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.periods import containing
@@ -250,7 +249,7 @@ async def test_repricing_reversals_become_credit_lines_and_mark_the_invoice_cred
 async def _invoices_of(world: World, payer: str) -> list[InvoiceIssued]:
     pool = await create_pool(world.settings.database_url or "", size_max=1)
     try:
-        return await list_invoices(pool, world.settings, bu=payer, period=None)
+        return await queries.invoices(pool, world.settings, bu=payer, period=None)
     finally:
         await pool.close()
 

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.audit.replay import replay
-from tokenhub.cli.queries import balances
+from tokenhub.services.ledger.queries import balances
 from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED

@@ -19,7 +19,7 @@ import pytest
 from tokenhub.cli import pricing_commands
 from tokenhub.cli.commands import build_book, publish_events
 from tokenhub.cli.errors import CliError
-from tokenhub.cli.queries import balances
+from tokenhub.services.ledger.queries import balances
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.ids import priced_id

@@ -1,0 +1,185 @@
+"""Metering's read side, for the CLI, the HTTP API and pages: the registry
+(business units, models, funding agreements, conversion tables), API keys and
+rejected usage. Reads metering's own schema only. Rows are plain dicts with
+the columns' names (TypedDicts below), so they render as JSON as they are."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypedDict
+
+import asyncpg
+
+from tokenhub.contracts.registry import ConversionTable
+from tokenhub.services.metering.domain import header_value
+
+REJECTED_SHOWN_MAX: Final = 1_000
+"""Rejected usage listed at once: a person reads a page, a tool narrows by reason."""
+
+SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
+SELECT_BUSINESS_UNITS: Final = """
+select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
+from metering.business_units order by bu_id
+"""
+SELECT_MODELS: Final = """
+select model_id, provider_bu, display_name, modality, token_classes, active, actor, reason, changed_at
+from metering.models order by model_id
+"""
+SELECT_FUNDING: Final = """
+select agreement_id, consumer_bu, app, model_pattern, payers, effective_from, effective_to, actor, reason, changed_at
+from metering.funding_agreements order by consumer_bu, agreement_id
+"""
+SELECT_CONVERSION: Final = """
+select version, effective_from, rules, actor, reason, published_at from metering.conversion_tables order by version
+"""
+SELECT_KEYS: Final = """
+select key_id, sources, actor, reason, created_at, revoked_at from metering.api_keys order by created_at
+"""
+SELECT_REJECTED: Final = """
+select rejected_id, reason_code, message, usage_source, usage_id, topic, received_at, resubmitted_at, resubmitted_by,
+       length(original_bytes) as size
+from metering.rejected_usage where $1::text is null or reason_code = $1 order by received_at, rejected_id
+limit $2
+"""
+SELECT_REJECTED_ONE: Final = "select original_bytes, headers, reason_code from metering.rejected_usage where rejected_id = $1"
+
+
+class BusinessUnitRow(TypedDict):
+    bu_id: str
+    display_name: str
+    parent_group: str | None
+    cost_centre: str | None
+    active: bool
+    actor: str
+    reason: str
+    changed_at: datetime
+
+
+class ModelRow(TypedDict):
+    model_id: str
+    provider_bu: str
+    display_name: str | None
+    modality: str
+    token_classes: list[str]
+    active: bool
+    actor: str
+    reason: str
+    changed_at: datetime
+
+
+class FundingRow(TypedDict):
+    agreement_id: str
+    consumer_bu: str
+    app: str | None
+    model_pattern: str | None
+    payers: list[dict[str, Any]]
+    """[{"bu": ..., "percent": ...}]"""
+    effective_from: datetime
+    effective_to: datetime | None
+    actor: str
+    reason: str
+    changed_at: datetime
+
+
+class ConversionTableRow(TypedDict):
+    version: int
+    effective_from: datetime
+    rules: list[dict[str, Any]]
+    """[{"unit": ..., "token_class": ..., "tokens_per_unit": ...}]"""
+    actor: str
+    reason: str
+    published_at: datetime
+
+
+class ApiKeyRow(TypedDict):
+    key_id: str
+    sources: list[str]
+    actor: str
+    reason: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class RejectedRow(TypedDict):
+    rejected_id: uuid.UUID
+    reason_code: str
+    message: str
+    usage_source: str | None
+    usage_id: str | None
+    topic: str
+    received_at: datetime
+    resubmitted_at: datetime | None
+    resubmitted_by: str | None
+    size: int
+    """Bytes of the original."""
+
+
+async def _rows(pool: asyncpg.Pool, query: str, *parameters: Any) -> list[Any]:
+    async with pool.acquire() as connection:
+        return [dict(row) for row in await connection.fetch(query, *parameters)]
+
+
+async def display_names(pool: asyncpg.Pool) -> dict[str, str]:
+    """Business units' display names by slug."""
+    async with pool.acquire() as connection:
+        return {row["bu_id"]: row["display_name"] for row in await connection.fetch(SELECT_NAMES)}
+
+
+async def business_units(pool: asyncpg.Pool) -> list[BusinessUnitRow]:
+    """Every registered business unit, by slug."""
+    return await _rows(pool, SELECT_BUSINESS_UNITS)
+
+
+async def models(pool: asyncpg.Pool) -> list[ModelRow]:
+    """Every registered model, tool and agent, by id."""
+    return await _rows(pool, SELECT_MODELS)
+
+
+async def funding_agreements(pool: asyncpg.Pool) -> list[FundingRow]:
+    """Every funding agreement, by consumer and id."""
+    return await _rows(pool, SELECT_FUNDING)
+
+
+async def conversion_tables(pool: asyncpg.Pool) -> list[ConversionTableRow]:
+    """Every conversion table version, oldest first."""
+    return await _rows(pool, SELECT_CONVERSION)
+
+
+async def conversion_table_at(pool: asyncpg.Pool, moment: datetime) -> ConversionTable | None:
+    """The conversion table in force at `moment`: the latest effective by then."""
+    in_force = [ConversionTable(version=row["version"], effective_from=row["effective_from"], rules=row["rules"])
+                for row in await conversion_tables(pool) if row["effective_from"] <= moment]
+    return max(in_force, key=lambda table: (table.effective_from, table.version), default=None)
+
+
+async def api_keys(pool: asyncpg.Pool) -> list[ApiKeyRow]:
+    """Every API key for HTTP ingest (never the key itself), oldest first."""
+    return await _rows(pool, SELECT_KEYS)
+
+
+async def rejected_usage(pool: asyncpg.Pool, *, reason_code: str | None = None,
+                         limit: int = REJECTED_SHOWN_MAX) -> list[RejectedRow]:
+    """Rejected usage, oldest first (at most `limit`), only of `reason_code` when given."""
+    return await _rows(pool, SELECT_REJECTED, reason_code, limit)
+
+
+@dataclass(frozen=True)
+class RejectedOriginal:
+    """A rejected message as it was received: its bytes and its headers."""
+
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    reason_code: str
+
+
+async def rejected_original(pool: asyncpg.Pool, rejected_id: uuid.UUID) -> RejectedOriginal | None:
+    """The original bytes and headers of a rejected message, headers decoded
+    back to the bytes received (non-UTF-8 ones are stored as base64)."""
+    async with pool.acquire() as connection:
+        row = await connection.fetchrow(SELECT_REJECTED_ONE, rejected_id)
+    if row is None:
+        return None
+    headers = [(name, header_value(text)) for name, text in (row["headers"] or {}).items()]
+    return RejectedOriginal(bytes(row["original_bytes"]), headers, row["reason_code"])
