@@ -5,18 +5,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import signal
+import sys
 from pathlib import Path
+from typing import Final
 
 import structlog
 
 from tokenhub.api.settings import api_port
+from tokenhub.cli.errors import CliError
 from tokenhub.infra.boot import prepare
+from tokenhub.infra.embedded import StackError
+from tokenhub.infra.kafka.stack import open_stack
 from tokenhub.infra.pipeline import with_http_port
-from tokenhub.infra.processes import SERVICES, ServiceProcesses
-from tokenhub.infra.settings import STACK_ENV_FILE, load_settings, settings_for
+from tokenhub.infra.processes import SERVICES
+from tokenhub.infra.settings import load_settings
+from tokenhub.infra.status import StackStatus, stack_status
+from tokenhub.infra.supervisor import AlreadyRunning, GaveUp, StackSupervisor, lock_holder
 
-__all__ = ["SERVICES", "init", "up", "run_service", "register"]
+__all__ = ["SERVICES", "init", "up", "run_service", "status", "register"]
+
+EXIT_GAVE_UP: Final = 1
+EXIT_NOT_RUNNING: Final = 3
 
 log = structlog.get_logger()
 
@@ -39,60 +50,60 @@ async def run_service(arguments: argparse.Namespace) -> int:
 
 
 async def up(arguments: argparse.Namespace) -> int:
-    from tokenhub.infra.kafka.stack import open_stack, stack_environment
-
     settings = load_settings()
     state_dir = Path(settings.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    holder = lock_holder(state_dir)
+    if holder is not None:  # checked again under the lock: this is only the early, clear answer
+        raise CliError(str(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since"))))
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
-    endpoints = stack.start()
-    environment = with_http_port(stack_environment(stack) | _service_env(endpoints.bootstrap_servers, endpoints.database_url))
-    environment["TOKENHUB_API_PORT"] = str(api_port())
-    services = ServiceProcesses(environment, state_dir / "logs", (*SERVICES, "api"))
+    supervisor = StackSupervisor(stack, state_dir, {**with_http_port({}), "TOKENHUB_API_PORT": str(api_port())},
+                                 say=lambda line: print(line, flush=True), services=(*SERVICES, "api"))
     try:
-        await prepare(endpoints.bootstrap_servers, endpoints.database_url, settings_for(environment))
-        stack.write_env_file(state_dir / STACK_ENV_FILE)
-        services.start()
-        print(
-            "Token Hub is up.\n"
-            f"  broker    {endpoints.bootstrap_servers}\n"
-            f"  database  {endpoints.database_url}\n"
-            f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
-            f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
-            f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"
-            "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
-            "Ctrl-C stops everything.",
-            flush=True,
-        )
-        await _wait_for_signal(services)
-    finally:
-        services.stop()
-        (state_dir / STACK_ENV_FILE).unlink(missing_ok=True)
-        stack.stop()
-    return 0
-
-
-def _service_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
-    return {"TOKENHUB_BOOTSTRAP_SERVERS": bootstrap_servers, "TOKENHUB_DATABASE_URL": database_url}
-
-
-async def _wait_for_signal(services: ServiceProcesses) -> None:
+        await supervisor.start()
+    except AlreadyRunning as error:
+        raise CliError(str(error)) from None
+    environment = supervisor.environment
+    print(
+        "Token Hub is up.\n"
+        f"  broker    {stack.endpoints.bootstrap_servers}\n"
+        f"  database  {stack.endpoints.database_url}\n"
+        f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
+        f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
+        f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"
+        "PostgreSQL, the broker and the services are supervised: what dies is restarted (tokenhub status).\n"
+        "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stopping.set)
-    while not stopping.is_set():
-        exited = services.exited()
-        if exited:
-            log.error("service_exited", services=exited)
-            for name in exited:
-                service = name
-                services.processes.pop(name)
-                services.start(service)  # a crashed service is restarted; its effects are idempotent
-        try:
-            await asyncio.wait_for(stopping.wait(), timeout=1.0)
-        except TimeoutError:
-            continue
+    try:
+        await supervisor.watch(stopping)
+    except (GaveUp, StackError) as error:
+        print(f"tokenhub up: giving up: {error}; stopping everything", file=sys.stderr, flush=True)
+        return EXIT_GAVE_UP
+    finally:
+        await asyncio.to_thread(supervisor.stop)
+    return 0
+
+
+async def status(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    state_dir = Path(settings.state_dir)
+    report = await stack_status(state_dir, settings) if lock_holder(state_dir) else None
+    if report is None:
+        if arguments.json:
+            print(json.dumps({"state_dir": str(state_dir), "running": False}))
+        else:
+            print(f"Token Hub is not running in {state_dir} (start it with tokenhub up)")
+        return EXIT_NOT_RUNNING
+    if arguments.json:
+        print(json.dumps(report.as_json(), indent=1))
+        return 0
+    print(render_status(report))
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,7 +113,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "secured with SASL/SCRAM and TLS, under the state folder's kafka/")
     up_parser.add_argument("--brokers", type=int, default=3, help="Apache Kafka nodes (--broker kafka)")
     up_parser.set_defaults(handler=up)
+    status_parser = subparsers.add_parser(
+        "status", help="the local stack: every process, its restarts, each service's lag and recent faults",
+        description="What `tokenhub up` in this folder supervises: each process with its pid, state and restarts; "
+                    "each service's lag (records on its input topics not handled yet; a lower bound on the embedded "
+                    "broker) and outbox (events stored, not yet published); the faults it recovered from. "
+                    "Exits 3 when nothing runs here.")
+    status_parser.add_argument("--json", action="store_true", help="the status as one JSON document")
+    status_parser.set_defaults(handler=status)
     run = subparsers.add_parser("run", help="run one service")
     run.add_argument("service", choices=SERVICES)
     run.set_defaults(handler=run_service)
     subparsers.add_parser("init", help="create topics and apply migrations").set_defaults(handler=init)
+
+
+def render_status(report: StackStatus) -> str:
+    supervisor = report.supervisor or {}
+    lines = [f"Token Hub is up in {report.state_dir} (supervisor pid {supervisor.get('pid')}, "
+             f"since {supervisor.get('started_at')})", "",
+             f"{'process':<10} {'pid':>8}  {'state':<10} {'since':<26} {'restarts':>8}  last exit"]
+    for process in report.processes:
+        last = (f"{process['last_exit_code']} at {process['last_exit_at']}"
+                if process.get("last_exit_code") is not None else "-")
+        lines.append(f"{process['name']:<10} {process.get('pid') or '-':>8}  {process['state']:<10} "
+                     f"{process.get('started_at') or '-':<26} {process['restarts']:>8}  {last}")
+    lines += ["", f"{'service':<10} {'lag':>10}  {'outbox':>8}  input topics (records not handled yet)"]
+    for lag in report.lags:
+        topics = ", ".join(f"{topic} {count}" for topic, count in lag.by_topic.items()) or "-"
+        lines.append(f"{lag.service:<10} {_figure(lag.records_behind):>10}  {_figure(lag.outbox_events):>8}  {topics}")
+    if report.faults:
+        lines += ["", "recent faults:"]
+        for fault in report.faults[-10:]:
+            resumed = (f"back after {fault['seconds_to_resume']:.1f} s" if fault.get("seconds_to_resume") is not None
+                       else "not back yet")
+            lines.append(f"  {fault['noticed_at']}  {fault['process']} exited with status {fault['exit_code']}; "
+                         f"{resumed}: {fault['outcome']}")
+    lines += [f"(unmeasured: {problem})" for problem in report.problems]
+    return "\n".join(lines)
+
+
+def _figure(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"

@@ -294,18 +294,19 @@ class EmbeddedPostgres:
         """Start again on the same data, port and socket after a crash, with
         bounded attempts. Returns the attempts it took."""
         self.reap()
-        for attempt in range(1, RESTART_ATTEMPTS_MAX + 1):
+        attempt = 1
+        while True:
             try:
                 self.start()
                 return attempt
             except StackError as error:
                 if self.process is not None and self.process.poll() is None:
                     self.reap()
-                if attempt == RESTART_ATTEMPTS_MAX:
+                if attempt >= RESTART_ATTEMPTS_MAX:
                     raise StackError(f"PostgreSQL did not restart after {attempt} attempts: {error}") from error
                 log.warning("postgres_restart_retry", attempt=attempt, error=str(error).splitlines()[0])
                 time.sleep(RESTART_PAUSE_S)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def stop(self) -> None:
         # SIGTERM is postgres's "smart" shutdown, which waits for clients; SIGINT is "fast".
