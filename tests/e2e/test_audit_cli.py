@@ -9,10 +9,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -20,6 +22,7 @@ import pytest
 from tests.integration.support import World, emit, read_counters, wait_settled
 from tokenhub.infra.pipeline import wait_until
 
+STATE_DIR = Path(tempfile.mkdtemp(prefix="tokenhub-e2e-"))  # the commands' log file goes here, not into the checkout
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 WAIT_S = 60
 
@@ -27,7 +30,7 @@ WAIT_S = 60
 def _run(backend, *arguments: str) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
     environment.update({"TOKENHUB_BOOTSTRAP_SERVERS": backend.endpoints.bootstrap_servers,
-                        "TOKENHUB_DATABASE_URL": backend.endpoints.database_url})
+                        "TOKENHUB_DATABASE_URL": backend.endpoints.database_url, "TOKENHUB_STATE_DIR": str(STATE_DIR)})
     return subprocess.run([sys.executable, "-m", "tokenhub.cli.main", *arguments], env=environment,
                           capture_output=True, text=True, timeout=120)
 

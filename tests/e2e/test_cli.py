@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import pytest
 from tests.integration.support import World, emit, wait_http
 from tokenhub.contracts.money import format_amount
 
+STATE_DIR = Path(tempfile.mkdtemp(prefix="tokenhub-e2e-"))  # the commands' log file goes here, not into the checkout
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 WAIT_S = 60
 
@@ -26,7 +28,7 @@ WAIT_S = 60
 def _run(backend, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
     environment.update({"TOKENHUB_BOOTSTRAP_SERVERS": backend.endpoints.bootstrap_servers,
-                        "TOKENHUB_DATABASE_URL": backend.endpoints.database_url})
+                        "TOKENHUB_DATABASE_URL": backend.endpoints.database_url, "TOKENHUB_STATE_DIR": str(STATE_DIR)})
     result = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", *arguments], env=environment,
                             capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
