@@ -108,9 +108,13 @@ class Hub:
     async def refresh_keys_on_miss(self) -> bool:
         """A key not in the ring may have been created a moment ago: look once,
         unless someone looked within the last KEY_MISS_REFRESH_S."""
-        if time.monotonic() - self._keys_refreshed < KEY_MISS_REFRESH_S:
+        if self.writer is None or time.monotonic() - self._keys_refreshed < KEY_MISS_REFRESH_S:
             return False
-        await self.refresh_keys()
+        try:
+            await self.refresh_keys()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+            log.warning("api_key_refresh_failed", error=repr(error))  # the key stays unknown: 401, not 500
+            return False
         return True
 
     # --- publishing admin changes ----------------------------------------------------
