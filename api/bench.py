@@ -10,6 +10,7 @@ fills with budgets and postings for many payers, so quota state is not empty."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typing import Final
 import asyncpg
 import httpx
 import orjson
+import psutil
 
 from tokenhub.api import keys
 from tokenhub.contracts.budgets import BudgetSet, budget_set_id
@@ -55,6 +57,8 @@ class BenchResult:
     server_ms_p99_bucket: str
     payers: int
     postings: int
+    server_cpu_us_per_request: float | None = None
+    load_average_1m: float | None = None
 
     def lines(self) -> list[str]:
         return [
@@ -62,7 +66,10 @@ class BenchResult:
             f"{self.errors} errors; state of {self.payers} payers, {self.postings} postings",
             f"latency from the moment each request was due, ms: p50 {self.latency_ms_p50:.2f}  p90 {self.latency_ms_p90:.2f}"
             f"  p99 {self.latency_ms_p99:.2f}  max {self.latency_ms_max:.2f}",
-            f"server-side p99 (Prometheus bucket): <= {self.server_ms_p99_bucket} ms",
+            f"server-side p99 (Prometheus bucket): <= {self.server_ms_p99_bucket} ms"
+            + (f"; the API's CPU {self.server_cpu_us_per_request:.0f} us a request" if self.server_cpu_us_per_request else ""),
+            f"machine load average (1 min) at the end: {self.load_average_1m:.2f} on {os.cpu_count()} cores"
+            if self.load_average_1m is not None else "",
         ]
 
 
@@ -192,10 +199,16 @@ async def run(*, url: str | None, key: str | None, rate: float, seconds: float, 
         url = f"http://127.0.0.1:{port}"
         await _wait_quota_ready(url, key, payers[0])
         await load(url, key, payers, rate, WARM_UP_S)  # connections opened, code paths warm
+        api_process = psutil.Process(process.pid)
+        cpu_before = api_process.cpu_times()
         latencies, errors = await load(url, key, payers, rate, seconds)
+        cpu_after = api_process.cpu_times()
         async with httpx.AsyncClient(base_url=url) as client:
             metrics = (await client.get("/metrics")).text
-        return _result(latencies, errors, rate, seconds, metrics, payers_count, postings)
+        result = _result(latencies, errors, rate, seconds, metrics, payers_count, postings)
+        cpu_s = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
+        return dataclasses.replace(result, server_cpu_us_per_request=cpu_s * 1e6 / max(len(latencies), 1),
+                                   load_average_1m=os.getloadavg()[0])
     finally:
         if process is not None:
             process.terminate()
