@@ -30,8 +30,6 @@ KEY_REFRESH_S: Final = 1.0
 KEY_CHANGE_OVERLAP: Final = timedelta(seconds=5)
 """Read back this far before the newest change seen: a transaction that committed
 late with an earlier timestamp is not missed."""
-KEY_MISS_REFRESH_S: Final = 0.1
-"""At most ten look-ups a second for unknown keys, however many are tried."""
 READER_POOL_MAX: Final = 6
 WRITER_POOL_MAX: Final = 3
 READY_TIMEOUT_S: Final = 2.0
@@ -90,28 +88,34 @@ class Hub:
 
     # --- keys -----------------------------------------------------------------------
 
-    async def refresh_keys(self) -> None:
+    async def refresh_keys(self, unless_since: float | None = None) -> None:
+        """Read the keys changed since the last look. `unless_since`: skip it if a
+        look began after that moment (concurrent misses share one look)."""
         async with self._keys_lock:
+            if unless_since is not None and self._keys_refreshed >= unless_since:
+                return
+            started = time.monotonic()
             assert self.writer is not None
             async with self.writer.acquire() as connection:
                 changed = await store.keys_changed_since(connection, self._keys_seen - KEY_CHANGE_OVERLAP)
             self.keys.update([record for record, _ in changed])
             if changed:
                 self._keys_seen = max(self._keys_seen, max(at for _, at in changed))
-            self._keys_refreshed = time.monotonic()
+            self._keys_refreshed = started
 
     async def _refresh_keys_forever(self) -> None:
         while True:
             await asyncio.sleep(KEY_REFRESH_S)
             await self.refresh_keys()
 
-    async def refresh_keys_on_miss(self) -> bool:
-        """A key not in the ring may have been created a moment ago: look once,
-        unless someone looked within the last KEY_MISS_REFRESH_S."""
-        if self.writer is None or time.monotonic() - self._keys_refreshed < KEY_MISS_REFRESH_S:
+    async def refresh_keys_on_miss(self, arrived: float) -> bool:
+        """A key not in the ring may have been created a moment ago: look, unless
+        a look began after the request `arrived` (misses at once share one look,
+        so unknown keys cost at most one query in flight)."""
+        if self.writer is None:
             return False
         try:
-            await self.refresh_keys()
+            await self.refresh_keys(unless_since=arrived)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
             log.warning("api_key_refresh_failed", error=repr(error))  # the key stays unknown: 401, not 500
             return False

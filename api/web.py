@@ -56,10 +56,11 @@ def hub_of(request: Request) -> Hub:
 async def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
     hub = hub_of(request)
     key = credentials.credentials if credentials else None
+    arrived = time.monotonic()
     try:
         return hub.keys.verify(key, datetime.now(UTC))
     except KeyRefused as refused:
-        if key and str(refused) == "unknown API key" and await hub.refresh_keys_on_miss():
+        if key and str(refused) == "unknown API key" and await hub.refresh_keys_on_miss(arrived):
             try:
                 return hub.keys.verify(key, datetime.now(UTC))
             except KeyRefused as again:
