@@ -29,12 +29,16 @@ from tokenhub.contracts.periods import Period, PeriodKind, billing_period
 from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.services.invoicing import netting
+from tokenhub.services.invoicing.codec import Posted
 
 SETTLEMENT_ROUNDING: Final[RoundingMode] = DEFAULT_ROUNDING
 """Settlement's; an invoice rounds as its price books say (`rounding_mode_for`)."""
 
 DEFAULT_CYCLE: Final[PeriodKind] = "month"
 ONE_MICROSECOND: Final = timedelta(microseconds=1)
+
+Posting = LedgerPosted | Posted
+"""A posting as published (the pydantic model) or as invoicing decodes it (codec.Posted)."""
 
 TotalKind = Literal["charge", "reversal", "period_tier"]
 """What a running total adds up: charges (and corrections, which are charges at
@@ -109,7 +113,7 @@ class PeriodTotals:
 class WaitingPosting:
     """A posting received ahead of a missing sequence of its chain."""
 
-    posted: LedgerPosted
+    posted: Posting
     payload: bytes
 
 
@@ -168,32 +172,26 @@ class Received:
     latest_event_time: datetime | None
 
 
-def billing_periods(events: Sequence[LedgerPosted], cycles: Mapping[str, PeriodKind], zone: str) -> list[Period]:
+def billing_periods(events: Sequence[Posting], cycles: Mapping[str, PeriodKind], zone: str) -> list[Period]:
     """Each posting's billing period, by its payer's cycle (month unless set)."""
     return [billing_period(event.event_time, cycles.get(event.payer_bu, DEFAULT_CYCLE), zone) for event in events]
 
 
-def payer_periods(events: Sequence[LedgerPosted], cycles: Mapping[str, PeriodKind], zone: str) -> set[tuple[str, str]]:
+def payer_periods(events: Sequence[Posting], cycles: Mapping[str, PeriodKind], zone: str) -> set[tuple[str, str]]:
     """The (payer, period) pairs the postings are billed in."""
     return {(event.payer_bu, period.name) for event, period in zip(events, billing_periods(events, cycles, zone),
                                                                     strict=True)}
 
 
-def _total_kind(posted: LedgerPosted) -> TotalKind:
-    if posted.kind == "adjustment":
-        return "period_tier"
-    return "reversal" if posted.kind == "reversal" else "charge"
-
-
-def in_chain_order(batch: Sequence[tuple[LedgerPosted, bytes]], watermarks: Mapping[str, int],
-                   waiting: Sequence[WaitingPosting]) -> tuple[list[tuple[LedgerPosted, bytes]], list[WaitingPosting],
+def in_chain_order(batch: Sequence[tuple[Posting, bytes]], watermarks: Mapping[str, int],
+                   waiting: Sequence[WaitingPosting]) -> tuple[list[tuple[Posting, bytes]], list[WaitingPosting],
                                                                 list[tuple[str, int]], dict[str, int], list[Gap], int]:
     """Which postings apply now, in each chain's order: those that continue their
     chain from its watermark without a gap, including postings that waited for
     this batch. Returns (to apply, to wait, waiting ones released, new watermarks,
     gaps, duplicates). A sequence at or below its chain's watermark, or already
     waiting, or twice in the batch, is a duplicate."""
-    by_chain: dict[str, dict[int, tuple[LedgerPosted, bytes, bool]]] = defaultdict(dict)
+    by_chain: dict[str, dict[int, tuple[Posting, bytes, bool]]] = defaultdict(dict)
     for stored in waiting:
         by_chain[stored.posted.chain][stored.posted.sequence] = (stored.posted, stored.payload, True)
     duplicates = 0
@@ -203,7 +201,7 @@ def in_chain_order(batch: Sequence[tuple[LedgerPosted, bytes]], watermarks: Mapp
             duplicates += 1
             continue
         chain[posted.sequence] = (posted, payload, False)
-    apply: list[tuple[LedgerPosted, bytes]] = []
+    apply: list[tuple[Posting, bytes]] = []
     to_wait: list[WaitingPosting] = []
     released: list[tuple[str, int]] = []
     moved: dict[str, int] = {}
@@ -227,53 +225,72 @@ def in_chain_order(batch: Sequence[tuple[LedgerPosted, bytes]], watermarks: Mapp
     return apply, to_wait, released, moved, gaps, duplicates
 
 
-def receive(batch: Sequence[tuple[LedgerPosted, bytes]], *, watermarks: Mapping[str, int],
+_TOTAL_KINDS: Final[dict[str, TotalKind]] = {"charge": "charge", "correction": "charge", "reversal": "reversal",
+                                             "adjustment": "period_tier"}
+
+
+def receive(batch: Sequence[tuple[Posting, bytes]], *, watermarks: Mapping[str, int],
             waiting: Sequence[WaitingPosting], invoiced: set[tuple[str, str]], cycles: Mapping[str, PeriodKind],
             zone: str) -> Received:
     """Add a batch of postings to the running totals. `watermarks` are the chains'
     applied-through sequences, `waiting` the postings stored ahead of a gap in
-    these chains, `invoiced` the (payer, period) pairs with an invoice already."""
+    these chains, `invoiced` the (payer, period) pairs with an invoice already.
+    Per posting this is the cost that decides invoicing's throughput: keys are
+    plain tuples here, and become LineKeys once per distinct key."""
     apply, to_wait, released, moved, gaps, duplicates = in_chain_order(batch, watermarks, waiting)
     events = [posted for posted, _ in apply]
     periods = billing_periods(events, cycles, zone)
-    lines: dict[LineKey, tuple[datetime, int, Decimal]] = {}
-    tiers: dict[tuple[uuid.UUID, LineKey], tuple[datetime, int, Decimal]] = {}
-    chains: dict[tuple[str, str, str], ChainTotal] = {}
+    sums: dict[tuple, list] = {}
+    chains: dict[tuple[str, str, str], list] = {}
     late: list[LateCharge] = []
     reversals: list[ReversalRef] = []
     latest: datetime | None = None
     for posted, period in zip(events, periods, strict=True):
         if latest is None or posted.event_time > latest:
             latest = posted.event_time
-        kind = _total_kind(posted)
+        kind = _TOTAL_KINDS[posted.kind]
+        if kind == "period_tier" and posted.invoice_id is None:
+            raise ValueError(f"period tier adjustment {posted.priced_id} names no invoice")
+        head = (posted.invoice_id if kind == "period_tier" else None, posted.payer_bu, period.name, kind,
+                posted.consumer_bu, posted.provider_bu, posted.app, posted.model)
+        tail = (posted.book_id, posted.book_version)
         for line in posted.lines:
-            key = LineKey(posted.payer_bu, period.name, kind, posted.consumer_bu, posted.provider_bu, posted.app,
-                          posted.model, line.token_class, line.unit_price_per_million, posted.book_id,
-                          posted.book_version)
-            if kind == "period_tier":
-                if posted.invoice_id is None:
-                    raise ValueError(f"period tier adjustment {posted.priced_id} names no invoice")
-                _, tokens, amount = tiers.get((posted.invoice_id, key), (period.end, 0, Decimal(0)))
-                tiers[(posted.invoice_id, key)] = (period.end, tokens + line.tokens, amount + line.amount)
+            key = (*head, line.token_class, line.unit_price_per_million, *tail)
+            total = sums.get(key)
+            if total is None:
+                sums[key] = [period.end, line.tokens, line.amount]
             else:
-                _, tokens, amount = lines.get(key, (period.end, 0, Decimal(0)))
-                lines[key] = (period.end, tokens + line.tokens, amount + line.amount)
+                total[1] += line.tokens
+                total[2] += line.amount
         if kind == "period_tier":
             continue  # on the invoice that computed it already: neither counted nor a head
         chain_key = (posted.payer_bu, period.name, posted.chain)
-        known = chains.get(chain_key)
-        chains[chain_key] = ChainTotal(posted.payer_bu, period.name, period.end, posted.chain,
-                                       (known.postings if known else 0) + 1, posted.sequence, posted.entry_hash)
-        if kind == "reversal" and posted.corrects_id is not None:
-            reversals.append(ReversalRef(posted.priced_id, posted.corrects_id, posted.payer_bu, period.name, period.end))
-        elif kind == "charge" and (posted.payer_bu, period.name) in invoiced:
+        chain = chains.get(chain_key)
+        if chain is None:
+            chains[chain_key] = [period.end, 1, posted.sequence, posted.entry_hash]
+        else:  # applied in chain order: the last is the head
+            chain[1] += 1
+            chain[2], chain[3] = posted.sequence, posted.entry_hash
+        if kind == "reversal":
+            if posted.corrects_id is not None:
+                reversals.append(ReversalRef(posted.priced_id, posted.corrects_id, posted.payer_bu, period.name,
+                                             period.end))
+        elif (posted.payer_bu, period.name) in invoiced:
             late.append(LateCharge(posted.priced_id, posted.payer_bu, period.name, period.end))
+    open_lines: list[LineTotal] = []
+    tier_lines: list[tuple[uuid.UUID, LineTotal]] = []
+    for (invoice_id, *key), (end, tokens, amount) in sums.items():
+        total = LineTotal(LineKey(*key), end, tokens, amount)
+        if invoice_id is None:
+            open_lines.append(total)
+        else:
+            tier_lines.append((invoice_id, total))
     return Received(
-        open_lines=tuple(LineTotal(key, end, tokens, amount) for key, (end, tokens, amount) in lines.items()),
-        tier_lines=tuple((invoice_id, LineTotal(key, end, tokens, amount))
-                         for (invoice_id, key), (end, tokens, amount) in tiers.items()),
-        chains=tuple(chains.values()), watermarks=moved, to_wait=tuple(to_wait), released=tuple(released),
-        late=tuple(late), reversals=tuple(reversals), gaps=tuple(gaps), applied=len(apply), duplicates=duplicates,
+        open_lines=tuple(open_lines), tier_lines=tuple(tier_lines),
+        chains=tuple(ChainTotal(payer, period, end, chain, count, sequence, entry_hash)
+                     for (payer, period, chain), (end, count, sequence, entry_hash) in chains.items()),
+        watermarks=moved, to_wait=tuple(to_wait), released=tuple(released), late=tuple(late),
+        reversals=tuple(reversals), gaps=tuple(gaps), applied=len(apply), duplicates=duplicates,
         latest_event_time=latest,
     )
 
@@ -287,7 +304,7 @@ def totals_of(postings: Sequence[tuple[str, LedgerPosted]], period_ends: Mapping
     ends = period_ends or {}
     epoch = datetime.min.replace(tzinfo=UTC)
     for period, posted in postings:
-        kind = _total_kind(posted)
+        kind = _TOTAL_KINDS[posted.kind]
         if kind == "period_tier":
             continue
         for line in posted.lines:

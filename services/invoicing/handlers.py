@@ -12,7 +12,7 @@ import structlog
 from aiokafka.structs import ConsumerRecord
 
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import InvoiceIssued, LedgerPosted, PriceBookPublished, decode
+from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind, parse
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
@@ -22,6 +22,7 @@ from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.invoicing import domain, queries
 from tokenhub.services.invoicing.adapters import store
 from tokenhub.services.invoicing.adapters.store import SCHEMA
+from tokenhub.services.invoicing.codec import decode_posted
 
 __all__ = ["SCHEMA", "close_period", "handle_posted_records", "handle_pricebook_records", "set_cycle"]
 
@@ -31,7 +32,7 @@ log = structlog.get_logger()
 async def handle_posted_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> None:
     """Add postings to the running totals, each chain in its order: a sequence seen
     before is a duplicate; one ahead of a missing sequence waits for it."""
-    batch = [(decode(LedgerPosted, record.value), record.value) for record in records]
+    batch = [(decode_posted(record.value), record.value) for record in records]
     async with store.unit(runtime.db()) as unit:
         await unit.lock_against_closes()
         cycles = await unit.cycles()

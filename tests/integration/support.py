@@ -3,6 +3,7 @@ models, a price book), usage to emit, and expected amounts computed by hand."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.cli.commands import build_book, publish_events, registry_events
 from tokenhub.client import UsageClient, usage_event
@@ -147,3 +149,26 @@ async def wait_http(port: int) -> None:
             except httpx.TransportError:
                 return False
         await wait_until(up, SETTLE_TIMEOUT_S, f"metering's HTTP port {port}")
+
+
+async def published_values(bootstrap_servers: str, topic: str, key: bytes, count: int,
+                           timeout_s: float = SETTLE_TIMEOUT_S) -> list[bytes]:
+    """The first `count` values published on `topic` under `key`, in offset order;
+    fails at its deadline saying how many arrived."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout_s
+        while len(values) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(values)} of {count} records keyed {key!r} on {topic} by the deadline")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                values += [record.value for record in records if record.key == key]
+    finally:
+        await consumer.stop()
+    return values[:count]

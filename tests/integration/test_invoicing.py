@@ -18,15 +18,22 @@ import orjson
 import pytest
 
 from tokenhub.cli import commands, invoicing_commands, render
-from tokenhub.contracts.events import InvoiceIssued, decode
+from tokenhub.cli.commands import publish_events
+from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.events import InvoiceIssued, Priced, decode
+from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.periods import containing
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
+from tokenhub.contracts.topics import INVOICES_ISSUED, LEDGER_POSTED, TOKENS_PRICED
 from tokenhub.services.invoicing import handlers, queries
-from tests.integration.support import World, emit, read_counters, wait_settled
+from tokenhub.services.invoicing.adapters.produced import produced_records
+from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
+from tests.contract.examples import PRICED
+from tests.integration.support import World, delta, emit, published_values, read_counters, wait_settled
 from tests.integration.test_pricing import _json_output, _publish_book, cli_env  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -163,6 +170,19 @@ async def test_period_tier_lines_are_posted_and_totals_equal_the_assigned_postin
             if (flow.payer_bu, flow.provider_bu) == (world.bu("shop"), world.provider)] == [Decimal("2.75")]
     assert (settlement.positions[world.bu("shop")], settlement.positions[world.provider]) == (Decimal("-2.75"),
                                                                                             Decimal("2.75"))
+
+    # After a broker loss, invoicing republishes byte for byte what it published: the
+    # invoice, and its tier line as the Priced adjustment the ledger posted.
+    payer = world.bu("shop").encode()
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        produced = [(topic, value) async for topic, key, value, _ in produced_records(connection) if key == payer]
+    finally:
+        await connection.close()
+    published_invoice = await published_values(world.settings.bootstrap_servers or "", INVOICES_ISSUED.name, payer, 1)
+    priced_on_topic = await published_values(world.settings.bootstrap_servers or "", TOKENS_PRICED.name, payer, 4)
+    adjustments = [value for value in priced_on_topic if decode(Priced, value).kind == "adjustment"]
+    assert produced == [(INVOICES_ISSUED.name, published_invoice[0]), (TOKENS_PRICED.name, adjustments[0])]
 
 
 async def test_a_weekly_payer_gets_week_invoices_split_at_the_month_boundary(backend) -> None:
@@ -345,3 +365,46 @@ async def test_spend_month_to_date_shows_the_period_tier_reached_so_far(
             (world.bu("shop"), "search", model, "output", 10_000 * sent, f"{Decimal('0.02') * sent:.12f}")]
         assert Decimal(report["spend"]) == Decimal("0.06") * sent
         assert report["period_tiers"] == [{"model": model, "tokens": tier_tokens, "charge": f"{Decimal(charge):.12f}"}]
+
+
+async def test_a_posting_ahead_of_a_missing_sequence_waits_for_it_and_says_so(backend) -> None:
+    """On ledger.posted itself: a chain's third posting before its second waits,
+    listed with the sequence it waits for; the second arrives and both apply; a
+    copy of the first is a duplicate by its sequence."""
+    world = World(backend.settings)
+    payer = world.bu("gapped")
+    head = ChainHead(payer, 0, GENESIS_HASH)
+    chain = []
+    for index in range(3):
+        priced = PRICED.model_copy(update={"id": derive_id("tests", world.prefix, str(index)), "payer_bu": payer,
+                                           "consumer_bu": payer, "event_time": datetime.now(UTC) - timedelta(hours=1)})
+        entry = post(priced, head, datetime.now(UTC))
+        head = ChainHead(payer, entry.sequence, entry.entry_hash)
+        chain.append((payer.encode(), canonical_json(entry)))
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        async def waiting_for(missing: int | None) -> bool:
+            gaps = [(chain.missing_sequence, chain.waiting_from, chain.waiting)
+                    for chain in await queries.waiting_chains(pool) if chain.chain == payer]
+            return gaps == ([] if missing is None else [(missing, 3, 1)])
+
+        before = await read_counters(world.settings)
+        await publish_events(world.settings, LEDGER_POSTED.name, [chain[0], chain[2]])
+        await wait_until(lambda: waiting_for(2), 60, "the third posting to wait for the second")
+        rows = await _query(world, "select coalesce(sum(postings), 0) as n from invoicing.chain_totals "
+                            "where payer_bu = $1", payer)
+        assert rows[0]["n"] == 1
+        await publish_events(world.settings, LEDGER_POSTED.name, [chain[1], chain[0]])
+        await wait_until(lambda: waiting_for(None), 60, "the gap to close")
+
+        async def all_applied() -> bool:
+            now = await read_counters(world.settings)
+            return delta(now, before, "invoicing.duplicates") == 1 and delta(now, before, "invoicing.postings") == 3
+        await wait_until(all_applied, 60, "the three postings applied once, the copy counted as a duplicate")
+        rows = await _query(world, "select postings, head_sequence from invoicing.chain_totals where payer_bu = $1", payer)
+        assert [(row["postings"], row["head_sequence"]) for row in rows] == [(3, 3)]
+        totals = await _query(world, "select sum(tokens) as tokens, sum(amount) as amount from invoicing.line_totals "
+                              "where payer_bu = $1", payer)
+        assert (totals[0]["tokens"], totals[0]["amount"]) == (3 * PRICED.total_tokens, 3 * PRICED.total_amount)
+    finally:
+        await pool.close()

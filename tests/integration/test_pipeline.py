@@ -5,12 +5,10 @@ commit and its offset commit, and replay against the projection."""
 from __future__ import annotations
 
 import random
-import time
 from decimal import Decimal
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.audit.replay import replay
 from tokenhub.services.ledger.queries import balances
@@ -19,7 +17,15 @@ from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
-from tests.integration.support import SETTLE_TIMEOUT_S, World, delta, emit, read_counters, wait_settled
+from tests.integration.support import (
+    SETTLE_TIMEOUT_S,
+    World,
+    delta,
+    emit,
+    published_values,
+    read_counters,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,27 +41,6 @@ async def _balances_by_bu(world: World) -> dict[str, object]:
         return {row.bu: row for row in await balances(pool) if row.bu.startswith(world.prefix)}
     finally:
         await pool.close()
-
-
-async def _published(bootstrap_servers: str, topic: str, key: bytes, count: int) -> list[bytes]:
-    """The first `count` values published on `topic` under `key`; fails at its deadline."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while len(values) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(values)} of {count} records keyed {key!r} on {topic} by the deadline")
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                values += [record.value for record in records if record.key == key]
-    finally:
-        await consumer.stop()
-    return values[:count]
 
 
 async def test_events_in_exact_balances_out(backend) -> None:
@@ -121,7 +106,7 @@ async def test_duplicates_are_stopped_by_the_layer_they_reach(backend) -> None:
             world.bu("shop"))
     finally:
         await connection.close()
-    posted = await _published(world.settings.bootstrap_servers or "", LEDGER_POSTED.name, world.bu("shop").encode(), 50)
+    posted = await published_values(world.settings.bootstrap_servers or "", LEDGER_POSTED.name, world.bu("shop").encode(), 50)
     assert len(consumed) == 50 and len(priced) == 50 and len(posted) == 50
     await publish_events(world.settings, TOKENS_CONSUMED.name, [(row["payer_bu"].encode(), row["payload"]) for row in consumed])
     await publish_events(world.settings, TOKENS_PRICED.name, [(world.bu("shop").encode(), row["payload"]) for row in priced])

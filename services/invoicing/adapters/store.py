@@ -19,13 +19,12 @@ from typing import Final
 
 import asyncpg
 
-from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, LedgerPosted, PriceBookPublished, decode
+from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
-from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
+from tokenhub.services.invoicing.codec import decode_posted
 from tokenhub.services.invoicing.domain import (
     ChainTotal,
     LineKey,
@@ -33,7 +32,6 @@ from tokenhub.services.invoicing.domain import (
     PeriodTotals,
     Received,
     WaitingPosting,
-    tier_adjustments,
 )
 
 SCHEMA: Final = "invoicing"
@@ -212,12 +210,6 @@ select c.chain, c.sequence + 1 as missing_sequence, min(w.sequence) as waiting_f
 from invoicing.chains c join invoicing.waiting w using (chain)
 group by c.chain, c.sequence order by c.chain
 """
-SELECT_PRODUCED: Final = """
-select 0 as rank, issued_at as at, payer_bu as key, number, payload from invoicing.invoices
-union all
-select 1, settled_at, period, 0, payload from invoicing.settlements
-order by at, rank, key, number
-"""
 
 
 @dataclass(frozen=True)
@@ -289,7 +281,7 @@ class Unit:
         with_waiting = [row["chain"] for row in rows if row["waiting"]]
         waiting = []
         if with_waiting:
-            waiting = [WaitingPosting(decode(LedgerPosted, row["payload"]), row["payload"])
+            waiting = [WaitingPosting(decode_posted(row["payload"]), row["payload"])
                        for row in await self._connection.fetch(SELECT_WAITING, with_waiting)]
         return ChainState(watermarks, waiting)
 
@@ -467,24 +459,4 @@ async def reading(pool: asyncpg.Pool) -> AsyncIterator[Unit]:
     """One connection, each statement its own snapshot."""
     async with pool.acquire() as connection:
         yield Unit(connection)
-
-
-Record = tuple[str, bytes, bytes, tuple[tuple[str, bytes], ...]]
-
-
-async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[Record]:
-    """What invoicing published, in the order it was produced, as (topic, key, value,
-    headers), for republishing into an empty broker: each invoice issued, followed
-    by its period tier lines as Priced adjustments (rebuilt from the invoice, byte
-    for byte what was published), and each settlement after the invoices of its close."""
-    async with connection.transaction():
-        async for row in connection.cursor(SELECT_PRODUCED):
-            payload = bytes(row["payload"])
-            if row["rank"] == 1:
-                yield (SETTLEMENTS_NETTED.name, row["key"].encode(), payload, ())
-                continue
-            invoice = decode(InvoiceIssued, payload)
-            yield (INVOICES_ISSUED.name, row["key"].encode(), payload, ())
-            for adjustment in tier_adjustments(invoice, invoice.currency):
-                yield (TOKENS_PRICED.name, row["key"].encode(), canonical_json(adjustment), ())
 
