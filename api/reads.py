@@ -22,6 +22,7 @@ import orjson
 
 from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet
 from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
+from tokenhub.contracts.ids import posted_id
 from tokenhub.contracts.periods import Period
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
@@ -41,17 +42,26 @@ def text(value: Decimal) -> str:
 # --- balances (ledger) ----------------------------------------------------------------
 
 SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
+# The journal holds one transfer per ledger per entry (debit account, credit
+# account, quantity); account totals sum both sides of each.
 SELECT_AS_OF: Final = """
-select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
-from ledger.postings p join ledger.entries e using (entry_id)
-where e.{column} <= $1
-group by p.ledger, p.account
+select legs.ledger, legs.account, sum(legs.debit) as debit_total, sum(legs.credit) as credit_total
+from ledger.journal j,
+     lateral (values ('money', j.money_debit, j.amount, 0::numeric), ('money', j.money_credit, 0::numeric, j.amount),
+                     ('tokens', j.tokens_debit, j.tokens::numeric, 0::numeric),
+                     ('tokens', j.tokens_credit, 0::numeric, j.tokens::numeric)) as legs(ledger, account, debit, credit)
+where j.{column} <= $1
+group by legs.ledger, legs.account
 """
 SELECT_ACCOUNTS_BEFORE: Final = """
-select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
-from ledger.postings p join ledger.entries e using (entry_id)
-where e.{column} < $1 and p.account like $2
-group by p.ledger, p.account
+select legs.ledger, legs.account, sum(legs.debit) as debit_total, sum(legs.credit) as credit_total
+from ledger.journal j,
+     lateral (values ('money', j.money_debit, j.amount, 0::numeric), ('money', j.money_credit, 0::numeric, j.amount),
+                     ('tokens', j.tokens_debit, j.tokens::numeric, 0::numeric),
+                     ('tokens', j.tokens_credit, 0::numeric, j.tokens::numeric)) as legs(ledger, account, debit, credit)
+where j.{column} < $1
+group by legs.ledger, legs.account
+having legs.account like $2
 """
 SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
 
@@ -94,36 +104,48 @@ async def balances(pool: asyncpg.Pool, *, as_of: datetime | None, by: str) -> li
 # --- statements (ledger) ----------------------------------------------------------------
 
 SELECT_STATEMENT_PAGE: Final = """
-select e.entry_id, e.priced_id, e.kind, e.corrects_id, e.chain, e.sequence, e.payer_bu, e.consumer_bu, e.provider_bu,
-       e.app, e.model, e.amount, e.tokens, e.event_time, e.posted_at, e.entry_hash,
-       coalesce(sum(p.debit) filter (where p.ledger = 'money'), 0) as money_debit,
-       coalesce(sum(p.credit) filter (where p.ledger = 'money'), 0) as money_credit,
-       coalesce(sum(p.debit) filter (where p.ledger = 'tokens'), 0) as tokens_debit,
-       coalesce(sum(p.credit) filter (where p.ledger = 'tokens'), 0) as tokens_credit
-from ledger.entries e join ledger.postings p using (entry_id)
-where (e.payer_bu = $1 or e.consumer_bu = $1 or e.provider_bu = $1)
-  and e.{column} >= $2 and e.{column} < $3
-  and ($4::timestamptz is null or (e.{column}, e.chain, e.sequence) > ($4, $5, $6))
-group by e.entry_id
-order by e.{column}, e.chain, e.sequence
+select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
+       tokens, priced
+from ledger.journal
+where (money_debit = any($1::text[]) or money_credit = any($1::text[])
+       or tokens_debit = any($1::text[]) or tokens_credit = any($1::text[]))
+  and {column} >= $2 and {column} < $3
+  and ($4::timestamptz is null or ({column}, chain, sequence) > ($4, $5, $6))
+order by {column}, chain, sequence
 limit $7
 """
 
 
 class Unbalanced(ValueError):
-    """An entry read back does not balance: the journal is damaged."""
+    """An entry read back does not move what its Priced says: the journal is damaged."""
 
 
-def _effect(bu: str, row: asyncpg.Record) -> dict[str, Decimal]:
+def _entry(bu: str, row: asyncpg.Record) -> dict[str, Any]:
+    """A statement entry from a journal row: its movements from the row's
+    transfers (a reversal moves the other way round), checked against its Priced."""
+    priced = orjson.loads(row["priced"])
+    spend = f"bu:{priced['payer_bu']}:spend"
+    amount = row["amount"] if row["money_debit"] == spend else -row["amount"]
+    tokens = row["tokens"] if row["tokens_debit"] == f"bu:{priced['consumer_bu']}:consumed" else -row["tokens"]
+    if spend not in (row["money_debit"], row["money_credit"]) or amount != Decimal(priced["total_amount"]) \
+            or tokens != priced["total_tokens"]:
+        raise Unbalanced(f"entry of Priced {row['priced_id']} (chain {row['chain']} #{row['sequence']}) "
+                         "does not move what its Priced says")
     effect = _zero()
-    if row["payer_bu"] == bu:
-        effect["spend"] += row["amount"]
-    if row["provider_bu"] == bu:
-        effect["revenue"] += row["amount"]
-        effect["tokens_served"] += row["tokens"]
-    if row["consumer_bu"] == bu:
-        effect["tokens_consumed"] += row["tokens"]
-    return effect
+    if priced["payer_bu"] == bu:
+        effect["spend"] += amount
+    if priced["provider_bu"] == bu:
+        effect["revenue"] += amount
+        effect["tokens_served"] += tokens
+    if priced["consumer_bu"] == bu:
+        effect["tokens_consumed"] += tokens
+    return {
+        "entry_id": str(posted_id(priced["id"])), "priced_id": priced["id"], "kind": priced.get("kind", "charge"),
+        "corrects_id": priced.get("corrects_id"), "chain": row["chain"], "sequence": row["sequence"],
+        "event_time": row["event_time"].isoformat(), "posted_at": row["posted_at"].isoformat(),
+        "payer_bu": priced["payer_bu"], "consumer_bu": priced["consumer_bu"], "provider_bu": priced["provider_bu"],
+        "app": priced.get("app"), "model": priced["model"], "amount": text(amount), "tokens": tokens,
+        "effect": _figures_text(effect)}
 
 
 def _figures_text(values: dict[str, Decimal]) -> dict[str, str]:
@@ -142,26 +164,18 @@ class StatementPage:
 async def statement(pool: asyncpg.Pool, bu: str, start: datetime, end: datetime, by: str,
                     after: tuple[datetime, str, int] | None, limit: int) -> StatementPage:
     """A page of the entries behind a BU's balance in [start, end), with the
-    balances at both ends of the whole window; each entry's legs are checked to
-    balance as read back."""
+    balances at both ends of the whole window; each entry's movements are
+    checked against its Priced as read back."""
     column = _column(by)
     pattern = f"bu:{bu}:%"
     moment, chain, sequence = after if after else (None, "", 0)
     async with pool.acquire() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
         opening = figures_from_accounts(await connection.fetch(SELECT_ACCOUNTS_BEFORE.format(column=column), start, pattern)).get(bu, _zero())
         closing = figures_from_accounts(await connection.fetch(SELECT_ACCOUNTS_BEFORE.format(column=column), end, pattern)).get(bu, _zero())
-        rows = await connection.fetch(SELECT_STATEMENT_PAGE.format(column=column), bu, start, end, moment, chain, sequence, limit + 1)
-    entries = []
-    for row in rows[:limit]:
-        if row["money_debit"] != row["money_credit"] or row["tokens_debit"] != row["tokens_credit"]:
-            raise Unbalanced(f"entry {row['entry_id']} (chain {row['chain']} #{row['sequence']}) does not balance")
-        entries.append({
-            "entry_id": str(row["entry_id"]), "priced_id": str(row["priced_id"]), "kind": row["kind"],
-            "corrects_id": str(row["corrects_id"]) if row["corrects_id"] else None, "chain": row["chain"],
-            "sequence": row["sequence"], "event_time": row["event_time"].isoformat(), "posted_at": row["posted_at"].isoformat(),
-            "payer_bu": row["payer_bu"], "consumer_bu": row["consumer_bu"], "provider_bu": row["provider_bu"],
-            "app": row["app"], "model": row["model"], "amount": text(row["amount"]), "tokens": row["tokens"],
-            "effect": _figures_text(_effect(bu, row))})
+        accounts = [f"bu:{bu}:{kind}" for kind in ("spend", "revenue", "consumed", "served")]
+        rows = await connection.fetch(SELECT_STATEMENT_PAGE.format(column=column), accounts, start, end, moment, chain,
+                                      sequence, limit + 1)
+    entries = [_entry(bu, row) for row in rows[:limit]]
     last = rows[:limit][-1] if rows[:limit] else None
     return StatementPage(_figures_text(opening), _figures_text(closing), entries,
                          (last[column], last["chain"], last["sequence"]) if last is not None else None, len(rows) > limit)

@@ -52,6 +52,18 @@ def figures(event: Mapping[str, Any]) -> PricedFigures:
 
 Balances = dict[str, dict[str, Decimal]]
 
+ACCOUNT_TOTALS: Final = """
+select legs.ledger, legs.account, sum(legs.debit) as debit_total, sum(legs.credit) as credit_total
+from ledger.journal j,
+     lateral (values ('money', j.money_debit, j.amount, 0::numeric), ('money', j.money_credit, 0::numeric, j.amount),
+                     ('tokens', j.tokens_debit, j.tokens::numeric, 0::numeric),
+                     ('tokens', j.tokens_credit, 0::numeric, j.tokens::numeric)) as legs(ledger, account, debit, credit)
+{where}
+group by legs.ledger, legs.account
+"""
+"""Debit and credit totals per account, summed from the journal's transfers:
+each row debits one account and credits another by one quantity per ledger."""
+
 
 def zero() -> dict[str, Decimal]:
     return dict.fromkeys(FIGURES, Decimal(0))

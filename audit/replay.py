@@ -1,5 +1,5 @@
 """Replay: every balance rebuilt from the log (tokens.priced) or from the
-ledger's Priced archive, as of an event time, and compared with the ledger's
+Priced in the ledger's journal, as of an event time, and compared with the ledger's
 own projection (its balances table, or its journal at a past time)."""
 
 from __future__ import annotations
@@ -11,20 +11,15 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from tokenhub.audit.balances import FIGURES_DECODER, Balances, Difference, PricedFigures, diff, figures_of, rebuild
+from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES_DECODER, Balances, Difference, PricedFigures, diff, figures_of, rebuild
 from tokenhub.audit.log import Progress, event_id, loads_many, read_topic, silent
 from tokenhub.audit.reprice import Repricing, load_pricing_inputs, reprice
 from tokenhub.contracts.topics import TOKENS_PRICED
 
-SELECT_PRICED_ARCHIVE: Final = "select payload from ledger.priced_archive"  # sums need no order
-SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.priced_archive"
+SELECT_PRICED_ARCHIVE: Final = "select priced as payload from ledger.journal"  # sums need no order
+SELECT_ARCHIVE_COUNT: Final = "select count(*) from ledger.journal"
 SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
-SELECT_JOURNAL_AS_OF: Final = """
-select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
-from ledger.postings p join ledger.entries e using (entry_id)
-where e.event_time <= $1
-group by p.ledger, p.account
-"""
+SELECT_JOURNAL_AS_OF: Final = ACCOUNT_TOTALS.format(where="where j.event_time <= $1")
 
 
 async def priced_from_topic(bootstrap_servers: str, expected: int, idle_timeout_s: float,
@@ -106,7 +101,7 @@ async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: s
     events: list[PricedFigures] | list[dict[str, Any]]
     if archived is not None:
         events = archived
-        progress("read ledger.priced_archive", len(events), len(events))
+        progress("read ledger.journal", len(events), len(events))
     else:
         if not bootstrap_servers:
             raise ValueError("replay from the topic needs a broker")

@@ -29,11 +29,9 @@ RESTORE_BATCH_MAX: Final = 1_000
 """Priced per restore transaction: the ledger's own batch size."""
 SELECT_BUDGET_ARCHIVE: Final = "select payload from ledger.budgets order by set_at, budget_id"
 SELECT_ARCHIVE_PLACED: Final = """
-select a.payload, e.chain, e.sequence, e.posted_at
-from ledger.priced_archive a left join ledger.entries e using (priced_id)
-order by a.received_at, a.priced_id
+select priced as payload, chain, sequence, posted_at from ledger.journal order by chain, sequence
 """
-TARGET_EMPTY: Final = "select (select count(*) from ledger.entries) + (select count(*) from ledger.budgets)"
+TARGET_EMPTY: Final = "select (select count(*) from ledger.journal) + (select count(*) from ledger.budgets)"
 CLEAR_OUTBOX: Final = """
 with dropped as (delete from ledger.outbox returning cardinality(topics) as events)
 select coalesce(sum(events), 0) from dropped
@@ -119,8 +117,8 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
     await migrate(target_url)
     if source == "archive":
         async with source_pool.acquire() as connection:
-            placed = [(bytes(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"])
-                       if row["chain"] is not None else None) for row in await connection.fetch(SELECT_ARCHIVE_PLACED)]
+            placed = [(bytes(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"]))
+                      for row in await connection.fetch(SELECT_ARCHIVE_PLACED)]
             budget_values = [bytes(row["payload"]) for row in await connection.fetch(SELECT_BUDGET_ARCHIVE)]
     else:
         if not bootstrap_servers:

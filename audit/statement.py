@@ -1,6 +1,6 @@
 """A business unit's statement: the journal entries behind its balance in a
-window, between the balances at both ends, each entry's legs checked to
-balance as they are read back."""
+window, between the balances at both ends, each entry's movements checked
+against its Priced as they are read back."""
 
 from __future__ import annotations
 
@@ -11,38 +11,32 @@ from typing import Final
 
 import asyncpg
 
-from tokenhub.audit.balances import FIGURES, figures_of, zero
-from tokenhub.contracts.accounts import bu_accounts_pattern
+from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES, figures_of, zero
+from tokenhub.audit.log import exact, loads_many
+from tokenhub.contracts.accounts import account_name, bu_accounts_pattern
+from tokenhub.contracts.ids import posted_id
 
 SELECT_STATEMENT: Final = """
-select e.entry_id, e.priced_id, e.kind, e.corrects_id, e.chain, e.sequence, e.payer_bu, e.consumer_bu, e.provider_bu,
-       e.app, e.model, e.amount, e.tokens, e.event_time, e.posted_at, e.entry_hash,
-       coalesce(sum(p.debit) filter (where p.ledger = 'money'), 0) as money_debit,
-       coalesce(sum(p.credit) filter (where p.ledger = 'money'), 0) as money_credit,
-       coalesce(sum(p.debit) filter (where p.ledger = 'tokens'), 0) as tokens_debit,
-       coalesce(sum(p.credit) filter (where p.ledger = 'tokens'), 0) as tokens_credit
-from ledger.entries e join ledger.postings p using (entry_id)
-where (e.payer_bu = $1 or e.consumer_bu = $1 or e.provider_bu = $1)
-  and e.{column} >= $2 and e.{column} < $3
-group by e.entry_id
-order by e.{column}, e.chain, e.sequence
+select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
+       tokens, entry_hash, priced
+from ledger.journal
+where (money_debit = any($1::text[]) or money_credit = any($1::text[])
+       or tokens_debit = any($1::text[]) or tokens_credit = any($1::text[]))
+  and {column} >= $2 and {column} < $3
+order by {column}, chain, sequence
 limit $4
 """
-SELECT_ACCOUNTS_AS_OF: Final = """
-select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
-from ledger.postings p join ledger.entries e using (entry_id)
-where e.{column} < $1 and p.account like $2
-group by p.ledger, p.account
-"""
+SELECT_ACCOUNTS_AS_OF: Final = ACCOUNT_TOTALS.format(where="where j.{column} < $1") + "having legs.account like $2"
 
 
 class Unbalanced(ValueError):
-    """An entry read back does not balance: the journal is damaged."""
+    """An entry read back does not move what its Priced says: the journal is damaged."""
 
 
 @dataclass(frozen=True)
 class StatementLine:
     entry_id: str
+    """The id of the entry's LedgerPosted."""
     priced_id: str
     kind: str
     corrects_id: str | None
@@ -81,34 +75,41 @@ STATEMENT_LINES_MAX: Final = 100_000
 """Entries on one statement: a month of a large BU; narrow the window for more."""
 
 
-def _effect(bu: str, row: asyncpg.Record) -> dict[str, Decimal]:
+def _line(bu: str, row: asyncpg.Record) -> StatementLine:
+    """A statement line from a journal row, its movements read from the row's
+    transfers and checked against the Priced it holds."""
+    priced = loads_many(row["priced"])
+    spend = account_name(priced["payer_bu"], "spend")
+    amount = row["amount"] if row["money_debit"] == spend else -row["amount"]
+    tokens = row["tokens"] if row["tokens_debit"] == account_name(priced["consumer_bu"], "consumed") else -row["tokens"]
+    if (spend not in (row["money_debit"], row["money_credit"]) or amount != exact(priced["total_amount"])
+            or tokens != priced["total_tokens"]):
+        raise Unbalanced(f"entry of Priced {row['priced_id']} (chain {row['chain']} #{row['sequence']}) "
+                         "does not move what its Priced says")
     effect = zero()
-    if row["payer_bu"] == bu:
-        effect["spend"] += row["amount"]
-    if row["provider_bu"] == bu:
-        effect["revenue"] += row["amount"]
-        effect["tokens_served"] += row["tokens"]
-    if row["consumer_bu"] == bu:
-        effect["tokens_consumed"] += row["tokens"]
-    return effect
+    if priced["payer_bu"] == bu:
+        effect["spend"] += amount
+    if priced["provider_bu"] == bu:
+        effect["revenue"] += amount
+        effect["tokens_served"] += tokens
+    if priced["consumer_bu"] == bu:
+        effect["tokens_consumed"] += tokens
+    return StatementLine(
+        str(posted_id(priced["id"])), priced["id"], priced.get("kind", "charge"), priced.get("corrects_id"), row["chain"],
+        row["sequence"], row["event_time"], row["posted_at"], priced["payer_bu"], priced["consumer_bu"],
+        priced["provider_bu"], priced.get("app"), priced["model"], amount, tokens, effect)
 
 
 async def statement(pool: asyncpg.Pool, bu: str, start: datetime, end: datetime, by: str = "event-time",
                     limit: int = STATEMENT_LINES_MAX) -> Statement:
     """The entries behind a BU's balance in [start, end), between the balances
-    at both ends; each entry's legs are checked to balance as read back."""
+    at both ends; each entry's movements are checked against its Priced as read back."""
     column = "event_time" if by == "event-time" else "posted_at"
     pattern = bu_accounts_pattern(bu)
+    accounts = [account_name(bu, kind) for kind in ("spend", "revenue", "consumed", "served")]
     async with pool.acquire() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
         opening = figures_of(await connection.fetch(SELECT_ACCOUNTS_AS_OF.format(column=column), start, pattern)).get(bu, zero())
         closing = figures_of(await connection.fetch(SELECT_ACCOUNTS_AS_OF.format(column=column), end, pattern)).get(bu, zero())
-        rows = await connection.fetch(SELECT_STATEMENT.format(column=column), bu, start, end, limit + 1)
-    lines = []
-    for row in rows[:limit]:
-        if row["money_debit"] != row["money_credit"] or row["tokens_debit"] != row["tokens_credit"]:
-            raise Unbalanced(f"entry {row['entry_id']} (chain {row['chain']} #{row['sequence']}) does not balance")
-        lines.append(StatementLine(
-            str(row["entry_id"]), str(row["priced_id"]), row["kind"], str(row["corrects_id"]) if row["corrects_id"] else None,
-            row["chain"], row["sequence"], row["event_time"], row["posted_at"], row["payer_bu"], row["consumer_bu"],
-            row["provider_bu"], row["app"], row["model"], row["amount"], row["tokens"], _effect(bu, row)))
+        rows = await connection.fetch(SELECT_STATEMENT.format(column=column), accounts, start, end, limit + 1)
+    lines = [_line(bu, row) for row in rows[:limit]]
     return Statement(bu, start, end, by, opening, lines, closing, len(rows) > limit)

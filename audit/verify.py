@@ -3,26 +3,27 @@ and docs/architecture.md's invariants 1-6, recomputed with this module's own cod
 the stored rows of every service (read-only tools may read every schema).
 
 Each check yields violations that name what is wrong precisely enough to find
-it: a journal row by chain, sequence and entry id; an event by its id."""
+it: a journal row by chain, sequence and the Priced it posts; an event by its id."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, localcontext
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import orjson
 
-from tokenhub.audit.balances import diff, figures_of, rebuild
-from tokenhub.audit.log import PROGRESS_EVERY, Progress, TopicRecord, loads, loads_many, read_topic, silent
+from tokenhub.audit.balances import ACCOUNT_TOTALS, diff, figures_of, rebuild
+from tokenhub.audit.log import Progress, TopicRecord, loads, loads_many, read_topic, silent
 from tokenhub.audit.replay import SELECT_PROJECTION
 from tokenhub.audit.reprice import load_pricing_inputs, reprice
-from tokenhub.contracts.accounts import parse_account
+from tokenhub.contracts.accounts import account_name, parse_account
+from tokenhub.contracts.ids import posted_id
 from tokenhub.contracts.periods import parse_time
 from tokenhub.contracts.topics import LEDGER_POSTED
 
@@ -73,14 +74,9 @@ class VerifyReport:
 
 
 def canonical(value: Any) -> bytes:
-    """The canonical JSON form, written out here: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain).encode()
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, Decimal):
-        raise TypeError("amounts travel as strings; a bare number here means the payload was altered")
-    raise TypeError(f"not JSON: {type(value).__name__}")
+    """The canonical JSON form: sorted keys, no whitespace, UTF-8 (a Decimal
+    is refused: amounts travel as strings)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def entry_hash(content: dict[str, Any], previous_hash: str) -> str:
@@ -89,33 +85,97 @@ def entry_hash(content: dict[str, Any], previous_hash: str) -> str:
     return hashlib.sha256(previous_hash.encode() + b"\n" + canonical(body)).hexdigest()
 
 
-def row_name(chain: str, sequence: int, entry_id: object) -> str:
-    return f"chain {chain} sequence {sequence} entry {entry_id}"
+def row_name(chain: str, sequence: int, priced_id: object) -> str:
+    return f"chain {chain} sequence {sequence} (Priced {priced_id})"
 
 
 # --- chains ------------------------------------------------------------------------------
 
-SELECT_ENTRIES: Final = """
-select e.entry_id, e.priced_id, e.kind, e.corrects_id, e.chain, e.sequence, e.payer_bu, e.consumer_bu, e.provider_bu,
-       e.app, e.model, e.amount, e.tokens, e.event_time, e.posted_at, e.entry_hash, e.previous_hash, e.payload,
-       (select coalesce(json_agg(json_build_array(p.ledger, p.account, p.debit::text, p.credit::text) order by p.leg), '[]')
-        from ledger.postings p where p.entry_id = e.entry_id)::text as legs
-from ledger.entries e
-where $1::text is null or e.chain = $1
-order by e.chain, e.sequence
+# Each chain in sequence order, through the journal's (chain, sequence) index,
+# from a server-side cursor in batches.
+SELECT_JOURNAL: Final = """
+select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
+       tokens, entry_hash, priced
+from ledger.journal
+where $1::text is null or chain = $1
+order by chain, sequence
 """
 SELECT_HEADS: Final = "select chain, sequence, head_hash from ledger.chains where $1::text is null or chain = $1"
+FETCH_ROWS: Final = 5_000
+"""Journal rows per fetch from the cursor: a few MB."""
 
-_COLUMNS: Final = ("kind", "chain", "sequence", "payer_bu", "consumer_bu", "provider_bu", "app", "model")
+ENTRY_FIELDS_FROM_PRICED: Final = ("event_time", "kind", "corrects_id", "payer_bu", "consumer_bu", "provider_bu", "app",
+                                   "model", "book_id", "book_version", "currency", "lines", "invoice_id")
+"""What a LedgerPosted carries as its Priced has it."""
+ZERO_TEXT: Final = "0.000000000000"
+
+
+def _transfer(debit_account: str, credit_account: str, quantity: str) -> tuple[str, str, str]:
+    """(debit account, credit account, quantity) for a quantity written at the
+    fixed scale; a negative one moves the other way round. A negative zero
+    moves nothing and keeps its sign, as the ledger wrote it."""
+    if quantity.startswith("-") and quantity.strip("-0.") != "":
+        return credit_account, debit_account, quantity[1:]
+    return debit_account, credit_account, quantity
+
+
+def expected_transfers(priced: dict[str, Any]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """The chart of accounts applied to a Priced, written out here: money from
+    the payer's spend to the provider's revenue, Tokens from the consumer's
+    consumed to the provider's served."""
+    tokens = priced["total_tokens"]
+    if type(tokens) is not int:
+        raise TypeError(f"total_tokens {tokens!r} is not an integer")
+    money = _transfer(account_name(priced["payer_bu"], "spend"), account_name(priced["provider_bu"], "revenue"),
+                      priced["total_amount"])
+    goods = _transfer(account_name(priced["consumer_bu"], "consumed"), account_name(priced["provider_bu"], "served"),
+                      f"{tokens}{SCALE_SUFFIX}")
+    return money, goods
+
+
+SCALE_SUFFIX: Final = ".000000000000"
+"""A whole Token count written as a quantity at the fixed scale."""
+
+
+def entry_content(priced: dict[str, Any], chain: str, sequence: int, previous_hash: str, posted_at: datetime) -> dict[str, Any]:
+    """The entry a journal row stands for, as the ledger published it (its
+    hash covers this): the Priced's fields, its movements, its chain place."""
+    content = {name: priced[name] for name in ENTRY_FIELDS_FROM_PRICED if name in priced}
+    content.update(
+        id=str(posted_id(priced["id"])), schema_version=1, cause_id=priced["id"], type="ledger.posted",
+        priced_id=priced["id"], amount=priced["total_amount"], tokens=priced["total_tokens"], chain=chain,
+        sequence=sequence, previous_hash=previous_hash,
+        posted_at=posted_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        postings=[leg for ledger, (debit_account, credit_account, quantity) in zip(("money", "tokens"), expected_transfers(priced))
+                  for leg in ({"ledger": ledger, "account": debit_account, "debit": quantity, "credit": ZERO_TEXT},
+                              {"ledger": ledger, "account": credit_account, "debit": ZERO_TEXT, "credit": quantity})])
+    return content
 
 
 @dataclass(frozen=True)
 class StoredEntry:
     chain: str
     sequence: int
-    entry_id: str
+    priced_id: str
     entry_hash: str
     content: dict[str, Any]
+
+
+def _transfer_differs(row: asyncpg.Record, priced: dict[str, Any]) -> list[str]:
+    """What of a journal row's own columns disagrees with its Priced."""
+    (money_debit, money_credit, amount), (tokens_debit, tokens_credit, tokens) = expected_transfers(priced)
+    differing = []
+    if (row["money_debit"], row["money_credit"]) != (money_debit, money_credit) or row["amount"] != Decimal(amount):
+        differing.append("money")
+    if (row["tokens_debit"], row["tokens_credit"]) != (tokens_debit, tokens_credit) or f"{row['tokens']}{SCALE_SUFFIX}" != tokens:
+        differing.append("tokens")
+    if row["chain"] != priced.get("payer_bu"):
+        differing.append("chain")
+    if not _same_time(priced.get("event_time"), row["event_time"]):
+        differing.append("event_time")
+    if str(row["priced_id"]) != priced.get("id"):
+        differing.append("priced_id")
+    return differing
 
 
 def _same_time(text: Any, stored: datetime) -> bool:
@@ -125,69 +185,57 @@ def _same_time(text: Any, stored: datetime) -> bool:
         return False  # missing, not a time, or without its zone: it cannot be the stored time
 
 
-def _compare_columns(check: Check, row: asyncpg.Record, content: dict[str, Any]) -> None:
-    name = row_name(row["chain"], row["sequence"], row["entry_id"])
-    differing = [column for column in _COLUMNS if content.get(column) != row[column]]
-    if Decimal(content.get("amount", "NaN")) != row["amount"]:
-        differing.append("amount")
-    if content.get("tokens") != row["tokens"]:
-        differing.append("tokens")
-    if content.get("priced_id") != str(row["priced_id"]) or content.get("corrects_id") != (str(row["corrects_id"]) if row["corrects_id"] else None):
-        differing.append("priced_id/corrects_id")
-    for column in ("event_time", "posted_at"):
-        if not _same_time(content.get(column), row[column]):
-            differing.append(column)
-    if content.get("entry_hash") != row["entry_hash"] or content.get("previous_hash") != row["previous_hash"]:
-        differing.append("hashes")
-    legs = [[leg["ledger"], leg["account"], Decimal(leg.get("debit", "0")), Decimal(leg.get("credit", "0"))]
-            for leg in content.get("postings", ())]
-    stored_legs = [[ledger, account, Decimal(debit), Decimal(credit)] for ledger, account, debit, credit in json.loads(row["legs"])]
-    if legs != stored_legs:
-        differing.append("postings")
-    if differing:
-        check.fail(name, f"columns differ from the entry's own payload: {', '.join(differing)}")
+@dataclass(frozen=True)
+class EntryFact:
+    name: str
+    priced: dict[str, Any]
 
 
-async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check,
-                       progress: Progress = silent) -> dict[str, list[StoredEntry]]:
-    """Recompute every hash from the stored payload, check the payload against
-    the columns and legs, and the links, sequences and stored heads."""
+async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check, posts: Check,
+                       progress: Progress = silent) -> tuple[dict[str, list[StoredEntry]], list[EntryFact]]:
+    """Recompute every entry from the Priced its row holds and its place in the
+    chain, hash it and check the stored hash, the links, the sequences and the
+    stored heads; check the row's movements against its Priced (`posts`)."""
     stored: dict[str, list[StoredEntry]] = defaultdict(list)
+    facts: list[EntryFact] = []
     previous: dict[str, tuple[int, str]] = {}
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         total = await connection.fetchval(COUNT_ENTRIES, scope)
-        async for row in connection.cursor(SELECT_ENTRIES, scope, prefetch=2_000):
-            chains.examined += 1
-            if chains.examined % PROGRESS_EVERY == 0 and chains.examined < total:
+        cursor = await connection.cursor(SELECT_JOURNAL, scope)
+        while rows := await cursor.fetch(FETCH_ROWS):
+            for row in rows:
+                chains.examined += 1
+                chain, sequence = row["chain"], row["sequence"]
+                name = row_name(chain, sequence, row["priced_id"])
+                last_sequence, last_hash = previous.get(chain, (0, GENESIS))
+                if sequence != last_sequence + 1:
+                    chains.fail(name, f"sequence follows {last_sequence}: entries missing or repeated")
+                stored_hash = row["entry_hash"].hex()
+                previous[chain] = (sequence, stored_hash)
+                try:
+                    priced = loads_many(row["priced"])
+                    content = entry_content(priced, chain, sequence, last_hash, row["posted_at"])
+                    recomputed = hashlib.sha256(last_hash.encode() + b"\n" + canonical(content)).hexdigest()
+                except (ValueError, KeyError, TypeError, AttributeError) as error:
+                    chains.fail(name, f"its Priced cannot be read: {error!r}")
+                    continue
+                if recomputed != stored_hash:
+                    chains.fail(name, "stored hash is not the hash of the entry its Priced and place make "
+                                      "(the row was rewritten, or the entry before it)")
+                differing = _transfer_differs(row, priced)
+                if differing:
+                    posts.fail(name, f"does not post what its Priced says: {', '.join(differing)} differ")
+                content["entry_hash"] = stored_hash
+                stored[chain].append(StoredEntry(chain, sequence, str(row["priced_id"]), stored_hash, content))
+                facts.append(EntryFact(name, priced))
+            if chains.examined < total:
                 progress("chains", chains.examined, total)
-            chain, sequence = row["chain"], row["sequence"]
-            name = row_name(chain, sequence, row["entry_id"])
-            try:
-                content = loads(row["payload"])
-            except ValueError:
-                chains.fail(name, "payload is not JSON")
-                continue
-            _compare_columns(chains, row, content)
-            try:
-                recomputed = entry_hash(content, row["previous_hash"])
-            except TypeError as error:
-                chains.fail(name, f"payload cannot be hashed: {error}")
-                recomputed = ""
-            if recomputed != row["entry_hash"]:
-                chains.fail(name, "stored hash is not the hash of the stored content (the row was rewritten)")
-            last_sequence, last_hash = previous.get(chain, (0, GENESIS))
-            if sequence != last_sequence + 1:
-                chains.fail(name, f"sequence follows {last_sequence}: entries missing or repeated")
-            if row["previous_hash"] != last_hash:
-                chains.fail(name, "does not link to the hash of the entry before it")
-            previous[chain] = (sequence, row["entry_hash"])
-            stored[chain].append(StoredEntry(chain, sequence, str(row["entry_id"]), row["entry_hash"], content))
         for head in await connection.fetch(SELECT_HEADS, scope):
             last = previous.get(head["chain"])
             if last is None or (head["sequence"], head["head_hash"]) != last:
                 chains.fail(f"chain {head['chain']}", f"stored head #{head['sequence']} is not the last entry "
                                                       f"#{last[0] if last else 0}")
-    return stored
+    return stored, facts
 
 
 def _content_without_hashes(content: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +266,7 @@ def check_published(stored: dict[str, list[StoredEntry]], published: list[TopicR
         rewritten_found = False
         for entry in entries:
             check.examined += 1
-            name = row_name(chain, entry.sequence, entry.entry_id)
+            name = row_name(chain, entry.sequence, entry.priced_id)
             event = seen.get(entry.sequence)
             if event is None:
                 check.fail(name, "never published on ledger.posted: its sequence has a gap there")
@@ -257,54 +305,37 @@ async def check_invoice_heads(connection: asyncpg.Connection, stored: dict[str, 
                 check.fail(f"invoice {row['payer_bu']} {row['period']}",
                            f"names head {head['chain']}#{head['sequence']}, not in the journal")
             elif entry.entry_hash != head["entry_hash"]:
-                check.fail(row_name(entry.chain, entry.sequence, entry.entry_id),
+                check.fail(row_name(entry.chain, entry.sequence, entry.priced_id),
                            f"hash differs from the head printed on invoice {row['payer_bu']} {row['period']}")
 
 
 # --- invariant 1: debits = credits ---------------------------------------------------------
 
-UNBALANCED_ENTRIES: Final = """
-select e.chain, e.sequence, e.entry_id, p.ledger, sum(p.debit) as debit, sum(p.credit) as credit
-from ledger.postings p join ledger.entries e using (entry_id)
-where $1::text is null or e.chain = $1
-group by e.chain, e.sequence, e.entry_id, p.ledger
-having sum(p.debit) <> sum(p.credit)
+# Balanced by construction: one quantity moves from a debit to a credit account
+# per ledger. What can still be wrong is a row outside that form (the database
+# refuses one, unless its checks were bypassed) and a projection out of balance.
+ENTRIES_NOT_TRANSFERS: Final = """
+select chain, sequence, priced_id from ledger.journal
+where ($1::text is null or chain = $1)
+  and not (amount >= 0 and tokens >= 0 and money_debit <> money_credit and tokens_debit <> tokens_credit
+           and money_debit like 'bu:%' and money_credit like 'bu:%' and tokens_debit like 'bu:%' and tokens_credit like 'bu:%')
 """
-ENTRIES_WITHOUT_BOTH_LEDGERS: Final = """
-select e.chain, e.sequence, e.entry_id from ledger.entries e
-where ($1::text is null or e.chain = $1)
-  and (select count(distinct p.ledger) from ledger.postings p where p.entry_id = e.entry_id) <> 2
-"""
-LEDGER_TOTALS: Final = "select ledger, sum(debit) as debit, sum(credit) as credit from ledger.postings group by ledger"
 BALANCE_TOTALS: Final = "select ledger, sum(debit_total) as debit, sum(credit_total) as credit from ledger.balances group by ledger"
-COUNT_ENTRIES: Final = "select count(*) from ledger.entries where $1::text is null or chain = $1"
+COUNT_ENTRIES: Final = "select count(*) from ledger.journal where $1::text is null or chain = $1"
 
 
 async def check_double_entry(connection: asyncpg.Connection, scope: str | None, check: Check) -> None:
     check.examined = await connection.fetchval(COUNT_ENTRIES, scope)
-    for row in await connection.fetch(UNBALANCED_ENTRIES, scope):
-        check.fail(row_name(row["chain"], row["sequence"], row["entry_id"]),
-                   f"{row['ledger']} ledger: debits {row['debit']} != credits {row['credit']}")
-    for row in await connection.fetch(ENTRIES_WITHOUT_BOTH_LEDGERS, scope):
-        check.fail(row_name(row["chain"], row["sequence"], row["entry_id"]), "does not post to both the money and Tokens ledgers")
-    for query, what in ((LEDGER_TOTALS, "journal"), (BALANCE_TOTALS, "ledger.balances")):
-        for row in await connection.fetch(query):
-            if row["debit"] != row["credit"]:
-                check.fail(f"{row['ledger']} ledger", f"{what}: total debits {row['debit']} != total credits {row['credit']}")
+    for row in await connection.fetch(ENTRIES_NOT_TRANSFERS, scope):
+        check.fail(row_name(row["chain"], row["sequence"], row["priced_id"]),
+                   "is not a transfer from one account to another of each ledger with a quantity of zero or more")
+    for row in await connection.fetch(BALANCE_TOTALS):
+        if row["debit"] != row["credit"]:
+            check.fail(f"{row['ledger']} ledger", f"ledger.balances: total debits {row['debit']} != total credits {row['credit']}")
 
 
 # --- invariant 2: each accepted usage event has its effect exactly once ------------------
 
-SELECT_ENTRY_FACTS: Final = """
-select e.chain, e.sequence, e.entry_id, e.priced_id::text as priced_id, e.kind, e.amount, e.tokens, e.payer_bu,
-       e.consumer_bu, e.provider_bu, a.payload as priced
-from ledger.entries e join ledger.priced_archive a using (priced_id)
-where $1::text is null or e.payer_bu = $1
-"""
-ARCHIVED_NOT_POSTED: Final = """
-select a.priced_id from ledger.priced_archive a left join ledger.entries e using (priced_id)
-where e.entry_id is null
-"""
 SELECT_PARKED_IDS: Final = "select consumed_id::text as id from pricing.parked"
 SELECT_PRICING_PRICED: Final = "select priced_id::text as id, consumed_id::text as consumed_id, kind from pricing.priced"
 SELECT_COUNTERS: Final = """
@@ -313,31 +344,17 @@ union all select 'ledger.' || name, value from ledger.counters union all select 
 """
 COUNT_CONSUMED: Final = "select count(*) from pricing.consumed_archive"
 COUNT_PARKED: Final = "select count(*) from pricing.parked"
-COUNT_ARCHIVE: Final = "select count(*) from ledger.priced_archive"
-
-
-@dataclass(frozen=True)
-class EntryFact:
-    name: str
-    priced: dict[str, Any]
 
 
 async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, consumed: dict[str, dict],
-                             check: Check) -> list[EntryFact]:
-    facts: list[EntryFact] = []
+                             facts: list[EntryFact], check: Check) -> None:
+    """Each TokenConsumed posted once (net of reversals and corrections) or
+    parked; every Priced pricing published posted. The journal's rows were
+    checked against their Priced while the chains were read."""
     by_consumed: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in await connection.fetch(SELECT_ENTRY_FACTS, scope):
-        name = row_name(row["chain"], row["sequence"], row["entry_id"])
-        priced = loads(row["priced"])
-        facts.append(EntryFact(name, priced))
-        if (Decimal(priced["total_amount"]), int(priced["total_tokens"]), priced["payer_bu"], priced["consumer_bu"],
-                priced["provider_bu"], priced.get("kind", "charge")) != (row["amount"], row["tokens"], row["payer_bu"],
-                                                                         row["consumer_bu"], row["provider_bu"], row["kind"]):
-            check.fail(name, f"does not post what Priced {row['priced_id']} says (amount, Tokens, BUs or kind differ)")
-        if priced.get("kind") != "adjustment":
-            by_consumed[priced["consumed_id"]].append(priced)
-    for row in await connection.fetch(ARCHIVED_NOT_POSTED):
-        check.fail(f"Priced {row['priced_id']}", "archived by the ledger but never posted")
+    for fact in facts:
+        if fact.priced.get("kind") != "adjustment":
+            by_consumed[fact.priced["consumed_id"]].append(fact.priced)
     parked = {row["id"] for row in await connection.fetch(SELECT_PARKED_IDS)}
     priced_by_pricing = await connection.fetch(SELECT_PRICING_PRICED)
     posted_ids = {fact.priced["id"] for fact in facts}
@@ -373,7 +390,6 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
         check.fail(f"TokenConsumed {consumed_id}", "posted, but pricing has no such consumption")
     if scope is None:
         await _check_counters(connection, check)
-    return facts
 
 
 async def _check_counters(connection: asyncpg.Connection, check: Check) -> None:
@@ -382,13 +398,11 @@ async def _check_counters(connection: asyncpg.Connection, check: Check) -> None:
     consumed = await connection.fetchval(COUNT_CONSUMED)
     parked = await connection.fetchval(COUNT_PARKED)
     entries = await connection.fetchval(COUNT_ENTRIES, None)
-    archived = await connection.fetchval(COUNT_ARCHIVE)
     comparisons = (
         ("metering.consumed (TokenConsumed emitted)", get("metering.consumed", 0), "pricing.received", get("pricing.received", 0)),
         ("pricing.received", get("pricing.received", 0), "rows in pricing.consumed_archive", consumed),
         ("pricing.parked - pricing.unparked", get("pricing.parked", 0) - get("pricing.unparked", 0), "rows in pricing.parked", parked),
-        ("ledger.posted", get("ledger.posted", 0), "rows in ledger.entries", entries),
-        ("rows in ledger.priced_archive", archived, "rows in ledger.entries", entries),
+        ("ledger.posted", get("ledger.posted", 0), "rows in ledger.journal", entries),
     )
     for left_name, left, right_name, right in comparisons:
         if left != right:
@@ -397,9 +411,7 @@ async def _check_counters(connection: asyncpg.Connection, check: Check) -> None:
 
 # --- invariant 3: the projection equals a rebuild ---------------------------------------------
 
-SELECT_JOURNAL_TOTALS: Final = """
-select ledger, account, sum(debit) as debit_total, sum(credit) as credit_total from ledger.postings group by ledger, account
-"""
+SELECT_JOURNAL_TOTALS: Final = ACCOUNT_TOTALS.format(where="")
 
 
 async def check_projection(connection: asyncpg.Connection, facts: list[EntryFact], scope: str | None, check: Check) -> None:
@@ -420,7 +432,7 @@ async def check_projection(connection: asyncpg.Connection, facts: list[EntryFact
         for difference in diff(rebuilt, figures_of(
                 {"account": account, "debit_total": debit, "credit_total": credit}
                 for (_, account), (debit, credit) in projected.items())):
-            check.fail(difference.row(None), f"{difference.figure}: rebuilt from the Priced archive {difference.rebuilt} "
+            check.fail(difference.row(None), f"{difference.figure}: rebuilt from the journal's Priced {difference.rebuilt} "
                                              f"!= projected {difference.projected}")
 
 
@@ -440,10 +452,9 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
     repricing = reprice(events, consumed, books)
     check.examined = len(events)
     for priced_id, kind, recorded, recomputed in repricing.mismatches:
-        check.fail(f"{names[priced_id]} (Priced {priced_id}, {kind})", f"amount {recorded} but its TokenConsumed and "
-                                                                      f"book version give {recomputed}")
+        check.fail(names[priced_id], f"{kind}: amount {recorded} but its TokenConsumed and book version give {recomputed}")
     for priced_id, why in repricing.unrecomputable:
-        check.fail(f"{names[priced_id]} (Priced {priced_id})", f"cannot be recomputed: {why}")
+        check.fail(names[priced_id], f"cannot be recomputed: {why}")
     tiers = {(row["invoice_id"], line["model"]): Decimal(line["amount"])
              for row in await connection.fetch(SELECT_INVOICE_PAYLOADS)
              for line in loads_many(row["payload"])["lines"] if line["kind"] == "period_tier"}
@@ -452,8 +463,8 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
             continue
         line = tiers.get((event.get("invoice_id") or "", event["model"]))
         if line is None or line != Decimal(event["total_amount"]):
-            check.fail(f"{names[event['id']]} (adjustment {event['id']})",
-                       f"amount {event['total_amount']} but invoice {event.get('invoice_id')} has period tier line {line}")
+            check.fail(names[event["id"]], f"adjustment: amount {event['total_amount']} but invoice "
+                                           f"{event.get('invoice_id')} has period tier line {line}")
 
 
 # --- invariant 5: invoices and settlements ------------------------------------------------------
@@ -648,13 +659,13 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
     chains = Check("chains", "hash chains recomputed from the stored rows (links, sequences, heads)")
     published = Check("published", "chain heads against those published on ledger.posted and printed on invoices")
     double_entry = Check("invariant-1", "debits = credits in every entry and in each whole ledger")
-    exactly_once = Check("invariant-2", "every accepted usage event posted once (net) or parked")
-    projection = Check("invariant-3", "the balances projection equals a rebuild from the journal and the archive")
+    exactly_once = Check("invariant-2", "every accepted usage event posted once (net) or parked, as its Priced says")
+    projection = Check("invariant-3", "the balances projection equals a rebuild from the journal and its Priced")
     prices = Check("invariant-4", "every Priced recomputed from its TokenConsumed and book version")
     invoices = Check("invariant-5", "invoice totals are their postings rounded once; settlements clear the net positions")
     shares = Check("invariant-6", "payer shares of each usage event sum to the whole")
     async with pool.acquire() as connection:
-        stored = await check_chains(connection, scope, chains, progress)
+        stored, facts = await check_chains(connection, scope, chains, exactly_once, progress)
         progress("chains", chains.examined, chains.examined)
         entries = sum(len(entries) for entries in stored.values())
         if bootstrap_servers:
@@ -669,7 +680,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
         await check_invoice_heads(connection, stored, scope, published)
         await check_double_entry(connection, scope, double_entry)
         consumed, books = await load_pricing_inputs(connection)
-        facts = await check_exactly_once(connection, scope, consumed, exactly_once)
+        await check_exactly_once(connection, scope, consumed, facts, exactly_once)
         await check_projection(connection, facts, scope, projection)
         await check_prices(connection, facts, consumed, books, prices)
         await check_invoices(connection, scope, minor_units, facts, zone, invoices)

@@ -353,11 +353,10 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 LATENCY_QUERY: Final = """
-select consumed.payload_json ->> 'usage_id' as usage_id, min(entries.posted_at) as posted_at
-from ledger.entries entries
-join ledger.priced_archive priced using (priced_id)
+select consumed.payload_json ->> 'usage_id' as usage_id, min(journal.posted_at) as posted_at
+from ledger.journal journal
 join (select consumed_id, convert_from(payload, 'UTF8')::jsonb as payload_json from pricing.consumed_archive) consumed
-  on consumed.consumed_id = (convert_from(priced.payload, 'UTF8')::jsonb ->> 'consumed_id')::uuid
+  on consumed.consumed_id = (convert_from(journal.priced, 'UTF8')::jsonb ->> 'consumed_id')::uuid
 where consumed.payload_json ->> 'usage_id' = any($1::text[])
 group by 1
 """

@@ -88,10 +88,6 @@ class ChainHead:
     head_hash: str
 
 
-def entry_id_for(priced_id: uuid.UUID) -> uuid.UUID:
-    return derive_id("entry", str(priced_id))
-
-
 def hash_entry(content: dict[str, object], previous_hash: str) -> str:
     """Each entry's hash covers its canonical content and its predecessor's hash."""
     return hashlib.sha256(previous_hash.encode() + b"\n" + canonical_json(content)).hexdigest()
@@ -226,14 +222,49 @@ def receive(values: Sequence[bytes]) -> Received:
     return Received(events, contents, payloads, [hashlib.sha256(payload).hexdigest() for payload in payloads])
 
 
+class Transfer(NamedTuple):
+    """An entry's movements as the journal row holds them: per ledger one debit
+    account, one credit account and one quantity, never negative (a reversal
+    swaps the sides), so each ledger balances by construction."""
+
+    money_debit: str
+    money_credit: str
+    amount: Decimal
+    tokens_debit: str
+    tokens_credit: str
+    tokens: int
+
+
+def transfer(posted: LedgerPosted) -> Transfer:
+    """The transfer form of an entry's four legs (`postings_for`: the money
+    ledger's debit and credit, then the Tokens ledger's)."""
+    money_debit, money_credit, tokens_debit, tokens_credit = posted.postings
+    if not (money_debit.ledger == money_credit.ledger == "money" and tokens_debit.ledger == tokens_credit.ledger == "tokens"
+            and money_debit.debit == money_credit.credit and tokens_debit.debit == tokens_credit.credit
+            and not (money_debit.credit or money_credit.debit or tokens_debit.credit or tokens_credit.debit)):
+        raise UnbalancedEntry(f"entry for Priced {posted.priced_id} is not two transfers")
+    return Transfer(money_debit.account, money_credit.account, money_debit.debit, tokens_debit.account,
+                    tokens_credit.account, int(tokens_debit.debit))
+
+
 @dataclass(frozen=True)
 class PostedEntry:
-    """An entry to store: the event, its canonical bytes, and the Priced it posts."""
+    """An entry to store: the event, its canonical bytes (published, not
+    stored: `rebuild_entry` makes them again from the row), the Priced it posts
+    as received and its movements."""
 
     posted: LedgerPosted
     payload: bytes
     priced: bytes
-    priced_sha256: str
+    transfer: Transfer
+
+
+def rebuild_entry(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime) -> tuple[LedgerPosted, bytes]:
+    """The entry a journal row holds, and its canonical bytes, equal to those
+    published when it was posted: the same function of the same Priced, chain
+    place and posting time."""
+    event = decode(Priced, priced)
+    return _post_one(event, priced_content(event), ChainHead(chain, sequence - 1, previous_hash), *_posting_time(posted_at))
 
 
 @dataclass(frozen=True)
@@ -250,12 +281,12 @@ class BatchDecision:
         return self.received - len(self.entries) - len(self.conflicts)
 
 
-def decide_batch(batch: Received, stored: dict[uuid.UUID, str], heads: dict[str, ChainHead],
+def decide_batch(batch: Received, stored: dict[uuid.UUID, bytes], heads: dict[str, ChainHead],
                  posted_at: datetime) -> BatchDecision:
     """Exactly once by Priced id: the first copy of an id not stored before is
     posted, in arrival order; a later copy with the same bytes is a duplicate,
-    one with other bytes a conflict. `stored`: id -> hash of the stored bytes."""
-    kept = dict(stored)
+    one with other bytes a conflict. `stored`: id -> the Priced bytes posted."""
+    kept = {priced_id: hashlib.sha256(payload).hexdigest() for priced_id, payload in stored.items()}
     fresh: list[int] = []
     conflicts: list[ConflictingDuplicate] = []
     for index, event in enumerate(batch.events):
@@ -270,7 +301,7 @@ def decide_batch(batch: Received, stored: dict[uuid.UUID, str], heads: dict[str,
                 received_sha256=batch.hashes[index], detected_at=posted_at))
     result = post_batch([batch.events[index] for index in fresh], heads, posted_at,
                         [batch.contents[index] for index in fresh])
-    entries = [PostedEntry(posted, payload, batch.payloads[index], batch.hashes[index])
+    entries = [PostedEntry(posted, payload, batch.payloads[index], transfer(posted))
                for posted, payload, index in zip(result.posted, result.payloads, fresh, strict=True)]
     changed = {entry.posted.chain: result.heads[entry.posted.chain] for entry in entries}
     return BatchDecision(len(batch.events), entries, changed, conflicts)

@@ -64,7 +64,7 @@ async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetim
     once by Priced id: ids already in the journal are duplicates (or conflicts)."""
     batch = domain.receive(values)
     heads = await unit.lock_chain_heads(event.payer_bu for event in batch.events)
-    stored = await unit.stored_hashes(event.id for event in batch.events)
+    stored = await unit.posted_priced(event.id for event in batch.events)
     decision = domain.decide_batch(batch, stored, heads, now)
     posted = [entry.posted for entry in decision.entries]
     await unit.write_entries(decision.entries)

@@ -23,11 +23,17 @@ TimeBasis = Literal["event-time", "posting-time"]
 """Which time an as-of balance counts entries by."""
 
 SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
+# The journal holds one transfer per ledger per entry (debit account, credit
+# account, quantity); account totals sum both sides of each. The block-range
+# indexes on event and posting time serve the bound.
 SELECT_AS_OF: Final = """
-select p.ledger, p.account, sum(p.debit) as debit_total, sum(p.credit) as credit_total
-from ledger.postings p join ledger.entries e using (entry_id)
-where e.{column} <= $1
-group by p.ledger, p.account
+select legs.ledger, legs.account, sum(legs.debit) as debit_total, sum(legs.credit) as credit_total
+from ledger.journal j,
+     lateral (values ('money', j.money_debit, j.amount, 0::numeric), ('money', j.money_credit, 0::numeric, j.amount),
+                     ('tokens', j.tokens_debit, j.tokens::numeric, 0::numeric),
+                     ('tokens', j.tokens_credit, 0::numeric, j.tokens::numeric)) as legs(ledger, account, debit, credit)
+where j.{column} <= $1
+group by legs.ledger, legs.account
 """
 _COLUMNS: Final[dict[str, str]] = {"event-time": "event_time", "posting-time": "posted_at"}
 _FIGURE_OF_KIND: Final = {"spend": "spend", "revenue": "revenue", "consumed": "tokens_consumed", "served": "tokens_served"}

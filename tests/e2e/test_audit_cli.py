@@ -160,7 +160,7 @@ async def test_restore_fills_an_empty_database(backend) -> None:
         await admin.execute(f"create database {name}")
         result = _run(backend, "restore", "--into", target)
         assert result.returncode == 0, result.stderr
-        entries = await admin.fetchval("select count(*) from ledger.entries")
+        entries = await admin.fetchval("select count(*) from ledger.journal")
         assert f"restored {entries} entries" in result.stdout
         again = _run(backend, "restore", "--into", target)
         assert again.returncode == 1 and "empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1

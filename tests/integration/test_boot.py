@@ -162,7 +162,7 @@ async def test_what_pricing_produced_reaches_a_ledger_that_had_not_read_it_when_
         await wait_until(priced, WAIT_S, "metering and pricing to handle the 300 usage events")
         produced = await connection.fetchval("select count(*) from pricing.priced")
         assert produced > 0
-        assert await connection.fetchval("select count(*) from ledger.entries") == 0  # no ledger ran yet
+        assert await connection.fetchval("select count(*) from ledger.journal") == 0  # no ledger ran yet
     finally:
         services.stop()
 
@@ -173,10 +173,10 @@ async def test_what_pricing_produced_reaches_a_ledger_that_had_not_read_it_when_
     services.start()
     try:
         async def posted() -> bool:
-            return await connection.fetchval("select count(*) from ledger.entries") >= produced
+            return await connection.fetchval("select count(*) from ledger.journal") >= produced
         await wait_until(posted, WAIT_S, f"the ledger to post the {produced} Priced pricing produced")
         entries, distinct, matching = await connection.fetchrow(
-            "select count(*), count(distinct e.priced_id), count(p.priced_id) from ledger.entries e "
+            "select count(*), count(distinct e.priced_id), count(p.priced_id) from ledger.journal e "
             "left join pricing.priced p using (priced_id)")
         assert entries == distinct == matching == produced
     finally:

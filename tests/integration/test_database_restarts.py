@@ -243,10 +243,10 @@ async def test_the_ledger_consumer_resumes_after_the_database_was_down_longer_th
         connection = await asyncpg.connect(stack.endpoints.database_url)
         try:
             async def posted() -> bool:
-                return await connection.fetchval("select count(*) from ledger.entries where payer_bu = $1", payer) == 20
+                return await connection.fetchval("select count(*) from ledger.journal where chain = $1", payer) == 20
             await wait_until(posted, WAIT_S, "the ledger to post the 20 Priced once PostgreSQL is back")
             chain = [row["sequence"] for row in await connection.fetch(
-                "select sequence from ledger.entries where chain = $1 order by sequence", payer)]
+                "select sequence from ledger.journal where chain = $1 order by sequence", payer)]
         finally:
             await connection.close()
         assert chain == list(range(1, 21))

@@ -1,8 +1,9 @@
 """Replay, verify and restore on the real stack: replay equals the projection
-at five as-of times from the topic and from the archive and repricing agrees;
+at five as-of times from the topic and from the journal and repricing agrees;
 a corrupted projection row is named; a journal row rewritten with SQL, even
 with every later hash recomputed, is named by verify; a conflicting duplicate
-posts nothing and raises an alert; a restored ledger has the same balances."""
+posts nothing and raises an alert; a restored ledger has the same balances;
+the database holds each journal row to the chart of accounts."""
 
 from __future__ import annotations
 
@@ -110,25 +111,24 @@ async def test_a_corrupted_projection_row_makes_replay_fail_and_name_it(backend)
         await pool.close()
 
 
-def _rehash(rows: list[asyncpg.Record], from_sequence: int, amount_delta: Decimal) -> list[tuple]:
-    """What a careful forger computes: the changed entry and every later one re-hashed."""
+def _forge(rows: list[asyncpg.Record], from_sequence: int, amount_delta: Decimal) -> list[tuple[uuid.UUID, bytes, Decimal, bytes]]:
+    """What a careful forger computes: one entry's Priced raised by `amount_delta`,
+    and it and every later entry re-hashed. (priced id, Priced bytes, amount, hash)"""
     rewritten = []
-    previous_hash = None
+    previous_hash = ""
     for row in rows:
-        content = orjson.loads(row["payload"])
         if row["sequence"] < from_sequence:
-            previous_hash = row["entry_hash"]
+            previous_hash = row["entry_hash"].hex()
             continue
+        priced = orjson.loads(row["priced"])
+        amount = row["amount"]
         if row["sequence"] == from_sequence:
-            content["amount"] = f"{Decimal(content['amount']) + amount_delta:.12f}"
-            for leg in content["postings"]:
-                if leg["ledger"] == "money":
-                    side = "debit" if Decimal(leg.get("debit", "0")) else "credit"
-                    leg[side] = f"{Decimal(leg[side]) + amount_delta:.12f}"
-        content["previous_hash"] = previous_hash
-        content["entry_hash"] = verify.entry_hash(content, previous_hash)
-        previous_hash = content["entry_hash"]
-        rewritten.append((row["entry_id"], content))
+            priced["lines"][0]["amount"] = f"{Decimal(priced['lines'][0]['amount']) + amount_delta:.12f}"
+            priced["total_amount"] = f"{Decimal(priced['total_amount']) + amount_delta:.12f}"
+            amount += amount_delta
+        content = verify.entry_content(priced, row["chain"], row["sequence"], previous_hash, row["posted_at"])
+        previous_hash = verify.entry_hash(content, previous_hash)
+        rewritten.append((row["priced_id"], orjson.dumps(priced, option=orjson.OPT_SORT_KEYS), amount, bytes.fromhex(previous_hash)))
     return rewritten
 
 
@@ -137,49 +137,40 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
     payer = world.bu("shop")
     pool = await create_pool(world.settings.database_url or "", size_max=2)
     connection = await asyncpg.connect(world.settings.database_url)
-    originals = await connection.fetch(
-        "select e.*, (select array_agg(p.debit order by p.leg) from ledger.postings p where p.entry_id = e.entry_id) as debits,"
-        " (select array_agg(p.credit order by p.leg) from ledger.postings p where p.entry_id = e.entry_id) as credits"
-        " from ledger.entries e where chain = $1 order by sequence", payer)
+    originals = await connection.fetch("select * from ledger.journal where chain = $1 order by sequence", payer)
     head = await connection.fetchrow("select * from ledger.chains where chain = $1", payer)
     target = originals[2]
-    target_name = verify.row_name(payer, 3, target["entry_id"])
+    target_name = verify.row_name(payer, 3, target["priced_id"])
+    delta_amount = Decimal("1.5")
     try:
         clean = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
         assert clean.ok, clean.violations
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
-            await connection.execute("update ledger.entries set amount = amount + 1 where entry_id = $1", target["entry_id"])
+            await connection.execute("update ledger.journal set amount = amount + 1 where priced_id = $1", target["priced_id"])
 
-        # A forger with superuser rights bypasses the triggers and rewrites one row, amount and payload.
-        delta_amount = Decimal("1.5")
-        forged = _rehash(list(originals), 3, delta_amount)
+        # A forger with superuser rights bypasses the triggers and raises one entry's amount, nothing else.
         async with connection.transaction():
             await connection.execute("set local session_replication_role = replica")
-            entry_id, content = forged[0]
-            await connection.execute("update ledger.entries set amount = amount + $2, payload = $3 where entry_id = $1",
-                                     entry_id, delta_amount, orjson.dumps({**content, "entry_hash": target["entry_hash"],
-                                                                            "previous_hash": target["previous_hash"]},
-                                                                           option=orjson.OPT_SORT_KEYS))
+            await connection.execute("update ledger.journal set amount = amount + $2 where priced_id = $1",
+                                     target["priced_id"], delta_amount)
         naive = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
         assert not naive.ok
-        chains = next(check for check in naive.checks if check.name == "chains")
-        assert {violation.subject for violation in chains.violations} == {target_name}
-        assert [violation.detail for violation in chains.violations] == [
-            "columns differ from the entry's own payload: postings",
-            "stored hash is not the hash of the stored content (the row was rewritten)"]
+        by_check = {check.name: check for check in naive.checks}
+        assert by_check["chains"].ok, "the hash covers the Priced, which was not touched"
+        assert [(violation.subject, violation.detail) for violation in by_check["invariant-2"].violations] == [
+            (target_name, "does not post what its Priced says: money differ")]
+        assert {violation.subject for violation in by_check["invariant-3"].violations} == {
+            f"ledger.balances (money, bu:{payer}:spend)"}
 
-        # A careful forger also fixes the legs, re-hashes this entry and every later one, and the head.
+        # A careful forger raises the Priced in the row too, re-hashes it and every later entry, and fixes the head
+        # and the balances.
+        forged = _forge(list(originals), 3, delta_amount)
         async with connection.transaction():
             await connection.execute("set local session_replication_role = replica")
-            for entry_id, content in forged:
-                await connection.execute("update ledger.entries set entry_hash = $2, previous_hash = $3, payload = $4 "
-                                         "where entry_id = $1", entry_id, content["entry_hash"], content["previous_hash"],
-                                         orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
-            await connection.execute("update ledger.postings set debit = debit + $2 where entry_id = $1 and ledger = 'money' "
-                                     "and debit > 0", target["entry_id"], delta_amount)
-            await connection.execute("update ledger.postings set credit = credit + $2 where entry_id = $1 and ledger = 'money' "
-                                     "and credit > 0", target["entry_id"], delta_amount)
-            await connection.execute("update ledger.chains set head_hash = $2 where chain = $1", payer, forged[-1][1]["entry_hash"])
+            for priced_id, priced, amount, entry_hash in forged:
+                await connection.execute("update ledger.journal set priced = $2, amount = $3, entry_hash = $4 "
+                                         "where priced_id = $1", priced_id, priced, amount, entry_hash)
+            await connection.execute("update ledger.chains set head_hash = $2 where chain = $1", payer, forged[-1][3].hex())
             await connection.execute("update ledger.balances set debit_total = debit_total + $2 where account = $1",
                                      f"bu:{payer}:spend", delta_amount)
             await connection.execute("update ledger.balances set credit_total = credit_total + $2 where account = $1",
@@ -187,29 +178,25 @@ async def test_a_journal_row_rewritten_with_sql_is_named_by_verify_even_when_eve
         careful = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
         assert not careful.ok
         by_check = {check.name: check for check in careful.checks}
-        assert by_check["chains"].ok and by_check["invariant-1"].ok and by_check["invariant-3"].ok  # internally consistent
+        assert by_check["chains"].ok and by_check["invariant-1"].ok and by_check["invariant-2"].ok  # internally consistent
+        assert by_check["invariant-3"].ok
         published = by_check["published"].violations
         assert published[0].subject == target_name and published[0].detail.startswith("REWRITTEN")
-        assert "amount" in published[0].detail and "postings" in published[0].detail
+        assert all(field in published[0].detail for field in ("amount", "lines", "postings"))
         assert [violation.subject for violation in published[1:]] == [
-            verify.row_name(payer, row["sequence"], row["entry_id"]) for row in originals[3:]]
+            verify.row_name(payer, row["sequence"], row["priced_id"]) for row in originals[3:]]
         assert all("re-hashed" in violation.detail for violation in published[1:])
-        assert [violation.subject for violation in by_check["invariant-2"].violations] == [target_name]
-        assert by_check["invariant-4"].ok  # the archived Priced itself was not touched: the entry no longer posts it
+        # The raised Priced is not what its TokenConsumed and price book give.
+        assert [violation.subject for violation in by_check["invariant-4"].violations] == [target_name]
     finally:
         async with connection.transaction():
             await connection.execute("set local session_replication_role = replica")
             for row in originals:
-                await connection.execute("update ledger.entries set amount = $2, entry_hash = $3, previous_hash = $4, payload = $5 "
-                                         "where entry_id = $1", row["entry_id"], row["amount"], row["entry_hash"],
-                                         row["previous_hash"], row["payload"])
-                await connection.execute("update ledger.postings p set debit = d.debit, credit = d.credit from "
-                                         "unnest($2::numeric[], $3::numeric[]) with ordinality as d(debit, credit, leg) "
-                                         "where p.entry_id = $1 and p.leg = d.leg - 1", row["entry_id"], row["debits"], row["credits"])
+                await connection.execute("update ledger.journal set priced = $2, amount = $3, entry_hash = $4 "
+                                         "where priced_id = $1", row["priced_id"], row["priced"], row["amount"], row["entry_hash"])
             await connection.execute("update ledger.chains set head_hash = $2 where chain = $1", payer, head["head_hash"])
-            await connection.execute("update ledger.balances b set debit_total = j.debit, credit_total = j.credit from "
-                                     "(select ledger, account, sum(debit) as debit, sum(credit) as credit from ledger.postings "
-                                     "group by ledger, account) j where b.ledger = j.ledger and b.account = j.account "
+            await connection.execute("update ledger.balances b set debit_total = j.debit_total, credit_total = j.credit_total "
+                                     f"from ({verify.SELECT_JOURNAL_TOTALS}) j where b.ledger = j.ledger and b.account = j.account "
                                      "and b.account = any($1::text[])", [f"bu:{payer}:spend", f"bu:{world.provider}:revenue"])
         await connection.close()
     try:
@@ -224,7 +211,7 @@ async def test_a_conflicting_duplicate_posts_nothing_and_raises_one_alert(backen
     connection = await asyncpg.connect(world.settings.database_url)
     try:
         original = await connection.fetchval(
-            "select payload from ledger.priced_archive where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1 limit 1", payer)
+            "select priced from ledger.journal where chain = $1 order by sequence limit 1", payer)
         spend_before = await connection.fetchval("select debit_total from ledger.balances where account = $1", f"bu:{payer}:spend")
         forged = orjson.loads(original)
         forged["lines"][0]["amount"] = f"{Decimal(forged['lines'][0]['amount']) + 1:.12f}"
@@ -240,15 +227,16 @@ async def test_a_conflicting_duplicate_posts_nothing_and_raises_one_alert(backen
         after = await read_counters(world.settings)
         assert (delta(after, before, "ledger.conflicts"), delta(after, before, "ledger.duplicates"), delta(after, before, "ledger.posted")) == (2, 1, 0)
         assert await connection.fetchval("select debit_total from ledger.balances where account = $1", f"bu:{payer}:spend") == spend_before
-        alerts = await connection.fetch("select detail from ledger.alerts where kind = 'conflicting_duplicate' and detail ->> 'priced_id' = $1",
-                                        forged["id"])
+        alerts = await connection.fetch("select detail, payload from ledger.alerts "
+                                        "where kind = 'conflicting_duplicate' and detail ->> 'priced_id' = $1", forged["id"])
         assert len(alerts) == 1
     finally:
         await connection.close()
     records = await log.read_topic(world.settings.bootstrap_servers or "", BUDGET_ALERTS.name, idle_timeout_s=1.5)
-    raised = [orjson.loads(record.value) for record in records]
-    raised = [alert for alert in raised if alert.get("priced_id") == forged["id"]]
-    assert [(alert["type"], alert["payer_bu"]) for alert in raised] == [("ledger.conflicting_duplicate", payer)]
+    raised = [record.value for record in records if orjson.loads(record.value).get("priced_id") == forged["id"]]
+    assert [(orjson.loads(alert)["type"], orjson.loads(alert)["payer_bu"]) for alert in raised] == [
+        ("ledger.conflicting_duplicate", payer)]
+    assert raised == [alerts[0]["payload"]], "stored as published, so a republish sends the same bytes"
 
 
 async def test_restore_rebuilds_the_ledger_into_an_empty_database_with_equal_balances(backend) -> None:
@@ -265,18 +253,18 @@ async def test_restore_rebuilds_the_ledger_into_an_empty_database_with_equal_bal
             await migrate(target_url)
             report = await restore.restore(pool, target_url, world.settings.bootstrap_servers, source=source, now=now,
                                          zone=world.settings.timezone)
-            chains_query = ("select chain, sequence, priced_id, posted_at, entry_hash from ledger.entries "
+            chains_query = ("select chain, sequence, priced_id, posted_at, entry_hash from ledger.journal "
                             "where chain = any($1::text[]) order by chain, sequence")
             payers = [world.bu("shop"), world.bu("maps")]
             async with pool.acquire() as connection:
                 original = await replay.projection(connection, None)
-                entries = await connection.fetchval("select count(*) from ledger.entries")
+                entries = await connection.fetchval("select count(*) from ledger.journal")
                 original_chains = [tuple(row) for row in await connection.fetch(chains_query, payers)]
             restored_pool = await create_pool(target_url, size_max=1)
             try:
                 async with restored_pool.acquire() as connection:
                     restored = await replay.projection(connection, None)
-                    restored_entries = await connection.fetchval("select count(*) from ledger.entries")
+                    restored_entries = await connection.fetchval("select count(*) from ledger.journal")
                     outbox = await connection.fetchval("select count(*) from ledger.outbox")
                     restored_chains = [tuple(row) for row in await connection.fetch(chains_query, payers)]
                 restored_report = await verify.verify(restored_pool, world.settings.bootstrap_servers,
@@ -299,28 +287,38 @@ async def test_restore_rebuilds_the_ledger_into_an_empty_database_with_equal_bal
         await admin.close()
 
 
-async def test_legs_need_their_entry_entries_their_archived_priced_and_the_archive_is_append_only(backend) -> None:
+async def test_a_journal_row_is_two_transfers_of_the_payers_chain_and_the_journal_is_append_only(backend) -> None:
     world, _, _ = await _settled_world(backend, count=2)
     connection = await asyncpg.connect(world.settings.database_url)
+    payer, provider = world.bu("shop"), world.provider
     try:
-        entry = await connection.fetchrow("select * from ledger.entries where chain = $1 order by sequence limit 1",
-                                          world.bu("shop"))
-        with pytest.raises(asyncpg.ForeignKeyViolationError, match="not in the journal"):
-            await connection.execute(
-                "insert into ledger.postings (entry_id, leg, ledger, account, debit, credit) values "
-                "($1, 0, 'money', 'bu:x:spend', 1, 0), ($1, 1, 'money', 'bu:y:revenue', 0, 1)", uuid.uuid4())
-        columns = [name for name in entry.keys() if name not in ("entry_id", "priced_id", "chain", "sequence")]
-        with pytest.raises(asyncpg.ForeignKeyViolationError, match="not in the archive"):
-            await connection.execute(
-                f"insert into ledger.entries (entry_id, priced_id, chain, sequence, {', '.join(columns)}) "
-                f"values ($1, $2, 'forged', 1, {', '.join(f'${index + 3}' for index in range(len(columns)))})",
-                uuid.uuid4(), uuid.uuid4(), *(entry[name] for name in columns))
-        for statement in ("delete from ledger.priced_archive where priced_id = $1",
-                          "update ledger.priced_archive set payload = payload where priced_id = $1"):
+        entry = await connection.fetchrow("select * from ledger.journal where chain = $1 order by sequence limit 1", payer)
+        entries = await connection.fetchval("select count(*) from ledger.journal where chain = $1", payer)
+        assert (entry["money_debit"], entry["money_credit"], entry["tokens_debit"], entry["tokens_credit"]) == (
+            f"bu:{payer}:spend", f"bu:{provider}:revenue", f"bu:{payer}:consumed", f"bu:{provider}:served")
+        columns = [name for name in entry.keys() if name not in ("priced_id", "sequence")]
+        insert = (f"insert into ledger.journal (priced_id, sequence, {', '.join(columns)}) "
+                  f"values ($1, 1000, {', '.join(f'${index + 2}' for index in range(len(columns)))})")
+        broken = {
+            "journal_money_accounts": {"money_credit": f"bu:{provider}:served"},
+            "journal_tokens_accounts": {"tokens_debit": f"bu:{payer}:spend"},
+            "journal_chain_is_the_payer": {"chain": provider},
+            "journal_one_provider": {"money_credit": f"bu:{world.bu('maps')}:revenue"},
+            "journal_amount_check": {"amount": Decimal("-0.000000000001")},
+            "journal_entry_hash_check": {"entry_hash": b"short"},
+        }
+        for constraint, change in broken.items():
+            values = {**{name: entry[name] for name in columns}, **change}
+            with pytest.raises(asyncpg.CheckViolationError, match=constraint):
+                await connection.execute(insert, uuid.uuid4(), *(values[name] for name in columns))
+        with pytest.raises(asyncpg.UniqueViolationError, match="journal_chain_sequence"):
+            await connection.execute(insert.replace("1000", "1"), uuid.uuid4(), *(entry[name] for name in columns))
+        for statement in ("delete from ledger.journal where priced_id = $1",
+                          "update ledger.journal set priced = priced where priced_id = $1"):
             with pytest.raises(asyncpg.RaiseError, match="append-only"):
                 await connection.execute(statement, entry["priced_id"])
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
-            await connection.execute("truncate ledger.priced_archive cascade")
-        assert await connection.fetchval("select count(*) from ledger.entries where chain = 'forged'") == 0
+            await connection.execute("truncate ledger.journal")
+        assert await connection.fetchval("select count(*) from ledger.journal where chain = $1", payer) == entries
     finally:
         await connection.close()

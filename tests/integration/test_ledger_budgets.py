@@ -102,8 +102,7 @@ async def test_budget_alerts_once_quota_exhausted_and_restored(backend) -> None:
         assert len(settled_alerts) == 8
 
         # The priced log again, as after a republish into an empty broker: nothing is raised twice.
-        priced = await connection.fetch("select payload from ledger.priced_archive "
-                                        "where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1", payer)
+        priced = await connection.fetch("select priced as payload from ledger.journal where chain = $1", payer)
         assert len(priced) == sent == 7
         before = await read_counters(world.settings)
         await publish_events(world.settings, TOKENS_PRICED.name, [(payer.encode(), row["payload"]) for row in priced])

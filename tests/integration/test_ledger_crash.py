@@ -93,10 +93,10 @@ async def _run(backend, events_count: int, kills: list[str], seed: int) -> None:
 
         payers = [world.bu(consumer) for consumer in CONSUMERS]
         entries, distinct = await connection.fetchrow(
-            "select count(*), count(distinct priced_id) from ledger.entries where chain = any($1::text[])", payers)
+            "select count(*), count(distinct priced_id) from ledger.journal where chain = any($1::text[])", payers)
         assert entries == distinct == events_count, "no Priced posted twice, none lost"
         lengths = {row["chain"]: row["sequences"] for row in await connection.fetch(
-            "select chain, array_agg(sequence order by sequence) as sequences from ledger.entries "
+            "select chain, array_agg(sequence order by sequence) as sequences from ledger.journal "
             "where chain = any($1::text[]) group by chain", payers)}
         for payer in payers:
             assert lengths[payer] == list(range(1, len(lengths[payer]) + 1)), f"{payer}: the chain has a gap or a repeat"

@@ -126,7 +126,7 @@ async def test_http_ingest_accepts_rejects_and_refuses_keys(backend) -> None:
     assert _metric_delta(metrics_after, metrics_before, "tokenhub_metering_batch_seconds_sum") > 0
 
     async def posted() -> bool:
-        rows = await _fetch(world.settings, "select count(*) as n from ledger.entries where payer_bu = $1", world.bu("shop"))
+        rows = await _fetch(world.settings, "select count(*) as n from ledger.journal where chain = $1", world.bu("shop"))
         return rows[0]["n"] == 3
     await wait_until(posted, 60, "HTTP usage to reach the ledger")
 
@@ -350,7 +350,7 @@ async def test_one_event_twice_is_counted_once_across_a_restart_and_with_two_ins
         backend.services.stop_one("metering-2")
     assert delta(third, second, "metering.accepted") == 40
     assert delta(third, second, "metering.duplicates") == 80
-    rows = await _fetch(world.settings, "select count(*) as n, count(distinct priced_id) as d from ledger.entries where payer_bu = $1",
+    rows = await _fetch(world.settings, "select count(*) as n, count(distinct priced_id) as d from ledger.journal where chain = $1",
                         world.bu("shop"))
     assert (rows[0]["n"], rows[0]["d"]) == (80, 80)
 
@@ -378,8 +378,8 @@ async def test_funding_by_event_time_and_an_exact_three_way_split(backend) -> No
     assert [event["tokens"]["input"] for event in shares] == [333, 333, 335]
     assert [event["tokens"]["output"] for event in shares] == [111, 111, 111]
     assert all(event["request_input_tokens"] == 1_001 for event in shares)
-    rows = await _fetch(world.settings, "select payer_bu, sum(amount) as spend from ledger.entries where payer_bu like $1 "
-                        "group by payer_bu", f"{world.prefix}-%")
+    rows = await _fetch(world.settings, "select chain as payer_bu, sum(case when money_debit like '%:spend' then amount else -amount end) as spend from ledger.journal "
+                        "where chain like $1 group by chain", f"{world.prefix}-%")
     spend = {row["payer_bu"]: row["spend"] for row in rows}
     assert sum(spend[world.bu(name)] for name in ("alpha", "beta", "gamma")) == world.expected_amount(1_001, 333)
     assert spend[world.bu("app")] == world.expected_amount(1_001, 333)
@@ -437,7 +437,7 @@ async def test_each_modality_becomes_exact_tokens_of_its_table_version(backend) 
         "req-1": version, "req-2": version, "req-3": version, "req-4": version, "req-5": version, "req-6": version,
         "req-7": None}
     assert consumed["req-3"]["raw_units"] == {"video_seconds": "7.5"}
-    rows = await _fetch(world.settings, "select sum(amount) as spend from ledger.entries where payer_bu = $1", world.bu("shop"))
+    rows = await _fetch(world.settings, "select sum(case when money_debit like '%:spend' then amount else -amount end) as spend from ledger.journal where chain = $1", world.bu("shop"))
     assert rows[0]["spend"] == Decimal(40 + 3870 + 2000 + 30004 + 1526 + 6000 + 1400 + 300 + 812) / 10**6
 
 

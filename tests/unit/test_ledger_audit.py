@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import orjson
@@ -13,11 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tokenhub.contracts
 from tests.contract.examples import BOOK, CONSUMED, POSTED, PRICED
 from tokenhub.audit import balances, log, reprice, restore, verify
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.money import split_largest_remainder
-from tokenhub.services.ledger.domain import hash_entry, hashed_content
+from tokenhub.services.ledger.domain import ChainHead, decide_batch, hash_entry, hashed_content, receive
 
 
 def _json(model) -> dict:  # noqa: ANN001
@@ -147,3 +150,30 @@ def test_figures_of_the_wrong_type_are_refused_while_decoding(change: dict) -> N
 def test_a_float_amount_is_refused_whichever_way_the_event_was_read() -> None:
     with pytest.raises(log.NotExact):
         balances.rebuild([_json(PRICED) | {"total_amount": 1.5}])
+
+
+GOLDEN_PRICED = sorted((Path(tokenhub.contracts.__file__).parent / "golden").glob("priced*.json"))
+
+
+def _free_reversal() -> bytes:
+    reversal = orjson.loads((Path(tokenhub.contracts.__file__).parent / "golden" / "priced_reversal.json").read_bytes())
+    for line in reversal["lines"]:
+        line.update(unit_price_per_million="0.000000000000", amount="-0.000000000000")
+    return canonical_json(reversal | {"total_amount": "-0.000000000000"})
+
+
+@pytest.mark.parametrize("value", [path.read_bytes() for path in GOLDEN_PRICED] + [_free_reversal()],
+                         ids=[path.stem for path in GOLDEN_PRICED] + ["free_reversal"])
+def test_the_auditor_rebuilds_each_entry_from_its_priced_as_the_ledger_published_it(value: bytes) -> None:
+    """verify's own chart of accounts and entry layout, from a journal row's
+    Priced and chain place, give the bytes and hash the ledger published."""
+    priced = decode(Priced, value)
+    head = ChainHead(priced.payer_bu, 6, "9a" * 32)
+    posted_at = datetime(2026, 3, 14, 3, 0, 0, 250000, tzinfo=UTC)
+    (entry,) = decide_batch(receive([value]), {}, {priced.payer_bu: head}, posted_at).entries
+    content = verify.entry_content(orjson.loads(entry.priced), priced.payer_bu, 7, head.head_hash, posted_at)
+    assert verify.canonical(content | {"entry_hash": entry.posted.entry_hash}) == entry.payload
+    assert verify.entry_hash(content, head.head_hash) == entry.posted.entry_hash
+    money, tokens = verify.expected_transfers(orjson.loads(entry.priced))
+    assert (money[0], money[1], Decimal(money[2])) == entry.transfer[:3]
+    assert (tokens[0], tokens[1], int(Decimal(tokens[2]))) == entry.transfer[3:]

@@ -28,7 +28,9 @@ from tokenhub.services.ledger.domain import (
     post,
     post_batch,
     postings_for,
+    rebuild_entry,
     receive,
+    transfer,
 )
 from tests.contract.examples import POSTED, PRICED
 
@@ -156,7 +158,7 @@ def test_a_batch_posts_each_new_id_once_and_names_copies_with_other_bytes() -> N
     assert len({alert.id for alert in decision.conflicts}) == 1, "one alert per distinct content"
     assert decision.heads == {PRICED.payer_bu: ChainHead(PRICED.payer_bu, 1, decision.entries[0].posted.entry_hash)}
 
-    again = decide_batch(receive([original, forged_bytes]), {PRICED.id: batch.hashes[0]},
+    again = decide_batch(receive([original, forged_bytes]), {PRICED.id: original},
                          decision.heads, POSTED_AT + timedelta(seconds=1))
     assert (again.entries, again.heads, again.duplicates, len(again.conflicts)) == ([], {}, 1, 1)
 
@@ -167,3 +169,44 @@ def test_month_spend_goes_by_event_time_in_the_company_zone() -> None:
     month = PRICED.event_time.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
     assert spend == {(PRICED.payer_bu, month, PRICED.consumer_bu): PRICED.total_amount}
     assert causes == {PRICED.payer_bu: str(PRICED.id)}
+
+
+@pytest.mark.parametrize("path", GOLDEN_PRICED, ids=lambda path: path.stem)
+def test_an_entry_is_two_transfers_and_rebuilds_from_its_row_byte_for_byte(path: Path) -> None:
+    """What the journal row keeps (the Priced's bytes, the chain place, the
+    posting time and the transfers) gives back the published entry exactly."""
+    priced = decode(Priced, path.read_bytes())
+    head = ChainHead(priced.payer_bu, 41, "ef" * 32)
+    decision = decide_batch(receive([path.read_bytes()]), {}, {priced.payer_bu: head}, POSTED_AT)
+    (entry,) = decision.entries
+    assert entry.priced == canonical_json(priced)
+    sides = (entry.transfer.money_debit, entry.transfer.money_credit, entry.transfer.tokens_debit, entry.transfer.tokens_credit)
+    if priced.total_amount < 0:
+        assert sides[:2] == (f"bu:{priced.provider_bu}:revenue", f"bu:{priced.payer_bu}:spend")
+    else:
+        assert sides[:2] == (f"bu:{priced.payer_bu}:spend", f"bu:{priced.provider_bu}:revenue")
+    if priced.total_tokens < 0:
+        assert sides[2:] == (f"bu:{priced.provider_bu}:served", f"bu:{priced.consumer_bu}:consumed")
+    else:
+        assert sides[2:] == (f"bu:{priced.consumer_bu}:consumed", f"bu:{priced.provider_bu}:served")
+    assert (entry.transfer.amount, entry.transfer.tokens) == (abs(priced.total_amount), abs(priced.total_tokens))
+    rebuilt, payload = rebuild_entry(entry.priced, head.chain, 42, head.head_hash, entry.posted.posted_at)
+    assert payload == entry.payload and rebuilt == entry.posted
+
+
+def test_a_free_reversal_rebuilds_with_its_negative_zero() -> None:
+    reversal = orjson.loads((Path(tokenhub.contracts.__file__).parent / "golden" / "priced_reversal.json").read_bytes())
+    for line in reversal["lines"]:
+        line.update(unit_price_per_million="0.000000000000", amount="-0.000000000000")
+    value = canonical_json(reversal | {"total_amount": "-0.000000000000"})
+    (entry,) = decide_batch(receive([value]), {}, {}, POSTED_AT).entries
+    assert entry.transfer.amount == 0 and entry.transfer.money_debit.endswith(":spend")
+    assert rebuild_entry(entry.priced, entry.posted.chain, 1, GENESIS_HASH, POSTED_AT)[1] == entry.payload
+
+
+def test_legs_that_are_not_two_transfers_are_refused() -> None:
+    (entry,) = post_batch([PRICED], {}, POSTED_AT).posted
+    money_debit, money_credit, tokens_debit, tokens_credit = entry.postings
+    skewed = money_credit.model_copy(update={"credit": money_credit.credit + Decimal("0.000000000001")})
+    with pytest.raises(UnbalancedEntry, match=str(PRICED.id)):
+        transfer(entry.model_copy(update={"postings": (money_debit, skewed, tokens_debit, tokens_credit)}))

@@ -16,15 +16,12 @@ from tokenhub.contracts.events import decode
 from tokenhub.contracts.periods import parse
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.ledger import budgets
-from tokenhub.services.ledger.domain import ChainHead, PostedEntry, entry_id_for
+from tokenhub.services.ledger.domain import ChainHead, PostedEntry
 
 SCHEMA: Final = "ledger"
 
-ARCHIVE_COLUMNS: Final = ("priced_id", "payload_sha256", "payload")
-
-
-SELECT_ARCHIVE_HASHES: Final = """
-select priced_id, payload_sha256 from ledger.priced_archive where priced_id = any($1::uuid[])
+SELECT_POSTED_PRICED: Final = """
+select priced_id, priced from ledger.journal where priced_id = any($1::uuid[])
 """
 LOCK_CHAINS: Final = """
 select chain, sequence, head_hash from ledger.chains where chain = any($1::text[]) order by chain for update
@@ -34,15 +31,11 @@ insert into ledger.chains (chain, sequence, head_hash)
 select * from unnest($1::text[], $2::bigint[], $3::text[])
 on conflict (chain) do update set sequence = excluded.sequence, head_hash = excluded.head_hash
 """
-# Entries and legs are written with COPY: they never conflict (an entry's Priced
-# was claimed in the archive first) and COPY costs PostgreSQL about a third less
-# than `insert ... select * from unnest(...)` for a batch of a thousand entries
-# and their four thousand legs. The statement-level checks (legs balance and
-# belong to an entry, entries to an archived Priced) run for COPY as for INSERT.
-ENTRY_COLUMNS: Final = ("entry_id", "priced_id", "kind", "corrects_id", "chain", "sequence", "payer_bu", "consumer_bu",
-                        "provider_bu", "app", "model", "amount", "tokens", "event_time", "posted_at", "entry_hash",
-                        "previous_hash", "payload")
-POSTING_COLUMNS: Final = ("entry_id", "leg", "ledger", "account", "debit", "credit")
+# One row per entry, written with COPY: the ids are new (read under the chain
+# locks first), and COPY costs PostgreSQL about a third less than
+# `insert ... select * from unnest(...)` for a batch of a thousand rows.
+JOURNAL_COLUMNS: Final = ("priced_id", "sequence", "event_time", "posted_at", "tokens", "chain", "money_debit",
+                          "money_credit", "amount", "tokens_debit", "tokens_credit", "entry_hash", "priced")
 UPSERT_BALANCES: Final = """
 insert into ledger.balances (ledger, account, debit_total, credit_total)
 select * from unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[])
@@ -51,7 +44,7 @@ on conflict (ledger, account) do update set
     credit_total = balances.credit_total + excluded.credit_total
 """
 INSERT_ALERT: Final = """
-insert into ledger.alerts (alert_id, kind, detail) values ($1, $2, $3) on conflict (alert_id) do nothing
+insert into ledger.alerts (alert_id, kind, detail, payload) values ($1, $2, $3, $4) on conflict (alert_id) do nothing
 returning alert_id
 """
 SELECT_OFFSETS: Final = """
@@ -120,11 +113,17 @@ SELECT_PAYERS_MONTHS_FROM: Final = """
 select payer_bu, period from ledger.period_spend where payer_bu = any($1::text[]) and period >= $2
 union select payer_bu, period from ledger.quota_states where payer_bu = any($1::text[]) and period >= $2
 """
+# Read when a quota runs out, for the consumers and apps it stops: the payer's
+# entries of one month, found by the block-range index on event time.
 SELECT_FUNDED: Final = """
 select array_agg(distinct consumer_bu order by consumer_bu) as consumers,
        array_remove(array_agg(distinct app order by app), null) as apps
-from ledger.entries
-where payer_bu = $1 and event_time >= $2 and event_time < $3 and ($4::text = '*' or consumer_bu = $4)
+from (select split_part(case when tokens_debit like '%:consumed' then tokens_debit else tokens_credit end, ':', 2)
+             as consumer_bu,
+             convert_from(priced, 'UTF8')::jsonb ->> 'app' as app
+      from ledger.journal
+      where chain = $1 and event_time >= $2 and event_time < $3) as entries
+where $4::text = '*' or consumer_bu = $4
 """
 
 
@@ -145,29 +144,20 @@ class LedgerUnit:
         rows = await self._connection.fetch(LOCK_CHAINS, sorted(set(chains)))
         return {row["chain"]: ChainHead(row["chain"], row["sequence"], row["head_hash"]) for row in rows}
 
-    async def stored_hashes(self, priced_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
-        """Priced already posted among these ids, with the hash of the bytes stored for each."""
-        rows = await self._connection.fetch(SELECT_ARCHIVE_HASHES, list(set(priced_ids)))
-        return {row["priced_id"]: row["payload_sha256"] for row in rows}
+    async def posted_priced(self, priced_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        """The Priced bytes posted already, of these ids."""
+        rows = await self._connection.fetch(SELECT_POSTED_PRICED, list(set(priced_ids)))
+        return {row["priced_id"]: row["priced"] for row in rows}
 
     async def write_entries(self, entries: Sequence[PostedEntry]) -> None:
-        """Archive each entry's Priced, then the entries and their legs. The
-        ids are new: the caller read them under its chain locks."""
+        """One journal row per entry; the caller read that their ids are new under its chain locks."""
         if not entries:
             return
-        connection = self._connection
-        await connection.copy_records_to_table("priced_archive", schema_name="ledger", columns=ARCHIVE_COLUMNS, records=[
-            (entry.posted.priced_id, entry.priced_sha256, entry.priced) for entry in entries])
-        ids = [entry_id_for(entry.posted.priced_id) for entry in entries]  # a uuid5 each: used by the entry and its legs
-        await connection.copy_records_to_table("entries", schema_name="ledger", columns=ENTRY_COLUMNS, records=[
-            (identifier, posted.priced_id, posted.kind, posted.corrects_id, posted.chain, posted.sequence, posted.payer_bu,
-             posted.consumer_bu, posted.provider_bu, posted.app, posted.model, posted.amount, posted.tokens,
-             posted.event_time, posted.posted_at, posted.entry_hash, posted.previous_hash, entry.payload)
-            for identifier, entry in zip(ids, entries, strict=True) for posted in (entry.posted,)
-        ])
-        await connection.copy_records_to_table("postings", schema_name="ledger", columns=POSTING_COLUMNS, records=[
-            (identifier, index, posting.ledger, posting.account, posting.debit, posting.credit)
-            for identifier, entry in zip(ids, entries, strict=True) for index, posting in enumerate(entry.posted.postings)
+        await self._connection.copy_records_to_table("journal", schema_name=SCHEMA, columns=JOURNAL_COLUMNS, records=[
+            (posted.priced_id, posted.sequence, posted.event_time, posted.posted_at, entry.transfer.tokens, posted.chain,
+             entry.transfer.money_debit, entry.transfer.money_credit, entry.transfer.amount, entry.transfer.tokens_debit,
+             entry.transfer.tokens_credit, bytes.fromhex(posted.entry_hash), entry.priced)
+            for entry in entries for posted in (entry.posted,)
         ])
 
     async def add_to_balances(self, deltas: dict[tuple[str, str], tuple[Decimal, Decimal]]) -> None:
@@ -190,7 +180,7 @@ class LedgerUnit:
         for alert in conflicts:
             stored = await self._connection.fetchval(INSERT_ALERT, alert.id, "conflicting_duplicate", {
                 "priced_id": str(alert.priced_id), "stored_sha256": alert.stored_sha256,
-                "received_sha256": alert.received_sha256})
+                "received_sha256": alert.received_sha256}, canonical_json(alert))
             if stored is not None:
                 raised.add(stored)
         return raised
@@ -312,3 +302,4 @@ async def stored_offsets(pool: asyncpg.Pool, cluster_id: str, topics: Iterable[s
 async def save_offsets(pool: asyncpg.Pool, cluster_id: str, topic: str, next_offsets: dict[int, int]) -> None:
     async with pool.acquire() as connection:
         await connection.execute(UPSERT_OFFSETS, cluster_id, topic, list(next_offsets), list(next_offsets.values()))
+
