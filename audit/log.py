@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from tokenhub.services.common.kafka import client_options
 
@@ -66,17 +66,22 @@ async def read_topic(bootstrap_servers: str, topic: str, *, expected: int = 0, i
     """Every record of `topic`, in partition and offset order. Stops once
     `expected` distinct records (by `distinct`) were read, or after
     `idle_timeout_s` without a record: the broker's end offsets are not trusted."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+    # Subscribed without a group, the consumer is given every partition of the topic
+    # once it has the topic's metadata. (Asked right after start, Apache Kafka's
+    # metadata may hold no topic yet: the client's first refresh asks for none.)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
                                 **client_options())
     await consumer.start()
     records: list[TopicRecord] = []
     seen: set[object] = set()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        deadline = time.monotonic() + idle_timeout_s
+        while not consumer.assignment() and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_MS / 1000)
+        partitions = sorted(consumer.assignment())
         if not partitions:
-            return []
-        consumer.assign(partitions)
+            return []  # no such topic
         await consumer.seek_to_beginning(*partitions)
         last_record = time.monotonic()
         reported = 0
