@@ -20,6 +20,9 @@ from tokenhub.services.common.kafka import client_options
 READ_BATCH_MAX: Final = 5_000
 """Records per fetch while reading a topic: a few MB of JSON at most."""
 POLL_MS: Final = 200
+ASSIGNMENT_WAIT_S: Final = 30.0
+"""A topic's metadata arrives within a round trip or two; this long only on a
+machine so loaded that reading the log would fail anyway."""
 PROGRESS_EVERY: Final = 10_000
 """Records between two progress reports while reading a topic."""
 
@@ -76,12 +79,14 @@ async def read_topic(bootstrap_servers: str, topic: str, *, expected: int = 0, i
     records: list[TopicRecord] = []
     seen: set[object] = set()
     try:
-        deadline = time.monotonic() + idle_timeout_s
-        while not consumer.assignment() and time.monotonic() < deadline:
+        if topic not in await consumer.topics():
+            return []
+        deadline = time.monotonic() + ASSIGNMENT_WAIT_S
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition of {topic} assigned after {ASSIGNMENT_WAIT_S:.0f} s")
             await asyncio.sleep(POLL_MS / 1000)
         partitions = sorted(consumer.assignment())
-        if not partitions:
-            return []  # no such topic
         await consumer.seek_to_beginning(*partitions)
         last_record = time.monotonic()
         reported = 0
