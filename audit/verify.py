@@ -455,16 +455,24 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
         check.fail(names[priced_id], f"{kind}: amount {recorded} but its TokenConsumed and book version give {recomputed}")
     for priced_id, why in repricing.unrecomputable:
         check.fail(names[priced_id], f"cannot be recomputed: {why}")
-    tiers = {(row["invoice_id"], line["model"]): Decimal(line["amount"])
-             for row in await connection.fetch(SELECT_INVOICE_PAYLOADS)
-             for line in loads_many(row["payload"])["lines"] if line["kind"] == "period_tier"}
+    # An invoice's period tier lines of a model (its own period's, and re-evaluations of
+    # earlier periods' late usage) and the adjustments the ledger posted for them agree in sum.
+    lines: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for row in await connection.fetch(SELECT_INVOICE_PAYLOADS):
+        for line in loads_many(row["payload"])["lines"]:
+            if line["kind"] == "period_tier":
+                lines[(row["invoice_id"], line["model"])] += Decimal(line["amount"])
+    posted: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    named: dict[tuple[str, str], list[str]] = defaultdict(list)
     for event in events:
-        if event.get("kind") != "adjustment":
-            continue
-        line = tiers.get((event.get("invoice_id") or "", event["model"]))
-        if line is None or line != Decimal(event["total_amount"]):
-            check.fail(names[event["id"]], f"adjustment: amount {event['total_amount']} but invoice "
-                                           f"{event.get('invoice_id')} has period tier line {line}")
+        if event.get("kind") == "adjustment":
+            key = (event.get("invoice_id") or "", event["model"])
+            posted[key] += Decimal(event["total_amount"])
+            named[key].append(names[event["id"]])
+    for key in sorted(posted):
+        if lines.get(key) != posted[key]:
+            check.fail(f"{', '.join(named[key])} (adjustments of invoice {key[0]}, {key[1]})",
+                       f"amount {posted[key]} but the invoice has period tier lines of {lines.get(key)}")
 
 
 # --- invariant 5: invoices and settlements ------------------------------------------------------
@@ -488,7 +496,12 @@ select payer_bu, to_char((period_end - interval '1 microsecond') at time zone $1
 from invoicing.line_totals group by 1, 2, 3, 4, 5, 6
 """
 SELECT_WAITING_COUNT: Final = "select count(*) from invoicing.waiting"
-SELECT_SETTLEMENTS: Final = "select period, payload from invoicing.settlements"
+SELECT_SETTLEMENTS: Final = "select period, revision, payload from invoicing.settlements order by period, revision"
+SELECT_INVOICES_BY_MONTH: Final = """
+select to_char((period_end - interval '1 microsecond') at time zone $1, 'YYYY-MM') as month, invoice_id::text as invoice_id,
+       payer_bu, number, period, payload
+from invoicing.invoices
+"""
 
 
 def round_once(amount: Decimal, minor_units: int, mode: str) -> Decimal:
@@ -553,10 +566,12 @@ async def check_invoices(connection: asyncpg.Connection, scope: str | None, mino
     await _check_totals_against_journal(connection, scope, facts, zone, check)
     if scope is not None:
         return
+    latest: dict[str, dict[str, Any]] = {}
     for row in await connection.fetch(SELECT_SETTLEMENTS):
         check.examined += 1
         settlement = loads(row["payload"])
-        subject = f"settlement {row['period']}"
+        latest[row["period"]] = settlement
+        subject = f"settlement {row['period']}" + (f" revision {row['revision']}" if row["revision"] > 1 else "")
         positions = {bu: Decimal(amount) for bu, amount in settlement["positions"].items()}
         rounded = {bu: Decimal(amount) for bu, amount in settlement["rounded_positions"].items()}
         from_matrix: dict[str, Decimal] = defaultdict(Decimal)
@@ -574,6 +589,34 @@ async def check_invoices(connection: asyncpg.Connection, scope: str | None, mino
         for bu in sorted(set(rounded) | set(moved)):
             if moved.get(bu, Decimal(0)) != rounded.get(bu, Decimal(0)):
                 check.fail(subject, f"transfers move {moved.get(bu, Decimal(0))} for {bu}, its net position is {rounded.get(bu)}")
+    await check_settlements_cover_their_invoices(connection, latest, zone, check)
+
+
+async def check_settlements_cover_their_invoices(connection: asyncpg.Connection, latest: dict[str, dict[str, Any]],
+                                                zone: str, check: Check) -> None:
+    """Each month's latest settlement revision covers every invoice issued for the
+    month (its days, weeks and itself): it names each one, and its matrix is what
+    those invoices' lines add up to, payer by provider (a BU's own use left out)."""
+    invoices: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for row in await connection.fetch(SELECT_INVOICES_BY_MONTH, zone):
+        invoices[row["month"]].append(row)
+    for month, settlement in sorted(latest.items()):
+        subject = f"settlement {month} revision {settlement.get('revision', 1)} (the latest)"
+        named = set(settlement.get("invoices") or ())
+        cells: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        for row in invoices.get(month, []):
+            if named and row["invoice_id"] not in named:
+                check.fail(subject, f"does not cover invoice {row['payer_bu']}-{row['number']:04d} ({row['period']})")
+            for line in loads(row["payload"])["lines"]:
+                if line["provider_bu"] != row["payer_bu"]:
+                    cells[(row["payer_bu"], line["provider_bu"])] += Decimal(line["amount"])
+        expected = {cell: amount for cell, amount in cells.items() if amount}
+        matrix = {(flow["payer_bu"], flow["provider_bu"]): Decimal(flow["amount"]) for flow in settlement["matrix"]}
+        if matrix != expected:
+            differing = sorted(f"{payer}->{provider}" for payer, provider in set(matrix) | set(expected)
+                               if matrix.get((payer, provider)) != expected.get((payer, provider)))
+            check.fail(subject, f"its matrix is not what the month's invoices add up to ({', '.join(differing[:5])}): "
+                                "invoices issued for the month after it were not settled")
 
 
 async def _check_totals_against_journal(connection: asyncpg.Connection, scope: str | None, facts: list[EntryFact],

@@ -27,6 +27,7 @@ from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer, usage_client_options
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.invoicing import queries as invoicing_queries
+from tokenhub.services.invoicing.domain import PeriodNotEnded, what_follows_an_early_close
 from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, close_period
 from tokenhub.services.ledger import queries as ledger_queries
 from tokenhub.services.metering import queries as metering_queries
@@ -49,7 +50,7 @@ def _read_document(path: str) -> Any:
 
 async def publish_events(settings: Settings, topic: str, events: list[tuple[bytes, bytes]]) -> None:
     bootstrap_servers, _ = settings.require_stack()
-    producer = create_producer(bootstrap_servers, client_id="tokenhub-cli", settings=settings)
+    producer = create_producer(bootstrap_servers, client_id="tokenhub-cli")
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in events]
@@ -172,12 +173,19 @@ async def invoice(arguments: argparse.Namespace) -> int:
     pool = await _pool(settings)
     try:
         if arguments.action == "close":
-            parse(arguments.period, settings.timezone)
-            issued = await close_period(pool, settings, arguments.period, actor=_actor(arguments), now=clock(settings))
+            period = parse(arguments.period, settings.timezone)
+            now = clock(settings)
+            try:
+                issued = await close_period(pool, settings, arguments.period, actor=_actor(arguments), now=now,
+                                            early=arguments.early)
+            except PeriodNotEnded as error:
+                raise CliError(f"{error} Pass --early to close it now.") from error
             # Published now, as the service publishes what it closes; left in the outbox,
             # they would wait for the service's next batch of postings.
             published = await relay_invoicing(settings, pool)
             print(f"closed {arguments.period}: {len(issued)} invoices issued, {published} events published")
+            if now < period.end:
+                print(what_follows_an_early_close(period))
             return 0
         found = await invoicing_queries.invoices(pool, settings, bu=arguments.bu, period=arguments.period)
         # A finance person reads names, not slugs: the page shows both.
@@ -233,4 +241,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     close = invoice_actions.add_parser("close", help="close a period: issue its invoices")
     close.add_argument("period")
     close.add_argument("--actor", default=None)
+    close.add_argument("--early", action="store_true",
+                       help="close a period that has not ended yet (its invoices are final; later usage of it goes on the next ones)")
     close.set_defaults(handler=invoice)

@@ -259,7 +259,8 @@ async def _close_and_replay(pipeline: LocalPipeline) -> bool:
                            "database_url": pipeline.env["TOKENHUB_DATABASE_URL"], "now": NOW})
     pool = await create_pool(settings.database_url or "", size_max=2)
     try:
-        issued = await close_period(pool, settings, f"{DAY:%Y-%m}", actor="finance-ops", now=NOW)
+        # The demo's month ends after its day: closed early, on purpose.
+        issued = await close_period(pool, settings, f"{DAY:%Y-%m}", actor="finance-ops", now=NOW, early=True)
         await relay_invoicing(settings, pool)  # invoices.issued and settlements.netted, as the command does
         _section(f"month end: {len(issued)} invoices issued for {DAY:%Y-%m}")
         print(render.invoice_list(await invoicing_queries.invoices(pool, settings, bu=None, period=f"{DAY:%Y-%m}")))

@@ -10,16 +10,19 @@ import orjson
 
 from tokenhub.cli.errors import CliError
 from tokenhub.cli.render import money, table
-from tokenhub.contracts.periods import Period, containing, parse
+from tokenhub.contracts.periods import Period, PeriodError, containing, parse
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.settings import clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.invoicing import queries
-from tokenhub.services.invoicing.handlers import set_cycle
+from tokenhub.services.invoicing.domain import PlanError
+from tokenhub.services.invoicing.handlers import assign_plan, end_plan, set_cycle
+from tokenhub.services.metering import queries as metering_queries
 
 
 def render_settlement(settlement: SettlementNetted, final: bool) -> str:
-    status = "settled" if final else "provisional (month not closed)"
+    status = ("settled" if settlement.revision == 1 else f"settled, revision {settlement.revision}") if final else (
+        "provisional (month not closed)")
     payers = sorted({flow.payer_bu for flow in settlement.matrix})
     providers = sorted({flow.provider_bu for flow in settlement.matrix})
     cells = {(flow.payer_bu, flow.provider_bu): flow.amount for flow in settlement.matrix}
@@ -103,6 +106,51 @@ async def cycle(arguments: argparse.Namespace) -> int:
     return 0
 
 
+async def plan(arguments: argparse.Namespace) -> int:
+    """`tokenhub plan assign|list|end`: a payer on a price book's period tiers for a model over months."""
+    settings = load_settings()
+    _, database_url = settings.require_stack()
+    pool = await create_pool(database_url, size_max=1)
+    now = clock(settings)
+    try:
+        if arguments.action == "list":
+            rows = await queries.plans(pool, bu=arguments.bu)
+            if arguments.json:
+                print(orjson.dumps([{**row, "plan_id": str(row["plan_id"])} for row in rows],
+                                   option=orjson.OPT_INDENT_2).decode())
+            else:
+                print(table(["payer", "model", "book", "provider", "from", "to", "by", "reason"],
+                            [[row["payer_bu"], row["model"], row["book_id"], row["provider_bu"], row["first_month"],
+                              row["last_month"] or "-", row["ended_by"] or row["actor"], row["end_reason"] or row["reason"]]
+                             for row in rows]))
+            return 0
+        actor = arguments.actor or getpass.getuser()
+        models = {row["model_id"]: row for row in await metering_queries.models(pool)}
+        units = {row["bu_id"] for row in await metering_queries.business_units(pool)}
+        if arguments.bu not in units:
+            raise CliError(f"no business unit {arguments.bu} in the registry")
+        if arguments.model not in models:
+            raise CliError(f"no model {arguments.model} in the registry")
+        try:
+            if arguments.action == "assign":
+                made = await assign_plan(pool, settings, payer_bu=arguments.bu, book_id=arguments.book,
+                                         model=arguments.model, provider_bu=models[arguments.model]["provider_bu"],
+                                         first_month=arguments.first, last_month=arguments.last, actor=actor,
+                                         reason=arguments.reason, now=now)
+                print(f"{made.payer_bu} is on {made.book_id}'s period tiers for {made.model} from {made.first_month} "
+                      f"to {made.last_month or 'further notice'}: every billing period in those months gets its tier "
+                      "line at close, the first tier's flat fee included, with or without usage")
+            else:
+                ended = await end_plan(pool, settings, payer_bu=arguments.bu, model=arguments.model,
+                                       last_month=arguments.last, actor=actor, reason=arguments.reason, now=now)
+                print(f"{ended.payer_bu}'s plan for {ended.model} ends with {ended.last_month}")
+        except (PlanError, PeriodError) as error:
+            raise CliError(str(error)) from error
+    finally:
+        await pool.close()
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     command = subparsers.add_parser("spend", help="month to date: spend by consumer, app, model and class, and the tier reached")
     command.add_argument("bu")
@@ -120,3 +168,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("period", help="a month, for example 2026-03")
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=settle)
+
+    actions = subparsers.add_parser("plan", help="assign payers to a price book's period tiers (fees) for months").add_subparsers(
+        dest="action", required=True)
+    command = actions.add_parser("assign", help="a payer on a book's period tiers for a model, from a month")
+    command.add_argument("bu")
+    command.add_argument("--book", required=True)
+    command.add_argument("--model", required=True)
+    command.add_argument("--from", dest="first", required=True, help="the first month, for example 2026-04")
+    command.add_argument("--to", dest="last", help="the last month (default: until ended)")
+    command.add_argument("--actor")
+    command.add_argument("--reason", required=True)
+    command.set_defaults(handler=plan)
+    command = actions.add_parser("list", help="plans, with who assigned or ended them and why")
+    command.add_argument("bu", nargs="?")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=plan)
+    command = actions.add_parser("end", help="end a payer's running plan for a model with a month")
+    command.add_argument("bu")
+    command.add_argument("--model", required=True)
+    command.add_argument("--last", required=True, help="the last month it covers, for example 2026-06")
+    command.add_argument("--actor")
+    command.add_argument("--reason", required=True)
+    command.set_defaults(handler=plan)

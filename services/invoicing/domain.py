@@ -25,7 +25,7 @@ from tokenhub.contracts.events import (
 )
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import DEFAULT_ROUNDING, RoundingMode, round_to_minor
-from tokenhub.contracts.periods import Period, PeriodKind, billing_period
+from tokenhub.contracts.periods import Period, PeriodKind, billing_period, containing, parse
 from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.services.invoicing import netting
@@ -417,40 +417,221 @@ def build_invoice(
     )
 
 
-def period_tier_lines(period: Period, payer_bu: str, totals: Iterable[LineTotal], books: BookIndex) -> list[InvoiceLine]:
-    """A line per model with period tiers in the book in force at the period's
-    last instant, from the payer's period total of that model's Tokens."""
-    tokens: dict[tuple[str, str], int] = {}
-    for total in totals:
-        if total.key.period == period.name and total.key.kind != "period_tier":
-            key = (total.key.model, total.key.provider_bu)
-            tokens[key] = tokens.get(key, 0) + total.tokens
+# --- period tiers: plans, and late usage re-evaluated -------------------------------------
+
+PLAN_MONTHS_MAX: Final = 120
+"""Months one plan may cover: ten years of monthly fees is a contract, more is a typo."""
+
+
+class PlanError(ValueError):
+    """A plan that cannot be assigned or ended as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A payer assigned to a price book's period tiers for one model, for a range
+    of months: every billing period of the payer in those months gets its tier
+    line at close, the first tier's flat fee included, with or without usage."""
+
+    plan_id: uuid.UUID
+    payer_bu: str
+    book_id: str
+    model: str
+    provider_bu: str
+    first_month: str
+    last_month: str | None
+    actor: str
+    reason: str
+    assigned_at: datetime
+
+    def covers(self, payer_bu: str, period: Period, zone: str) -> bool:
+        month = month_of(period, zone)
+        return (payer_bu == self.payer_bu and self.first_month <= month
+                and (self.last_month is None or month <= self.last_month))
+
+
+def month_of(period: Period, zone: str) -> str:
+    """The month a billing period nests in."""
+    return containing(period.start, "month", zone).name
+
+
+def plan_id_for(payer_bu: str, book_id: str, model: str, first_month: str) -> uuid.UUID:
+    return derive_id("plan", payer_bu, book_id, model, first_month)
+
+
+def assign_plan(existing: Sequence[Plan], *, payer_bu: str, book_id: str, model: str, provider_bu: str,
+                first: Period, last: Period | None, books: BookIndex, actor: str, reason: str, now: datetime,
+                zone: str) -> Plan:
+    """A new plan, or why not: months only, not starting in a month that has ended,
+    not overlapping another plan of the payer for the model, and a book that has
+    period tiers for the model."""
+    if first.kind != "month" or (last is not None and last.kind != "month"):
+        raise PlanError("a plan runs over whole months: give months such as 2026-04")
+    if first.end <= now:
+        raise PlanError(f"{first.name} has ended (at {first.end.isoformat()}): a plan starts in the current month or later")
+    if last is not None and last.start < first.start:
+        raise PlanError(f"a plan cannot end ({last.name}) before it starts ({first.name})")
+    if last is not None and len(_months(first, last, zone)) > PLAN_MONTHS_MAX:
+        raise PlanError(f"a plan covers at most {PLAN_MONTHS_MAX} months")
+    if not any(book.book_id == book_id and (price := book.price_for(model)) is not None and price.period_tiers
+               for book in books.versions):
+        raise PlanError(f"price book {book_id} has no period tiers for {model}")
+    for plan in existing:
+        if plan.payer_bu == payer_bu and plan.model == model and _overlap(plan, first.name, last.name if last else None):
+            raise PlanError(f"{payer_bu} already has a plan for {model} from {plan.first_month} to "
+                            f"{plan.last_month or 'open end'} (book {plan.book_id})")
+    return Plan(plan_id_for(payer_bu, book_id, model, first.name), payer_bu, book_id, model, provider_bu, first.name,
+                last.name if last else None, actor, reason, now)
+
+
+def end_plan(plan: Plan, last: Period, now: datetime) -> Plan:
+    """The plan ending with month `last` (the current month or later; never before it starts)."""
+    if last.kind != "month":
+        raise PlanError("a plan ends with a whole month: give a month such as 2026-06")
+    if last.end <= now:
+        raise PlanError(f"{last.name} has ended: periods already billed under the plan stay billed; end it with the "
+                        "current month or later")
+    if last.name < plan.first_month:
+        raise PlanError(f"the plan starts in {plan.first_month}: it cannot end in {last.name}")
+    return Plan(plan.plan_id, plan.payer_bu, plan.book_id, plan.model, plan.provider_bu, plan.first_month, last.name,
+                plan.actor, plan.reason, plan.assigned_at)
+
+
+def _overlap(plan: Plan, first: str, last: str | None) -> bool:
+    return (plan.last_month is None or first <= plan.last_month) and (last is None or plan.first_month <= last)
+
+
+def _months(first: Period, last: Period, zone: str) -> list[Period]:
+    months = [first]
+    while months[-1].end <= last.start and len(months) <= PLAN_MONTHS_MAX:
+        months.append(months[-1].next(zone))
+    return months
+
+
+def plan_periods(plans: Sequence[Plan], cycles: Mapping[str, PeriodKind], invoiced: set[tuple[str, str]],
+                 end: datetime, zone: str) -> list[tuple[str, Period]]:
+    """(payer, period) of every billing period a plan covers that ended by `end`
+    and has no invoice yet: each gets its tier lines at the close that reaches it."""
+    due: dict[tuple[str, str], Period] = {}
+    for plan in plans:
+        month = parse(plan.first_month, zone)
+        for _ in range(PLAN_MONTHS_MAX):
+            if month.end > end or (plan.last_month is not None and month.name > plan.last_month):
+                break
+            for period in billing_periods_of(month, cycles.get(plan.payer_bu, DEFAULT_CYCLE), zone):
+                if period.end <= end and (plan.payer_bu, period.name) not in invoiced:
+                    due[(plan.payer_bu, period.name)] = period
+            month = month.next(zone)
+    return sorted(((payer, period) for (payer, _), period in due.items()), key=lambda item: (item[0], item[1].end))
+
+
+def billing_periods_of(month: Period, kind: PeriodKind, zone: str) -> list[Period]:
+    """A month's billing periods of `kind`, in order (weeks cut at the month's edges)."""
+    periods = []
+    moment = month.start
+    while moment < month.end:
+        period = billing_period(moment, kind, zone)
+        periods.append(period)
+        moment = period.end
+    return periods
+
+
+@dataclass(frozen=True)
+class TierState:
+    """What a period's tier charge is re-evaluated from: its Tokens per (model,
+    provider) over all its totals, invoiced or open, and the tier charges its
+    payer's issued invoices already carry for it."""
+
+    tokens: Mapping[tuple[str, str], int]
+    charged: Mapping[tuple[str, str], Decimal]
+
+
+def _schedule(payer_bu: str, period: Period, model: str, books: BookIndex, plans: Sequence[Plan], zone: str):  # noqa: ANN202
+    """The period tiers that apply: the plan's book where a plan covers the period,
+    else the book in force at the period's last instant."""
     last_instant = period.end - ONE_MICROSECOND
+    for plan in plans:
+        if plan.model == model and plan.covers(payer_bu, period, zone):
+            book = BookIndex(tuple(version for version in books.versions if version.book_id == plan.book_id)).in_force(
+                model, last_instant)
+            return book.price_for(model).period_tiers if book else None  # type: ignore[union-attr]
+    book = books.in_force(model, last_instant)
+    return book.price_for(model).period_tiers if book else None  # type: ignore[union-attr]
+
+
+def period_tier_lines(period: Period, payer_bu: str, totals: Iterable[LineTotal], books: BookIndex,
+                      plans: Sequence[Plan] = (), zone: str = "Asia/Shanghai",
+                      late: Mapping[str, TierState] | None = None, late_periods: Mapping[str, Period] | None = None,
+                      ) -> list[InvoiceLine]:
+    """The invoice's period tier lines. For its own period, a line per model with
+    period tiers, from the payer's period total of that model's Tokens, and a line
+    per model a plan covers, with or without usage. For an earlier period whose
+    late usage the invoice carries, the difference between that period's tier
+    charge on all its usage now and what its invoices charged (`late`)."""
+    own: dict[tuple[str, str], int] = {}
+    earlier: set[tuple[str, str, str]] = set()
+    for total in totals:
+        if total.key.kind == "period_tier":
+            continue
+        if total.key.period == period.name:
+            key = (total.key.model, total.key.provider_bu)
+            own[key] = own.get(key, 0) + total.tokens
+        else:
+            earlier.add((total.key.period, total.key.model, total.key.provider_bu))
+    for plan in plans:
+        if plan.covers(payer_bu, period, zone):
+            own.setdefault((plan.model, plan.provider_bu), 0)
     lines = []
-    for (model, provider), count in sorted(tokens.items()):
-        book = books.in_force(model, last_instant)
-        schedule = book.price_for(model).period_tiers if book else None  # type: ignore[union-attr]
+    for (model, provider), count in sorted(own.items()):
+        schedule = _schedule(payer_bu, period, model, books, plans, zone)
+        if schedule is not None:
+            lines.append(InvoiceLine(kind="period_tier", period=period.name, provider_bu=provider, consumer_bu=payer_bu,
+                                     model=model, tokens=count, amount=period_tier_charge(count, schedule)))
+    for name, model, provider in sorted(earlier):
+        state = (late or {}).get(name)
+        earlier_period = (late_periods or {}).get(name)
+        if state is None or earlier_period is None:
+            continue
+        schedule = _schedule(payer_bu, earlier_period, model, books, plans, zone)
         if schedule is None:
             continue
-        lines.append(InvoiceLine(kind="period_tier", period=period.name, provider_bu=provider, consumer_bu=payer_bu,
-                                 model=model, tokens=count, amount=period_tier_charge(count, schedule)))
+        count = state.tokens.get((model, provider), 0)
+        difference = period_tier_charge(max(count, 0), schedule) - state.charged.get((model, provider), Decimal(0))
+        if difference:
+            lines.append(InvoiceLine(kind="period_tier", period=name, provider_bu=provider, consumer_bu=payer_bu,
+                                     model=model, tokens=count, amount=difference))
     return lines
 
 
+def charged_tiers(invoices: Iterable[InvoiceIssued], periods: set[str]) -> dict[str, dict[tuple[str, str], Decimal]]:
+    """Per period: the tier charges the invoices carry for it, by (model, provider)."""
+    charged: dict[str, dict[tuple[str, str], Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for invoice in invoices:
+        for line in invoice.lines:
+            if line.kind == "period_tier" and line.period in periods:
+                charged[line.period][(line.model, line.provider_bu)] += line.amount
+    return charged
+
+
 def issue_invoice(payer_bu: str, period: Period, totals: PeriodTotals, books: BookIndex, *, number: int,
-                  currency: str, minor_units: int, status: str, issued_at: datetime | None) -> InvoiceIssued:
+                  currency: str, minor_units: int, status: str, issued_at: datetime | None,
+                  plans: Sequence[Plan] = (), zone: str = "Asia/Shanghai", late: Mapping[str, TierState] | None = None,
+                  late_periods: Mapping[str, Period] | None = None) -> InvoiceIssued:
     """The payer's invoice for `period` from the totals assigned to it, with the
-    period's tier lines, rounded once in the mode its price books name."""
+    period's tier lines (and re-evaluated ones for late usage of earlier periods),
+    rounded once in the mode its price books name."""
     return build_invoice(
         payer_bu, period, totals, number=number, currency=currency, minor_units=minor_units,
         rounding_mode=rounding_mode_for(totals.lines, books.versions), status=status, issued_at=issued_at,
-        extra_lines=period_tier_lines(period, payer_bu, totals.lines, books),
+        extra_lines=period_tier_lines(period, payer_bu, totals.lines, books, plans, zone, late, late_periods),
     )
 
 
 def tier_adjustment(invoice: InvoiceIssued, line: InvoiceLine, currency: str) -> Priced:
-    """The period tier line as a Priced adjustment, so the ledger posts it."""
-    adjustment_id = derive_id("period_tier", str(invoice.invoice_id), line.model)
+    """The period tier line as a Priced adjustment, so the ledger posts it. A line
+    re-evaluating an earlier period's tier is named by that period too."""
+    parts = (str(invoice.invoice_id), line.model) + (() if line.period == invoice.period else (line.period,))
+    adjustment_id = derive_id("period_tier", *parts)
     return Priced(
         id=adjustment_id, event_time=invoice.period_end - ONE_MICROSECOND,
         cause_id=str(invoice.invoice_id), kind="adjustment", consumed_id=adjustment_id,
@@ -468,22 +649,63 @@ def tier_adjustments(invoice: InvoiceIssued, currency: str) -> list[Priced]:
 
 @dataclass(frozen=True)
 class Draft:
-    """Where a payer's draft for a period stands among its drafts, and what it carries."""
+    """A draft invoice to be: its period, its place among the payer's drafts (its
+    number is the next one plus the place), and the periods whose totals it carries."""
 
+    period: Period
     place: int
-    periods: set[str] = field(default_factory=set)
+    periods: frozenset[str]
 
 
-def draft_of(open_periods: Mapping[str, datetime], invoiced: set[str], period: Period) -> Draft:
-    """What the payer's draft for `period` would carry if every open period closed
-    now, and its place among the drafts: each open period gets its own invoice,
-    numbered in period order, and totals of periods already invoiced (late usage,
-    credits) go on the last one. `open_periods` maps the periods with open totals
-    to their ends; `invoiced` names the periods the payer has invoices for."""
-    names = [name for _, name in sorted((end, name) for name, end in open_periods.items() if name not in invoiced)]
-    last = names[-1] if names else period.name
-    carried = {name for name in open_periods if name == period.name or (name in invoiced and period.name == last)}
-    return Draft(names.index(period.name) if period.name in names else 0, carried)
+def drafts_of(open_periods: Mapping[str, Period], invoiced: set[str], carrier: Period) -> list[Draft]:
+    """The payer's drafts if every open period closed now: each open period not yet
+    invoiced its own, numbered in period order; totals of periods already invoiced
+    (late usage, credits) go on the last of them, or, when there is none, on a
+    draft for `carrier` (the payer's first period from now that has no invoice).
+    Every draft has its own number."""
+    fresh = sorted((period for name, period in open_periods.items() if name not in invoiced), key=lambda p: (p.end, p.name))
+    late = frozenset(name for name in open_periods if name in invoiced)
+    drafts = [Draft(period, place, frozenset({period.name})) for place, period in enumerate(fresh)]
+    if late:
+        if drafts:
+            drafts[-1] = Draft(drafts[-1].period, drafts[-1].place, drafts[-1].periods | late)
+        else:
+            drafts.append(Draft(carrier, 0, late))
+    return drafts
+
+
+def carrier_period(current: Period, invoiced: set[str], zone: str) -> Period:
+    """The first period from `current` on that has no invoice: a period closed before
+    it ended sends its later usage to the next one."""
+    period = current
+    while period.name in invoiced:
+        period = period.next(zone)
+    return period
+
+
+# --- closing ------------------------------------------------------------------------------
+
+class PeriodNotEnded(ValueError):
+    """A close asked for before the period ends, without saying it is meant."""
+
+    def __init__(self, period: Period, now: datetime) -> None:
+        self.period = period
+        super().__init__(f"{period.name} has not ended: it ends at {period.end.isoformat()}, it is now "
+                         f"{now.isoformat()}. Its invoices would never change: usage of {period.name} that arrives "
+                         f"later would go on each payer's next invoice. Close it early only on purpose.")
+
+
+def check_close(period: Period, now: datetime, *, early: bool) -> None:
+    if now < period.end and not early:
+        raise PeriodNotEnded(period, now)
+
+
+def what_follows_an_early_close(period: Period) -> str:
+    """What a close before the period's end means, said when it happens."""
+    return (f"{period.name} was closed before it ends ({period.end.isoformat()}): its invoices are final. Usage of "
+            f"{period.name} that arrives from now on goes on each payer's next invoice as adjustment lines naming "
+            f"{period.name}; a payer whose first usage of {period.name} comes later gets its own invoice for it at the "
+            "next close, and a settled month is then settled again with the next revision number.")
 
 
 # --- settlement -------------------------------------------------------------------------
@@ -508,18 +730,27 @@ def invoiced_flows(totals: Iterable[LineTotal]) -> list[Flow]:
     return [Flow(payer, provider, amount) for (payer, provider), amount in sorted(cells.items())]
 
 
+def settlement_id(period: str, revision: int) -> uuid.UUID:
+    """The first settlement of a month keeps the id it always had; revisions name theirs."""
+    return derive_id("settlement", period) if revision == 1 else derive_id("settlement", period, f"revision-{revision}")
+
+
 def build_settlement(period: Period, flows: Iterable[netting.FlowLike],
                      period_tiers: Sequence[tuple[str, InvoiceLine]] = (), *, currency: str,
-                     minor_units: int) -> SettlementNetted:
+                     minor_units: int, revision: int = 1, invoices: Iterable[uuid.UUID] = ()) -> SettlementNetted:
     """The month's net positions and the transfers that clear them, from what its
-    invoices carry: their flows and their period tier lines, as (payer, line)."""
+    invoices carry: their flows and their period tier lines, as (payer, line).
+    `invoices` are the ids of the invoices it covers; a month settled again when
+    more invoices are issued for it gets the next revision."""
     matrix = netting.gross_flows(flows, period_tiers)
     positions = netting.positions_from_matrix(matrix)
     rounded, absorber = netting.round_positions(positions, minor_units, SETTLEMENT_ROUNDING)
     return SettlementNetted(
-        id=derive_id("settlement", period.name),
+        id=settlement_id(period.name, revision),
         event_time=period.end,
-        cause_id=f"settlement:{period.name}",
+        cause_id=f"settlement:{period.name}" + ("" if revision == 1 else f":revision-{revision}"),
+        revision=revision,
+        invoices=tuple(sorted(set(invoices))),
         period=period.name,
         currency=currency,
         matrix=matrix,

@@ -13,7 +13,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
-from tokenhub.contracts.periods import Period, PeriodKind, parse
+from tokenhub.contracts.periods import Period, PeriodKind, containing, parse
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.infra.settings import Settings
@@ -61,58 +61,88 @@ async def handle_pricebook_records(runtime: Runtime, records: Sequence[ConsumerR
 
 
 async def close_due_periods(runtime: Runtime) -> list[InvoiceIssued]:
-    """Close every billing period whose end plus the allowed lateness the event-time watermark passed."""
+    """Close every billing period whose end plus the allowed lateness the event-time
+    watermark passed, and every period a plan covers that the same horizon passed."""
     settings = runtime.settings
+    now = runtime.now()
     async with store.reading(runtime.db()) as unit:
         watermark = await unit.event_time_watermark()
         if watermark is None:
             return []
-        due = await unit.due_periods(watermark - timedelta(hours=settings.allowed_lateness_hours))
+        horizon = min(watermark - timedelta(hours=settings.allowed_lateness_hours), now)
+        due = await unit.due_periods(horizon)
+        plans = await unit.plans()
+        if plans:
+            invoiced = await unit.invoiced_of([plan.payer_bu for plan in plans])
+            planned = domain.plan_periods(plans, await unit.cycles(), invoiced, horizon, settings.timezone)
+            due = list(dict.fromkeys(due + [period.name for _, period in planned]))
     issued: list[InvoiceIssued] = []
     for name in due:
-        issued += await close_period(runtime.db(), settings, name, actor="watermark", now=runtime.now())
+        issued += await close_period(runtime.db(), settings, name, actor="watermark", now=now)
     if issued:
         await runtime.relay()
     return issued
 
 
-async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str, *, actor: str, now: datetime) -> list[InvoiceIssued]:
+async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str, *, actor: str, now: datetime,
+                       early: bool = False) -> list[InvoiceIssued]:
     """Close every billing period that ends by the end of `period_name`: one invoice
     per payer and period, numbered without gaps per payer; postings of earlier
-    periods still open become adjustment lines; later ones wait for the next invoice.
-    Closing a month also nets it into a settlement."""
-    target = parse(period_name, settings.timezone)
+    periods still open become adjustment lines (with their period's tier charge
+    re-evaluated); later ones wait for the next invoice. Every period a plan covers
+    gets its tier lines, with or without usage. A period that has not ended is
+    closed only when `early` says it is meant (`domain.PeriodNotEnded`).
+
+    Closing a month nets it into a settlement; a month settled before whose
+    invoices this close adds to is settled again, with the next revision number."""
+    zone = settings.timezone
+    target = parse(period_name, zone)
+    domain.check_close(target, now, early=early)
     issued: list[InvoiceIssued] = []
     async with store.unit(pool) as unit:
         await unit.lock_invoices()
         books = await unit.books()
-        due = await unit.open_payer_periods(target.end)
-        for payer_bu, name in due:
-            invoice = await _issue(unit, settings, books, payer_bu, parse(name, settings.timezone), now)
+        plans = await unit.plans()
+        with_usage = await unit.open_payer_periods(target.end)
+        planned: list[tuple[str, Period]] = []
+        if plans:
+            invoiced = await unit.invoiced_of([plan.payer_bu for plan in plans])
+            planned = domain.plan_periods(plans, await unit.cycles(), invoiced, target.end, zone)
+        periods = {(payer_bu, name): parse(name, zone) for payer_bu, name in with_usage}
+        periods.update(((payer_bu, period.name), period) for payer_bu, period in planned)
+        due = sorted(periods.items(), key=lambda item: (item[0][0], item[1].end, item[1].name))
+        for (payer_bu, _), period in due:
+            invoice = await _issue(unit, settings, books, plans, payer_bu, period, now, plans_only_ok=True)
             if invoice is not None:
                 issued.append(invoice)
         # Postings still open belong to periods invoiced before (late usage, repricing):
         # they go on the payer's invoice for the period being closed, as adjustments and credits.
-        for payer_bu in dict.fromkeys(payer_bu for payer_bu, _ in due):
-            invoice = await _issue(unit, settings, books, payer_bu, target, now)
+        for payer_bu in dict.fromkeys(payer_bu for (payer_bu, _), _ in due):
+            invoice = await _issue(unit, settings, books, plans, payer_bu, target, now, plans_only_ok=False)
             if invoice is not None:
                 issued.append(invoice)
         await unit.record_closed(target.name, now, actor)
-        settled = await _settle(unit, settings, target, now) if target.kind == "month" else 0
+        settled = await _settle(unit, settings, target, issued, now)
         adjustments = sum(1 for invoice in issued for line in invoice.lines if line.kind == "period_tier")
         await unit.count({"invoices_issued": len(issued), "settlements": settled, "adjustments": adjustments})
-    log.info("period_closed", period=target.name, invoices=len(issued), actor=actor)
+    log.info("period_closed", period=target.name, invoices=len(issued), actor=actor, early=now < target.end)
     return issued
 
 
-async def _issue(unit: store.Unit, settings: Settings, books: BookIndex, payer_bu: str, period: Period,
-                 now: datetime) -> InvoiceIssued | None:
+async def _issue(unit: store.Unit, settings: Settings, books: BookIndex, plans: Sequence[domain.Plan], payer_bu: str,
+                 period: Period, now: datetime, *, plans_only_ok: bool) -> InvoiceIssued | None:
+    """The payer's invoice for `period`, from its open totals of periods that ended
+    by then; with none, only for a period a plan covers (`plans_only_ok`)."""
+    zone = settings.timezone
     totals = await unit.open_totals(payer_bu, period.end)
     if not totals.lines and not totals.chains:
-        return None  # an earlier period's invoice of this close took them
+        if not (plans_only_ok and any(plan.covers(payer_bu, period, zone) for plan in plans)):
+            return None  # an earlier period's invoice of this close took them
+    earlier = {name: parse(name, zone) for name in totals.periods if name != period.name}
     invoice = domain.issue_invoice(payer_bu, period, totals, books, number=await unit.next_number(payer_bu),
                                    currency=settings.currency, minor_units=settings.currency_minor_units,
-                                   status="issued", issued_at=now)
+                                   status="issued", issued_at=now, plans=plans, zone=zone,
+                                   late=await unit.tier_states(payer_bu, earlier), late_periods=earlier)
     payload = canonical_json(invoice)
     if not await unit.save_invoice(invoice, payload, now):
         return None  # issued before: these postings wait for the payer's next invoice
@@ -123,15 +153,68 @@ async def _issue(unit: store.Unit, settings: Settings, books: BookIndex, payer_b
     return invoice
 
 
-async def _settle(unit: store.Unit, settings: Settings, period: Period, now: datetime) -> int:
-    """Net the month's invoiced flows once, when the month closes; published on settlements.netted."""
-    settlement = await queries.settlement_of(unit, settings, period)
-    payload = canonical_json(settlement)
-    if not await unit.save_settlement(settlement, payload, now):
-        return 0
-    await unit.stage([OutboxRow(SETTLEMENTS_NETTED.name, period.name.encode(), payload)])
-    log.info("period_settled", period=period.name, transfers=len(settlement.transfers))
-    return 1
+async def _settle(unit: store.Unit, settings: Settings, target: Period, issued: Sequence[InvoiceIssued],
+                  now: datetime) -> int:
+    """Net a month when it closes, and again, with the next revision, when this close
+    issued more invoices for a month settled before; published on settlements.netted."""
+    zone = settings.timezone
+    months = {domain.month_of(parse(invoice.period, zone), zone) for invoice in issued}
+    if target.kind == "month":
+        months.add(target.name)
+    settled = 0
+    for name in sorted(months):
+        month = parse(name, zone)
+        latest = await unit.settlement(month)
+        if latest is not None and not any(domain.month_of(parse(invoice.period, zone), zone) == name
+                                          for invoice in issued):
+            continue  # settled, and nothing new for it
+        if latest is None and name != target.name:
+            continue  # not closed yet: it is settled when it closes
+        revision = 1 if latest is None else latest.revision + 1
+        settlement = await queries.settlement_of(unit, settings, month, revision=revision)
+        payload = canonical_json(settlement)
+        if not await unit.save_settlement(settlement, payload, now):
+            continue
+        await unit.stage([OutboxRow(SETTLEMENTS_NETTED.name, name.encode(), payload)])
+        log.info("period_settled", period=name, revision=revision, invoices=len(settlement.invoices),
+                 transfers=len(settlement.transfers))
+        settled += 1
+    return settled
+
+
+async def assign_plan(pool: asyncpg.Pool, settings: Settings, *, payer_bu: str, book_id: str, model: str,
+                      provider_bu: str, first_month: str, last_month: str | None, actor: str, reason: str,
+                      now: datetime) -> domain.Plan:
+    """Assign a payer to a book's period tiers for a model over a range of months
+    (`domain.assign_plan` says when it cannot be)."""
+    zone = settings.timezone
+    async with store.unit(pool) as unit:
+        await unit.lock_invoices()
+        plan = domain.assign_plan(await unit.plans(), payer_bu=payer_bu, book_id=book_id, model=model,
+                                  provider_bu=provider_bu, first=parse(first_month, zone),
+                                  last=parse(last_month, zone) if last_month else None, books=await unit.books(),
+                                  actor=actor, reason=reason, now=now, zone=zone)
+        await unit.save_plan(plan)
+    log.info("plan_assigned", payer=payer_bu, book=book_id, model=model, first=plan.first_month,
+             last=plan.last_month, actor=actor)
+    return plan
+
+
+async def end_plan(pool: asyncpg.Pool, settings: Settings, *, payer_bu: str, model: str, last_month: str, actor: str,
+                   reason: str, now: datetime) -> domain.Plan:
+    """End the payer's plan for a model that is running now with month `last_month`."""
+    zone = settings.timezone
+    async with store.unit(pool) as unit:
+        await unit.lock_invoices()
+        current = containing(now, "month", zone).name
+        running = [plan for plan in await unit.plans() if plan.payer_bu == payer_bu and plan.model == model
+                   and (plan.last_month is None or plan.last_month >= current)]
+        if not running:
+            raise domain.PlanError(f"{payer_bu} has no plan for {model} running in {current} or later")
+        plan = domain.end_plan(running[0], parse(last_month, zone), now)
+        await unit.save_plan_end(plan, actor, reason, now)
+    log.info("plan_ended", payer=payer_bu, model=model, last=plan.last_month, actor=actor)
+    return plan
 
 
 async def set_cycle(pool: asyncpg.Pool, payer_bu: str, kind: PeriodKind, actor: str, reason: str, now: datetime) -> None:

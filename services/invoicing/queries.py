@@ -5,43 +5,59 @@ chains waiting for a missing sequence. Read-only; SQL stays in the adapters."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
 
 from tokenhub.contracts.events import InvoiceIssued, InvoiceLine
-from tokenhub.contracts.periods import Period, parse
+from tokenhub.contracts.periods import Period, billing_period, parse
 from tokenhub.contracts.settlement import SettlementNetted
-from tokenhub.infra.settings import Settings
+from tokenhub.infra.settings import Settings, clock
 from tokenhub.services.invoicing import domain
 from tokenhub.services.invoicing.adapters import store
 from tokenhub.services.invoicing.adapters.store import WaitingChain
 
 
-async def draft_invoice(connection: asyncpg.Connection, settings: Settings, payer_bu: str, period: Period) -> InvoiceIssued | None:
-    """What the payer's invoice for `period` would be if every open period closed now,
-    tier reached so far included (`domain.draft_of` says which totals it carries)."""
-    unit = store.Unit(connection)
+async def _drafts(unit: store.Unit, settings: Settings, payer_bu: str, now: datetime) -> list[InvoiceIssued]:
+    """The payer's drafts (`domain.drafts_of`): what each open period's invoice would
+    be if it closed now, tier reached so far included, each with its own number."""
+    zone = settings.timezone
     totals = await unit.payer_open_totals(payer_bu)
-    draft = domain.draft_of(totals.periods, await unit.invoiced_periods(payer_bu), period)
-    carried = totals.of_periods(draft.periods)
-    if not carried.lines and not carried.chains:
-        return None
-    number = await unit.next_number(payer_bu) + draft.place
-    return domain.issue_invoice(payer_bu, period, carried, await unit.books(), number=number,
-                                currency=settings.currency, minor_units=settings.currency_minor_units,
-                                status="draft", issued_at=None)
+    invoiced = await unit.invoiced_periods(payer_bu)
+    periods = {name: parse(name, zone) for name in totals.periods}
+    cycle = (await unit.cycles()).get(payer_bu, domain.DEFAULT_CYCLE)
+    carrier = domain.carrier_period(billing_period(now, cycle, zone), invoiced, zone)
+    plans = await unit.plans()
+    books = await unit.books()
+    number = await unit.next_number(payer_bu)
+    drafts = []
+    for draft in domain.drafts_of(periods, invoiced, carrier):
+        carried = totals.of_periods(set(draft.periods))
+        earlier = {name: periods[name] for name in draft.periods if name != draft.period.name}
+        drafts.append(domain.issue_invoice(
+            payer_bu, draft.period, carried, books, number=number + draft.place, currency=settings.currency,
+            minor_units=settings.currency_minor_units, status="draft", issued_at=None, plans=plans, zone=zone,
+            late=await unit.tier_states(payer_bu, earlier), late_periods=earlier))
+    return drafts
+
+
+async def draft_invoice(connection: asyncpg.Connection, settings: Settings, payer_bu: str, period: Period,
+                        now: datetime | None = None) -> InvoiceIssued | None:
+    """The payer's draft for `period`, if it has one."""
+    drafts = await _drafts(store.Unit(connection), settings, payer_bu, now or clock(settings))
+    return next((draft for draft in drafts if draft.period == period.name), None)
 
 
 async def invoices(pool: asyncpg.Pool, settings: Settings, *, bu: str | None, period: str | None) -> list[InvoiceIssued]:
-    """Issued invoices, then drafts of the open periods."""
+    """Issued invoices, then the drafts of every payer with open totals."""
+    now = clock(settings)
     async with store.reading(pool) as unit:
         issued = await unit.issued_invoices()
         drafts = []
-        for payer_bu, name in await unit.draft_periods():
-            draft = await draft_invoice(unit.connection, settings, payer_bu, parse(name, settings.timezone))
-            if draft is not None:
-                drafts.append(draft)
+        for payer_bu in dict.fromkeys(payer for payer, _ in await unit.draft_periods()):
+            if bu is None or payer_bu == bu:
+                drafts += await _drafts(unit, settings, payer_bu, now)
     return [invoice for invoice in issued + drafts
             if (bu is None or invoice.payer_bu == bu) and (period is None or invoice.period == period)]
 
@@ -52,10 +68,11 @@ async def month_settlement(connection: asyncpg.Connection, settings: Settings, m
     return await settlement_of(store.Unit(connection), settings, month)
 
 
-async def settlement_of(unit: store.Unit, settings: Settings, month: Period) -> SettlementNetted:
+async def settlement_of(unit: store.Unit, settings: Settings, month: Period, *, revision: int = 1) -> SettlementNetted:
     flows = domain.invoiced_flows(await unit.month_totals(month))
     return domain.build_settlement(month, flows, await unit.month_period_tiers(month),
-                                   currency=settings.currency, minor_units=settings.currency_minor_units)
+                                   currency=settings.currency, minor_units=settings.currency_minor_units,
+                                   revision=revision, invoices=await unit.month_invoice_ids(month))
 
 
 async def settlement(pool: asyncpg.Pool, settings: Settings, month: Period) -> tuple[SettlementNetted, bool]:
@@ -92,3 +109,15 @@ async def waiting_chains(pool: asyncpg.Pool) -> list[WaitingChain]:
     """Chains whose postings wait for a missing sequence (invoicing logs `chain_gap_waiting`)."""
     async with store.reading(pool) as unit:
         return await unit.waiting_chains()
+
+
+async def plans(pool: asyncpg.Pool, *, bu: str | None = None) -> list[dict]:
+    """Plans as assigned and ended, who did it and why."""
+    async with store.reading(pool) as unit:
+        return [row for row in await unit.plan_rows() if bu is None or row["payer_bu"] == bu]
+
+
+async def settled_months(pool: asyncpg.Pool) -> list[dict]:
+    """Each settled month once: its latest revision and when it was settled."""
+    async with store.reading(pool) as unit:
+        return await unit.settled_months()

@@ -87,7 +87,8 @@ INVOICE = build_invoice("taobao-tmall", parse("2026-03", "Asia/Shanghai"), total
                         currency="CNY", minor_units=2, rounding_mode="half_even", status="issued",
                         issued_at=datetime(2026, 4, 2, 1, 0, tzinfo=UTC))
 
-SETTLEMENT = build_settlement(parse("2026-03", "Asia/Shanghai"), [POSTED], currency="CNY", minor_units=2)
+SETTLEMENT = build_settlement(parse("2026-03", "Asia/Shanghai"), [POSTED], currency="CNY", minor_units=2,
+                              invoices=[INVOICE.invoice_id])
 
 EXAMPLES: dict[str, BaseModel] = {
     "usage_reported": USAGE,

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from tokenhub.contracts import schema_export
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import LedgerPosted, Priced, UsageData, UsageReported, decode
-from tests.contract.examples import EXAMPLES, GOLDEN_DIR, PRICED
+from tokenhub.contracts.settlement import SettlementNetted
+from tests.contract.examples import EXAMPLES, GOLDEN_DIR, PRICED, SETTLEMENT
 
 REGENERATE = "run `make schemas` (python -m tokenhub.contracts.schema_export) and commit the result"
 
@@ -101,3 +102,16 @@ def test_golden_amounts_are_plain_decimal_strings_at_twelve_places() -> None:
 
 def test_golden_directory_has_only_known_examples() -> None:
     assert {path.stem for path in Path(GOLDEN_DIR).glob("*.json")} >= set(EXAMPLES)
+
+
+def test_a_settlement_published_before_revisions_existed_reads_as_revision_one() -> None:
+    """The settlement's wire form gained `revision` and `invoices`; one published before still parses."""
+    before = (b'{"cause_id":"settlement:2026-03","currency":"CNY","event_time":"2026-03-31T16:00:00Z",'
+              b'"id":"aca587f7-4a80-54ed-8c0b-78b5845a39d4","matrix":[{"amount":"0.684676800000",'
+              b'"payer_bu":"taobao-tmall","provider_bu":"qwen-platform"}],"period":"2026-03","positions":'
+              b'{"qwen-platform":"0.684676800000","taobao-tmall":"-0.684676800000"},"rounded_positions":'
+              b'{"qwen-platform":"0.680000000000","taobao-tmall":"-0.680000000000"},"schema_version":1,"transfers":'
+              b'[{"amount":"0.680000000000","from_bu":"taobao-tmall","to_bu":"qwen-platform"}],"type":"settlement.netted"}')
+    settlement = decode(SettlementNetted, before)
+    assert (settlement.revision, settlement.invoices) == (1, ())
+    assert settlement.model_copy(update={"invoices": SETTLEMENT.invoices}) == SETTLEMENT

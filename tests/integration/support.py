@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -152,9 +153,11 @@ async def wait_http(port: int) -> None:
 
 
 async def published_values(bootstrap_servers: str, topic: str, key: bytes, count: int,
-                           timeout_s: float = SETTLE_TIMEOUT_S) -> list[bytes]:
-    """The first `count` values published on `topic` under `key`, in offset order;
-    fails at its deadline saying how many arrived."""
+                           timeout_s: float = SETTLE_TIMEOUT_S,
+                           until: Callable[[list[bytes]], bool] | None = None) -> list[bytes]:
+    """The first `count` values published on `topic` under `key`, in offset order
+    (or, with `until`, every value read until it holds); fails at its deadline
+    saying how many arrived."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -164,11 +167,11 @@ async def published_values(bootstrap_servers: str, topic: str, key: bytes, count
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         deadline = time.monotonic() + timeout_s
-        while len(values) < count:
+        while not (until(values) if until else len(values) >= count):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(values)} of {count} records keyed {key!r} on {topic} by the deadline")
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 values += [record.value for record in records if record.key == key]
     finally:
         await consumer.stop()
-    return values[:count]
+    return values if until else values[:count]

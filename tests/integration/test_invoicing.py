@@ -48,13 +48,13 @@ async def _query(world: World, query: str, *parameters):  # noqa: ANN002, ANN202
         await connection.close()
 
 
-async def _close(world: World, period: str, payer: str) -> list[InvoiceIssued]:
+async def _close(world: World, period: str, payer: str, *, early: bool = False) -> list[InvoiceIssued]:
     """Close `period` (the service may already have, at its watermark) and return the payer's invoices."""
     pool = await create_pool(world.settings.database_url or "", size_max=2)
     producer = create_producer(world.settings.bootstrap_servers or "", client_id="tests-close")
     await producer.start()
     try:
-        await handlers.close_period(pool, world.settings, period, actor="tests", now=datetime.now(UTC))
+        await handlers.close_period(pool, world.settings, period, actor="tests", now=datetime.now(UTC), early=early)
         await relay(pool, producer, handlers.SCHEMA)
     finally:
         await producer.stop()
@@ -257,7 +257,7 @@ async def test_repricing_reversals_become_credit_lines_and_mark_the_invoice_cred
     assert (report.examined, report.corrected) == (1, 1)
     await _wait_invoicing_has(world, world.bu("shop"), 3)
     this_month = containing(datetime.now(UTC), "month", ZONE).name
-    invoices = await _close(world, this_month, world.bu("shop"))
+    invoices = await _close(world, this_month, world.bu("shop"), early=True)
     assert [invoice.number for invoice in invoices] == [1, 2]  # per payer, without gaps
     second = invoices[-1]
     credits = [line for line in second.lines if line.kind == "credit"]
@@ -314,7 +314,7 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
     assert listed[2].subtotal == world.expected_amount(1_000, 100)
 
     capsys.readouterr()
-    closing = argparse.Namespace(action="close", period=today.name, actor="tests")
+    closing = argparse.Namespace(action="close", period=today.name, actor="tests", early=True)
     assert await commands.invoice(closing) == 0
     assert "invoices issued" in capsys.readouterr().out
     assert await commands.invoice(closing) == 0  # again: nothing left to issue, no number used up

@@ -11,6 +11,7 @@ charges and reversals)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,8 +31,11 @@ from tokenhub.services.invoicing.domain import (
     LineKey,
     LineTotal,
     PeriodTotals,
+    Plan,
     Received,
+    TierState,
     WaitingPosting,
+    charged_tiers,
 )
 
 SCHEMA: Final = "invoicing"
@@ -176,8 +180,27 @@ INSERT_CLOSED_PERIOD: Final = """
 insert into invoicing.closed_periods (period, closed_at, actor) values ($1, $2, $3) on conflict (period) do nothing
 """
 INSERT_SETTLEMENT: Final = """
-insert into invoicing.settlements (period, payload, settled_at) values ($1, $2, $3)
-on conflict (period) do nothing returning period
+insert into invoicing.settlements (period, revision, payload, settled_at) values ($1, $2, $3, $4)
+on conflict (period, revision) do nothing returning period
+"""
+SELECT_SETTLED_MONTHS: Final = """
+select distinct on (period) period, revision, settled_at from invoicing.settlements order by period, revision desc
+"""
+SELECT_MONTH_INVOICE_IDS: Final = "select invoice_id from invoicing.invoices where period_end > $1 and period_end <= $2"
+# Re-evaluating an earlier period's tier: its Tokens over all its totals, and the
+# payer's invoices (their tier lines say what was charged).
+SELECT_PERIOD_TOKENS: Final = """
+select period, model, provider_bu, sum(tokens)::bigint as tokens from invoicing.line_totals
+where payer_bu = $1 and period = any($2::text[]) and kind <> 'period_tier'
+group by period, model, provider_bu
+"""
+SELECT_PAYER_INVOICES: Final = "select payload from invoicing.invoices where payer_bu = $1"
+SELECT_PAYERS_INVOICED: Final = "select payer_bu, period from invoicing.invoices where payer_bu = any($1::text[])"
+PLAN_COLUMNS: Final = "plan_id, payer_bu, book_id, model, provider_bu, first_month, last_month, actor, reason, assigned_at"
+SELECT_PLANS: Final = f"select {PLAN_COLUMNS}, ended_by, end_reason, ended_at from invoicing.plans order by payer_bu, model, first_month"
+INSERT_PLAN: Final = f"insert into invoicing.plans ({PLAN_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+END_PLAN: Final = """
+update invoicing.plans set last_month = $2, ended_by = $3, end_reason = $4, ended_at = $5 where plan_id = $1
 """
 
 # --- read side: drafts, spend, settlements, republishing ---------------------------------
@@ -195,7 +218,9 @@ from invoicing.line_totals t join invoicing.invoices i using (invoice_id)
 where i.period_end > $1 and i.period_end <= $2 and t.kind <> 'period_tier'
 """
 SELECT_MONTH_INVOICES: Final = "select payload from invoicing.invoices where period_end > $1 and period_end <= $2"
-SELECT_SETTLEMENT: Final = "select payload from invoicing.settlements where period = $1"
+SELECT_LATEST_SETTLEMENT: Final = """
+select payload from invoicing.settlements where period = $1 order by revision desc limit 1
+"""
 # sum(bigint) is numeric in Postgres: cast back, so --json prints Tokens as integers.
 SELECT_SPEND: Final = """
 select consumer_bu, coalesce(app, '-') as app, model, token_class,
@@ -228,6 +253,11 @@ class WaitingChain:
     waiting_from: int
     waiting: int
     waiting_since: datetime
+
+
+def _plan(row: asyncpg.Record) -> Plan:
+    return Plan(row["plan_id"], row["payer_bu"], row["book_id"], row["model"], row["provider_bu"], row["first_month"],
+                row["last_month"], row["actor"], row["reason"], row["assigned_at"])
 
 
 def _line_total(row: asyncpg.Record) -> LineTotal:
@@ -390,8 +420,52 @@ class Unit:
         await self._connection.execute(INSERT_CLOSED_PERIOD, period, now, actor)
 
     async def save_settlement(self, settlement: SettlementNetted, payload: bytes, now: datetime) -> bool:
-        """Store the month's settlement; False when it was settled before."""
-        return await self._connection.fetchval(INSERT_SETTLEMENT, settlement.period, payload, now) is not None
+        """Store a settlement revision; False when that revision was stored before."""
+        return await self._connection.fetchval(INSERT_SETTLEMENT, settlement.period, settlement.revision, payload,
+                                               now) is not None
+
+    async def settled_months(self) -> list[dict]:
+        return [dict(row) for row in await self._connection.fetch(SELECT_SETTLED_MONTHS)]
+
+    async def month_invoice_ids(self, month: Period) -> list[uuid.UUID]:
+        """The invoices issued for the month: its days, weeks and itself."""
+        return [row["invoice_id"] for row in await self._connection.fetch(SELECT_MONTH_INVOICE_IDS, month.start, month.end)]
+
+    async def tier_states(self, payer_bu: str, periods: dict[str, Period]) -> dict[str, TierState]:
+        """For the payer's earlier periods with late usage: each one's Tokens over all
+        its totals and the tier charges its invoices carry."""
+        if not periods:
+            return {}
+        tokens: dict[str, dict[tuple[str, str], int]] = {name: {} for name in periods}
+        for row in await self._connection.fetch(SELECT_PERIOD_TOKENS, payer_bu, sorted(periods)):
+            tokens[row["period"]][(row["model"], row["provider_bu"])] = row["tokens"]
+        invoices = [decode(InvoiceIssued, row["payload"])
+                    for row in await self._connection.fetch(SELECT_PAYER_INVOICES, payer_bu)]
+        charged = charged_tiers(invoices, set(periods))
+        return {name: TierState(tokens[name], dict(charged.get(name, {}))) for name in periods}
+
+    async def invoiced_of(self, payers: Sequence[str]) -> set[tuple[str, str]]:
+        """(payer, period) of every invoice of these payers."""
+        if not payers:
+            return set()
+        rows = await self._connection.fetch(SELECT_PAYERS_INVOICED, sorted(set(payers)))
+        return {(row["payer_bu"], row["period"]) for row in rows}
+
+    async def plans(self) -> list[Plan]:
+        """Every plan; an ended one keeps the month it ended with."""
+        return [_plan(row) for row in await self._connection.fetch(SELECT_PLANS)]
+
+    async def plan_rows(self) -> list[dict]:
+        """Plans as stored, with who ended them, for listing."""
+        return [dict(row) for row in await self._connection.fetch(SELECT_PLANS)]
+
+    async def save_plan(self, plan: Plan) -> None:
+        await self._connection.execute(INSERT_PLAN, plan.plan_id, plan.payer_bu, plan.book_id, plan.model,
+                                       plan.provider_bu, plan.first_month, plan.last_month, plan.actor, plan.reason,
+                                       plan.assigned_at)
+
+    async def save_plan_end(self, plan: Plan, actor: str, reason: str, now: datetime) -> None:
+        await self._connection.execute(END_PLAN, plan.plan_id, plan.last_month, actor, reason, now)
 
     async def stage(self, rows: list[OutboxRow]) -> None:
         await stage(self._connection, SCHEMA, rows)
@@ -431,7 +505,8 @@ class Unit:
         return [(invoice.payer_bu, line) for invoice in invoices for line in invoice.lines if line.kind == "period_tier"]
 
     async def settlement(self, month: Period) -> SettlementNetted | None:
-        payload = await self._connection.fetchval(SELECT_SETTLEMENT, month.name)
+        """The month's latest settlement revision, the one that stands."""
+        payload = await self._connection.fetchval(SELECT_LATEST_SETTLEMENT, month.name)
         return None if payload is None else decode(SettlementNetted, payload)
 
     async def spend(self, payer_bu: str, month: Period) -> list[dict]:
