@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenhub.api.hub import Hub
-from tokenhub.api.routes import admin, audit, ops, quota, reads, webhooks
+from tokenhub.api.routes import admin, audit, dashboard, ops, quota, reads, webhooks
 from tokenhub.api.settings import ApiSettings
 from tokenhub.api.web import ApiError, MetricsMiddleware, RefuseNul, error_response
 from tokenhub.infra.settings import Settings
@@ -45,7 +45,7 @@ def create_app(settings: Settings, api_settings: ApiSettings, *, webhook_backoff
     app = FastAPI(title="Token Hub API", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None,
                   redoc_url=None)
     app.mount(ops.DOCS_ASSETS_URL, StaticFiles(directory=ops.DOCS_ASSETS), name="docs-assets")
-    for module in (ops, quota, reads, webhooks, admin, audit):
+    for module in (ops, quota, reads, webhooks, admin, audit, dashboard):
         app.include_router(module.router)
     app.add_middleware(RefuseNul)
     app.add_middleware(quota.QuotaFastPath)

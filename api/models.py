@@ -39,6 +39,11 @@ class Me(Body):
     role: Literal["bu-reader", "finance", "auditor", "admin"]
     bu: str | None = Field(description="the business unit a bu-reader key reads for")
     owner: str
+    currency: str = Field(description="the deployment's settlement currency")
+    timezone: str = Field(description="the company time zone periods are in")
+    period: str = Field(description="this month, by the API's clock")
+    period_start: datetime
+    period_end: datetime = Field(description="exclusive")
 
 
 class Health(Body):

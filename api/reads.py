@@ -3,9 +3,10 @@ the services' schemas through the read-only role, and returns JSON-ready values
 (amounts as strings in plain notation, as the CLI's `--json` prints them, so
 the two agree to the last digit).
 
-The services' own read queries (`services/<svc>/queries.py`) are the source
-where they exist; the rest is read here with the same SQL the CLI runs today.
-Nothing here writes."""
+The services' own read queries (`services/<svc>/queries.py`) answer wherever
+they can. Read here: what they do not offer yet, each a page at a time by
+cursor (the statement, rejected and parked usage, chain heads, settled
+months). Nothing here writes."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.settings import Settings
 from tokenhub.services.invoicing import queries as invoicing_queries
+from tokenhub.services.ledger import queries as ledger_queries
+from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.pricing import queries as pricing_queries
 from tokenhub.services.invoicing.adapters import store as invoicing_store
 
 FIGURES: Final = ("spend", "revenue", "tokens_consumed", "tokens_served")
@@ -41,18 +45,6 @@ def text(value: Decimal) -> str:
 
 # --- balances (ledger) ----------------------------------------------------------------
 
-SELECT_PROJECTION: Final = "select ledger, account, debit_total, credit_total from ledger.balances"
-# The journal holds one transfer per ledger per entry (debit account, credit
-# account, quantity); account totals sum both sides of each.
-SELECT_AS_OF: Final = """
-select legs.ledger, legs.account, sum(legs.debit) as debit_total, sum(legs.credit) as credit_total
-from ledger.journal j,
-     lateral (values ('money', j.money_debit, j.amount, 0::numeric), ('money', j.money_credit, 0::numeric, j.amount),
-                     ('tokens', j.tokens_debit, j.tokens::numeric, 0::numeric),
-                     ('tokens', j.tokens_credit, 0::numeric, j.tokens::numeric)) as legs(ledger, account, debit, credit)
-where j.{column} <= $1
-group by legs.ledger, legs.account
-"""
 SELECT_ACCOUNTS_BEFORE: Final = """
 select legs.ledger, legs.account, sum(legs.debit) as debit_total, sum(legs.credit) as credit_total
 from ledger.journal j,
@@ -63,7 +55,6 @@ where j.{column} < $1
 group by legs.ledger, legs.account
 having legs.account like $2
 """
-SELECT_NAMES: Final = "select bu_id, display_name from metering.business_units"
 
 
 def _zero() -> dict[str, Decimal]:
@@ -85,20 +76,13 @@ def _column(by: str) -> str:
     return "event_time" if by == "event-time" else "posted_at"
 
 
-async def balances(pool: asyncpg.Pool, *, as_of: datetime | None, by: str) -> list[dict[str, Any]]:
-    """Every BU with postings (or registered), as `tokenhub balance --json` shows them."""
-    async with pool.acquire() as connection:
-        if as_of is None:
-            rows = await connection.fetch(SELECT_PROJECTION)
-        else:
-            rows = await connection.fetch(SELECT_AS_OF.format(column=_column(by)), as_of)
-        names = {row["bu_id"]: row["display_name"] for row in await connection.fetch(SELECT_NAMES)}
-    figures = figures_from_accounts(rows)
-    for bu in names:
-        figures.setdefault(bu, _zero())  # a registered BU with nothing posted has zero balances, not none
-    return [{"bu": bu, "display_name": names.get(bu, bu), "spend": text(values["spend"]), "revenue": text(values["revenue"]),
-             "net": text(values["revenue"] - values["spend"]), "tokens_consumed": int(values["tokens_consumed"]),
-             "tokens_served": int(values["tokens_served"])} for bu, values in sorted(figures.items())]
+async def balances(pool: asyncpg.Pool, *, as_of: datetime | None, by: str, bu: str | None = None) -> list[dict[str, Any]]:
+    """Balances per BU (or one registered BU's, zero when nothing is posted), as
+    `tokenhub balance --json` shows them: the ledger's own query."""
+    rows = await ledger_queries.balances(pool, names=await metering_queries.display_names(pool), bu=bu, as_of=as_of,
+                                         by=by)  # type: ignore[arg-type]
+    return [{"bu": row.bu, "display_name": row.display_name, "spend": text(row.spend), "revenue": text(row.revenue),
+             "net": text(row.net), "tokens_consumed": row.tokens_consumed, "tokens_served": row.tokens_served} for row in rows]
 
 
 # --- statements (ledger) ----------------------------------------------------------------
@@ -194,56 +178,27 @@ async def chain_heads(pool: asyncpg.Pool) -> list[dict[str, Any]]:
 
 # --- budgets (ledger) ---------------------------------------------------------------------
 
-SELECT_BUDGETS: Final = "select payload from ledger.budgets where $1::text is null or payer_bu = $1"
-SELECT_MONTH_SPEND: Final = "select payer_bu, consumer_bu, amount from ledger.period_spend where period = $1"
-SELECT_MONTH_ALERTS: Final = """
-select payer_bu, scope, kind, threshold_percent from ledger.budget_alerts where period = $1 order by raised_at
-"""
-SELECT_MONTH_QUOTAS: Final = "select payer_bu, scope, exhausted from ledger.quota_states where period = $1"
-
-
-def _in_force(budgets: list[BudgetSet], payer_bu: str, scope: str, month: str) -> BudgetSet | None:
-    candidates = [budget for budget in budgets if budget.payer_bu == payer_bu and budget.scope == scope and budget.period_from <= month]
-    return max(candidates, key=lambda budget: (budget.set_at, str(budget.id)), default=None)
-
-
 async def budgets(pool: asyncpg.Pool, month: str) -> list[dict[str, Any]]:
     """Each payer's budget in force for `month` per scope, with month-to-date
     spend by event time, thresholds crossed and the quota state, as
-    `tokenhub budget show --json` shows them."""
-    async with pool.acquire() as connection:
-        known = [BudgetSet.model_validate_json(bytes(row["payload"])) for row in await connection.fetch(SELECT_BUDGETS, None)]
-        spend: dict[str, dict[str, Decimal]] = {}
-        for row in await connection.fetch(SELECT_MONTH_SPEND, month):
-            spend.setdefault(row["payer_bu"], {})[row["consumer_bu"]] = row["amount"]
-        alerts = await connection.fetch(SELECT_MONTH_ALERTS, month)
-        quotas = {(row["payer_bu"], row["scope"]): row["exhausted"] for row in await connection.fetch(SELECT_MONTH_QUOTAS, month)}
+    `tokenhub budget show --json` shows them: the ledger's own query."""
     rows = []
-    for payer, scope in sorted({(budget.payer_bu, budget.scope) for budget in known}):
-        budget = _in_force(known, payer, scope, month)
-        if budget is None:
-            continue
-        by_consumer = spend.get(payer, {})
-        spent = sum(by_consumer.values(), Decimal(0)) if scope == WHOLE_PAYER else by_consumer.get(scope, Decimal(0))
-        crossed = sorted(row["threshold_percent"] for row in alerts
-                         if row["payer_bu"] == payer and row["scope"] == scope and row["kind"] == "threshold")
+    for status in await ledger_queries.budgets(pool, month=month):
+        budget = status.budget
         rows.append({
-            "payer_bu": payer, "consumer_bu": None if scope == WHOLE_PAYER else scope, "period": month,
+            "payer_bu": budget.payer_bu, "consumer_bu": status.consumer_bu, "period": status.month,
             "budget_id": str(budget.id), "amount": text(budget.amount), "currency": budget.currency,
             "thresholds_percent": [text(threshold) for threshold in budget.thresholds_percent],
             "hard_limit": text(budget.hard_limit) if budget.hard_limit is not None else None,
-            "spent": text(spent), "used_percent": text((spent * 100 / budget.amount).quantize(Decimal("0.01"))),
-            "thresholds_crossed": [text(threshold.normalize()) for threshold in crossed],
-            "quota_exhausted": bool(quotas.get((payer, scope), False)),
+            "spent": text(status.spent), "used_percent": text(status.used_percent),
+            "thresholds_crossed": [text(threshold.normalize()) for threshold in status.thresholds_crossed],
+            "quota_exhausted": status.quota_exhausted,
             "actor": budget.actor, "reason": budget.reason, "set_at": budget.set_at.isoformat(), "period_from": budget.period_from,
         })
     return rows
 
 
 # --- spend month to date (invoicing) --------------------------------------------------------
-
-SELECT_MODALITIES: Final = "select model_id, modality from metering.models"
-
 
 def tier_reached(total_tokens: int, book: PriceBookPublished | None, model: str) -> dict[str, Any] | None:
     """Which of the model's period tiers the running total falls in (tiers cover (from, to])."""
@@ -266,8 +221,8 @@ async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Perio
     tiers as `tokenhub spend --json` shows them."""
     report = await invoicing_queries.spend(pool, settings, payer, month)
     rows, tiers, total = report.rows, report.period_tiers, report.total
+    modalities = {row["model_id"]: row["modality"] for row in await metering_queries.models(pool)}
     async with pool.acquire() as connection:
-        modalities = {row["model_id"]: row["modality"] for row in await connection.fetch(SELECT_MODALITIES)}
         books = BookIndex.of(decode(PriceBookPublished, row["payload"])
                              for row in await connection.fetch(invoicing_store.SELECT_BOOKS))
     lines = [{**row, "amount": text(row["amount"]), "modality": modalities.get(row["model"], "unknown")} for row in rows]
@@ -402,15 +357,8 @@ async def parked(pool: asyncpg.Pool, *, payer: str | None, model: str | None, vi
 
 # --- price books (pricing) ----------------------------------------------------------------------
 
-SELECT_BOOKS: Final = """
-select book_id, version, effective_from, retroactive, actor, reason, published_at, payload from pricing.price_books
-order by book_id, version
-"""
-
-
 async def price_books(pool: asyncpg.Pool) -> list[PriceBookPublished]:
-    async with pool.acquire() as connection:
-        return [decode(PriceBookPublished, row["payload"]) for row in await connection.fetch(SELECT_BOOKS)]
+    return await pricing_queries.price_books(pool)
 
 
 def book_for(book: PriceBookPublished, bu: str | None) -> dict[str, Any]:
@@ -424,23 +372,9 @@ def book_for(book: PriceBookPublished, bu: str | None) -> dict[str, Any]:
 
 # --- the registry (metering) ---------------------------------------------------------------------
 
-SELECT_BUSINESS_UNITS: Final = """
-select bu_id, display_name, parent_group, cost_centre, active, actor, reason, changed_at
-from metering.business_units order by bu_id
-"""
-SELECT_MODELS: Final = """
-select model_id, provider_bu, display_name, modality, token_classes, active, actor, reason, changed_at
-from metering.models order by model_id
-"""
-SELECT_FUNDING: Final = """
-select agreement_id, consumer_bu, app, model_pattern, payers, effective_from, effective_to, actor, reason, changed_at
-from metering.funding_agreements order by agreement_id
-"""
-SELECT_CONVERSION: Final = """
-select version, effective_from, rules, actor, reason, published_at from metering.conversion_tables order by version
-"""
-REGISTRY_QUERIES: Final = {"business-units": SELECT_BUSINESS_UNITS, "models": SELECT_MODELS, "funding-agreements": SELECT_FUNDING,
-                           "conversion-tables": SELECT_CONVERSION}
+REGISTRY_QUERIES: Final = {"business-units": metering_queries.business_units, "models": metering_queries.models,
+                           "funding-agreements": metering_queries.funding_agreements,
+                           "conversion-tables": metering_queries.conversion_tables}
 
 
 def _plain(value: Any) -> Any:
@@ -456,6 +390,4 @@ def _plain(value: Any) -> Any:
 
 
 async def registry(pool: asyncpg.Pool, section: str) -> list[dict[str, Any]]:
-    async with pool.acquire() as connection:
-        return [{name: _plain(value) for name, value in dict(row).items()}
-                for row in await connection.fetch(REGISTRY_QUERIES[section])]
+    return [{name: _plain(value) for name, value in dict(row).items()} for row in await REGISTRY_QUERIES[section](pool)]

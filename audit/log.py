@@ -13,13 +13,16 @@ from typing import Any, Final
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from tokenhub.services.common.kafka import client_options
 
 READ_BATCH_MAX: Final = 5_000
 """Records per fetch while reading a topic: a few MB of JSON at most."""
 POLL_MS: Final = 200
+ASSIGNMENT_WAIT_S: Final = 30.0
+"""A topic's metadata arrives within a round trip or two; this long only on a
+machine so loaded that reading the log would fail anyway."""
 PROGRESS_EVERY: Final = 10_000
 """Records between two progress reports while reading a topic."""
 
@@ -66,17 +69,24 @@ async def read_topic(bootstrap_servers: str, topic: str, *, expected: int = 0, i
     """Every record of `topic`, in partition and offset order. Stops once
     `expected` distinct records (by `distinct`) were read, or after
     `idle_timeout_s` without a record: the broker's end offsets are not trusted."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+    # Subscribed without a group, the consumer is given every partition of the topic
+    # once it has the topic's metadata. (Asked right after start, Apache Kafka's
+    # metadata may hold no topic yet: the client's first refresh asks for none.)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
                                 **client_options())
     await consumer.start()
     records: list[TopicRecord] = []
     seen: set[object] = set()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
+        if topic not in await consumer.topics():
             return []
-        consumer.assign(partitions)
+        deadline = time.monotonic() + ASSIGNMENT_WAIT_S
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition of {topic} assigned after {ASSIGNMENT_WAIT_S:.0f} s")
+            await asyncio.sleep(POLL_MS / 1000)
+        partitions = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*partitions)
         last_record = time.monotonic()
         reported = 0

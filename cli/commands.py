@@ -50,7 +50,7 @@ def _read_document(path: str) -> Any:
 
 async def publish_events(settings: Settings, topic: str, events: list[tuple[bytes, bytes]]) -> None:
     bootstrap_servers, _ = settings.require_stack()
-    producer = create_producer(bootstrap_servers, client_id="tokenhub-cli")
+    producer = create_producer(bootstrap_servers, client_id="tokenhub-cli", settings=settings)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in events]

@@ -70,6 +70,7 @@ async def up(arguments: argparse.Namespace) -> int:
         f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
         f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
         f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"
+        f"  dashboard http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/dashboard/ (sign in with an API key)\n"
         "PostgreSQL, the broker and the services are supervised: what dies is restarted (tokenhub status).\n"
         "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
         "Ctrl-C stops everything.",

@@ -58,6 +58,20 @@ async def create_topics(bootstrap_servers: str, specs: tuple[TopicSpec, ...] = A
         await admin.close()
 
 
+async def topic_partitions(bootstrap_servers: str, topics: list[str], settings: Settings | None = None) -> dict[str, set[int]]:
+    """The partitions of each of `topics` that exists, asked of the cluster. A consumer
+    that assigns partitions itself cannot ask its own metadata: on Apache Kafka an
+    unsubscribed consumer's metadata may hold no topic at all."""
+    admin = admin_client(bootstrap_servers, settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {topic["topic"]: {partition["partition"] for partition in topic["partitions"]}
+            for topic in described if topic["error_code"] == 0 and topic["partitions"]}
+
+
 async def broker_cluster_id(bootstrap_servers: str, settings: Settings | None = None) -> str:
     """The broker's cluster id: stored offsets are only a hint for this cluster."""
     admin = admin_client(bootstrap_servers, settings)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from tokenhub.api.access import Principal
 from tokenhub.api.models import (
     BudgetChange,
+    ErrorBody,
     BusinessUnitChange,
     ConversionChange,
     FundingChange,
@@ -28,6 +29,7 @@ from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.periods import containing
 from tokenhub.contracts.registry import PAYLOAD_MODELS, RegistryKind, registry_change
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+from tokenhub.services.pricing import queries as pricing_queries
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
 router = APIRouter(tags=["changes (admin)"])
@@ -96,7 +98,8 @@ async def budget(request: Request, body: BudgetChange, who: Principal = Depends(
     return Published(topic=BUDGETS_CONFIGURED.name, event_ids=[str(event.id)], actor=who.owner)
 
 
-@router.post("/v1/pricebooks", status_code=status.HTTP_202_ACCEPTED, response_model=Published, responses=CHANGE_ERRORS,
+@router.post("/v1/pricebooks", status_code=status.HTTP_202_ACCEPTED, response_model=Published,
+             responses={**CHANGE_ERRORS, 409: {"model": ErrorBody, "description": "that version is published already"}},
              summary="Validate and publish a price book version")
 async def pricebook(request: Request, body: PriceBookChange, who: Principal = Depends(require_admin)) -> Published:
     hub = hub_of(request)
@@ -114,5 +117,9 @@ async def pricebook(request: Request, body: PriceBookChange, who: Principal = De
         raise _invalid(error) from None
     except PriceBookInvalid as error:
         raise ApiError(422, str(error)) from None
+    if await pricing_queries.book_stored(hub.reader, book.book_id, book.version):
+        latest = await pricing_queries.latest_version(hub.reader, book.book_id)
+        raise ApiError(409, f"version {book.version} of book {book.book_id} is already published and never changes; "
+                            f"publish version {(latest or 0) + 1} instead")
     await hub.publish(PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
     return Published(topic=PRICEBOOK_PUBLISHED.name, event_ids=[str(book.id)], actor=who.owner)

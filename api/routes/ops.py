@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tokenhub.api.access import Principal
 from tokenhub.api.models import Health, Me, Readiness
 from tokenhub.api.web import AUTH_ERRORS, UNAVAILABLE, hub_of, principal
+from tokenhub.contracts.periods import containing
 
 DOCS_ASSETS: Final = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL: Final = "/docs-assets"
@@ -50,8 +51,12 @@ async def metrics() -> Response:
 
 
 @router.get("/v1/me", response_model=Me, responses=AUTH_ERRORS, tags=["identity"], summary="The key's role and business unit")
-async def me(who: Principal = Depends(principal)) -> Me:
-    return Me(key_id=who.key_id, role=who.role.value, bu=who.bu, owner=who.owner)  # type: ignore[arg-type]
+async def me(request: Request, who: Principal = Depends(principal)) -> Me:
+    hub = hub_of(request)
+    month = containing(hub.now(), "month", hub.settings.timezone)
+    return Me(key_id=who.key_id, role=who.role.value, bu=who.bu, owner=who.owner,  # type: ignore[arg-type]
+              currency=hub.settings.currency, timezone=hub.settings.timezone, period=month.name,
+              period_start=month.start, period_end=month.end)
 
 
 @router.get("/docs", include_in_schema=False)

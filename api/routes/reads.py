@@ -112,7 +112,7 @@ async def balance(request: Request, bu: str = Path(pattern=SLUG, max_length=NAME
                   as_of: AwareDatetime | None = Query(None), by: By = Query("event-time"),
                   who: Principal = Depends(principal)) -> Response:
     require_sees(who, bu)
-    rows = [row for row in await reads.balances(hub_of(request).reader, as_of=as_of, by=by) if row["bu"] == bu]
+    rows = await reads.balances(hub_of(request).reader, as_of=as_of, by=by, bu=bu)
     if not rows:
         raise ApiError(404, f"no business unit {bu}")
     return _json(rows[0])

@@ -70,8 +70,13 @@ log = structlog.get_logger()
 
 
 def new_cluster_id() -> str:
-    """Kafka's cluster id: a UUID in URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's cluster id: a UUID in URL-safe base64 without padding (22 characters),
+    never starting with "-", which the storage tool would read as an option (Kafka's
+    own `Uuid.randomUuid` skips those too)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 @dataclass

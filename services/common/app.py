@@ -55,7 +55,8 @@ async def tolerant_parser(records: tuple[ConsumerRecord, ...], original: Callabl
 
 def create_broker(runtime: Runtime) -> KafkaBroker:
     bootstrap_servers, _ = runtime.settings.require_stack()
-    return KafkaBroker(bootstrap_servers, client_id=f"tokenhub-{runtime.service}", logger=None,
+    # FastStream takes several servers as a list; a comma-separated string would be one host name.
+    return KafkaBroker(bootstrap_servers.split(","), client_id=f"tokenhub-{runtime.service}", logger=None,
                        security=runtime.settings.kafka_security().faststream_security())
 
 

@@ -13,7 +13,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, TOKENS_PRICED
-from tokenhub.infra.topics import broker_cluster_id
+from tokenhub.infra.topics import broker_cluster_id, topic_partitions
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
     FETCH_WAIT_MS_MAX,
@@ -72,16 +72,16 @@ class LedgerConsumer:
     async def _my_partitions(self) -> list[TopicPartition]:
         assert self.consumer is not None
         settings = self.runtime.settings
+        bootstrap_servers, _ = settings.require_stack()
         deadline = asyncio.get_running_loop().time() + METADATA_WAIT_S
         mine: list[TopicPartition] = []
         for topic in TOPICS:
             while True:
-                partitions = self.consumer.partitions_for_topic(topic)
+                partitions = (await topic_partitions(bootstrap_servers, [topic], settings)).get(topic)
                 if partitions:
                     break
                 if asyncio.get_running_loop().time() > deadline:
                     raise RuntimeError(f"topic {topic} does not exist; run `tokenhub init`")
-                await self.consumer.topics()  # refreshes metadata
                 await asyncio.sleep(0.5)
             mine += [TopicPartition(topic, p) for p in sorted(partitions)
                      if p % settings.instance_count == settings.instance_index]

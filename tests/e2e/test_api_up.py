@@ -28,7 +28,10 @@ def test_tokenhub_up_serves_the_api_named_in_its_banner(tmp_path: Path) -> None:
         created = json.loads(_tokenhub(tmp_path, "apikey", "create", "--role", "finance", "--owner", "ops",
                                        "--reason", "e2e", "--json").stdout)
         response = httpx.get(f"{url}/v1/me", headers={"authorization": f"Bearer {created['key']}"}, timeout=10)
-        assert response.json() == {"key_id": created["key_id"], "role": "finance", "bu": None, "owner": "ops"}
+        me = response.json()
+        assert {name: me[name] for name in ("key_id", "role", "bu", "owner", "currency")} == {
+            "key_id": created["key_id"], "role": "finance", "bu": None, "owner": "ops", "currency": "CNY"}
+        assert f"  dashboard {url}/dashboard/" in banner
         listed = json.loads(_tokenhub(tmp_path, "apikey", "list", "--json").stdout)
         assert [(row["key_id"], row["role"], row["owner"], row["revoked_at"]) for row in listed] == [
             (created["key_id"], "finance", "ops", None)]

@@ -352,3 +352,24 @@ async def test_an_auditor_runs_verify_and_replay_over_http_and_finance_reads_the
     async with client(scene, await api.key("finance")) as finance:
         balance = await finance.balance(scene.shop)
     assert replay["report"]["balances"][scene.shop]["spend"] == balance["spend"]
+
+
+async def test_a_price_book_published_through_the_api_is_stored_once_with_its_actor(scene: Scene) -> None:
+    api = scene.api
+    book_id = f"{scene.world.prefix}-api-book"
+    book = {"book_id": book_id, "version": 1, "currency": "CNY",
+            "effective_from": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+            "models": [{"model": scene.world.model, "unit_prices_per_million": {"input": "2.0", "output": "8.0"}}]}
+    async with client(scene, await api.key("admin", owner="pricing-lead")) as admin:
+        published = await admin.post("/v1/pricebooks", {"book": book, "reason": "next price list"})
+        assert (published["topic"], published["actor"]) == ("pricebook.published", "pricing-lead")
+
+        async def stored() -> bool:
+            return any(row["book_id"] == book_id for row in await admin.all("/v1/pricebooks"))
+        await wait_until(stored, WAIT_S, "pricing to store the book")
+        version = await admin.get(f"/v1/pricebooks/{book_id}/versions/1")
+        assert (version["actor"], version["reason"], version["models"][0]["unit_prices_per_million"]) == (
+            "pricing-lead", "next price list", {"input": "2.000000000000", "output": "8.000000000000"})
+        with pytest.raises(ApiError) as again:
+            await admin.post("/v1/pricebooks", {"book": book, "reason": "again"})
+        assert again.value.status == 409 and "publish version 2 instead" in again.value.message
