@@ -327,9 +327,23 @@ class Spend(Body):
     period: str
     currency: str
     spend: AmountText = Field(pattern=PLAIN)
+    forecast_month_end: AmountText | None = Field(pattern=PLAIN, description="at the pace so far; null outside the month")
     lines: list[SpendLine]
     by: dict[Literal["consumer", "app", "model", "class", "modality"], list[SpendTotal]]
     period_tiers: list[PeriodTierSoFar]
+
+
+class DaySpend(Body):
+    day: str = Field(description="a day in the company time zone")
+    spend: AmountText = Field(pattern=PLAIN)
+
+
+class DailySpend(Body):
+    bu: str
+    period: str
+    previous_period: str
+    days: list[DaySpend] = Field(description="days with spend, by event time")
+    previous_days: list[DaySpend]
 
 
 class BudgetRow(Body):

@@ -21,7 +21,9 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
+from tokenhub.contracts.accounts import account_name
 from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet
+from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
 from tokenhub.contracts.ids import posted_id
 from tokenhub.contracts.periods import Period
@@ -165,6 +167,24 @@ async def statement(pool: asyncpg.Pool, bu: str, start: datetime, end: datetime,
                          (last[column], last["chain"], last["sequence"]) if last is not None else None, len(rows) > limit)
 
 
+# --- daily spend (ledger) ------------------------------------------------------------------
+
+SELECT_DAILY_SPEND: Final = """
+select (event_time at time zone $2)::date as day,
+       coalesce(sum(amount) filter (where money_debit = $1), 0) - coalesce(sum(amount) filter (where money_credit = $1), 0) as spend
+from ledger.journal
+where (money_debit = $1 or money_credit = $1) and event_time >= $3 and event_time < $4
+group by 1 order by 1
+"""
+
+
+async def daily_spend(pool: asyncpg.Pool, payer: str, zone: str, month: Period) -> list[dict[str, str]]:
+    """A payer's spend per day of `month` (by event time, days in the company zone), days without spend left out."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(SELECT_DAILY_SPEND, account_name(payer, "spend"), zone, month.start, month.end)
+    return [{"day": row["day"].isoformat(), "spend": text(row["spend"])} for row in rows]
+
+
 # --- chain heads (ledger) -----------------------------------------------------------------
 
 SELECT_CHAINS: Final = "select chain, sequence, head_hash from ledger.chains order by chain"
@@ -215,7 +235,18 @@ def tier_reached(total_tokens: int, book: PriceBookPublished | None, model: str)
     return None
 
 
-async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Period) -> dict[str, Any]:
+def forecast(spent: Decimal, month: Period, now: datetime) -> str | None:
+    """Spend at the month's end if it goes on at the pace so far (by elapsed
+    time); None outside the month. Fixed at 12 places, half-even."""
+    if not month.start < now < month.end:
+        return None
+    elapsed = Decimal((now - month.start).total_seconds())
+    whole = Decimal((month.end - month.start).total_seconds())
+    return format_amount(spent * whole / elapsed)
+
+
+async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Period,
+                now: datetime | None = None) -> dict[str, Any]:
     """Month to date: what the payer spends by consumer, app, model, class and
     modality, and the period tier its running total has reached; the lines and
     tiers as `tokenhub spend --json` shows them."""
@@ -236,7 +267,8 @@ async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Perio
         by[dimension] = [{"key": name, "tokens": int(tokens), "amount": text(amount)} for name, (tokens, amount) in sorted(sums.items())]
     last_instant = month.end
     return {
-        "bu": payer, "period": month.name, "currency": settings.currency, "spend": text(total), "lines": lines, "by": by,
+        "bu": payer, "period": month.name, "currency": settings.currency, "spend": text(total),
+        "forecast_month_end": forecast(total, month, now) if now is not None else None, "lines": lines, "by": by,
         "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": text(line.amount),
                           "reached": tier_reached(line.tokens, books.in_force(line.model, last_instant), line.model)}
                          for line in tiers],

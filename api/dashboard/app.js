@@ -67,10 +67,19 @@ async function overview() {
     balances.map(row => [row.bu, row.display_name, row.spend, row.revenue, row.net, row.tokens_consumed, row.tokens_served]),
     [2, 3, 4, 5, 6]));
   page.lastChild.id = "balances";
-  const payers = balances.filter(row => row.spend !== "0.000000000000").map(row => row.bu);
+  const payers = balances.filter(row => Number(row.spend) !== 0).map(row => row.bu);
   chart("spend-by-payer", [{ type: "bar", x: payers, y: payers.map(bu => Number(balances.find(row => row.bu === bu).spend)),
     text: payers.map(bu => balances.find(row => row.bu === bu).spend), hoverinfo: "x+text" }],
     { title: { text: "Spend to date per payer" } });
+  const trends = await Promise.all(payers.slice(0, 6).map(bu => json(`/v1/spend/${bu}/daily`)));
+  const dayOfMonth = day => Number(day.day.slice(8, 10));
+  chart("daily-trend", trends.flatMap(trend => [
+    { type: "scatter", mode: "lines+markers", name: `${trend.bu} ${trend.period}`, x: trend.days.map(dayOfMonth),
+      y: trend.days.map(day => Number(day.spend)), text: trend.days.map(day => day.spend), hoverinfo: "name+text" },
+    { type: "scatter", mode: "lines", line: { dash: "dot" }, name: `${trend.bu} ${trend.previous_period}`,
+      x: trend.previous_days.map(dayOfMonth), y: trend.previous_days.map(day => Number(day.spend)),
+      text: trend.previous_days.map(day => day.spend), hoverinfo: "name+text" }]),
+    { title: { text: "Daily spend, this month and the month before" }, xaxis: { title: { text: "day of month" }, range: [0.5, 31.5], dtick: 1 } });
   const spends = await Promise.all(payers.slice(0, 12).map(bu => json(`/v1/spend/${bu}`)));
   for (const dimension of ["model", "class", "modality"]) {
     const keys = [...new Set(spends.flatMap(spend => spend.by[dimension].map(total => total.key)))];
@@ -86,7 +95,7 @@ async function flows() {
   const month = me.period;
   page.append(h("h2", {}, `Flows between business units, ${month}`));
   // Month to date: who pays for whose consumption, from each payer's spend.
-  const payers = (await all("/v1/balances")).filter(row => row.spend !== "0.000000000000").map(row => row.bu).slice(0, 20);
+  const payers = (await all("/v1/balances")).filter(row => Number(row.spend) !== 0).map(row => row.bu).slice(0, 20);
   const spends = await Promise.all(payers.map(bu => json(`/v1/spend/${bu}`)));
   const links = spends.flatMap(spend => spend.by.consumer.map(total => ({ payer: spend.bu, consumer: total.key, amount: total.amount })))
     .filter(link => link.amount !== "0.000000000000");
@@ -141,11 +150,13 @@ async function businessUnit(bu) {
   page.append(h("div", { class: "cards" },
     card(`spend (${me.currency})`, balance.spend, "spend"), card("revenue", balance.revenue, "revenue"),
     card("net", balance.net, "net"), card("month to date", spend.spend, "month-spend"),
+    card("forecast to month end", spend.forecast_month_end ?? "-", "forecast"),
     card("quota", quota ? `${quota.status}${quota.remaining ? `, ${quota.remaining} left` : ""}` : "-", "quota")));
   for (const budget of budgets) {
     const scope = budget.consumer_bu ? `for ${budget.consumer_bu}` : "whole payer";
     chart(`gauge-${budget.consumer_bu || "all"}`, [{ type: "indicator", mode: "gauge+number", value: Number(budget.spent),
-      number: { valueformat: ".6f" }, title: { text: `Budget ${budget.amount} (${scope}), used ${budget.used_percent} %` },
+      number: { valueformat: ".6f" }, title: { text: `Budget ${budget.amount} (${scope}), used ${budget.used_percent} %` +
+        (!budget.consumer_bu && spend.forecast_month_end ? `; forecast to month end ${spend.forecast_month_end}` : "") },
       gauge: { axis: { range: [0, Math.max(Number(budget.amount), Number(budget.hard_limit || 0), Number(budget.spent)) * 1.1] },
         threshold: budget.hard_limit ? { value: Number(budget.hard_limit), line: { color: "#b00020", width: 3 } } : undefined,
         steps: budget.thresholds_percent.map(percent => ({ range: [0, Number(budget.amount) * Number(percent) / 100], color: "rgba(110,168,254,0.12)" })) } }],

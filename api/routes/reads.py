@@ -6,7 +6,7 @@ unit pays, consumes or provides."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 import orjson
@@ -22,6 +22,7 @@ from tokenhub.api.models import (
     Balance,
     BudgetRow,
     ChainHead,
+    DailySpend,
     InvoiceBody,
     ModelRow,
     ParkedRow,
@@ -161,7 +162,21 @@ async def spend(request: Request, payer: str = Path(pattern=SLUG, max_length=NAM
                 who: Principal = Depends(principal)) -> Response:
     require_sees(who, payer)
     hub = hub_of(request)
-    return _json(await reads.spend(hub.reader, hub.settings, payer, _month(hub, period)))
+    return _json(await reads.spend(hub.reader, hub.settings, payer, _month(hub, period), hub.now()))
+
+
+@router.get("/v1/spend/{payer}/daily", response_model=DailySpend, responses=ERRORS,
+            summary="A payer's spend per day of a month and of the month before (by event time)")
+async def daily(request: Request, payer: str = Path(pattern=SLUG, max_length=NAME_LENGTH_MAX),
+                period: str | None = Query(None, pattern=MONTH, description="a month (default: this month)"),
+                who: Principal = Depends(principal)) -> Response:
+    require_sees(who, payer)
+    hub = hub_of(request)
+    month = _month(hub, period)
+    previous = containing(month.start - timedelta(microseconds=1), "month", hub.settings.timezone)
+    return _json({"bu": payer, "period": month.name, "previous_period": previous.name,
+                  "days": await reads.daily_spend(hub.reader, payer, hub.settings.timezone, month),
+                  "previous_days": await reads.daily_spend(hub.reader, payer, hub.settings.timezone, previous)})
 
 
 @router.get("/v1/budgets", response_model=Page[BudgetRow], responses=AUTH_ERRORS,

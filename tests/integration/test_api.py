@@ -149,6 +149,10 @@ async def test_balances_statements_spend_and_invoices_equal_the_cli_to_the_last_
         assert [{name: line[name] for name in ("consumer_bu", "app", "model", "token_class", "tokens", "amount")}
                 for line in spend["lines"]] == cli_spend["lines"]
         assert {line["modality"] for line in spend["lines"]} == {"text"}
+        assert Decimal(spend["forecast_month_end"]) >= Decimal(spend["spend"]) > 0
+        daily = await finance.get(f"/v1/spend/{scene.shop}/daily", period=scene.month.name)
+        assert sum((Decimal(day["spend"]) for day in daily["days"]), Decimal(0)) == Decimal(spend["spend"])
+        assert daily["previous_days"] == [] and daily["previous_period"] < scene.month.name
         assert spend["by"]["class"] == [{"key": "input", "tokens": sum(120_000 + index for index in range(6)),
                                          "amount": next(line["amount"] for line in spend["lines"] if line["token_class"] == "input")},
                                         {"key": "output", "tokens": sum(3_000 + index for index in range(6)),
