@@ -155,21 +155,21 @@ async def _issue(unit: store.Unit, settings: Settings, books: BookIndex, plans: 
 
 async def _settle(unit: store.Unit, settings: Settings, target: Period, issued: Sequence[InvoiceIssued],
                   now: datetime) -> int:
-    """Net a month when it closes, and again, with the next revision, when this close
-    issued more invoices for a month settled before; published on settlements.netted."""
+    """Net every month this close ends (the target's, or one whose periods it issued
+    invoices for and which ended by the target's end), and settle again, with the
+    next revision, a month settled before for which this close issued more
+    invoices; each published on settlements.netted."""
     zone = settings.timezone
-    months = {domain.month_of(parse(invoice.period, zone), zone) for invoice in issued}
-    if target.kind == "month":
-        months.add(target.name)
+    fresh = {domain.month_of(parse(invoice.period, zone), zone) for invoice in issued}
+    months = fresh | ({target.name} if target.kind == "month" else set())
     settled = 0
     for name in sorted(months):
         month = parse(name, zone)
         latest = await unit.settlement(month)
-        if latest is not None and not any(domain.month_of(parse(invoice.period, zone), zone) == name
-                                          for invoice in issued):
+        if latest is None and month.end > target.end:
+            continue  # not over yet: it is settled when it closes
+        if latest is not None and name not in fresh:
             continue  # settled, and nothing new for it
-        if latest is None and name != target.name:
-            continue  # not closed yet: it is settled when it closes
         revision = 1 if latest is None else latest.revision + 1
         settlement = await queries.settlement_of(unit, settings, month, revision=revision)
         payload = canonical_json(settlement)

@@ -4,6 +4,7 @@ figure in the mode the price books name, and the chain heads the invoice covers.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -11,17 +12,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenhub.contracts.events import InvoiceLine, LedgerPosted, Priced, TokenConsumed
+from tokenhub.contracts.events import InvoiceLine, LedgerPosted, PeriodTier, PeriodTiers, Priced, TokenConsumed
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.periods import parse
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.invoicing.domain import (
+    Flow,
     Gap,
+    PeriodNotEnded,
+    Plan,
+    PlanError,
+    TierState,
+    assign_plan,
     build_invoice,
+    build_settlement,
+    carrier_period,
     chain_heads,
+    check_close,
+    drafts_of,
+    issue_invoice,
+    period_tier_lines,
+    plan_periods,
     receive,
     rounding_mode_for,
     tier_adjustment,
+    tier_adjustments,
     totals_of,
 )
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
@@ -214,3 +230,112 @@ def test_whatever_the_arrival_order_and_batching_the_totals_are_those_of_the_cha
             sums[total.key] = (tokens + total.tokens, amount + total.amount)
     assert watermarks == {"taobao-tmall": 5} and waiting == []
     assert sums == {total.key: (total.tokens, total.amount) for total in _receive(POSTED).open_lines}
+
+
+# --- final means final: early closes, drafts numbered once, settlement revisions --------------
+
+ZONE = "Asia/Shanghai"
+
+
+def test_a_period_closes_before_it_ends_only_when_meant() -> None:
+    check_close(MARCH, MARCH.end, early=False)
+    check_close(MARCH, MARCH.end - timedelta(days=3), early=True)
+    with pytest.raises(PeriodNotEnded, match="^2026-03 has not ended: it ends at 2026-03-31T16:00:00"):
+        check_close(MARCH, MARCH.end - timedelta(microseconds=1), early=False)
+
+
+def test_each_draft_has_its_own_number_and_late_usage_rides_on_the_last() -> None:
+    days = {name: parse(name, ZONE) for name in ("2026-03-01", "2026-03-02", "2026-03-03")}
+    drafts = drafts_of(days, {"2026-03-01"}, parse("2026-03-04", ZONE))
+    assert [(draft.period.name, draft.place, sorted(draft.periods)) for draft in drafts] == [
+        ("2026-03-02", 0, ["2026-03-02"]), ("2026-03-03", 1, ["2026-03-01", "2026-03-03"])]
+    only_late = drafts_of({"2026-03-01": days["2026-03-01"]}, {"2026-03-01"}, parse("2026-03-04", ZONE))
+    assert [(draft.period.name, draft.place, sorted(draft.periods)) for draft in only_late] == [
+        ("2026-03-04", 0, ["2026-03-01"])]
+    assert drafts_of({}, {"2026-03-01"}, parse("2026-03-04", ZONE)) == []
+    assert carrier_period(MARCH, {"2026-03", "2026-04"}, ZONE).name == "2026-05"
+    assert carrier_period(MARCH, set(), ZONE) == MARCH
+
+
+def test_a_revised_settlement_names_its_revision_and_the_invoices_it_covers() -> None:
+    flows = [Flow("taobao-tmall", "qwen-platform", D("1.005"))]
+    first = build_settlement(MARCH, flows, currency="CNY", minor_units=2, invoices=[_invoice().invoice_id])
+    second = build_settlement(MARCH, flows, currency="CNY", minor_units=2, revision=2,
+                              invoices=[_invoice().invoice_id, derive_id("tests", "other")])
+    assert (first.id, first.cause_id, first.revision) == (derive_id("settlement", "2026-03"), "settlement:2026-03", 1)
+    assert (second.id, second.cause_id, second.revision) == (
+        derive_id("settlement", "2026-03", "revision-2"), "settlement:2026-03:revision-2", 2)
+    assert second.invoices == tuple(sorted([_invoice().invoice_id, derive_id("tests", "other")]))
+    assert second.transfers == first.transfers
+
+
+# --- plans with fees, and a closed period's tier re-evaluated --------------------------------
+
+TIERS = PeriodTiers(mode="graduated", tiers=(
+    PeriodTier(up_to_tokens=100_000, unit_price_per_million=D("10"), flat_fee=D("1")),
+    PeriodTier(up_to_tokens=None, unit_price_per_million=D("5"), flat_fee=D("0.5"))))
+TIERED = BOOK.model_copy(update={"book_id": "tiers", "effective_from": datetime(2026, 1, 1, tzinfo=UTC), "models": (
+    BOOK.models[0].model_copy(update={"period_tiers": TIERS}),)})
+BOOKS = BookIndex.of([BOOK, TIERED])
+NOW = datetime(2026, 3, 10, tzinfo=UTC)
+
+
+def _plan(payer: str = "quark", first: str = "2026-03", last: str | None = None) -> Plan:
+    return assign_plan([], payer_bu=payer, book_id="tiers", model="qwen-max", provider_bu="qwen-platform",
+                       first=parse(first, ZONE), last=parse(last, ZONE) if last else None, books=BOOKS,
+                       actor="finance-ops", reason="fee", now=NOW, zone=ZONE)
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    ({"first": parse("2026-02", ZONE)}, "2026-02 has ended"),
+    ({"first": parse("2026-03-14", ZONE)}, "whole months"),
+    ({"last": parse("2026-02", ZONE)}, "cannot end (2026-02) before it starts (2026-03)"),
+    ({"book_id": "internal"}, "price book internal has no period tiers for qwen-max"),
+    ({"last": parse("2036-04", ZONE)}, "at most 120 months"),
+])
+def test_a_plan_that_cannot_be_is_refused_with_its_reason(change: dict, refused: str) -> None:
+    arguments = {"payer_bu": "quark", "book_id": "tiers", "model": "qwen-max", "provider_bu": "qwen-platform",
+                 "first": parse("2026-03", ZONE), "last": None, "books": BOOKS, "actor": "finance-ops",
+                 "reason": "fee", "now": NOW, "zone": ZONE, **change}
+    with pytest.raises(PlanError, match=re.escape(refused)):
+        assign_plan([], **arguments)
+    with pytest.raises(PlanError, match="already has a plan for qwen-max from 2026-03 to open end"):
+        assign_plan([_plan()], **{**arguments, "first": parse("2026-05", ZONE), "last": None, "book_id": "tiers"})
+
+
+def test_a_plan_charges_the_first_tier_fee_without_usage_and_its_book_with_usage() -> None:
+    plan = _plan()
+    assert period_tier_lines(MARCH, "quark", (), BOOKS, [plan], ZONE) == [InvoiceLine(
+        kind="period_tier", period="2026-03", provider_bu="qwen-platform", consumer_bu="quark", model="qwen-max",
+        tokens=0, amount=D("1"))]
+    usage = totals_of([("2026-03", POSTED[1])]).lines  # quark's 3,340 Tokens, paid by taobao-tmall here
+    lines = period_tier_lines(MARCH, "taobao-tmall", usage, BOOKS, [_plan("taobao-tmall")], ZONE)
+    assert [(line.tokens, line.amount) for line in lines] == [(3_340, D("1.0334"))]  # 3,340 x 10 / 1e6 + 1
+    assert period_tier_lines(MARCH, "taobao-tmall", usage, BookIndex.of([BOOK]), [], ZONE) == []
+    assert period_tier_lines(parse("2026-04", ZONE), "quark", (), BOOKS, [_plan(last="2026-03")], ZONE) == []
+
+
+def test_plan_periods_are_every_billing_period_of_its_months_not_invoiced_by_the_end() -> None:
+    plans = [_plan("quark", "2026-03", "2026-04"), _plan("dingtalk", "2026-03")]
+    due = plan_periods(plans, {"dingtalk": "week"}, {("quark", "2026-03")}, parse("2026-04", ZONE).end, ZONE)
+    assert [(payer, period.name) for payer, period in due] == [
+        ("dingtalk", "2026-03-W09"), ("dingtalk", "2026-W10"), ("dingtalk", "2026-W11"), ("dingtalk", "2026-W12"),
+        ("dingtalk", "2026-W13"), ("dingtalk", "2026-03-W14"), ("dingtalk", "2026-04-W14"), ("dingtalk", "2026-W15"),
+        ("dingtalk", "2026-W16"), ("dingtalk", "2026-W17"), ("dingtalk", "2026-04-W18"), ("quark", "2026-04")]
+
+
+def test_late_usage_of_a_closed_period_re_evaluates_its_tier_charge_on_the_next_invoice() -> None:
+    february = parse("2026-02", ZONE)
+    late = totals_of([("2026-02", POSTED[3])]).lines  # quark's 50,000 Tokens of February, late
+    state = {"2026-02": TierState({("qwen-max", "qwen-platform"): 150_000}, {("qwen-max", "qwen-platform"): D("2")})}
+    lines = period_tier_lines(MARCH, "taobao-tmall", late, BOOKS, [], ZONE, state, {"2026-02": february})
+    # 150,000 graduated: 100,000 x 10 / 1e6 + 1 + 50,000 x 5 / 1e6 + 0.5 = 2.75, of which 2 was charged.
+    assert [(line.period, line.tokens, line.amount) for line in lines] == [("2026-02", 150_000, D("0.75"))]
+    invoice = issue_invoice("taobao-tmall", MARCH, totals_of([("2026-02", POSTED[3])]), BOOKS, number=4,
+                            currency="CNY", minor_units=2, status="issued", issued_at=MARCH.end, zone=ZONE,
+                            late=state, late_periods={"2026-02": february})
+    (adjustment,) = tier_adjustments(invoice, "CNY")
+    assert adjustment.id == derive_id("period_tier", str(invoice.invoice_id), "qwen-max", "2026-02")
+    assert adjustment.total_amount == D("0.75")
+    same = {"2026-02": TierState(state["2026-02"].tokens, {("qwen-max", "qwen-platform"): D("2.75")})}
+    assert period_tier_lines(MARCH, "taobao-tmall", late, BOOKS, [], ZONE, same, {"2026-02": february}) == []
