@@ -3,23 +3,23 @@ the CLI run as a person runs it (for comparing figures to the last digit)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest_asyncio
 
 from tokenhub.api import keys
+from tokenhub.api.settings import READER_ROLE, WRITER_ROLE
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.pipeline import wait_until
 
@@ -60,13 +60,30 @@ class RunningApi:
         return json.loads(result.stdout)
 
 
+async def role_urls(database_url: str) -> dict[str, str]:
+    """The API's two roles with passwords, so the API logs in as they would on a
+    server that asks for one (testcontainers' PostgreSQL); the embedded one trusts."""
+    connection = await asyncpg.connect(database_url)
+    urls = {}
+    try:
+        for role, variable in ((READER_ROLE, "TOKENHUB_API_READER_URL"), (WRITER_ROLE, "TOKENHUB_API_WRITER_URL")):
+            password = f"{role}-tests"
+            await connection.execute(f"alter role {role} password '{password}'")
+            parts = urlsplit(database_url)
+            host = parts.netloc.rpartition("@")[2]
+            urls[variable] = urlunsplit((parts.scheme, f"{role}:{password}@{host}", parts.path, parts.query, parts.fragment))
+    finally:
+        await connection.close()
+    return urls
+
+
 async def start_api(bootstrap_servers: str, database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None) -> RunningApi:
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"api-{port}.log"
     environment = {name: value for name, value in os.environ.items() if not name.startswith("TOKENHUB_")}
     environment.update({"TOKENHUB_BOOTSTRAP_SERVERS": bootstrap_servers, "TOKENHUB_DATABASE_URL": database_url,
-                        "TOKENHUB_API_PORT": str(port), **(extra_env or {})})
+                        "TOKENHUB_API_PORT": str(port), **await role_urls(database_url), **(extra_env or {})})
     with log_path.open("ab") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "tokenhub.cli.main", "api", "serve"], env=environment,
                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -104,13 +121,4 @@ async def api(backend) -> AsyncIterator[RunningApi]:  # noqa: ANN001
         stop_api(running)
 
 
-async def eventually(check, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    """Poll an async check until it holds; fail loudly at the deadline."""
-    await wait_until(check, timeout_s, what)
-
-
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds
-
-
-__all__ = ["RunningApi", "api", "start_api", "stop_api", "eventually", "asyncio"]
+__all__ = ["RunningApi", "api", "start_api", "stop_api"]
