@@ -35,8 +35,8 @@ from tokenhub.contracts.topics import (
     SETTLEMENTS_NETTED,
     USAGE_REJECTED,
 )
-from tokenhub.infra.topics import broker_cluster_id
-from tokenhub.services.common.kafka import FETCH_WAIT_MS_MAX, PARTITION_FETCH_BYTES_MAX
+from tokenhub.infra.topics import broker_cluster_id, topic_partitions
+from tokenhub.services.common.kafka import FETCH_WAIT_MS_MAX, PARTITION_FETCH_BYTES_MAX, client_options
 
 POLL_TIMEOUT_MS: Final = 200
 BATCH_RECORDS_MAX: Final = 5_000
@@ -56,18 +56,19 @@ log = structlog.get_logger()
 def _consumer(bootstrap_servers: str, client_id: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, client_id=client_id, group_id=None,
                             enable_auto_commit=False, auto_offset_reset="earliest",
-                            max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX, fetch_max_wait_ms=FETCH_WAIT_MS_MAX)
+                            max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX, fetch_max_wait_ms=FETCH_WAIT_MS_MAX,
+                            **client_options())
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topics: tuple[str, ...]) -> list[TopicPartition]:
+async def _partitions(bootstrap_servers: str, topics: tuple[str, ...]) -> list[TopicPartition]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + METADATA_WAIT_S
     found: list[TopicPartition] = []
     for topic in topics:
-        while not (partitions := consumer.partitions_for_topic(topic)):
+        # Asked of the cluster: on Apache Kafka an unsubscribed consumer's metadata may hold no topic.
+        while not (partitions := (await topic_partitions(bootstrap_servers, [topic])).get(topic)):
             if loop.time() > deadline:
                 raise RuntimeError(f"topic {topic} does not exist; run `tokenhub init`")
-            await consumer.topics()  # refreshes metadata
             await asyncio.sleep(0.5)
         found += [TopicPartition(topic, partition) for partition in sorted(partitions)]
     return found
@@ -111,7 +112,7 @@ class QuotaFollower:
         consumer = _consumer(self.bootstrap_servers, "tokenhub-api-quota")
         await consumer.start()
         try:
-            partitions = await _partitions(consumer, QUOTA_TOPICS)
+            partitions = await _partitions(self.bootstrap_servers, QUOTA_TOPICS)
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             # The embedded broker under-reports end offsets (the last batch's first
@@ -170,7 +171,7 @@ class WebhookFollower:
         consumer = _consumer(self.bootstrap_servers, "tokenhub-api-webhooks")
         await consumer.start()
         try:
-            partitions = await _partitions(consumer, WEBHOOK_TOPICS)
+            partitions = await _partitions(self.bootstrap_servers, WEBHOOK_TOPICS)
             consumer.assign(partitions)
             async with self.writer.acquire() as connection:
                 stored = await store.load_offsets(connection, cluster_id)

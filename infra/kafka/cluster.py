@@ -282,6 +282,15 @@ class KafkaCluster:
 
     def _write_properties(self, node: Node) -> None:
         node.folder.mkdir(parents=True, exist_ok=True)
+        properties = self.properties(node.node_id)
+        node.properties_path.write_text("".join(f"{name}={value}\n" for name, value in properties.items()))
+        node.properties_path.chmod(0o600)
+        (self.state_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+
+    def properties(self, node_id: int) -> dict[str, object]:
+        """Node `node_id`'s server.properties (the compose deployment's nodes share
+        every setting in DEPLOYMENT_PROPERTIES; tests/unit/test_compose.py checks)."""
+        node = self.nodes[node_id]
         voters = ",".join(f"{other.node_id}@127.0.0.1:{other.ports.controller_port}" for other in self.nodes.values())
         replication = self.replication_factor
         protocol = "SASL_SSL" if self.layout.secure else "PLAINTEXT"
@@ -338,9 +347,7 @@ class KafkaCluster:
                 "ssl.truststore.location": self.ca_file,
                 "ssl.endpoint.identification.algorithm": "https",
             }
-        node.properties_path.write_text("".join(f"{name}={value}\n" for name, value in properties.items()))
-        node.properties_path.chmod(0o600)
-        (self.state_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+        return properties
 
     def _java(self, path: str, main: str, *arguments: str) -> list[str]:
         return ["java", f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
@@ -419,6 +426,19 @@ class KafkaCluster:
                                  f"{START_TIMEOUT_S:.0f} s; logs in {self.state_dir}")
             await asyncio.sleep(READY_POLL_S)
 
+
+DEPLOYMENT_PROPERTIES: Final = (
+    "process.roles", "controller.listener.names", "listener.security.protocol.map", "inter.broker.listener.name",
+    "default.replication.factor", "min.insync.replicas", "offsets.topic.replication.factor",
+    "transaction.state.log.replication.factor", "transaction.state.log.min.isr",
+    "share.coordinator.state.topic.replication.factor", "share.coordinator.state.topic.min.isr",
+    "auto.create.topics.enable", "unclean.leader.election.enable", "sasl.enabled.mechanisms",
+    "sasl.mechanism.inter.broker.protocol", "ssl.keystore.type", "ssl.truststore.type",
+    "ssl.endpoint.identification.algorithm",
+)
+"""What a three-node cluster here and in docker-compose.yml have in common: roles,
+listeners' security, replication and durability. Ports, paths, passwords and
+the local cluster's tuning for two cores differ."""
 
 LOG4J2_PROPERTIES: Final = """\
 # The broker's own log, one file per node (its stdout). INFO is what an operator
