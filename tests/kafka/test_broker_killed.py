@@ -155,10 +155,10 @@ async def test_a_broker_killed_mid_run_loses_and_duplicates_nothing(kafka) -> No
         assert await _metered(connection, world.prefix) == EVENTS
         payers = [world.bu(consumer) for consumer in CONSUMERS]
         entries, distinct = await connection.fetchrow(
-            "select count(*), count(distinct priced_id) from ledger.entries where chain = any($1::text[])", payers)
+            "select count(*), count(distinct priced_id) from ledger.journal where chain = any($1::text[])", payers)
         assert entries == distinct == EVENTS, "no Priced posted twice, none lost"
         chains = {row["chain"]: row["sequences"] for row in await connection.fetch(
-            "select chain, array_agg(sequence order by sequence) as sequences from ledger.entries "
+            "select chain, array_agg(sequence order by sequence) as sequences from ledger.journal "
             "where chain = any($1::text[]) group by chain", payers)}
         for payer in payers:
             assert chains[payer] == list(range(1, EVENTS // len(CONSUMERS) + 1)), f"{payer}: a gap or a repeat"
