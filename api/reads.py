@@ -362,15 +362,13 @@ async def rejected_consumers(pool: asyncpg.Pool, rejected_ids: list[str]) -> dic
 # --- parked consumption (pricing) ------------------------------------------------------------
 
 SELECT_PARKED_PAGE: Final = """
-select parked.consumed_id, parked.model, parked.event_time, parked.reason, parked.parked_at, archive.payer_bu,
-       convert_from(archive.payload, 'UTF8')::jsonb as consumed
-from pricing.parked parked join pricing.consumed_archive archive using (consumed_id)
-where ($1::text is null or archive.payer_bu = $1) and ($2::text is null or parked.model = $2)
-  and ($3::text is null or archive.payer_bu = $3
-       or convert_from(archive.payload, 'UTF8')::jsonb ->> 'consumer_bu' = $3
-       or convert_from(archive.payload, 'UTF8')::jsonb ->> 'provider_bu' = $3)
-  and ($4::timestamptz is null or (parked.event_time, parked.consumed_id) > ($4, $5::uuid))
-order by parked.event_time, parked.consumed_id
+select consumed_id, model, event_time, reason, parked_at, consumed ->> 'payer_bu' as payer_bu, consumed
+from (select parked.*, convert_from(parked.payload, 'UTF8')::jsonb as consumed from pricing.parked parked) parked
+where ($1::text is null or consumed ->> 'payer_bu' = $1) and ($2::text is null or model = $2)
+  and ($3::text is null or consumed ->> 'payer_bu' = $3 or consumed ->> 'consumer_bu' = $3
+       or consumed ->> 'provider_bu' = $3)
+  and ($4::timestamptz is null or (event_time, consumed_id) > ($4, $5::uuid))
+order by event_time, consumed_id
 limit $6
 """
 

@@ -64,7 +64,8 @@ class Repricing:
     """Period tier adjustments: no TokenConsumed; verify checks them against their invoice."""
 
 
-SELECT_CONSUMED: Final = "select consumed_id::text as id, payload from pricing.consumed_archive"
+# Every TokenConsumed, from metering's record of what it produced (pricing keeps no copy).
+SELECT_CONSUMED: Final = "select convert_from(payload, 'UTF8')::jsonb ->> 'id' as id, payload from metering.consumed"
 SELECT_BOOKS: Final = "select book_id, version, payload from pricing.price_books"
 
 
@@ -83,7 +84,7 @@ def reprice(events: list[dict[str, Any]], consumed: dict[str, dict], books: dict
     def recomputed(event: dict[str, Any]) -> Decimal:
         source = consumed.get(event["consumed_id"])
         if source is None:
-            raise NotRecomputable(f"no TokenConsumed {event['consumed_id']} in pricing's archive")
+            raise NotRecomputable(f"no TokenConsumed {event['consumed_id']} in metering's record")
         book = books.get((event["book_id"], event["book_version"]))
         if book is None:
             raise NotRecomputable(f"no price book {event['book_id']} v{event['book_version']}")

@@ -337,12 +337,17 @@ async def check_double_entry(connection: asyncpg.Connection, scope: str | None, 
 # --- invariant 2: each accepted usage event has its effect exactly once ------------------
 
 SELECT_PARKED_IDS: Final = "select consumed_id::text as id from pricing.parked"
-SELECT_PRICING_PRICED: Final = "select priced_id::text as id, consumed_id::text as consumed_id, kind from pricing.priced"
+SELECT_PRICING_PRICED: Final = """
+select priced_id::text as id, convert_from(payload, 'UTF8')::jsonb ->> 'consumed_id' as consumed_id, kind from pricing.priced
+"""
 SELECT_COUNTERS: Final = """
 select 'metering.' || name, value from metering.counters union all select 'pricing.' || name, value from pricing.counters
 union all select 'ledger.' || name, value from ledger.counters union all select 'invoicing.' || name, value from invoicing.counters
 """
-COUNT_CONSUMED: Final = "select count(*) from pricing.consumed_archive"
+# What pricing received once each: a charge per consumption priced, or a parked row.
+COUNT_CONSUMED: Final = """
+select (select count(*) from pricing.priced where kind = 'charge') + (select count(*) from pricing.parked)
+"""
 COUNT_PARKED: Final = "select count(*) from pricing.parked"
 
 
@@ -400,7 +405,7 @@ async def _check_counters(connection: asyncpg.Connection, check: Check) -> None:
     entries = await connection.fetchval(COUNT_ENTRIES, None)
     comparisons = (
         ("metering.consumed (TokenConsumed emitted)", get("metering.consumed", 0), "pricing.received", get("pricing.received", 0)),
-        ("pricing.received", get("pricing.received", 0), "rows in pricing.consumed_archive", consumed),
+        ("pricing.received", get("pricing.received", 0), "charges in pricing.priced + rows in pricing.parked", consumed),
         ("pricing.parked - pricing.unparked", get("pricing.parked", 0) - get("pricing.unparked", 0), "rows in pricing.parked", parked),
         ("ledger.posted", get("ledger.posted", 0), "rows in ledger.journal", entries),
     )

@@ -353,11 +353,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 LATENCY_QUERY: Final = """
-select consumed.payload_json ->> 'usage_id' as usage_id, min(journal.posted_at) as posted_at
+select consumed.usage_id, min(journal.posted_at) as posted_at
 from ledger.journal journal
-join (select consumed_id, convert_from(payload, 'UTF8')::jsonb as payload_json from pricing.consumed_archive) consumed
-  on consumed.consumed_id = (convert_from(journal.priced, 'UTF8')::jsonb ->> 'consumed_id')::uuid
-where consumed.payload_json ->> 'usage_id' = any($1::text[])
+join (select usage_id, convert_from(payload, 'UTF8')::jsonb ->> 'id' as consumed_id from metering.consumed
+      where usage_id = any($1::text[])) consumed
+  on consumed.consumed_id = convert_from(journal.priced, 'UTF8')::jsonb ->> 'consumed_id'
 group by 1
 """
 

@@ -39,7 +39,6 @@ from tokenhub.services.common.logging import configure_logging
 from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.services.ledger import queries as ledger_queries
 from tokenhub.services.metering import queries as metering_queries
-from tokenhub.services.pricing import queries as pricing_queries
 
 EVENTS_DEFAULT: Final = 4_000
 SEED_DEFAULT: Final = 20260314
@@ -230,8 +229,8 @@ async def _report(pipeline: LocalPipeline, events: list[UsageReported], figures:
           f"priced {figures.get('pricing.priced', 0)}, posted {figures.get('ledger.posted', 0)}")
     pool = await create_pool(pipeline.env["TOKENHUB_DATABASE_URL"], size_max=2)
     try:
-        by_class = await pricing_queries.tokens_by_class(pool)
-        shared = await pricing_queries.funding_shares(pool)
+        by_class = await metering_queries.tokens_by_class(pool)
+        shared = await metering_queries.funding_shares(pool)
         _section("Tokens by class: text, image, video and agent usage")
         print(render.table(["class", "models", "Tokens"], [[row.token_class, row.models, f"{row.tokens:,}"]
                                                         for row in by_class], right={2}))

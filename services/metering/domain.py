@@ -209,13 +209,6 @@ def check_time(usage: UsageReported, limits: Limits) -> None:
                          f"window of {limits.accepted_window.days} days", usage.source, usage.id)
 
 
-def dedup_horizon(limits: Limits) -> datetime:
-    """Dedup keys of events older than this may go. An event older than the
-    accepted window is rejected as too old before dedup is consulted; the future
-    skew is added so a key is never pruned while its event could still be accepted."""
-    return limits.now - limits.accepted_window - limits.future_skew
-
-
 def to_tokens(data: UsageData, model: ModelEntry, table: ConversionTable | None) -> tuple[dict[str, int], dict[str, Decimal], int | None]:
     """Token quantities per class, raw units measured, and the conversion version used."""
     tokens: dict[str, int] = {}
@@ -446,15 +439,20 @@ def conflict(metered: Metered) -> Rejection:
 
 def rejected_event(raw: RawUsage, rejection: Rejection, now: datetime) -> UsageRejected:
     """What is published for a stored bad original: its reason and a reference to it."""
-    reference = rejected_id(raw, rejection.reason_code)
+    return usage_rejected(rejected_id(raw, rejection.reason_code), rejection, sha256_hex(raw.value), now)
+
+
+def usage_rejected(reference: str, rejection: Rejection, original_sha256: str, at: datetime) -> UsageRejected:
+    """The UsageRejected of a stored original: from what is stored, the same
+    event as was published, so it can be published again after a broker loss."""
     return UsageRejected(
         id=derive_id("usage.rejected", reference),
-        event_time=now,
+        event_time=at,
         cause_id=reference,
         reason_code=rejection.reason_code,
         message=rejection.message,
         rejected_ref=reference,
         usage_source=rejection.usage_source,
         usage_id=rejection.usage_id,
-        original_sha256=sha256_hex(raw.value),
+        original_sha256=original_sha256,
     )

@@ -1,7 +1,7 @@
 """Metering's shell: load state, call the core, write results in one transaction.
 
-`Metering` is the service: it owns its store, its metrics and its pruning
-schedule, and `app.py` makes one per process."""
+`Metering` is the service: it owns its store and its metrics, and `app.py`
+makes one per process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
 
 import structlog
 from aiokafka.structs import ConsumerRecord
@@ -22,19 +21,12 @@ from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REP
 from tokenhub.services.common.outbox import OutboxRow
 from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.metering import domain
-from tokenhub.services.metering.adapters.store import SCHEMA, MeteringStore, RejectedUsage
+from tokenhub.services.metering.adapters.store import SCHEMA, MeteringStore, Produced, RejectedUsage
 from tokenhub.services.metering.metrics import MeteringMetrics
 
 __all__ = ["SCHEMA", "Incoming", "Metering", "Outcome"]
 
 log = structlog.get_logger()
-
-PRUNE_INTERVAL_S: Final = 60.0
-PRUNE_ROWS_MAX: Final = 10_000
-"""Dedup keys are kept for the accepted window plus the future skew: an older
-event is rejected as too old before dedup is consulted, so its key can go.
-Pruned in bounded slices so one batch never pays for a whole backlog."""
-
 
 @dataclass(frozen=True)
 class Incoming:
@@ -63,7 +55,6 @@ class Metering:
         self.runtime = runtime
         self.store = MeteringStore(runtime.db)
         self.metrics = MeteringMetrics.create(registry)
-        self._pruned_at = float("-inf")  # monotonic seconds: the first batch prunes
 
     def limits(self) -> domain.Limits:
         settings = self.runtime.settings
@@ -80,9 +71,11 @@ class Metering:
     async def meter_batch(self, batch: Sequence[Incoming], *, publish_usage: bool = False) -> Outcome:
         """Meter a batch: dedup, reject with reasons, stage consumption; one transaction.
 
+        Each accepted event's TokenConsumed are stored (metering's record, keyed
+        by the usage's source + id: the dedup) and staged for tokens.consumed.
         `publish_usage` is for usage that did not come from usage.reported (HTTP
-        ingest): what is accepted is also staged for usage.reported, and its key
-        is stored with the bytes published, so the copy that comes back from the
+        ingest): what is accepted is also staged for usage.reported, and its
+        record keeps the bytes published, so the copy that comes back from the
         topic is recognised as an echo of this event (see `http.py`)."""
         # Latency on the monotonic clock: `runtime.now()` stands still when a clock is injected.
         started = time.perf_counter()
@@ -91,9 +84,11 @@ class Metering:
             catalogue = await unit.catalogue()
             accepted, refused = domain.meter_each([incoming.raw for incoming in batch], catalogue, limits)
             candidates = domain.first_sightings(accepted, refused)
-            claims = await unit.claim(
-                [(metered, batch[position].raw.value if publish_usage else None) for position, metered in candidates.fresh],
-                [key for _, rejection in candidates.rejected if (key := domain.rejection_key(rejection)) is not None])
+            produced = {position: Produced(metered, tuple(canonical_json(event) for event in metered.consumed),
+                                           batch[position].raw.value if publish_usage else None)
+                        for position, metered in candidates.fresh}
+            claims = await unit.claim(list(produced.values()), [
+                key for _, rejection in candidates.rejected if (key := domain.rejection_key(rejection)) is not None])
             outcome = domain.against_stored(candidates, claims.claimed, claims.stored, from_topic=not publish_usage)
             stored = await unit.store_rejected([
                 RejectedUsage(batch[position].raw, rejection, domain.rejected_event(batch[position].raw, rejection, limits.now),
@@ -101,29 +96,20 @@ class Metering:
                 for position, rejection in outcome.rejected])
             usage = [OutboxRow(USAGE_REPORTED.name, metered.usage.data.consumer_bu.encode(), batch[position].raw.value)
                      for position, metered in outcome.fresh] if publish_usage else []
-            consumed = [OutboxRow(TOKENS_CONSUMED.name, event.payer_bu.encode(), canonical_json(event))
-                        for _, metered in outcome.fresh for event in metered.consumed]
+            consumed = [OutboxRow(TOKENS_CONSUMED.name, event.payer_bu.encode(), payload)
+                        for position, metered in outcome.fresh
+                        for event, payload in zip(metered.consumed, produced[position].payloads, strict=True)]
             await unit.stage(usage + consumed + [
                 OutboxRow(USAGE_REJECTED.name, (item.rejection.usage_source or "").encode(), canonical_json(item.event))
                 for item in stored])
             await unit.count(_counts(outcome, len(consumed), len(usage), stored))
         self.runtime.relay_soon()
-        await self._prune(limits)
         self.metrics.observe_batch(len(outcome.fresh), outcome.duplicates, outcome.echoes,
                                    [rejection.reason_code for _, rejection in outcome.rejected], time.perf_counter() - started)
         log.info("usage_metered", accepted=len(outcome.fresh), duplicates=outcome.duplicates, echoes=outcome.echoes,
                  rejected=len(outcome.rejected), consumed=len(consumed), published_usage=len(usage))
         return Outcome(len(outcome.fresh), outcome.duplicates,
                        [(batch[position], rejection) for position, rejection in outcome.rejected])
-
-    async def _prune(self, limits: domain.Limits) -> None:
-        if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
-            return
-        self._pruned_at = time.monotonic()
-        horizon = domain.dedup_horizon(limits)
-        pruned = await self.store.prune_dedup(horizon, PRUNE_ROWS_MAX)
-        if pruned:
-            log.info("dedup_pruned", rows=pruned, older_than=horizon.isoformat())
 
     async def handle_registry_records(self, records: Sequence[ConsumerRecord]) -> None:
         changes = sorted((decode(RegistryChanged, record.value) for record in records), key=lambda change: change.event_time)

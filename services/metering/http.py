@@ -4,9 +4,10 @@ bound to the sources it may report for. `GET /metrics`.
 
 The path of usage that arrives here, so that usage.reported holds all usage:
 1. The request is metered at once, in one PostgreSQL transaction, by the same
-   core, dedup and rejected store as usage from Kafka: its idempotency key
-   (`metering.dedup`, holding the bytes received), its TokenConsumed and the
-   usage itself go into metering's outbox, for tokens.consumed and for
+   core, record and rejected store as usage from Kafka: metering's record of
+   its TokenConsumed (`metering.consumed`, keyed by source + id, the event's
+   first row keeping the bytes received) is stored, and the TokenConsumed and
+   the usage itself go into metering's outbox, for tokens.consumed and for
    usage.reported. Bad usage is stored with its reason as from Kafka.
 2. Only after that commit does HTTP answer 202, with each event's result
    (accepted, duplicate, or rejected with its reason): the usage is durable in

@@ -1,6 +1,7 @@
 """Metering's read side, for the CLI, the HTTP API and pages: the registry
-(business units, models, funding agreements, conversion tables), API keys and
-rejected usage. Reads metering's own schema only. Rows are plain dicts with
+(business units, models, funding agreements, conversion tables), API keys,
+rejected usage, and Tokens consumed by class and by funding share (from
+metering's record of every TokenConsumed). Reads metering's own schema only. Rows are plain dicts with
 the columns' names (TypedDicts below), so they render as JSON as they are."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final, TypedDict
 
 import asyncpg
@@ -183,3 +185,55 @@ async def rejected_original(pool: asyncpg.Pool, rejected_id: uuid.UUID) -> Rejec
         return None
     headers = [(name, header_value(text)) for name, text in (row["headers"] or {}).items()]
     return RejectedOriginal(bytes(row["original_bytes"]), headers, row["reason_code"])
+
+
+SELECT_TOKENS_BY_CLASS: Final = """
+select token.key as token_class, string_agg(distinct consumed.payload ->> 'model', ', ' order by consumed.payload ->> 'model') as models,
+       sum(token.value::bigint) as tokens
+from (select convert_from(payload, 'UTF8')::jsonb as payload from metering.consumed) consumed,
+     jsonb_each_text(consumed.payload -> 'tokens') token
+group by token.key order by tokens desc
+"""
+SELECT_FUNDING_SHARES: Final = """
+select payload ->> 'funding_agreement_id' as agreement, payload ->> 'consumer_bu' as consumer_bu,
+       payload ->> 'payer_bu' as payer_bu, payload ->> 'share_percent' as share, count(*) as events,
+       sum((select sum(value::bigint) from jsonb_each_text(payload -> 'tokens'))) as tokens
+from (select convert_from(payload, 'UTF8')::jsonb as payload from metering.consumed) consumed
+where payload ? 'funding_agreement_id'
+group by 1, 2, 3, 4 order by 1, 3
+"""
+
+
+@dataclass(frozen=True)
+class ClassTokens:
+    token_class: str
+    models: str
+    """The models that consumed Tokens of this class, comma-separated."""
+    tokens: Decimal
+
+
+async def tokens_by_class(pool: asyncpg.Pool) -> list[ClassTokens]:
+    """Tokens consumed per class over everything metering produced, most first."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(SELECT_TOKENS_BY_CLASS)
+    return [ClassTokens(row["token_class"], row["models"], row["tokens"]) for row in rows]
+
+
+@dataclass(frozen=True)
+class FundingShare:
+    """The consumption one funding agreement put on one payer."""
+
+    agreement: str
+    consumer_bu: str
+    payer_bu: str
+    share_percent: str
+    events: int
+    tokens: Decimal
+
+
+async def funding_shares(pool: asyncpg.Pool) -> list[FundingShare]:
+    """Consumption split by funding agreements, per agreement and payer."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(SELECT_FUNDING_SHARES)
+    return [FundingShare(row["agreement"], row["consumer_bu"], row["payer_bu"], row["share"], row["events"], row["tokens"])
+            for row in rows]

@@ -4,13 +4,43 @@ TokenConsumed and the price book version in force at its event time
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
+from typing import Protocol, TypeVar
 
 from tokenhub.contracts.events import ContextTier, ModelPrice, Priced, PricedLine, PriceBookPublished, TokenConsumed
 from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.money import line_amount, quantize
 from tokenhub.contracts.pricebook import BookIndex
+
+
+class Consumption(Protocol):
+    """What pricing reads of a consumption: a TokenConsumed as received, or one
+    rebuilt from the Priced that recorded it (`reprice.consumption_of`)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def event_time(self) -> datetime: ...
+    @property
+    def payer_bu(self) -> str: ...
+    @property
+    def consumer_bu(self) -> str: ...
+    @property
+    def provider_bu(self) -> str: ...
+    @property
+    def app(self) -> str | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def tokens(self) -> Mapping[str, int]: ...
+    @property
+    def request_input_tokens(self) -> int: ...
+
+
+ConsumptionT = TypeVar("ConsumptionT", bound=Consumption)
 
 
 class Unpriceable(Exception):
@@ -30,7 +60,7 @@ def price_factor(price: ModelPrice, payer_bu: str) -> Decimal | None:
     return None
 
 
-def price(consumed: TokenConsumed, book: PriceBookPublished) -> Priced:
+def price(consumed: Consumption, book: PriceBookPublished) -> Priced:
     """Price one consumption with one book version.
 
     The context tier reached by the request's whole input reprices the whole
@@ -74,7 +104,7 @@ def price(consumed: TokenConsumed, book: PriceBookPublished) -> Priced:
     )
 
 
-def price_in_force(consumed: TokenConsumed, books: BookIndex) -> Priced:
+def price_in_force(consumed: Consumption, books: BookIndex) -> Priced:
     book = books.in_force(consumed.model, consumed.event_time)
     if book is None:
         raise Unpriceable(f"no price book prices {consumed.model} at {consumed.event_time.isoformat()}")
@@ -89,11 +119,10 @@ def first_copies(received: Sequence[tuple[TokenConsumed, bytes]]) -> list[tuple[
     return list(first.values())
 
 
-def price_or_park(consumed: Sequence[TokenConsumed], books: BookIndex
-                  ) -> tuple[list[Priced], list[tuple[TokenConsumed, str]]]:
+def price_or_park(consumed: Sequence[ConsumptionT], books: BookIndex) -> tuple[list[Priced], list[tuple[ConsumptionT, str]]]:
     """Each consumption priced with the version in force, or parked with the reason it cannot be."""
     priced: list[Priced] = []
-    parked: list[tuple[TokenConsumed, str]] = []
+    parked: list[tuple[ConsumptionT, str]] = []
     for event in consumed:
         try:
             priced.append(price_in_force(event, books))

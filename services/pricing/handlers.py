@@ -1,4 +1,4 @@
-"""Pricing's shell: archive consumption, price it or park it, stage Priced; one transaction.
+"""Pricing's shell: price consumption or park it, store and stage Priced; one transaction.
 
 `Pricing` is the service: it owns its store (with the books it has read) and
 its metrics, and `app.py` makes one per process. `reprice` is the command
@@ -62,12 +62,16 @@ class Pricing:
 
     async def handle_consumed_records(self, records: Sequence[ConsumerRecord]) -> None:
         received = [(decode(TokenConsumed, record.value), record.value) for record in records]
+        consumed = domain.first_copies(received)
+        inputs = {event.id: (event, value) for event, value in consumed}
         async with self.store.unit(books="shared") as unit:
-            fresh = await unit.archive_consumed(domain.first_copies(received))
-            priced, parked = domain.price_or_park(fresh, await unit.books())
-            await unit.park(parked)
-            await unit.save_priced(priced)
-            await unit.count({"received": len(fresh), "duplicates": len(received) - len(fresh), "priced": len(priced),
+            priced, unpriceable = domain.price_or_park([event for event, _ in consumed], await unit.books())
+            # Stored once each: a redelivered consumption is priced to the id stored
+            # before, or finds its parked row; either way nothing is staged again.
+            stored = await unit.save_priced([(event, inputs[event.consumed_id][0].request_input_tokens) for event in priced])
+            parked = await unit.park([(event, inputs[event.id][1], reason) for event, reason in unpriceable])
+            fresh = len(stored) + len(parked)
+            await unit.count({"received": fresh, "duplicates": len(received) - fresh, "priced": len(stored),
                               "parked": len(parked)})
             parked_now = await unit.parked_count() if parked else None
         # Metrics only after the commit: a batch rolled back and retried counts once.
@@ -75,8 +79,8 @@ class Pricing:
             self.metrics.parked.inc(len(parked))
             self.metrics.parked_now.set(parked_now)
         self.runtime.relay_soon()
-        log.info("consumption_priced", received=len(received), priced=len(priced), parked=len(parked),
-                 duplicates=len(received) - len(fresh))
+        log.info("consumption_priced", received=len(received), priced=len(stored), parked=len(parked),
+                 duplicates=len(received) - fresh)
 
     async def handle_pricebook_records(self, records: Sequence[ConsumerRecord]) -> None:
         """Store new book versions, then price what was parked waiting for them."""
@@ -111,8 +115,9 @@ async def _unpark(unit: PricingUnit, models: list[str]) -> tuple[int, int]:
             break
         after = (page[-1].event_time, page[-1].consumed.id)
         priced, parked = domain.price_or_park([item.consumed for item in page], books)
+        request_input = {item.consumed.id: item.consumed.request_input_tokens for item in page}
         await unit.unpark([event.consumed_id for event in priced])
-        await unit.save_priced(priced)
+        await unit.save_priced([(event, request_input[event.consumed_id]) for event in priced])
         priced_total += len(priced)
         still_parked += len(parked)
         if len(page) < UNPARK_PAGE_MAX:
@@ -159,9 +164,11 @@ async def _reprice_page(store: PricingStore, start: datetime, end: datetime, mod
         page = await unit.current_priced_page(start, end, model, after, REPRICE_PAGE_MAX)
         if not page:
             return RepriceReport(), after, 0
-        corrections, unpriceable = reprice_domain.correct_all([(item.consumed, item.priced) for item in page],
+        corrections, unpriceable = reprice_domain.correct_all([(item.consumption, item.priced) for item in page],
                                                               await unit.books())
-        await unit.save_priced([event for outcome in corrections for event in (outcome.reversal, outcome.correction)])
+        request_input = {item.consumption.id: item.consumption.request_input_tokens for item in page}
+        await unit.save_priced([(event, request_input[event.consumed_id]) for outcome in corrections
+                                for event in (outcome.reversal, outcome.correction)])
         await unit.mark_superseded([(outcome.reversal.corrects_id, outcome.correction.id) for outcome in corrections])
         await unit.count({"reversed": len(corrections), "corrected": len(corrections),
                           "reprice_unpriceable": len(unpriceable)})

@@ -5,13 +5,51 @@ changes nothing, a later version corrects again."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from tokenhub.contracts.events import Priced, PricedLine, TokenConsumed
+from tokenhub.contracts.events import Priced, PricedLine
 from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.pricebook import BookIndex
-from tokenhub.services.pricing.domain import Unpriceable, price_in_force
+from tokenhub.services.pricing.domain import Consumption, Unpriceable, price_in_force
+
+
+@dataclass(frozen=True)
+class PricedConsumption:
+    """A consumption as the Priced that recorded it has it: pricing keeps no
+    second copy of the TokenConsumed it priced (metering's record holds it), and
+    these fields are all that pricing reads of one (`domain.Consumption`)."""
+
+    id: uuid.UUID
+    event_time: datetime
+    payer_bu: str
+    consumer_bu: str
+    provider_bu: str
+    app: str | None
+    model: str
+    tokens: dict[str, int]
+    request_input_tokens: int
+
+
+def consumption_of(priced: Priced, request_input_tokens: int) -> PricedConsumption:
+    """The consumption a charge or a correction priced: its lines are its Tokens
+    per class, in the TokenConsumed's class order. The request's whole input,
+    which chooses the context tier, is the one figure a Priced does not carry."""
+    if priced.kind not in ("charge", "correction"):
+        raise ValueError(f"a {priced.kind} does not record a consumption's Tokens")
+    return PricedConsumption(
+        id=priced.consumed_id,
+        event_time=priced.event_time,
+        payer_bu=priced.payer_bu,
+        consumer_bu=priced.consumer_bu,
+        provider_bu=priced.provider_bu,
+        app=priced.app,
+        model=priced.model,
+        tokens={line.token_class: line.tokens for line in priced.lines},
+        request_input_tokens=request_input_tokens,
+    )
 
 
 class CorrectionMismatch(ValueError):
@@ -45,7 +83,7 @@ def reverse(current: Priced, book_id: str, book_version: int) -> Priced:
     })
 
 
-def correct(consumed: TokenConsumed, current: Priced, books: BookIndex) -> Correction | None:
+def correct(consumed: Consumption, current: Priced, books: BookIndex) -> Correction | None:
     """None when the version in force is the one `current` was priced with.
     Raises `Unpriceable` when the books in force no longer price it: the
     current Priced then stands, since reversing it alone would lose the usage."""
@@ -63,7 +101,7 @@ def correct(consumed: TokenConsumed, current: Priced, books: BookIndex) -> Corre
     return Correction(reversal, correction)
 
 
-def correct_all(current: Sequence[tuple[TokenConsumed, Priced]], books: BookIndex
+def correct_all(current: Sequence[tuple[Consumption, Priced]], books: BookIndex
                 ) -> tuple[list[Correction], list[tuple[Priced, str]]]:
     """Corrections for the Priced that the books in force now price differently,
     and the Priced that they no longer price at all (with the reason; they stand)."""

@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.events import UsageReported
-from tokenhub.contracts.topics import USAGE_REJECTED, USAGE_REPORTED
+from tokenhub.contracts.events import TokenConsumed, UsageReported
+from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.metering import domain
@@ -37,8 +37,8 @@ async def _fetch(settings, query: str, *parameters):  # noqa: ANN001, ANN202
 
 
 async def _consumed(world: World) -> list[dict]:
-    rows = await _fetch(world.settings, "select payload from pricing.consumed_archive where model like $1 order by event_time",
-                        f"{world.prefix}-%")
+    rows = await _fetch(world.settings, "select payload from metering.consumed where usage_source = $1 order by seq",
+                        f"tests/{world.prefix}")
     return [orjson.loads(row["payload"]) for row in rows]
 
 
@@ -441,33 +441,43 @@ async def test_each_modality_becomes_exact_tokens_of_its_table_version(backend) 
     assert rows[0]["spend"] == Decimal(40 + 3870 + 2000 + 30004 + 1526 + 6000 + 1400 + 300 + 812) / 10**6
 
 
-async def test_the_sync_client_reports_and_dedup_keys_are_pruned_after_the_window(backend) -> None:
+async def test_the_sync_client_reports_and_metering_keeps_what_it_produced_keyed_by_usage(backend) -> None:
     from tokenhub.client import SyncUsageClient
-    from tokenhub.services.metering.adapters.store import PRUNE_DEDUP
+    from tokenhub.services.metering.adapters.produced import produced_records
 
     world = World(backend.settings)
-    await world.publish(["shop"])
+    await world.publish(["shop", "alpha", "beta"], funding=[{
+        "agreement_id": f"{world.prefix}-shared", "consumer_bu": world.bu("shop"),
+        "payers": [{"bu": world.bu("alpha"), "percent": "60"}, {"bu": world.bu("beta"), "percent": "40"}],
+        "effective_from": (datetime.now(UTC) - timedelta(days=2)).isoformat()}])
     before = await read_counters(world.settings)
-    events = [world.usage("shop", index, 100, 10) for index in range(5)]
+    events = [world.usage("shop", index, 100 + index, 10) for index in range(5)]
     with SyncUsageClient(world.settings.bootstrap_servers or "") as client:
         assert await asyncio.to_thread(client.report, events) == 5
     after = await wait_settled(world.settings, before, 5)
-    assert delta(after, before, "metering.accepted") == 5
+    assert (delta(after, before, "metering.accepted"), delta(after, before, "metering.consumed")) == (5, 10)
 
+    # One row per TokenConsumed, its canonical bytes; only each event's first row carries
+    # the usage's content hash, which is what a copy of the usage is held against.
+    rows = await _fetch(world.settings, "select usage_id, content_sha256, usage_value, payload from metering.consumed "
+                        "where usage_source = $1 order by seq", f"tests/{world.prefix}")
+    assert [row["usage_id"] for row in rows] == [f"req-{index // 2}" for index in range(10)]
+    for index, event in enumerate(events):
+        first, second = rows[2 * index], rows[2 * index + 1]
+        assert bytes(first["content_sha256"]) == bytes.fromhex(sha256_hex(canonical_json(event)))
+        assert (second["content_sha256"], first["usage_value"], second["usage_value"]) == (None, None, None)
+        consumed = [TokenConsumed.model_validate_json(row["payload"]) for row in (first, second)]
+        assert [canonical_json(item) for item in consumed] == [bytes(first["payload"]), bytes(second["payload"])]
+        # 60 % and 40 % of 100..104 input Tokens, by largest remainder
+        assert [(item.payer_bu, item.tokens["input"]) for item in consumed] == [
+            (world.bu("alpha"), [60, 61, 61, 62, 62][index]), (world.bu("beta"), [40, 40, 41, 41, 42][index])]
+
+    # What the republish after a broker loss reads: the same bytes, keyed by payer, in production order.
     connection = await asyncpg.connect(world.settings.database_url)
     try:
-        old = datetime.now(UTC) - timedelta(days=40)
-        await connection.execute("insert into metering.dedup (usage_source, usage_id, content_sha256, event_time) "
-                                 "values ($1, 'old', 'x', $2)", f"tests/{world.prefix}", old)
-        settings = world.settings
-        horizon = domain.dedup_horizon(domain.Limits(
-            now=datetime.now(UTC), accepted_window=timedelta(days=settings.accepted_window_days),
-            future_skew=timedelta(seconds=settings.future_skew_seconds), message_bytes_max=settings.message_bytes_max))
-        assert horizon < datetime.now(UTC) - timedelta(days=35)  # the default window: keys outlive it
-        pruned = await connection.fetchval(PRUNE_DEDUP, horizon, 10_000)
-        remaining = await connection.fetchval("select count(*) from metering.dedup where usage_source = $1",
-                                              f"tests/{world.prefix}")
+        produced = [record async for record in produced_records(connection)
+                    if record[0] == TOKENS_CONSUMED.name and record[2] in {bytes(row["payload"]) for row in rows}]
     finally:
         await connection.close()
-    assert pruned >= 1
-    assert remaining == 5
+    assert [(key, value) for _, key, value, headers in produced] == [
+        (TokenConsumed.model_validate_json(row["payload"]).payer_bu.encode(), bytes(row["payload"])) for row in rows]

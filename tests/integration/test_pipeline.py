@@ -96,11 +96,12 @@ async def test_duplicates_are_stopped_by_the_layer_they_reach(backend) -> None:
     assert delta(settled_twice, settled_once, "metering.accepted") == 0
     assert delta(settled_twice, settled_once, "pricing.received") == 0
 
-    # The same TokenConsumed again, straight onto tokens.consumed: pricing's archive stops them.
+    # The same TokenConsumed again, straight onto tokens.consumed: pricing's record of what it priced stops them.
     connection = await asyncpg.connect(world.settings.database_url)
     try:
         consumed = await connection.fetch(
-            "select payer_bu, payload from pricing.consumed_archive where payer_bu = $1", world.bu("shop"))
+            "select convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' as payer_bu, payload from metering.consumed "
+            "where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1", world.bu("shop"))
         priced = await connection.fetch(
             "select priced as payload from ledger.journal where chain = $1",
             world.bu("shop"))

@@ -304,7 +304,8 @@ async def test_an_imported_litellm_map_prices_usage_with_its_context_ranges_and_
     by_request = {}
     for event in priced.values():
         rows = await _query(world, "select convert_from(payload, 'UTF8')::jsonb ->> 'usage_id' as usage_id "
-                            "from pricing.consumed_archive where consumed_id = $1", event.consumed_id)
+                            "from metering.consumed where convert_from(payload, 'UTF8')::jsonb ->> 'id' = $1",
+                            str(event.consumed_id))
         by_request[rows[0]["usage_id"]] = event
     expected = {  # by hand, USD list x 7.2, per million Tokens
         "req-1": (None, D("1.152") + D("0.09216")),                                  # 100k x 11.52 + 2k x 46.08

@@ -52,7 +52,8 @@ WORK_LOG_EVENTS = {
 
 async def _metered(connection: asyncpg.Connection, prefix: str) -> int:
     return await connection.fetchval(
-        "select count(*) from pricing.consumed_archive where payer_bu like $1", f"{prefix}-%")
+        "select count(*) from metering.consumed where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' like $1",
+        f"{prefix}-%")
 
 
 async def _leader_of(kafka, topic: str, partition: int) -> int:  # noqa: ANN001

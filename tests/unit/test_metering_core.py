@@ -19,7 +19,6 @@ from tokenhub.services.metering.domain import (
     Stored,
     UsageError,
     against_stored,
-    dedup_horizon,
     first_sightings,
     header_value,
     key_of,
@@ -136,18 +135,6 @@ def test_a_request_input_beyond_the_limit_is_absurd_even_when_each_class_is_not(
     assert _reason(_video(video_seconds="-1", video_resolution="720p"), catalogue=VIDEO_CATALOGUE) == Reason.NEGATIVE_QUANTITY
     largest = meter(_video(video_seconds=str(QUANTITY_MAX // 4000), video_resolution="720p"), VIDEO_CATALOGUE, LIMITS)
     assert largest.consumed[0].tokens == {"video": QUANTITY_MAX}
-
-
-def test_dedup_keys_outlive_every_event_that_could_still_be_accepted() -> None:
-    horizon = dedup_horizon(LIMITS)
-    oldest_accepted = LIMITS.now - LIMITS.accepted_window
-    assert horizon <= oldest_accepted - LIMITS.future_skew
-    assert horizon == LIMITS.now - timedelta(days=35, minutes=5)
-    event = orjson.loads(canonical_json(USAGE))
-    event["time"] = oldest_accepted.isoformat()
-    assert meter(RawUsage(orjson.dumps(event)), CATALOGUE, LIMITS).usage.time > horizon
-    event["time"] = (horizon + timedelta(microseconds=1)).isoformat()
-    assert _reason(RawUsage(orjson.dumps(event))) == Reason.TIME_TOO_OLD  # gone from dedup only once too old
 
 
 def test_stored_headers_give_back_the_received_bytes_including_non_utf8() -> None:

@@ -1,15 +1,11 @@
 """What metering produced, read back from its own tables for the republish into
-a broker that lost its topics (`infra.boot`, docs/architecture.md, durability).
-
-First version, against the tables metering keeps today:
-- usage.reported: the usage accepted over HTTP, whose idempotency key keeps the
-  bytes metering published (migration 0016);
-- tokens.consumed: NOT YET. Metering keeps no copy of the TokenConsumed it
-  produced: once relayed, its outbox row is gone. Until metering stores them (one
-  row per produced event, keyed by the usage it came from), consumption that the
-  broker lost before pricing stored it is lost with the broker;
-- usage.rejected: rebuilt from the stored originals, with the time each was
-  stored as its event time (the id, the reason and the reference are the same);
+a broker that lost its topics (`infra.boot`, docs/architecture.md, durability):
+- tokens.consumed: metering's record, one row per TokenConsumed, in production
+  order; where the usage came over HTTP, the usage that metering published on
+  usage.reported for it comes first, from the same record (migration 0017);
+- usage.rejected: rebuilt from the stored originals, whose stored time is the
+  event time of the UsageRejected published for them (the same bytes; rows
+  stored before migration 0017 carry the time they were stored);
 - registry changes (the configuration metering keeps), as full events.
 """
 
@@ -19,29 +15,39 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 import asyncpg
+import msgspec
 import orjson
 
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import UsageRejected
-from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.registry import RegistryChanged
-from tokenhub.contracts.topics import REGISTRY_CHANGED, USAGE_REJECTED, USAGE_REPORTED
+from tokenhub.contracts.topics import REGISTRY_CHANGED, TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED
 from tokenhub.services.common.outbox import ProducedRecord
+from tokenhub.services.metering import domain
 
 ROWS_PREFETCH: Final = 5_000
 """Rows a cursor holds at a time: bounds memory whatever the table's size."""
+PRODUCED_RANGE_ROWS: Final = 10_000
+"""Sequence numbers read per query of the record: bounds the rows in memory."""
 
 SELECT_REGISTRY_CHANGES: Final = """
 select change_id, kind, entity_id, payload, actor, reason, changed_at from metering.registry_changes
 order by changed_at, change_id
 """
-SELECT_HTTP_USAGE: Final = """
-select usage_value from metering.dedup where usage_value is not null order by received_at, usage_source, usage_id
-"""
+SELECT_LAST_SEQ: Final = "select pg_sequence_last_value(pg_get_serial_sequence('metering.consumed', 'seq')::regclass)"
+# By seq range (the block range index consumed_seq), in production order.
+SELECT_PRODUCED: Final = "select usage_value, payload from metering.consumed where seq > $1 and seq <= $2 order by seq"
 SELECT_REJECTED: Final = """
 select rejected_id, reason_code, message, original_sha256, usage_source, usage_id, received_at
 from metering.rejected_usage order by received_at, rejected_id
 """
+
+
+class _Parties(msgspec.Struct):
+    payer_bu: str
+    consumer_bu: str
+
+
+_PARTIES: Final = msgspec.json.Decoder(_Parties)
 
 
 async def configuration_records(connection: asyncpg.Connection) -> AsyncIterator[ProducedRecord]:
@@ -59,16 +65,19 @@ async def configuration_records(connection: asyncpg.Connection) -> AsyncIterator
 
 
 async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[ProducedRecord]:
-    """What metering published, in the order it published each kind."""
+    """What metering published: each usage event's TokenConsumed (keyed by payer)
+    in production order, preceded by the usage itself where metering published it
+    on usage.reported (keyed by consumer); then every UsageRejected, in the order
+    they were made."""
+    last = await connection.fetchval(SELECT_LAST_SEQ) or 0
+    for start in range(0, last, PRODUCED_RANGE_ROWS):
+        for row in await connection.fetch(SELECT_PRODUCED, start, start + PRODUCED_RANGE_ROWS):
+            parties = _PARTIES.decode(row["payload"])
+            if row["usage_value"] is not None:
+                yield USAGE_REPORTED.name, parties.consumer_bu.encode(), bytes(row["usage_value"]), ()
+            yield TOKENS_CONSUMED.name, parties.payer_bu.encode(), bytes(row["payload"]), ()
     async with connection.transaction():
-        async for row in connection.cursor(SELECT_HTTP_USAGE, prefetch=ROWS_PREFETCH):
-            value = row["usage_value"]
-            yield USAGE_REPORTED.name, orjson.loads(value)["data"]["consumer_bu"].encode(), value, ()
         async for row in connection.cursor(SELECT_REJECTED, prefetch=ROWS_PREFETCH):
-            reference = str(row["rejected_id"])
-            event = UsageRejected(
-                id=derive_id("usage.rejected", reference), event_time=row["received_at"], cause_id=reference,
-                reason_code=row["reason_code"], message=row["message"], rejected_ref=reference,
-                usage_source=row["usage_source"], usage_id=row["usage_id"], original_sha256=row["original_sha256"],
-            )
+            rejection = domain.Rejection(row["reason_code"], row["message"], row["usage_source"], row["usage_id"])
+            event = domain.usage_rejected(str(row["rejected_id"]), rejection, row["original_sha256"], row["received_at"])
             yield USAGE_REJECTED.name, (row["usage_source"] or "").encode(), canonical_json(event), ()

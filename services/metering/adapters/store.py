@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 import asyncpg
@@ -21,7 +20,6 @@ from tokenhub.contracts.registry import (
     ModelEntry,
     RegistryChanged,
 )
-from tokenhub.services.common.db import insert_new
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.metering import domain
 from tokenhub.services.metering.adapters import keys
@@ -40,30 +38,26 @@ select agreement_id, consumer_bu, app, model_pattern, payers, effective_from, ef
 from metering.funding_agreements
 """
 
-INSERT_DEDUP: Final = """
-insert into metering.dedup (usage_source, usage_id, content_sha256, event_time, usage_value)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[])
-on conflict do nothing
+# metering.consumed holds each TokenConsumed produced, keyed by its usage's source
+# + id: the first row of an event carries the usage's content hash and is the
+# one in the unique index consumed_usage (migration 0017).
+CONSUMED_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "usage_value", "payload")
+INSERT_FIRST_ROWS: Final = """
+insert into metering.consumed (usage_source, usage_id, content_sha256, usage_value, payload)
+select * from unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[])
+on conflict (usage_source, usage_id) where content_sha256 is not null do nothing
 returning usage_source, usage_id
 """
-DEDUP_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "event_time", "usage_value")
-SELECT_DEDUP: Final = """
-select usage_source, usage_id, content_sha256, usage_value is not null as published from metering.dedup
-where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[]))
-"""
-PRUNE_DEDUP: Final = """
-with old as (
-    delete from metering.dedup where ctid in (select ctid from metering.dedup where event_time < $1 limit $2)
-    returning 1
-)
-select count(*) from old
+SELECT_STORED: Final = """
+select usage_source, usage_id, content_sha256, usage_value is not null as published from metering.consumed
+where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[])) and content_sha256 is not null
 """
 INSERT_REJECTED: Final = """
 insert into metering.rejected_usage (
     rejected_id, reason_code, message, original_bytes, original_sha256, headers,
-    usage_source, usage_id, topic, kafka_partition, kafka_offset)
+    usage_source, usage_id, topic, kafka_partition, kafka_offset, received_at)
 select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[],
-                     $7::text[], $8::text[], $9::text[], $10::int[], $11::bigint[])
+                     $7::text[], $8::text[], $9::text[], $10::int[], $11::bigint[], $12::timestamptz[])
 on conflict (rejected_id) do nothing
 returning rejected_id
 """
@@ -181,11 +175,27 @@ async def apply_registry_change(connection: asyncpg.Connection, change: Registry
 
 @dataclass(frozen=True)
 class Claims:
-    """Idempotency keys claimed by this batch, and what is stored for the keys
-    that were claimed before (of the candidates and of the refused usage asked about)."""
+    """Usage keys claimed by this batch, and what is stored for the keys that
+    were claimed before (of the candidates and of the refused usage asked about)."""
 
     claimed: set[domain.UsageKey]
     stored: dict[domain.UsageKey, domain.Stored]
+
+
+@dataclass(frozen=True)
+class Produced:
+    """An accepted usage event as it is stored: its TokenConsumed as published
+    (canonical bytes, in the order of `metered.consumed`), and, for usage that
+    came over HTTP, the bytes metering publishes on usage.reported for it."""
+
+    metered: domain.Metered
+    payloads: tuple[bytes, ...]
+    usage_value: bytes | None = None
+
+    def rows(self) -> list[tuple[str, str, bytes | None, bytes | None, bytes]]:
+        source, usage_id = domain.key_of(self.metered)
+        first = (source, usage_id, bytes.fromhex(self.metered.content_sha256), self.usage_value, self.payloads[0])
+        return [first, *((source, usage_id, None, None, payload) for payload in self.payloads[1:])]
 
 
 @dataclass(frozen=True)
@@ -209,23 +219,41 @@ class MeteringUnit:
     async def catalogue(self) -> domain.Catalogue:
         return await load_catalogue(self._connection)
 
-    async def claim(self, candidates: Sequence[tuple[domain.Metered, bytes | None]],
-                    refused: Sequence[domain.UsageKey] = ()) -> Claims:
-        """Store the idempotency keys of first sightings, each with the usage bytes
-        metering publishes on usage.reported itself (HTTP ingest; None for usage
-        that came from the topic). A key another batch or instance stored first is
-        not claimed; what is stored for it, and for the `refused` keys, is returned."""
-        claimed: set[domain.UsageKey] = set()
-        if candidates:
-            claimed = await insert_new(self._connection, schema=SCHEMA, table="dedup", columns=DEDUP_COLUMNS, records=[
-                (metered.usage.source, metered.usage.id, metered.content_sha256, metered.usage.time, published)
-                for metered, published in candidates], key_columns=2, fallback_sql=INSERT_DEDUP)
-        asked = [key for metered, _ in candidates if (key := domain.key_of(metered)) not in claimed] + list(refused)
+    async def claim(self, candidates: Sequence[Produced], refused: Sequence[domain.UsageKey] = ()) -> Claims:
+        """Store the TokenConsumed of first sightings: the record of what metering
+        produced, whose usage key is its dedup. A key that another batch or
+        instance stored first is not claimed (none of its event's rows is
+        stored); what is stored for it, and for the `refused` keys, is returned."""
+        claimed = await self._store_first_sightings(candidates) if candidates else set()
+        asked = [key for item in candidates if (key := domain.key_of(item.metered)) not in claimed] + list(refused)
         if not asked:
             return Claims(claimed, {})
-        rows = await self._connection.fetch(SELECT_DEDUP, [source for source, _ in asked], [usage_id for _, usage_id in asked])
-        return Claims(claimed, {(row["usage_source"], row["usage_id"]): domain.Stored(row["content_sha256"], row["published"])
+        rows = await self._connection.fetch(SELECT_STORED, [source for source, _ in asked], [usage_id for _, usage_id in asked])
+        return Claims(claimed, {(row["usage_source"], row["usage_id"]): domain.Stored(row["content_sha256"].hex(), row["published"])
                                 for row in rows})
+
+    async def _store_first_sightings(self, candidates: Sequence[Produced]) -> set[domain.UsageKey]:
+        """COPY every row first, in a savepoint: nearly every batch is new. A key
+        stored before fails it with a unique violation; then the events' first rows
+        go in with `on conflict do nothing`, and the other payers' rows of the
+        events claimed that way follow."""
+        connection = self._connection
+        rows = [row for item in candidates for row in item.rows()]
+        try:
+            async with connection.transaction():
+                await connection.copy_records_to_table("consumed", schema_name=SCHEMA, columns=list(CONSUMED_COLUMNS),
+                                                       records=rows)
+            return {domain.key_of(item.metered) for item in candidates}
+        except asyncpg.UniqueViolationError:
+            pass
+        first_rows = [item.rows()[0] for item in candidates]
+        inserted = await connection.fetch(INSERT_FIRST_ROWS, *(list(values) for values in zip(*first_rows, strict=True)))
+        claimed = {(row["usage_source"], row["usage_id"]) for row in inserted}
+        others = [row for item in candidates if domain.key_of(item.metered) in claimed for row in item.rows()[1:]]
+        if others:
+            await connection.copy_records_to_table("consumed", schema_name=SCHEMA, columns=list(CONSUMED_COLUMNS),
+                                                   records=others)
+        return claimed
 
     async def store_rejected(self, rejected: Sequence[RejectedUsage]) -> list[RejectedUsage]:
         """Store every bad original with its bytes and headers; the ones not stored
@@ -247,6 +275,7 @@ class MeteringUnit:
             [item.topic for item in rejected],
             [item.partition for item in rejected],
             [item.offset for item in rejected],
+            [item.event.event_time for item in rejected],
         )
         new_ids = {row["rejected_id"] for row in rows}
         return [item for rejected_id, item in zip(ids, rejected, strict=True) if rejected_id in new_ids]
@@ -275,10 +304,6 @@ class MeteringStore:
     async def unit(self) -> AsyncIterator[MeteringUnit]:
         async with self._pool().acquire() as connection, connection.transaction():
             yield MeteringUnit(connection)
-
-    async def prune_dedup(self, older_than: datetime, rows_max: int) -> int:
-        async with self._pool().acquire() as connection:
-            return await connection.fetchval(PRUNE_DEDUP, older_than, rows_max)
 
     async def api_key(self, key: str) -> keys.ApiKey | None:
         async with self._pool().acquire() as connection:

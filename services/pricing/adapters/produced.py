@@ -1,10 +1,9 @@
 """What pricing produced, read back from its own tables for the republish into
-a broker that lost its topics (`infra.boot`, docs/architecture.md, durability).
-
-First version, against today's tables: every Priced pricing produced (charges,
-reversals and corrections; a superseded one is marked, never deleted) from
-`pricing.priced`, and the price book versions it keeps, as the full
-PriceBookPublished events they arrived as."""
+a broker that lost its topics (`infra.boot`, docs/architecture.md, durability):
+every Priced pricing produced (charges, reversals and corrections; a superseded
+one is marked, never deleted) from its record `pricing.priced`, in production
+order, and the price book versions it keeps, as the full PriceBookPublished
+events they arrived as."""
 
 from __future__ import annotations
 
@@ -12,18 +11,29 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 import asyncpg
-import orjson
+import msgspec
 
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, TOKENS_PRICED
 from tokenhub.services.common.outbox import ProducedRecord
 
 ROWS_PREFETCH: Final = 5_000
 """Rows a cursor holds at a time: bounds memory whatever the table's size."""
+PRODUCED_RANGE_ROWS: Final = 10_000
+"""Sequence numbers read per query of the record: bounds the rows in memory."""
 
 SELECT_BOOKS: Final = """
 select book_id, payload from pricing.price_books order by published_at, book_id, version
 """
-SELECT_PRICED: Final = "select payload from pricing.priced order by priced_at, priced_id"
+SELECT_LAST_SEQ: Final = "select pg_sequence_last_value(pg_get_serial_sequence('pricing.priced', 'seq')::regclass)"
+# By seq range (the block range index priced_seq), in production order.
+SELECT_PRODUCED: Final = "select payload from pricing.priced where seq > $1 and seq <= $2 order by seq"
+
+
+class _Payer(msgspec.Struct):
+    payer_bu: str
+
+
+_PAYER: Final = msgspec.json.Decoder(_Payer)
 
 
 async def configuration_records(connection: asyncpg.Connection) -> AsyncIterator[ProducedRecord]:
@@ -34,8 +44,8 @@ async def configuration_records(connection: asyncpg.Connection) -> AsyncIterator
 
 
 async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[ProducedRecord]:
-    """Every Priced, keyed by its payer, in the order it was priced."""
-    async with connection.transaction():
-        async for row in connection.cursor(SELECT_PRICED, prefetch=ROWS_PREFETCH):
-            value = bytes(row["payload"])
-            yield TOKENS_PRICED.name, orjson.loads(value)["payer_bu"].encode(), value, ()
+    """Every Priced, keyed by its payer, in the order it was produced."""
+    last = await connection.fetchval(SELECT_LAST_SEQ) or 0
+    for start in range(0, last, PRODUCED_RANGE_ROWS):
+        for row in await connection.fetch(SELECT_PRODUCED, start, start + PRODUCED_RANGE_ROWS):
+            yield TOKENS_PRICED.name, _PAYER.decode(row["payload"]).payer_bu.encode(), bytes(row["payload"]), ()

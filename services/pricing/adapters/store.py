@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import asyncpg
 
@@ -19,6 +19,7 @@ from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.topics import TOKENS_PRICED
 from tokenhub.services.common.db import insert_new
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
+from tokenhub.services.pricing.reprice import PricedConsumption, consumption_of
 
 SCHEMA: Final = "pricing"
 
@@ -37,48 +38,29 @@ returning version
 SELECT_BOOKS: Final = "select payload from pricing.price_books"
 SELECT_BOOK_KEYS: Final = "select book_id, version from pricing.price_books"
 
-INSERT_ARCHIVE: Final = """
-insert into pricing.consumed_archive (consumed_id, payer_bu, model, event_time, payload)
-select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[])
-on conflict (consumed_id) do nothing
-returning consumed_id
-"""
-ARCHIVE_COLUMNS: Final = ("consumed_id", "payer_bu", "model", "event_time", "payload")
-PRICED_COLUMNS: Final = ("priced_id", "consumed_id", "kind", "book_id", "book_version", "total_amount", "payload")
-
-
-async def archive_consumed(connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> set[uuid.UUID]:
-    """Archive TokenConsumed rows (ARCHIVE_COLUMNS); the ids not archived before."""
-    return await insert_new(connection, schema="pricing", table="consumed_archive", columns=ARCHIVE_COLUMNS,
-                            records=records, key_columns=1, fallback_sql=INSERT_ARCHIVE)
-
-
-async def insert_priced(connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> set[uuid.UUID]:
-    """Store Priced rows (PRICED_COLUMNS); the ids not stored before."""
-    return await insert_new(connection, schema="pricing", table="priced", columns=PRICED_COLUMNS,
-                            records=records, key_columns=1, fallback_sql=INSERT_PRICED)
-
-
-INSERT_PARKED: Final = """
-insert into pricing.parked (consumed_id, model, event_time, reason)
-select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
-on conflict (consumed_id) do update set reason = excluded.reason
-"""
+# pricing.priced holds each Priced produced, keyed by its id (a charge's id is its
+# TokenConsumed's: contracts.ids.priced_id), which is the dedup (migration 0018).
+PRICED_COLUMNS: Final = ("priced_id", "kind", "event_time", "model", "request_input_tokens", "payload")
 INSERT_PRICED: Final = """
-insert into pricing.priced (priced_id, consumed_id, kind, book_id, book_version, total_amount, payload)
-select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::bytea[])
+insert into pricing.priced (priced_id, kind, event_time, model, request_input_tokens, payload)
+select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bytea[])
 on conflict (priced_id) do nothing
 returning priced_id
+"""
+INSERT_PARKED: Final = """
+insert into pricing.parked (consumed_id, model, event_time, reason, payload)
+select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::bytea[])
+on conflict (consumed_id) do nothing
+returning consumed_id
 """
 # Parked consumption of the models a new book prices, a page at a time in
 # (event_time, consumed_id) order: $1 models, $2/$3 the last row seen, $4 the page size.
 SELECT_PARKED_FOR_MODELS: Final = """
-select parked.consumed_id, parked.event_time, archive.payload from pricing.parked parked
-join pricing.consumed_archive archive using (consumed_id)
-where parked.model = any($1::text[]) and (parked.event_time, parked.consumed_id) > ($2, $3)
-order by parked.event_time, parked.consumed_id
+select consumed_id, event_time, payload from pricing.parked
+where model = any($1::text[]) and (event_time, consumed_id) > ($2, $3)
+order by event_time, consumed_id
 limit $4
-for update of parked
+for update
 """
 DELETE_PARKED: Final = "delete from pricing.parked where consumed_id = any($1::uuid[])"
 
@@ -97,16 +79,16 @@ class BookCache:
             self._keys = keys
         return self._books
 # The current Priced (a charge or the latest correction) of each consumption in
-# [$1, $2), optionally of one model ($3), a page at a time after ($4, $5), $6 rows.
+# [$1, $2), optionally of one model ($3), a page at a time after ($4, $5), $6 rows
+# (the block range index priced_event_time finds the window).
 SELECT_CURRENT_PRICED: Final = """
-select archive.event_time, priced.priced_id, priced.payload as priced, archive.payload as consumed
-from pricing.priced priced join pricing.consumed_archive archive using (consumed_id)
-where priced.superseded_by is null and priced.kind <> 'reversal'
-  and archive.event_time >= $1 and archive.event_time < $2 and ($3::text is null or archive.model = $3)
-  and (archive.event_time, priced.priced_id) > ($4, $5)
-order by archive.event_time, priced.priced_id
+select event_time, priced_id, request_input_tokens, payload from pricing.priced
+where superseded_by is null and kind <> 'reversal'
+  and event_time >= $1 and event_time < $2 and ($3::text is null or model = $3)
+  and (event_time, priced_id) > ($4, $5)
+order by event_time, priced_id
 limit $6
-for update of priced
+for update
 """
 MARK_SUPERSEDED: Final = """
 update pricing.priced set superseded_by = data.successor
@@ -114,9 +96,9 @@ from unnest($1::uuid[], $2::uuid[]) as data(priced_id, successor)
 where priced.priced_id = data.priced_id
 """
 SELECT_PARKED: Final = """
-select parked.consumed_id, parked.model, parked.event_time, parked.reason, parked.parked_at, archive.payer_bu
-from pricing.parked parked join pricing.consumed_archive archive using (consumed_id)
-order by parked.event_time, parked.consumed_id
+select consumed_id, model, event_time, reason, parked_at, convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' as payer_bu
+from pricing.parked
+order by event_time, consumed_id
 limit $1
 """
 COUNT_PARKED: Final = "select count(*) from pricing.parked"
@@ -132,9 +114,10 @@ class ParkedConsumption:
 
 @dataclass(frozen=True)
 class CurrentPriced:
-    """A consumption and the Priced that stands for it now."""
+    """The Priced that stands for a consumption now, and the consumption as that
+    Priced records it (what repricing needs of it)."""
 
-    consumed: TokenConsumed
+    consumption: PricedConsumption
     priced: Priced
     event_time: datetime
 
@@ -152,22 +135,21 @@ class PricingUnit:
     async def books(self) -> BookIndex:
         return BookIndex.of(await self._cache.load(self._connection))
 
-    async def archive_consumed(self, consumed: Sequence[tuple[TokenConsumed, bytes]]) -> list[TokenConsumed]:
-        """Archive consumption as received; the events not archived before, in the order given."""
-        new_ids = await archive_consumed(self._connection, [
-            (event.id, event.payer_bu, event.model, event.event_time, value) for event, value in consumed])
-        return [event for event, _ in consumed if event.id in new_ids]
-
-    async def park(self, parked: Sequence[tuple[TokenConsumed, str]]) -> None:
+    async def park(self, parked: Sequence[tuple[TokenConsumed, bytes, str]]) -> list[TokenConsumed]:
+        """Park consumption with its input (the TokenConsumed as received) and the
+        reason it has no price; the ones not parked before, in the order given."""
         if not parked:
-            return
-        await self._connection.execute(
+            return []
+        rows = await self._connection.fetch(
             INSERT_PARKED,
-            [event.id for event, _ in parked],
-            [event.model for event, _ in parked],
-            [event.event_time for event, _ in parked],
-            [reason for _, reason in parked],
+            [event.id for event, _, _ in parked],
+            [event.model for event, _, _ in parked],
+            [event.event_time for event, _, _ in parked],
+            [reason for _, _, reason in parked],
+            [value for _, value, _ in parked],
         )
+        new_ids = {row["consumed_id"] for row in rows}
+        return [event for event, _, _ in parked if event.id in new_ids]
 
     async def parked_page(self, models: list[str], after: tuple[datetime, uuid.UUID], limit: int) -> list[ParkedConsumption]:
         """Parked consumption of `models`, in (event time, id) order after `after`, locked until the commit."""
@@ -181,24 +163,30 @@ class PricingUnit:
     async def parked_count(self) -> int:
         return await self._connection.fetchval(COUNT_PARKED)
 
-    async def save_priced(self, priced: Sequence[Priced]) -> None:
-        """Store what was priced and stage it for tokens.priced."""
+    async def save_priced(self, priced: Sequence[tuple[Priced, int]]) -> list[Priced]:
+        """Store what was priced, each with its request's whole input, and stage it
+        for tokens.priced: pricing's record. A Priced stored before (its id is its
+        consumption's) is neither stored nor staged again; the ones stored now."""
         if not priced:
-            return
-        payloads = [canonical_json(event) for event in priced]
-        await insert_priced(self._connection, [
-            (event.id, event.consumed_id, event.kind, event.book_id, event.book_version, event.total_amount, payload)
-            for event, payload in zip(priced, payloads, strict=True)])
+            return []
+        payloads = {event.id: canonical_json(event) for event, _ in priced}
+        new_ids = await insert_new(self._connection, schema=SCHEMA, table="priced", columns=PRICED_COLUMNS, records=[
+            (event.id, event.kind, event.event_time, event.model, request_input_tokens, payloads[event.id])
+            for event, request_input_tokens in priced], key_columns=1, fallback_sql=INSERT_PRICED)
+        stored = [event for event, _ in priced if event.id in new_ids]
         await stage(self._connection, SCHEMA, [
-            OutboxRow(TOKENS_PRICED.name, event.payer_bu.encode(), payload)
-            for event, payload in zip(priced, payloads, strict=True)])
+            OutboxRow(TOKENS_PRICED.name, event.payer_bu.encode(), payloads[event.id]) for event in stored])
+        return stored
 
     async def current_priced_page(self, start: datetime, end: datetime, model: str | None,
                                   after: tuple[datetime, uuid.UUID], limit: int) -> list[CurrentPriced]:
         """The current Priced of each consumption in [start, end), after `after`, locked until the commit."""
         rows = await self._connection.fetch(SELECT_CURRENT_PRICED, start, end, model, *after, limit)
-        return [CurrentPriced(decode(TokenConsumed, row["consumed"]), decode(Priced, row["priced"]), row["event_time"])
-                for row in rows]
+        current = []
+        for row in rows:
+            priced = decode(Priced, row["payload"])
+            current.append(CurrentPriced(consumption_of(priced, row["request_input_tokens"]), priced, row["event_time"]))
+        return current
 
     async def mark_superseded(self, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:
         """(replaced Priced id, the correction that replaces it)."""
