@@ -41,6 +41,7 @@ from tokenhub.api.models import (
 from tokenhub.api.web import AUTH_ERRORS, NOT_FOUND, ApiError, hub_of, principal, require_sees
 from tokenhub.contracts.events import InvoiceIssued
 from tokenhub.contracts.periods import PeriodError, containing, parse
+from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.api.webhooks import settlement_for
 
 router = APIRouter(tags=["reads"])
@@ -334,3 +335,13 @@ _registry_route("models", ModelRow, "model_id", lambda who, row: True)
 _registry_route("funding-agreements", RegistryFunding, "agreement_id",
                 lambda who, row: who.sees(row["consumer_bu"], *(share["bu"] for share in row["payers"])))
 _registry_route("conversion-tables", RegistryConversionTable, "version", lambda who, row: True)
+
+
+@router.get("/v1/plans", response_model=Page[dict[str, Any]], responses=AUTH_ERRORS,
+            summary="Plans: payers assigned to a book's period tiers, with who assigned or ended them and why")
+async def plans(request: Request, payer: str | None = Query(None, pattern=SLUG, max_length=NAME_LENGTH_MAX),
+                cursor: str | None = Cursor, limit: int = Limit, who: Principal = Depends(principal)) -> Response:
+    rows = [{name: reads._plain(value) for name, value in row.items()}
+            for row in await invoicing_queries.plans(hub_of(request).reader, bu=payer)]
+    return _paged([row for row in rows if who.sees(row["payer_bu"])],
+                  lambda row: [row["payer_bu"], row["model"], row["first_month"]], cursor, limit)
