@@ -18,11 +18,11 @@ import orjson
 from pydantic import ValidationError
 
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageRejected, UsageReported
+from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageRejected, UsageReported, unchecked
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.money import split_largest_remainder
 from tokenhub.contracts.registry import ConversionTable, FundingAgreement, ModelEntry
-from tokenhub.contracts.tokens import context_input_tokens
+from tokenhub.contracts.tokens import class_order, context_input_tokens
 
 
 class Reason:
@@ -294,28 +294,35 @@ def split_by_payer(
     parts_by_class = {token_class: split_largest_remainder(quantity, weights) for token_class, quantity in tokens.items()}
     request_input = context_input_tokens(tokens)
     cause = str(derive_id("usage", usage.source, usage.id))
+    ordered = sorted(parts_by_class.items(), key=lambda item: class_order(item[0]))
+    # Built without validation: every value comes from the validated usage, the
+    # registry's validated entries or the arithmetic above (quantities checked
+    # against QUANTITY_MAX in `to_tokens`); tests hold the result equal to the
+    # validated model. Classes in canonical order, as the model's validator puts them.
     consumed = (
-        TokenConsumed(
-            id=consumed_id(usage.source, usage.id, payer_bu),
-            event_time=usage.time,
-            cause_id=cause,
-            usage_source=usage.source,
-            usage_id=usage.id,
-            payer_bu=payer_bu,
-            consumer_bu=data.consumer_bu,
-            provider_bu=model.provider_bu,
-            app=data.app,
-            product=data.product,
-            model=data.model,
-            tokens={token_class: parts[index] for token_class, parts in parts_by_class.items() if parts[index]},
-            request_input_tokens=request_input,
-            raw_units=raw_units,
-            conversion_version=conversion_version,
-            share_percent=percent,
-            payer_index=index,
-            payer_count=len(payers),
-            funding_agreement_id=agreement.agreement_id if agreement else None,
-        )
+        unchecked(TokenConsumed, {
+            "id": consumed_id(usage.source, usage.id, payer_bu),
+            "schema_version": 1,
+            "event_time": usage.time,
+            "cause_id": cause,
+            "type": "tokens.consumed",
+            "usage_source": usage.source,
+            "usage_id": usage.id,
+            "payer_bu": payer_bu,
+            "consumer_bu": data.consumer_bu,
+            "provider_bu": model.provider_bu,
+            "app": data.app,
+            "product": data.product,
+            "model": data.model,
+            "tokens": {token_class: parts[index] for token_class, parts in ordered if parts[index]},
+            "request_input_tokens": request_input,
+            "raw_units": raw_units,
+            "conversion_version": conversion_version,
+            "share_percent": percent,
+            "payer_index": index,
+            "payer_count": len(payers),
+            "funding_agreement_id": agreement.agreement_id if agreement else None,
+        })
         for index, (payer_bu, percent) in enumerate(payers)
     )
     # A payer whose share rounds to no Token at all gets no event; the parts still sum to the whole.

@@ -14,6 +14,7 @@ import structlog
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import decode
 from tokenhub.contracts.registry import RegistryChanged
@@ -84,7 +85,7 @@ class Metering:
             catalogue = await unit.catalogue()
             accepted, refused = domain.meter_each([incoming.raw for incoming in batch], catalogue, limits)
             candidates = domain.first_sightings(accepted, refused)
-            produced = {position: Produced(metered, tuple(canonical_json(event) for event in metered.consumed),
+            produced = {position: Produced(metered, tuple(codecs.encode_consumed(event) for event in metered.consumed),
                                            batch[position].raw.value if publish_usage else None)
                         for position, metered in candidates.fresh}
             claims = await unit.claim(list(produced.values()), [

@@ -10,10 +10,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, TypeVar
 
-from tokenhub.contracts.events import ContextTier, ModelPrice, Priced, PricedLine, PriceBookPublished, TokenConsumed
+from tokenhub.contracts.events import (
+    ContextTier,
+    ModelPrice,
+    Priced,
+    PricedLine,
+    PriceBookPublished,
+    TokenConsumed,
+    unchecked,
+)
 from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.money import line_amount, quantize
 from tokenhub.contracts.pricebook import BookIndex
+from tokenhub.contracts.tokens import class_order
 
 
 class Consumption(Protocol):
@@ -77,31 +86,44 @@ def price(consumed: Consumption, book: PriceBookPublished) -> Priced:
         unit_prices.update(tier.unit_prices_per_million)
     factor = price_factor(entry, consumed.payer_bu)
     lines = []
-    for token_class, tokens in consumed.tokens.items():
+    # Lines in the classes' canonical order, whatever order the consumption lists them in.
+    for token_class, tokens in sorted(consumed.tokens.items(), key=_by_class):
         if token_class not in unit_prices:
             raise Unpriceable(f"book {book.book_id} v{book.version} has no {token_class} price for {consumed.model}")
         unit_price = unit_prices[token_class] if factor is None else quantize(unit_prices[token_class] * factor)
-        lines.append(PricedLine(token_class=token_class, tokens=tokens, unit_price_per_million=unit_price,
-                                amount=line_amount(tokens, unit_price)))
-    return Priced(
-        id=priced_id(consumed.id, book.book_id, book.version),
-        event_time=consumed.event_time,
-        cause_id=str(consumed.id),
-        consumed_id=consumed.id,
-        payer_bu=consumed.payer_bu,
-        consumer_bu=consumed.consumer_bu,
-        provider_bu=consumed.provider_bu,
-        app=consumed.app,
-        model=consumed.model,
-        book_id=book.book_id,
-        book_version=book.version,
-        context_tier=tier.name if tier else None,
-        price_factor=factor,
-        currency=book.currency,
-        lines=tuple(lines),
-        total_tokens=sum(line.tokens for line in lines),
-        total_amount=sum((line.amount for line in lines), Decimal(0)),
-    )
+        lines.append(unchecked(PricedLine, {"token_class": token_class, "tokens": tokens,
+                                            "unit_price_per_million": unit_price,
+                                            "amount": line_amount(tokens, unit_price)}))
+    # Built without validation: every value is a validated input or computed here
+    # from one, at the fixed scale; tests hold the result equal to the validated model.
+    return unchecked(Priced, {
+        "id": priced_id(consumed.id, book.book_id, book.version),
+        "schema_version": 1,
+        "event_time": consumed.event_time,
+        "cause_id": str(consumed.id),
+        "type": "tokens.priced",
+        "kind": "charge",
+        "consumed_id": consumed.id,
+        "corrects_id": None,
+        "payer_bu": consumed.payer_bu,
+        "consumer_bu": consumed.consumer_bu,
+        "provider_bu": consumed.provider_bu,
+        "app": consumed.app,
+        "model": consumed.model,
+        "book_id": book.book_id,
+        "book_version": book.version,
+        "context_tier": tier.name if tier else None,
+        "price_factor": factor,
+        "currency": book.currency,
+        "lines": tuple(lines),
+        "total_tokens": sum(line.tokens for line in lines),
+        "total_amount": sum((line.amount for line in lines), Decimal(0)),
+        "invoice_id": None,
+    })
+
+
+def _by_class(item: tuple[str, int]) -> tuple[int, str]:
+    return class_order(item[0])
 
 
 def price_in_force(consumed: Consumption, books: BookIndex) -> Priced:
@@ -111,9 +133,9 @@ def price_in_force(consumed: Consumption, books: BookIndex) -> Priced:
     return price(consumed, book)
 
 
-def first_copies(received: Sequence[tuple[TokenConsumed, bytes]]) -> list[tuple[TokenConsumed, bytes]]:
+def first_copies(received: Sequence[tuple[ConsumptionT, bytes]]) -> list[tuple[ConsumptionT, bytes]]:
     """Each consumption once, as first received in the batch."""
-    first: dict[object, tuple[TokenConsumed, bytes]] = {}
+    first: dict[uuid.UUID, tuple[ConsumptionT, bytes]] = {}
     for event, value in received:
         first.setdefault(event.id, (event, value))
     return list(first.values())

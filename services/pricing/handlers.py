@@ -18,7 +18,8 @@ import structlog
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from tokenhub.contracts.events import PriceBookPublished, TokenConsumed, decode
+from tokenhub.contracts import codecs
+from tokenhub.contracts.events import PriceBookPublished, decode
 from tokenhub.services.common.runtime import Runtime
 from tokenhub.services.pricing import domain
 from tokenhub.services.pricing import reprice as reprice_domain
@@ -61,7 +62,7 @@ class Pricing:
         self.metrics = PricingMetrics.create(registry)
 
     async def handle_consumed_records(self, records: Sequence[ConsumerRecord]) -> None:
-        received = [(decode(TokenConsumed, record.value), record.value) for record in records]
+        received = [(codecs.decode_consumed(record.value), record.value) for record in records]
         consumed = domain.first_copies(received)
         inputs = {event.id: (event, value) for event, value in consumed}
         async with self.store.unit(books="shared") as unit:

@@ -13,8 +13,9 @@ from typing import Final, Literal
 
 import asyncpg
 
-from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import Priced, PriceBookPublished, TokenConsumed, decode
+from tokenhub.contracts import codecs
+from tokenhub.contracts.codecs import ConsumedWire
+from tokenhub.contracts.events import Priced, PriceBookPublished, decode
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.topics import TOKENS_PRICED
 from tokenhub.services.common.db import insert_new
@@ -108,7 +109,7 @@ SELECT_LATEST_VERSION: Final = "select max(version) from pricing.price_books whe
 
 @dataclass(frozen=True)
 class ParkedConsumption:
-    consumed: TokenConsumed
+    consumed: ConsumedWire
     event_time: datetime
 
 
@@ -135,7 +136,7 @@ class PricingUnit:
     async def books(self) -> BookIndex:
         return BookIndex.of(await self._cache.load(self._connection))
 
-    async def park(self, parked: Sequence[tuple[TokenConsumed, bytes, str]]) -> list[TokenConsumed]:
+    async def park(self, parked: Sequence[tuple[ConsumedWire, bytes, str]]) -> list[ConsumedWire]:
         """Park consumption with its input (the TokenConsumed as received) and the
         reason it has no price; the ones not parked before, in the order given."""
         if not parked:
@@ -154,7 +155,7 @@ class PricingUnit:
     async def parked_page(self, models: list[str], after: tuple[datetime, uuid.UUID], limit: int) -> list[ParkedConsumption]:
         """Parked consumption of `models`, in (event time, id) order after `after`, locked until the commit."""
         rows = await self._connection.fetch(SELECT_PARKED_FOR_MODELS, models, *after, limit)
-        return [ParkedConsumption(decode(TokenConsumed, row["payload"]), row["event_time"]) for row in rows]
+        return [ParkedConsumption(codecs.decode_consumed(row["payload"]), row["event_time"]) for row in rows]
 
     async def unpark(self, consumed_ids: Sequence[uuid.UUID]) -> None:
         if consumed_ids:
@@ -169,7 +170,7 @@ class PricingUnit:
         consumption's) is neither stored nor staged again; the ones stored now."""
         if not priced:
             return []
-        payloads = {event.id: canonical_json(event) for event, _ in priced}
+        payloads = {event.id: codecs.encode_priced(event) for event, _ in priced}
         new_ids = await insert_new(self._connection, schema=SCHEMA, table="priced", columns=PRICED_COLUMNS, records=[
             (event.id, event.kind, event.event_time, event.model, request_input_tokens, payloads[event.id])
             for event, request_input_tokens in priced], key_columns=1, fallback_sql=INSERT_PRICED)
