@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import math
 import random
+import signal
 import time
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,6 +21,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import yaml
 
+from tokenhub.api import keys
+from tokenhub.api.settings import api_port
 from tokenhub.cli import render
 from tokenhub.audit.replay import replay
 from tokenhub.audit.verify import verify
@@ -32,6 +35,7 @@ from tokenhub.contracts.events import UsageReported
 from tokenhub.contracts.money import line_amount
 from tokenhub.contracts.periods import parse
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+from tokenhub.infra.embedded import wait_for_port
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.db import create_pool
@@ -49,6 +53,7 @@ SETUP_TIME: Final = datetime(2026, 2, 27, 9, 0, tzinfo=ZONE)  # finance publishe
 NOW: Final = datetime(2026, 3, 15, 0, 5, tzinfo=ZONE)  # just after the demo day
 SETTLE_TIMEOUT_S: Final = 150.0
 RECOMPUTED_BU: Final = "cainiao"
+API_START_TIMEOUT_S: Final = 60.0
 
 # (consumer BU, weight, models it uses with weights, apps)
 CONSUMERS: Final = (
@@ -216,10 +221,40 @@ async def run(arguments: argparse.Namespace) -> int:
             await connection.close()
         await _report(pipeline, events, figures)
         replay_ok = await _close_and_replay(pipeline)
+        if arguments.keep:
+            print(f"\ndemo finished in {time.monotonic() - started:.0f} s.")
+            await _serve_dashboard(pipeline)
+            return 0 if replay_ok else 1
     finally:
         pipeline.stop()
-    print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything stopped.")
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything stopped.\n"
+          "To see the demo's data in the dashboard: tokenhub demo --keep (the same run, then its stack stays up,\n"
+          "serves the dashboard and prints a finance API key to sign in with; Ctrl-C stops everything).")
     return 0 if replay_ok else 1
+
+
+async def _serve_dashboard(pipeline: LocalPipeline) -> None:
+    """Serve the API and its dashboard on the demo's stack until SIGINT or SIGTERM."""
+    assert pipeline.services is not None and pipeline.endpoints is not None
+    port = api_port()
+    pipeline.services.start("api", extra_env={"TOKENHUB_API_PORT": str(port)})
+    await asyncio.to_thread(wait_for_port, "127.0.0.1", port, API_START_TIMEOUT_S, pipeline.state_dir / "logs" / "api.log")
+    connection = await asyncpg.connect(pipeline.endpoints.database_url)
+    try:
+        key_id, key = await keys.create(connection, "finance", None, "finance-ops", "the demo's dashboard",
+                                        datetime.now().astimezone(), None)
+    finally:
+        await connection.close()
+    print(f"\ndashboard on the demo's data: http://127.0.0.1:{port}/dashboard/\n"
+          f"  sign in with this finance key ({key_id}): {key}\n"
+          f"  api http://127.0.0.1:{port}/docs; the data lives in {pipeline.state_dir} until you stop\n"
+          "Ctrl-C stops everything.", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stopping.set)
+    await stopping.wait()
+    print("stopping the demo's stack ...", flush=True)
 
 
 async def _report(pipeline: LocalPipeline, events: list[UsageReported], figures: dict[str, int]) -> None:
@@ -285,4 +320,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="run the whole pipeline on a realistic day and print the results")
     demo.add_argument("--events", type=int, default=EVENTS_DEFAULT)
     demo.add_argument("--seed", type=int, default=SEED_DEFAULT)
+    demo.add_argument("--keep", action="store_true",
+                      help="after the run, keep the demo's stack up and serve the API and dashboard on its data until Ctrl-C")
     demo.set_defaults(handler=run)

@@ -221,6 +221,23 @@ async function operations() {
   const parked = (await json("/v1/parked", { limit: 100 })).items;
   page.append(h("h3", {}, "Parked consumption (waiting for a price)"), table(["event time", "payer", "model", "why"],
     parked.map(row => [row.event_time, row.payer_bu, row.model, row.reason])));
+  if (me.role === "bu-reader") return;  // lag and dead letters span every unit: finance, auditors and admins
+  const lag = await json("/v1/operations/lag");
+  page.append(h("h3", {}, "Lag per service (records not handled yet, outbox backlog)"),
+    table(["service", "records behind", "by topic", "outbox events"], lag.services.map(row => [row.service,
+      row.records_behind === null ? "unknown" : row.records_behind,
+      Object.entries(row.by_topic).map(([topic, behind]) => `${topic}: ${behind}`).join(", "),
+      row.outbox_events === null ? "unknown" : row.outbox_events]), [1, 3]));
+  page.lastChild.id = "lag";
+  if (lag.problems.length) page.append(h("p", { class: "bad" }, lag.problems.join("; ")));
+  const dead = await json("/v1/operations/deadletters", { limit: 100 });
+  page.append(h("h3", { id: "deadletter-total" }, `Dead letters: ${dead.total}`), table(["service", "records"],
+    Object.entries(dead.by_service).map(([service, count]) => [service, count]), [1]));
+  page.lastChild.id = "deadletter-counts";
+  page.append(table(["dead-lettered", "service", "from", "offset", "reason", "bytes"], dead.items.map(row => [
+    row.dead_lettered_at, row.service, `${row.source_topic}/${row.source_partition}`, row.source_offset, row.reason,
+    row.value_bytes]), [3, 5]));
+  page.lastChild.id = "deadletters";
 }
 
 // --- navigation --------------------------------------------------------------------

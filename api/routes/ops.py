@@ -8,19 +8,22 @@ from pathlib import Path
 from typing import Final
 
 import fastapi_offline
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 import orjson
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenhub.api import operations
 from tokenhub.api.access import Principal
 from tokenhub.api.models import Health, Me, Readiness
-from tokenhub.api.web import AUTH_ERRORS, UNAVAILABLE, hub_of, principal
+from tokenhub.api.web import AUTH_ERRORS, UNAVAILABLE, ApiError, hub_of, principal
 from tokenhub.contracts.periods import containing
+from tokenhub.infra.status import service_lags
 
 DOCS_ASSETS: Final = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL: Final = "/docs-assets"
+DEAD_LETTERS_LISTED_MAX: Final = 500
 
 router = APIRouter()
 
@@ -57,6 +60,32 @@ async def me(request: Request, who: Principal = Depends(principal)) -> Me:
     return Me(key_id=who.key_id, role=who.role.value, bu=who.bu, owner=who.owner,  # type: ignore[arg-type]
               currency=hub.settings.currency, timezone=hub.settings.timezone, period=month.name,
               period_start=month.start, period_end=month.end)
+
+
+def _operator(who: Principal) -> None:
+    if not who.reads_all:
+        raise ApiError(403, f"a {who.role.value} key may not read the operations figures (finance, auditor or admin keys may)")
+
+
+@router.get("/v1/operations/deadletters", responses=AUTH_ERRORS, tags=["operations"],
+            summary="Records the services dead-lettered (the deadletter topic): the count by service and the last ones")
+async def deadletters(request: Request, limit: int = Query(100, ge=1, le=DEAD_LETTERS_LISTED_MAX),
+                      who: Principal = Depends(principal)) -> Response:
+    _operator(who)
+    found = await operations.dead_letters(hub_of(request).settings, limit)
+    return Response(orjson.dumps({"total": found.total, "by_service": found.by_service, "items": found.items}),
+                     media_type="application/json")
+
+
+@router.get("/v1/operations/lag", responses=AUTH_ERRORS, tags=["operations"],
+            summary="Each service's lag: records on its input topics past its stored offsets, and its outbox backlog")
+async def lag(request: Request, who: Principal = Depends(principal)) -> Response:
+    _operator(who)
+    lags, problems = await service_lags(hub_of(request).settings)
+    return Response(orjson.dumps({"services": [{"service": each.service, "records_behind": each.records_behind,
+                                                "by_topic": each.by_topic, "outbox_events": each.outbox_events}
+                                               for each in lags], "problems": problems}),
+                    media_type="application/json")
 
 
 @router.get("/docs", include_in_schema=False)

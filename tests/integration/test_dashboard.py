@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from tests.integration.api_support import RunningApi, api  # noqa: F401 - a fixture
 from tests.integration.support import World, emit, read_counters, wait_settled
-from tokenhub.client.api import ApiClient
+from tokenhub.client.api import ApiClient, ApiError
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
@@ -150,3 +150,64 @@ async def test_a_business_units_reader_sees_only_its_own_unit(browser, world: Wo
         assert world.bu("maps") not in browser.find_element(By.ID, "page").text
     assert not browser.find_element(By.CSS_SELECTOR, 'nav a[data-page="overview"]').is_displayed()
     assert _console_errors(browser) == []
+
+
+async def _dead_letters_sent(settings, records: list[tuple[str, str, int]]) -> None:  # noqa: ANN001
+    """Dead letters as the services' runtime writes them: the record's bytes,
+    its origin and reason in `tokenhub_*` headers."""
+    from tokenhub.contracts.topics import DEAD_LETTER
+    from tokenhub.services.common.kafka import create_producer
+
+    producer = create_producer(settings.bootstrap_servers, "dashboard-tests", settings)
+    await producer.start()
+    try:
+        for service, topic, offset in records:
+            headers = [(f"tokenhub_{name}", str(value).encode()) for name, value in (
+                ("service", service), ("topic", topic), ("partition", 0), ("offset", offset),
+                ("reason", f"ValueError('poison at {offset}')"), ("dead_lettered_at", "2026-03-14T10:00:00+08:00"))]
+            await (await producer.send(DEAD_LETTER.name, b"x" * 7, key=topic.encode(), headers=headers))
+    finally:
+        await producer.stop()
+
+
+async def test_operations_shows_dead_letters_and_each_services_lag(browser, backend, world: World, api: RunningApi) -> None:  # noqa: ANN001, F811
+    from selenium.webdriver.common.by import By
+
+    from tokenhub.infra.pipeline import wait_until
+
+    key = await api.key("finance", owner="dashboard-operations")
+    async with ApiClient(api.url, key) as client:
+        before = await client.get("/v1/operations/deadletters")
+        await _dead_letters_sent(backend.settings, [("pricing", "usage.metered", 41), ("pricing", "usage.metered", 42),
+                                                    ("ledger", "tokens.priced", 7)])
+        after = await client.get("/v1/operations/deadletters", limit=2)
+        assert after["total"] == before["total"] + 3
+        assert after["by_service"]["pricing"] == before["by_service"].get("pricing", 0) + 2
+        assert after["by_service"]["ledger"] == before["by_service"].get("ledger", 0) + 1
+        assert [(row["service"], row["source_topic"], row["source_offset"], row["value_bytes"]) for row in after["items"]] == [
+            ("pricing", "usage.metered", 42, 7), ("ledger", "tokens.priced", 7, 7)]
+        assert after["items"][-1]["reason"] == "ValueError('poison at 7')"
+
+        async def caught_up() -> bool:
+            lag = await client.get("/v1/operations/lag")
+            return lag["problems"] == [] and all(row["records_behind"] == 0 and row["outbox_events"] == 0
+                                                 for row in lag["services"])
+        await wait_until(caught_up, 60, "every service to have handled every record (lag 0)")
+        lag = await client.get("/v1/operations/lag")
+        assert [row["service"] for row in lag["services"]] == ["metering", "pricing", "ledger", "invoicing"]
+        reader = await api.key("bu-reader", world.bu("shop"))
+    async with ApiClient(api.url, reader) as client:
+        for path in ("/v1/operations/lag", "/v1/operations/deadletters"):
+            with pytest.raises(ApiError) as refused:
+                await client.get(path)
+            assert refused.value.status == 403, path
+    browser.get(f"{api.url}/dashboard/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get("about:blank")
+    browser.get_log("browser")
+    _open(browser, api.url, key, "operations")
+    _shot(browser, "operations")
+    assert _console_errors(browser) == []
+    assert browser.find_element(By.ID, "deadletter-total").text == f"Dead letters: {after['total']}"
+    assert _table(browser, "deadletter-counts") == [[service, str(count)] for service, count in after["by_service"].items()]
+    assert [row[:2] for row in _table(browser, "lag")] == [[row["service"], "0"] for row in lag["services"]]
