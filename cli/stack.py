@@ -57,7 +57,8 @@ async def up(arguments: argparse.Namespace) -> int:
         raise CliError(str(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since"))))
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
     supervisor = StackSupervisor(stack, state_dir, {**with_http_port({}), "TOKENHUB_API_PORT": str(api_port())},
-                                 say=lambda line: print(line, flush=True), services=(*SERVICES, "api"))
+                                 say=lambda line: print(line, flush=True), services=(*SERVICES, "api"),
+                                 optional=frozenset({"api"}))
     try:
         await supervisor.start()
     except AlreadyRunning as error:

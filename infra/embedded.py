@@ -352,12 +352,16 @@ class EmbeddedStack:
             shutil.rmtree(self.postgres.data_dir, ignore_errors=True)
 
     def write_env_file(self, path: Path) -> None:
+        """Written whole and then renamed into place: it is rewritten after a
+        broker restart while commands in other terminals may be reading it."""
         endpoints = self.endpoints
-        path.write_text(
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(
             f"TOKENHUB_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}\n"
             f"TOKENHUB_DATABASE_URL={endpoints.database_url}\n"
             f"TOKENHUB_CLUSTER_ID={endpoints.cluster_id}\n"
         )
+        temporary.replace(path)
 
     def __enter__(self) -> StackEndpoints:
         return self.start()

@@ -181,9 +181,13 @@ class StackSupervisor:
     """Start the stack and the services, watch them, restart what dies, stop everything."""
 
     def __init__(self, stack: EmbeddedStack, state_dir: Path, extra_environment: dict[str, str],
-                 say: Callable[[str], None] = print, services: tuple[str, ...] = SERVICES) -> None:
+                 say: Callable[[str], None] = print, services: tuple[str, ...] = SERVICES,
+                 optional: frozenset[str] = frozenset()) -> None:
         """`extra_environment`: what the services get beyond the stack's endpoints
-        and client settings (ports, for example)."""
+        and client settings (ports, for example). `optional`: processes outside the
+        pipeline (the HTTP API) that are left stopped, saying so, when they keep
+        failing, instead of stopping the stack."""
+        self.optional = optional
         self.stack = stack
         self.state_dir = state_dir
         self.extra_environment = extra_environment
@@ -266,7 +270,15 @@ class StackSupervisor:
                 if node.process is not None and (code := node.process.poll()) is not None:
                     await self._recover_kafka_node(node_id, code)
         for name, code in self.services.exited().items():
-            await self._recover_service(name, code)
+            try:
+                await self._recover_service(name, code)
+            except GaveUp as error:
+                if name not in self.optional:
+                    raise
+                self.services.processes.pop(name, None)
+                self.watched[name].state = "failed"
+                self.say(f"{error}; leaving {name} stopped, the pipeline runs without it", warning=True)
+                self.write_status()
 
     def _fault(self, name: str, code: int, what: str) -> tuple[Fault, float]:
         watched = self.watched[name]

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 START_TIMEOUT_S = 120
 RECOVERY_TIMEOUT_S = 90
@@ -38,7 +42,15 @@ def status(cwd: Path) -> dict[str, Any]:
 
 
 def processes(cwd: Path) -> dict[str, dict[str, Any]]:
-    return {process["name"]: process for process in status(cwd).get("processes", [])}
+    """What the supervisor says of each process, read from its status file (polled
+    often: cheaper than `tokenhub status`, which also measures every lag)."""
+    try:
+        document = json.loads((cwd / ".tokenhub" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if document.get("state") != "running":
+        return {}
+    return {process["name"]: process for process in document.get("processes", [])}
 
 
 def wait_for(what: str, check: Any, timeout_s: float = RECOVERY_TIMEOUT_S) -> Any:
@@ -79,6 +91,18 @@ def restarted(cwd: Path, name: str, old_pid: int, restarts: int) -> dict[str, An
     if process and process["restarts"] == restarts and process["state"] == "running" and process["pid"] != old_pid:
         return process
     return None
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A folder of its own under the system's temporary folder, not under pytest's:
+    pytest closes its base folder (mode 0700) at the start of every session, and
+    PostgreSQL, run as its own user, must traverse the parents of its data folder."""
+    folder = Path(tempfile.mkdtemp(prefix="tokenhub-up-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_up_refuses_a_second_up_and_restarts_what_dies(tmp_path: Path) -> None:
