@@ -151,7 +151,15 @@ class Runtime:
         """Run a long-running task under supervision (`supervision.supervise`):
         retried while the infrastructure is away, the process ended on any other
         failure. Cancelled at stop."""
-        task = asyncio.create_task(supervise(name, run, exit=self.exit), name=name)
+        async def run_on_fresh_connections() -> None:
+            try:
+                await run()
+            except Exception as error:
+                if is_infrastructure(error):
+                    await self.expire_connections()
+                raise
+
+        task = asyncio.create_task(supervise(name, run_on_fresh_connections, exit=self.exit), name=name)
         self._tasks.append(task)
         return task
 
@@ -175,6 +183,14 @@ class Runtime:
                 log.warning("relay_at_stop_failed", error=repr(error))
         await self._disconnect()
         log.info("service_stopped", service=self.service)
+
+    async def expire_connections(self) -> None:
+        """After the database failed a call: every pooled connection is replaced
+        at its next use. A connection the server dropped while it sat idle in the
+        pool would otherwise fail the first call made on it after a restart, in
+        asyncpg's own words ("another operation is in progress")."""
+        if self.pool is not None:
+            await self.pool.expire_connections()
 
     def now(self):  # noqa: ANN201 - datetime
         return clock(self.settings)
@@ -223,6 +239,7 @@ class Runtime:
             except Exception as error:
                 if not is_infrastructure(error) or loop.time() >= deadline:
                     raise
+                await self.expire_connections()
                 delay = min(backoff.next(), max(deadline - loop.time(), 0.0))
                 log.warning("batch_paused_infrastructure_unavailable", error=repr(error), retry_in_s=delay)
                 await asyncio.sleep(delay)

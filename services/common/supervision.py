@@ -40,6 +40,12 @@ DATABASE_UNAVAILABLE: Final[tuple[type[BaseException], ...]] = (
     asyncpg.IdleSessionTimeoutError,  # 57P05
     asyncpg.TooManyConnectionsError,  # 53300: restarted processes reconnect before the old sessions end
     asyncpg.InterfaceError,  # the client's side of a lost connection ("connection is closed")
+    # A connection the server ended while it sat idle in the pool (fast shutdown sends
+    # FATAL 57P01, then closes) and was handed out before the close arrived: asyncpg
+    # finds its protocol still consuming that error and refuses the next call with
+    # "cannot switch to state ...; another operation (2) is in progress". Seen when
+    # PostgreSQL was stopped under the ledger; the pool then replaces every connection.
+    asyncpg.InternalClientError,
 )
 NETWORK_UNAVAILABLE: Final[tuple[type[BaseException], ...]] = (
     ConnectionError,

@@ -97,6 +97,7 @@ class Tally:
     revenue: Decimal = Decimal(0)
     served: int = 0
     priced_events: int = 0
+    tokens_by_event: list[int] = field(default_factory=list)
 
     def add(self, consumer: str, tokens: dict[str, int]) -> None:
         """By hand: each payer's share of every class, times the book's price per million."""
@@ -110,6 +111,7 @@ class Tally:
         total = sum(tokens.values())
         self.consumed[consumer] += total
         self.served += total
+        self.tokens_by_event.append(total)
 
 
 def _documents(now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -156,6 +158,8 @@ class Chaos:
         self.plan = plan
         self.tally = tally
         self.sent = 0
+        self.sent_tokens = 0
+        self.holding_back = False
         self.sending_done = asyncio.Event()
         self.faults_done = asyncio.Event()
         self.faults: list[FaultRecord] = []
@@ -185,8 +189,10 @@ class Chaos:
         held_back = len(events) - len(events) // 20
         async with httpx.AsyncClient(timeout=30) as client:
             for offset in range(0, len(events), BATCH_EVENTS):
-                if offset >= held_back:
+                if offset >= held_back and not self.faults_done.is_set():
+                    self.holding_back = True
                     await self.faults_done.wait()
+                    self.holding_back = False
                 batch = events[offset:offset + BATCH_EVENTS]
                 body = b"[" + b",".join(batch) + b"]"
                 started = time.monotonic()
@@ -208,6 +214,7 @@ class Chaos:
                     await asyncio.sleep(min(0.2 * attempts, 2.0))
                 self.retried_batches += attempts > 1
                 self.sent = offset + len(batch)
+                self.sent_tokens += sum(self.tally.tokens_by_event[offset:offset + len(batch)])
                 await asyncio.sleep(max(0.0, pause - (time.monotonic() - started)))
         self.sending_done.set()
 
@@ -251,8 +258,8 @@ class Chaos:
         deadline = killed + PROGRESS_DEADLINE_S
         while time.monotonic() < deadline:
             tokens = await self.posted_tokens()
-            if tokens is not None and tokens >= self.tally.served:
-                break  # nothing left to post: no progress to wait for
+            if tokens is not None and tokens >= self.sent_tokens and self.holding_back:
+                break  # everything sent is posted and no more comes until the faults are over
             if tokens is not None and tokens_before is not None and tokens > tokens_before:
                 record.progress_s = round(time.monotonic() - killed, 2)
                 break

@@ -39,6 +39,7 @@ INFRASTRUCTURE = [
     asyncpg.TooManyConnectionsError("sorry, too many clients already"),
     asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     asyncpg.InterfaceError("connection is closed"),
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
     ConnectionRefusedError(111, "Connection refused"),
     ConnectionResetError(104, "Connection reset by peer"),
     FileNotFoundError(2, "No such file or directory"),  # a Unix socket gone with its server
