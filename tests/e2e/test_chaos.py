@@ -36,6 +36,7 @@ from tests.e2e.test_supervision import (  # noqa: F401 - tmp_path is the fixture
 )
 from tokenhub.client import usage_event
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.infra.pipeline import counters
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -47,6 +48,8 @@ SEND_DEADLINE_S = 180.0
 """How long one batch may take to be acknowledged, through every restart in its way."""
 RESTART_DEADLINE_S = 120.0
 PROGRESS_DEADLINE_S = 90.0
+STALLED_S = 180.0
+"""A ledger that posts nothing for this long while Tokens are missing has lost them."""
 SERVICES = ("metering", "pricing", "ledger", "invoicing")
 CLASSES = ("input", "cache_read", "output", "reasoning")
 PRICES = {"input": Decimal("2.4"), "cache_read": Decimal("0.48"), "output": Decimal("9.6"), "reasoning": Decimal("9.6")}
@@ -178,6 +181,15 @@ class Chaos:
                 "select coalesce(sum(debit_total), 0) from ledger.balances where ledger = 'tokens'"))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return None
+        finally:
+            await connection.close()
+
+    async def counters(self) -> dict[str, int]:
+        """The services' own counters: never compared with the tally, only shown
+        when the tally is not reached, to say at which hop the Tokens stopped."""
+        connection = await asyncpg.connect(self.endpoints["database_url"], timeout=5)
+        try:
+            return await counters(connection)
         finally:
             await connection.close()
 
@@ -325,10 +337,17 @@ async def run_chaos(tmp_path: Path, plan: Plan) -> dict[str, Any]:
         sent_s = time.monotonic() - started
 
         deadline = time.monotonic() + plan.settle_deadline_s
+        last, last_change = None, time.monotonic()
         while (tokens := await chaos.posted_tokens()) != tally.served:  # the debits: Tokens consumed
-            assert time.monotonic() < deadline, (
-                f"the ledger holds {tokens} of {tally.served} Tokens {plan.settle_deadline_s:.0f} s after the last "
-                f"event was acknowledged: {_matches(await asyncio.to_thread(_balances, tmp_path), tally)[:8]}")
+            if tokens != last:
+                last, last_change = tokens, time.monotonic()
+            now_s = time.monotonic()
+            if now_s > deadline or now_s - last_change > STALLED_S:
+                raise AssertionError(
+                    f"the ledger holds {tokens} of {tally.served} Tokens, unchanged for {now_s - last_change:.0f} s, "
+                    f"{now_s - (deadline - plan.settle_deadline_s):.0f} s after the last event was acknowledged: "
+                    f"{_matches(await asyncio.to_thread(_balances, tmp_path), tally)[:8]}; "
+                    f"the services' own counters, for diagnosis only: {await chaos.counters()}")
             await asyncio.sleep(0.5)
         settled_s = time.monotonic() - started
         differences = _matches(await asyncio.to_thread(_balances, tmp_path), tally)
