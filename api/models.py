@@ -58,6 +58,36 @@ class Readiness(Body):
     webhooks: bool
 
 
+class ServiceLagRow(Body):
+    service: str
+    records_behind: int | None = Field(description="records on its input topics past its stored offsets (null: broker unreachable)")
+    by_topic: dict[str, int]
+    outbox_events: int | None = Field(description="events written but not yet published (null: database unreachable)")
+
+
+class ServiceLags(Body):
+    services: list[ServiceLagRow]
+    problems: list[str]
+
+
+class DeadLetterRow(Body):
+    position: int = Field(description="its place on the deadletter topic, from 0")
+    service: str
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+    reason: str
+    dead_lettered_at: str
+    key: str | None
+    value_bytes: int
+
+
+class DeadLetterSummary(Body):
+    total: int
+    by_service: dict[str, int]
+    items: list[DeadLetterRow] = Field(description="the last ones, oldest first")
+
+
 # --- quota ------------------------------------------------------------------------------
 
 class QuotaScope(Body):

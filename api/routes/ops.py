@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenhub.api import operations
 from tokenhub.api.access import Principal
-from tokenhub.api.models import Health, Me, Readiness
+from tokenhub.api.models import DeadLetterSummary, Health, Me, Readiness, ServiceLags
 from tokenhub.api.web import AUTH_ERRORS, UNAVAILABLE, ApiError, hub_of, principal
 from tokenhub.contracts.periods import containing
 from tokenhub.infra.status import service_lags
@@ -67,7 +67,7 @@ def _operator(who: Principal) -> None:
         raise ApiError(403, f"a {who.role.value} key may not read the operations figures (finance, auditor or admin keys may)")
 
 
-@router.get("/v1/operations/deadletters", responses=AUTH_ERRORS, tags=["operations"],
+@router.get("/v1/operations/deadletters", response_model=DeadLetterSummary, responses=AUTH_ERRORS, tags=["operations"],
             summary="Records the services dead-lettered (the deadletter topic): the count by service and the last ones")
 async def deadletters(request: Request, limit: int = Query(100, ge=1, le=DEAD_LETTERS_LISTED_MAX),
                       who: Principal = Depends(principal)) -> Response:
@@ -77,7 +77,7 @@ async def deadletters(request: Request, limit: int = Query(100, ge=1, le=DEAD_LE
                      media_type="application/json")
 
 
-@router.get("/v1/operations/lag", responses=AUTH_ERRORS, tags=["operations"],
+@router.get("/v1/operations/lag", response_model=ServiceLags, responses=AUTH_ERRORS, tags=["operations"],
             summary="Each service's lag: records on its input topics past its stored offsets, and its outbox backlog")
 async def lag(request: Request, who: Principal = Depends(principal)) -> Response:
     _operator(who)
