@@ -44,6 +44,34 @@ class PricedFigures(msgspec.Struct, frozen=True):
 FIGURES_DECODER: Final = msgspec.json.Decoder(PricedFigures)
 
 
+class PricedFacts(msgspec.Struct, frozen=True):
+    """A Priced as verify and repricing read it (from a journal row or the log): the fields its entry
+    copies and the checks use, decoded without building the rest (its lines stay
+    the bytes they are, which the entry copies as they are). The types are the
+    contract's: an amount is a string, a Token count an integer."""
+
+    id: str
+    kind: str
+    consumed_id: str
+    event_time: str
+    payer_bu: str
+    consumer_bu: str
+    provider_bu: str
+    model: str
+    currency: str
+    lines: msgspec.Raw
+    total_amount: str
+    total_tokens: int
+    book_id: str | None = None
+    book_version: int | None = None
+    app: str | None = None
+    corrects_id: str | None = None
+    invoice_id: str | None = None
+
+
+PRICED_DECODER: Final = msgspec.json.Decoder(PricedFacts)
+
+
 def figures(event: Mapping[str, Any]) -> PricedFigures:
     """The figures of an event already parsed whole (from a topic, say); `rebuild` checks them with `exact`."""
     return PricedFigures(event["id"], event["event_time"], event["payer_bu"], event["provider_bu"], event["consumer_bu"],
@@ -69,14 +97,14 @@ def zero() -> dict[str, Decimal]:
     return dict.fromkeys(FIGURES, Decimal(0))
 
 
-def rebuild(events: Iterable[PricedFigures | Mapping[str, Any]], as_of: datetime | None = None,
+def rebuild(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]], as_of: datetime | None = None,
             amounts: dict[str, Decimal] | None = None) -> Balances:
     """Balances straight from Priced events: spend of the payer and revenue of
     the provider; Tokens consumed by the consumer and served by the provider.
     `amounts` replaces recorded amounts by recomputed ones (by Priced id)."""
     totals: Balances = defaultdict(zero)
     for event in events:
-        if type(event) is not PricedFigures:
+        if isinstance(event, Mapping):
             event = figures(event)
         if as_of is not None and parse_time(event.event_time) > as_of:
             continue

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 import msgspec
 
-from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES_DECODER, Balances, Difference, PricedFigures, diff, figures_of, rebuild
-from tokenhub.audit.log import Progress, event_id, loads_many, read_topic, silent
+from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES_DECODER, PRICED_DECODER, PricedFacts, Balances, Difference, PricedFigures, diff, figures_of, rebuild
+from tokenhub.audit.log import Progress, event_id, read_topic, silent
 from tokenhub.audit.reprice import Repricing, load_pricing_inputs, reprice
 from tokenhub.contracts.topics import TOKENS_PRICED
 
@@ -23,19 +23,19 @@ SELECT_JOURNAL_AS_OF: Final = ACCOUNT_TOTALS.format(where="where j.event_time <=
 
 
 async def priced_from_topic(bootstrap_servers: str, expected: int, idle_timeout_s: float,
-                            progress: Progress = silent) -> tuple[list[dict[str, Any]], int]:
+                            progress: Progress = silent) -> tuple[list[PricedFacts], int]:
     """Distinct Priced on tokens.priced, the first copy of each id kept (the one
     the ledger posted), and how many later copies had other content."""
     records = await read_topic(bootstrap_servers, TOKENS_PRICED.name, expected=expected, idle_timeout_s=idle_timeout_s,
                                distinct=event_id, progress=progress)
-    kept: dict[str, dict[str, Any]] = {}
+    kept: dict[str, PricedFacts] = {}
     conflicts = 0
     for record in records:
         try:
-            event = loads_many(record.value)
-        except ValueError:
+            event = PRICED_DECODER.decode(record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # the ledger dead-letters what it cannot read; so does replay
-        previous = kept.setdefault(event["id"], event)
+        previous = kept.setdefault(event.id, event)
         if previous is not event and previous != event:
             conflicts += 1
     return list(kept.values()), conflicts
@@ -52,9 +52,12 @@ async def priced_from_archive(connection: asyncpg.Connection) -> list[PricedFigu
         raise NotReadable(f"an archived Priced cannot be read: {error}") from None
 
 
-async def priced_events_from_archive(connection: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Whole events, for repricing, which needs their lines and causes."""
-    return [loads_many(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+async def priced_events_from_archive(connection: asyncpg.Connection) -> list[PricedFacts]:
+    """The facts repricing needs as well (causes, book versions)."""
+    try:
+        return [PRICED_DECODER.decode(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise NotReadable(f"a Priced in the journal cannot be read: {error}") from None
 
 
 async def projection(connection: asyncpg.Connection, as_of: datetime | None) -> Balances:
@@ -92,13 +95,13 @@ async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: s
     async with pool.acquire() as connection:
         expected = await connection.fetchval(SELECT_ARCHIVE_COUNT)
         projected = await projection(connection, as_of)
-        archived: list[PricedFigures] | list[dict[str, Any]] | None = None
+        archived: list[PricedFigures] | list[PricedFacts] | None = None
         if source == "archive":
             # Repricing needs whole events; rebuilding balances needs their figures only.
             archived = await (priced_events_from_archive if with_reprice else priced_from_archive)(connection)
         inputs = await load_pricing_inputs(connection) if with_reprice else None
     conflicts = 0
-    events: list[PricedFigures] | list[dict[str, Any]]
+    events: list[PricedFigures] | list[PricedFacts]
     if archived is not None:
         events = archived
         progress("read ledger.journal", len(events), len(events))
@@ -109,7 +112,7 @@ async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: s
     rebuilt = rebuild(events, as_of)
     report = ReplayReport(len(events), rebuilt, projected, diff(rebuilt, projected, bu), source, as_of, bu, conflicts)
     if inputs is not None:
-        scoped = [event for event in events if bu is None or bu in (event["payer_bu"], event["consumer_bu"], event["provider_bu"])]
+        scoped = [event for event in events if bu is None or bu in (event.payer_bu, event.consumer_bu, event.provider_bu)]
         report.repricing = reprice(scoped if bu else events, *inputs)
         repriced = rebuild(events, as_of, report.repricing.amounts)
         report.repriced_differences = diff(repriced, projected, bu)

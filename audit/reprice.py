@@ -4,12 +4,14 @@ from pricing's stored rows, none of pricing's code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Final
 
 import asyncpg
 
+from tokenhub.audit.balances import PricedFacts
 from tokenhub.audit.log import exact, loads
 
 QUANTUM: Final = Decimal("0.000000000001")
@@ -75,39 +77,38 @@ async def load_pricing_inputs(connection: asyncpg.Connection) -> tuple[dict[str,
     return consumed, books
 
 
-def reprice(events: list[dict[str, Any]], consumed: dict[str, dict], books: dict[tuple[str, int], dict]) -> Repricing:
+def reprice(events: Sequence[PricedFacts], consumed: dict[str, dict], books: dict[tuple[str, int], dict]) -> Repricing:
     """Every Priced's amount from its TokenConsumed and its book version;
     a reversal is the negative of what it reverses, recomputed the same way."""
     result = Repricing()
-    by_id = {event["id"]: event for event in events}
+    by_id = {event.id: event for event in events}
 
-    def recomputed(event: dict[str, Any]) -> Decimal:
-        source = consumed.get(event["consumed_id"])
+    def recomputed(event: PricedFacts) -> Decimal:
+        source = consumed.get(event.consumed_id)
         if source is None:
-            raise NotRecomputable(f"no TokenConsumed {event['consumed_id']} in metering's record")
-        book = books.get((event["book_id"], event["book_version"]))
+            raise NotRecomputable(f"no TokenConsumed {event.consumed_id} in metering's record")
+        book = books.get((event.book_id or "", event.book_version or 0))
         if book is None:
-            raise NotRecomputable(f"no price book {event['book_id']} v{event['book_version']}")
+            raise NotRecomputable(f"no price book {event.book_id} v{event.book_version}")
         return sum((line[3] for line in recompute_lines(source, book)), Decimal(0))
 
     for event in events:
-        kind = event.get("kind", "charge")
+        kind = event.kind
         try:
             if kind == "adjustment":
                 result.kept += 1
                 continue
             if kind == "reversal":
-                reversed_event = by_id.get(event.get("corrects_id") or "")
+                reversed_event = by_id.get(event.corrects_id or "")
                 if reversed_event is None:
-                    raise NotRecomputable(f"reverses {event.get('corrects_id')}, which is not in the log")
+                    raise NotRecomputable(f"reverses {event.corrects_id}, which is not in the log")
                 amount = -recomputed(reversed_event)
             else:
                 amount = recomputed(event)
         except NotRecomputable as why:
-            result.unrecomputable.append((event["id"], str(why)))
+            result.unrecomputable.append((event.id, str(why)))
             continue
-        result.amounts[event["id"]] = amount
-        if amount != exact(event["total_amount"]):
-            result.mismatches.append((event["id"], kind, exact(event["total_amount"]), amount))
+        result.amounts[event.id] = amount
+        if amount != exact(event.total_amount):
+            result.mismatches.append((event.id, kind, exact(event.total_amount), amount))
     return result
-

@@ -8,22 +8,24 @@ it: a journal row by chain, sequence and the Priced it posts; an event by its id
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, localcontext
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import msgspec
 import orjson
 
-from tokenhub.audit.balances import ACCOUNT_TOTALS, diff, figures_of, rebuild
+from tokenhub.audit.balances import ACCOUNT_TOTALS, PRICED_DECODER, PricedFacts, diff, figures_of, rebuild
 from tokenhub.audit.log import Progress, TopicRecord, loads, loads_many, read_topic, silent
 from tokenhub.audit.replay import SELECT_PROJECTION
 from tokenhub.audit.reprice import load_pricing_inputs, reprice
 from tokenhub.contracts.accounts import account_name, parse_account
-from tokenhub.contracts.ids import posted_id
+from tokenhub.contracts.ids import NAMESPACE
 from tokenhub.contracts.periods import parse_time
 from tokenhub.contracts.topics import LEDGER_POSTED
 
@@ -92,142 +94,236 @@ def row_name(chain: str, sequence: int, priced_id: object) -> str:
 # --- chains ------------------------------------------------------------------------------
 
 # Each chain in sequence order, through the journal's (chain, sequence) index,
-# from a server-side cursor in batches.
+# from a server-side cursor in batches. The amount comes as its text at the
+# fixed scale: it is compared with the Priced's text, not computed with.
 SELECT_JOURNAL: Final = """
-select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
-       tokens, entry_hash, priced
+select priced_id::text as priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit,
+       amount::text as amount, tokens_debit, tokens_credit, tokens, entry_hash, priced
 from ledger.journal
 where $1::text is null or chain = $1
 order by chain, sequence
+"""
+SELECT_ENTRIES_AT: Final = """
+select chain, sequence, posted_at, priced from ledger.journal where (chain, sequence) in (select * from unnest($1::text[], $2::bigint[]))
 """
 SELECT_HEADS: Final = "select chain, sequence, head_hash from ledger.chains where $1::text is null or chain = $1"
 FETCH_ROWS: Final = 5_000
 """Journal rows per fetch from the cursor: a few MB."""
 
-ENTRY_FIELDS_FROM_PRICED: Final = ("event_time", "kind", "corrects_id", "payer_bu", "consumer_bu", "provider_bu", "app",
-                                   "model", "book_id", "book_version", "currency", "lines", "invoice_id")
-"""What a LedgerPosted carries as its Priced has it."""
 ZERO_TEXT: Final = "0.000000000000"
+SCALE_SUFFIX: Final = ".000000000000"
+"""A whole Token count written as a quantity at the fixed scale."""
+
+
+class _Leg(msgspec.Struct, frozen=True):
+    """A posting, its fields in sorted order: encoded, it is its canonical JSON."""
+
+    account: str
+    credit: str
+    debit: str
+    ledger: str
+
+
+class _Entry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """A LedgerPosted without its hash, its fields declared (so encoded) in
+    sorted order and the absent ones omitted: encoded, it is the canonical JSON
+    the hash covers."""
+
+    amount: str
+    app: str | None = None
+    book_id: str | None = None
+    book_version: int | None = None
+    cause_id: str
+    chain: str
+    consumer_bu: str
+    corrects_id: str | None = None
+    currency: str
+    event_time: str
+    id: str
+    invoice_id: str | None = None
+    kind: str
+    lines: msgspec.Raw
+    model: str
+    payer_bu: str
+    posted_at: str
+    postings: msgspec.Raw
+    previous_hash: str
+    priced_id: str
+    provider_bu: str
+    schema_version: int
+    sequence: int
+    tokens: int
+    type: str
+
+
+if list(_Entry.__struct_fields__) != sorted(_Entry.__struct_fields__) or list(_Leg.__struct_fields__) != sorted(_Leg.__struct_fields__):
+    raise RuntimeError("an entry's fields must be declared in sorted order: they are encoded in that order")
+_ENCODER: Final = msgspec.json.Encoder()
 
 
 def _transfer(debit_account: str, credit_account: str, quantity: str) -> tuple[str, str, str]:
     """(debit account, credit account, quantity) for a quantity written at the
     fixed scale; a negative one moves the other way round. A negative zero
     moves nothing and keeps its sign, as the ledger wrote it."""
-    if quantity.startswith("-") and quantity.strip("-0.") != "":
+    if quantity[0] == "-" and quantity.strip("-0.") != "":
         return credit_account, debit_account, quantity[1:]
     return debit_account, credit_account, quantity
 
 
-def expected_transfers(priced: dict[str, Any]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+Transfers = tuple[tuple[str, str, str], tuple[str, str, str]]
+"""Money and Tokens: (debit account, credit account, quantity at the fixed scale) each."""
+
+
+def expected_transfers(priced: PricedFacts) -> Transfers:
     """The chart of accounts applied to a Priced, written out here: money from
     the payer's spend to the provider's revenue, Tokens from the consumer's
     consumed to the provider's served."""
-    tokens = priced["total_tokens"]
-    if type(tokens) is not int:
-        raise TypeError(f"total_tokens {tokens!r} is not an integer")
-    money = _transfer(account_name(priced["payer_bu"], "spend"), account_name(priced["provider_bu"], "revenue"),
-                      priced["total_amount"])
-    goods = _transfer(account_name(priced["consumer_bu"], "consumed"), account_name(priced["provider_bu"], "served"),
-                      f"{tokens}{SCALE_SUFFIX}")
+    money = _transfer(f"bu:{priced.payer_bu}:spend", f"bu:{priced.provider_bu}:revenue", priced.total_amount)
+    goods = _transfer(f"bu:{priced.consumer_bu}:consumed", f"bu:{priced.provider_bu}:served",
+                      f"{priced.total_tokens}{SCALE_SUFFIX}")
     return money, goods
 
 
-SCALE_SUFFIX: Final = ".000000000000"
-"""A whole Token count written as a quantity at the fixed scale."""
+_NAMESPACE: Final = NAMESPACE.bytes
 
 
-def entry_content(priced: dict[str, Any], chain: str, sequence: int, previous_hash: str, posted_at: datetime) -> dict[str, Any]:
-    """The entry a journal row stands for, as the ledger published it (its
-    hash covers this): the Priced's fields, its movements, its chain place."""
-    content = {name: priced[name] for name in ENTRY_FIELDS_FROM_PRICED if name in priced}
-    content.update(
-        id=str(posted_id(priced["id"])), schema_version=1, cause_id=priced["id"], type="ledger.posted",
-        priced_id=priced["id"], amount=priced["total_amount"], tokens=priced["total_tokens"], chain=chain,
-        sequence=sequence, previous_hash=previous_hash,
-        posted_at=posted_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        postings=[leg for ledger, (debit_account, credit_account, quantity) in zip(("money", "tokens"), expected_transfers(priced))
-                  for leg in ({"ledger": ledger, "account": debit_account, "debit": quantity, "credit": ZERO_TEXT},
-                              {"ledger": ledger, "account": credit_account, "debit": ZERO_TEXT, "credit": quantity})])
-    return content
+def posted_id_text(priced_id: str) -> str:
+    """The id of the LedgerPosted that posts a Priced, written out here: uuid5
+    over the Token Hub namespace and "posted", the unit separator, the Priced id."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE + b"posted\x1f" + priced_id.encode(), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-@dataclass(frozen=True)
-class StoredEntry:
+def posted_at_text(posted_at: datetime) -> str:
+    """A posting time as an entry writes it: UTC, `Z`, microseconds when there are any."""
+    return posted_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_NEEDS_ESCAPING: Final = re.compile(r'["\\\x00-\x1f]')
+
+
+def _postings(transfers: Transfers) -> msgspec.Raw:
+    """The four legs' canonical JSON. Written directly when no name or quantity
+    needs escaping in JSON (accounts are made of slugs, quantities of digits),
+    else encoded field by field."""
+    (money_debit, money_credit, amount), (tokens_debit, tokens_credit, tokens) = transfers
+    if _NEEDS_ESCAPING.search(f"{money_debit}{money_credit}{amount}{tokens_debit}{tokens_credit}{tokens}") is None:
+        return msgspec.Raw(
+            f'[{{"account":"{money_debit}","credit":"{ZERO_TEXT}","debit":"{amount}","ledger":"money"}},'
+            f'{{"account":"{money_credit}","credit":"{amount}","debit":"{ZERO_TEXT}","ledger":"money"}},'
+            f'{{"account":"{tokens_debit}","credit":"{ZERO_TEXT}","debit":"{tokens}","ledger":"tokens"}},'
+            f'{{"account":"{tokens_credit}","credit":"{tokens}","debit":"{ZERO_TEXT}","ledger":"tokens"}}]'.encode())
+    return msgspec.Raw(_ENCODER.encode((
+        _Leg(money_debit, ZERO_TEXT, amount, "money"), _Leg(money_credit, amount, ZERO_TEXT, "money"),
+        _Leg(tokens_debit, ZERO_TEXT, tokens, "tokens"), _Leg(tokens_credit, tokens, ZERO_TEXT, "tokens"))))
+
+
+def entry_bytes(priced: PricedFacts, chain: str, sequence: int, previous_hash: str, posted_at: str,
+                transfers: Transfers | None = None) -> bytes:
+    """The canonical JSON of the entry a journal row stands for, as the ledger
+    published it without its hash: the Priced's fields, its movements in the
+    chart of accounts, its chain place and posting time."""
+    return _ENCODER.encode(_Entry(
+        amount=priced.total_amount, cause_id=priced.id, chain=chain, consumer_bu=priced.consumer_bu,
+        currency=priced.currency, event_time=priced.event_time, id=posted_id_text(priced.id), kind=priced.kind,
+        lines=priced.lines, model=priced.model, payer_bu=priced.payer_bu, posted_at=posted_at,
+        postings=_postings(transfers or expected_transfers(priced)), previous_hash=previous_hash, priced_id=priced.id,
+        provider_bu=priced.provider_bu, schema_version=1, sequence=sequence, tokens=priced.total_tokens,
+        type="ledger.posted", app=priced.app, book_id=priced.book_id, book_version=priced.book_version,
+        corrects_id=priced.corrects_id, invoice_id=priced.invoice_id))
+
+
+def entry_content(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime) -> dict[str, Any]:
+    """The same entry as a JSON object, to name the fields where it differs from a published one."""
+    return loads_many(entry_bytes(PRICED_DECODER.decode(priced), chain, sequence, previous_hash, posted_at_text(posted_at)))
+
+
+def entry_hash_of(entry: bytes, previous_hash: str) -> str:
+    return hashlib.sha256(previous_hash.encode() + b"\n" + entry).hexdigest()
+
+
+class StoredEntry(NamedTuple):
     chain: str
     sequence: int
     priced_id: str
     entry_hash: str
-    content: dict[str, Any]
 
 
-def _transfer_differs(row: asyncpg.Record, priced: dict[str, Any]) -> list[str]:
+def _transfer_differs(row: asyncpg.Record, priced: PricedFacts, transfers: Transfers) -> list[str]:
     """What of a journal row's own columns disagrees with its Priced."""
-    (money_debit, money_credit, amount), (tokens_debit, tokens_credit, tokens) = expected_transfers(priced)
+    (money_debit, money_credit, amount), (tokens_debit, tokens_credit, tokens) = transfers
     differing = []
-    if (row["money_debit"], row["money_credit"]) != (money_debit, money_credit) or row["amount"] != Decimal(amount):
+    if row["money_debit"] != money_debit or row["money_credit"] != money_credit or row["amount"] != amount.lstrip("-"):
         differing.append("money")
-    if (row["tokens_debit"], row["tokens_credit"]) != (tokens_debit, tokens_credit) or f"{row['tokens']}{SCALE_SUFFIX}" != tokens:
+    if (row["tokens_debit"] != tokens_debit or row["tokens_credit"] != tokens_credit
+            or f"{row['tokens']}{SCALE_SUFFIX}" != tokens.lstrip("-")):
         differing.append("tokens")
-    if row["chain"] != priced.get("payer_bu"):
+    if row["chain"] != priced.payer_bu:
         differing.append("chain")
-    if not _same_time(priced.get("event_time"), row["event_time"]):
+    if not _same_time(priced.event_time, row["event_time"]):
         differing.append("event_time")
-    if str(row["priced_id"]) != priced.get("id"):
+    if row["priced_id"] != priced.id:
         differing.append("priced_id")
     return differing
 
 
-def _same_time(text: Any, stored: datetime) -> bool:
+def _same_time(text: str, stored: datetime) -> bool:
     try:
         return parse_time(text) == stored
     except (TypeError, ValueError):
-        return False  # missing, not a time, or without its zone: it cannot be the stored time
+        return False  # not a time, or without its zone: it cannot be the stored time
 
 
-@dataclass(frozen=True)
-class EntryFact:
+class EntryFact(NamedTuple):
     name: str
-    priced: dict[str, Any]
+    priced: PricedFacts
 
 
 async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check, posts: Check,
                        progress: Progress = silent) -> tuple[dict[str, list[StoredEntry]], list[EntryFact]]:
     """Recompute every entry from the Priced its row holds and its place in the
     chain, hash it and check the stored hash, the links, the sequences and the
-    stored heads; check the row's movements against its Priced (`posts`)."""
+    stored heads; check the row's movements against its Priced (`posts`).
+    Streams each chain in order from a server-side cursor, a batch of rows at
+    a time; keeps per entry its place, hash and the Priced's facts."""
     stored: dict[str, list[StoredEntry]] = defaultdict(list)
     facts: list[EntryFact] = []
     previous: dict[str, tuple[int, str]] = {}
+    posted_at: tuple[datetime | None, str] = (None, "")
+    decode = PRICED_DECODER.decode
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         total = await connection.fetchval(COUNT_ENTRIES, scope)
         cursor = await connection.cursor(SELECT_JOURNAL, scope)
         while rows := await cursor.fetch(FETCH_ROWS):
             for row in rows:
-                chains.examined += 1
-                chain, sequence = row["chain"], row["sequence"]
-                name = row_name(chain, sequence, row["priced_id"])
+                chain, sequence, priced_id = row["chain"], row["sequence"], row["priced_id"]
                 last_sequence, last_hash = previous.get(chain, (0, GENESIS))
-                if sequence != last_sequence + 1:
-                    chains.fail(name, f"sequence follows {last_sequence}: entries missing or repeated")
                 stored_hash = row["entry_hash"].hex()
                 previous[chain] = (sequence, stored_hash)
+                if sequence != last_sequence + 1:
+                    chains.fail(row_name(chain, sequence, priced_id), f"sequence follows {last_sequence}: entries missing or repeated")
+                if row["posted_at"] != posted_at[0]:  # a batch of entries shares its posting time
+                    posted_at = (row["posted_at"], posted_at_text(row["posted_at"]))
                 try:
-                    priced = loads_many(row["priced"])
-                    content = entry_content(priced, chain, sequence, last_hash, row["posted_at"])
-                    recomputed = hashlib.sha256(last_hash.encode() + b"\n" + canonical(content)).hexdigest()
-                except (ValueError, KeyError, TypeError, AttributeError) as error:
-                    chains.fail(name, f"its Priced cannot be read: {error!r}")
+                    priced = decode(row["priced"])
+                    transfers = expected_transfers(priced)
+                    recomputed = entry_hash_of(entry_bytes(priced, chain, sequence, last_hash, posted_at[1], transfers), last_hash)
+                except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                    chains.fail(row_name(chain, sequence, priced_id), f"its Priced cannot be read: {error}")
                     continue
+                name = row_name(chain, sequence, priced_id)
                 if recomputed != stored_hash:
                     chains.fail(name, "stored hash is not the hash of the entry its Priced and place make "
                                       "(the row was rewritten, or the entry before it)")
-                differing = _transfer_differs(row, priced)
+                differing = _transfer_differs(row, priced, transfers)
                 if differing:
                     posts.fail(name, f"does not post what its Priced says: {', '.join(differing)} differ")
-                content["entry_hash"] = stored_hash
-                stored[chain].append(StoredEntry(chain, sequence, str(row["priced_id"]), stored_hash, content))
+                stored[chain].append(StoredEntry(chain, sequence, priced_id, stored_hash))
                 facts.append(EntryFact(name, priced))
+            chains.examined += len(rows)
             if chains.examined < total:
                 progress("chains", chains.examined, total)
         for head in await connection.fetch(SELECT_HEADS, scope):
@@ -238,51 +334,83 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
     return stored, facts
 
 
-def _content_without_hashes(content: dict[str, Any]) -> dict[str, Any]:
+# --- the heads held elsewhere: ledger.posted and invoices ----------------------------------
+
+class PublishedHead(msgspec.Struct, frozen=True):
+    """What a published LedgerPosted says about its place, decoded alone."""
+
+    chain: str | None = None
+    sequence: int | None = None
+    entry_hash: str | None = None
+    priced_id: str | None = None
+
+
+PUBLISHED_DECODER: Final = msgspec.json.Decoder(PublishedHead)
+
+
+def published_head(value: bytes) -> PublishedHead | None:
+    try:
+        return PUBLISHED_DECODER.decode(value)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _without_hashes(content: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in content.items() if key not in ("entry_hash", "previous_hash")}
 
 
-def check_published(stored: dict[str, list[StoredEntry]], published: list[TopicRecord], check: Check) -> None:
+async def check_published(connection: asyncpg.Connection | None, stored: dict[str, list[StoredEntry]],
+                          published: list[TopicRecord], check: Check) -> None:
     """Against the public log: every sequence published once with the stored
     hash. Where they differ, the first entry whose content differs is the one
-    rewritten; later ones were only re-hashed to hide it."""
-    heads: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    rewritten; later ones were only re-hashed to hide it (the journal rows
+    behind a difference are read again to tell which)."""
+    heads: dict[str, dict[int, tuple[PublishedHead, bytes]]] = defaultdict(dict)
     for record in published:
-        try:
-            event = loads(record.value)
-        except ValueError:
-            check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "not JSON")
+        head = published_head(record.value)
+        if head is None:
+            check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "not a JSON object")
             continue
-        chain, sequence = event.get("chain"), event.get("sequence")
-        if chain is None or sequence is None:
+        if head.chain is None or head.sequence is None:
             check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "names no chain and sequence")
             continue
-        earlier = heads[chain].get(sequence)
-        if earlier is not None and earlier.get("entry_hash") != event.get("entry_hash"):
-            check.fail(f"chain {chain} sequence {sequence}", "published twice with different hashes")
-        heads[chain].setdefault(sequence, event)
+        earlier = heads[head.chain].get(head.sequence)
+        if earlier is not None and earlier[0].entry_hash != head.entry_hash:
+            check.fail(f"chain {head.chain} sequence {head.sequence}", "published twice with different hashes")
+        heads[head.chain].setdefault(head.sequence, (head, record.value))
+    differing = [entry for chain, entries in stored.items() for entry in entries
+                 if (seen := heads.get(chain, {}).get(entry.sequence)) is not None and seen[0].entry_hash != entry.entry_hash]
+    contents: dict[tuple[str, int], dict[str, Any]] = {}
+    if differing and connection is not None:
+        rows = await connection.fetch(SELECT_ENTRIES_AT, [entry.chain for entry in differing],
+                                      [entry.sequence for entry in differing])
+        contents = {(row["chain"], row["sequence"]): entry_content(row["priced"], row["chain"], row["sequence"], "",
+                                                                     row["posted_at"]) for row in rows}
     for chain, entries in sorted(stored.items()):
         seen = heads.get(chain, {})
         rewritten_found = False
         for entry in entries:
             check.examined += 1
-            name = row_name(chain, entry.sequence, entry.priced_id)
             event = seen.get(entry.sequence)
             if event is None:
-                check.fail(name, "never published on ledger.posted: its sequence has a gap there")
+                check.fail(row_name(chain, entry.sequence, entry.priced_id),
+                           "never published on ledger.posted: its sequence has a gap there")
                 continue
-            if event.get("entry_hash") == entry.entry_hash:
+            if event[0].entry_hash == entry.entry_hash:
                 continue
-            if _content_without_hashes(event) != _content_without_hashes(entry.content):
-                changed = sorted(key for key in set(event) | set(entry.content)
-                                 if key not in ("entry_hash", "previous_hash") and event.get(key) != entry.content.get(key))
+            name = row_name(chain, entry.sequence, entry.priced_id)
+            published_content = loads_many(event[1])
+            content = contents.get((chain, entry.sequence), {})
+            if _without_hashes(published_content) != _without_hashes(content):
+                changed = sorted(key for key in set(published_content) | set(content)
+                                 if key not in ("entry_hash", "previous_hash") and published_content.get(key) != content.get(key))
                 check.fail(name, f"REWRITTEN: differs from the entry published on ledger.posted in {', '.join(changed)}")
                 rewritten_found = True
             else:
                 check.fail(name, "hash differs from the published head " + (
                     "(re-hashed after an earlier rewritten entry)" if rewritten_found else "with the same content"))
         for sequence in sorted(set(seen) - {entry.sequence for entry in entries}):
-            check.fail(f"chain {chain} sequence {sequence} (Priced {seen[sequence].get('priced_id')})",
+            check.fail(f"chain {chain} sequence {sequence} (Priced {seen[sequence][0].priced_id})",
                        "published on ledger.posted but missing from the journal (deleted?)")
     for chain in sorted(set(heads) - set(stored)):
         check.fail(f"chain {chain}", f"{len(heads[chain])} entries published on ledger.posted, none in the journal")
@@ -356,13 +484,13 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
     """Each TokenConsumed posted once (net of reversals and corrections) or
     parked; every Priced pricing published posted. The journal's rows were
     checked against their Priced while the chains were read."""
-    by_consumed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_consumed: dict[str, list[PricedFacts]] = defaultdict(list)
     for fact in facts:
-        if fact.priced.get("kind") != "adjustment":
-            by_consumed[fact.priced["consumed_id"]].append(fact.priced)
+        if fact.priced.kind != "adjustment":
+            by_consumed[fact.priced.consumed_id].append(fact.priced)
     parked = {row["id"] for row in await connection.fetch(SELECT_PARKED_IDS)}
     priced_by_pricing = await connection.fetch(SELECT_PRICING_PRICED)
-    posted_ids = {fact.priced["id"] for fact in facts}
+    posted_ids = {fact.priced.id for fact in facts}
     for row in priced_by_pricing:
         source = consumed.get(row["consumed_id"])
         if scope is not None and (source is None or source["payer_bu"] != scope):
@@ -376,7 +504,7 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
         effects = by_consumed.get(consumed_id, [])
         kinds = defaultdict(int)
         for priced in effects:
-            kinds[priced.get("kind", "charge")] += 1
+            kinds[priced.kind] += 1
         subject = f"usage {source['usage_source']} {source['usage_id']} payer {source['payer_bu']} (TokenConsumed {consumed_id})"
         if consumed_id in parked:
             if effects:
@@ -387,7 +515,7 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
             continue
         if kinds["charge"] != 1 or kinds["reversal"] != kinds["correction"]:
             check.fail(subject, f"posted {kinds['charge']} charges, {kinds['reversal']} reversals, {kinds['correction']} corrections")
-        net_tokens = sum(int(priced["total_tokens"]) for priced in effects)
+        net_tokens = sum(priced.total_tokens for priced in effects)
         expected = sum(int(quantity) for quantity in source["tokens"].values())
         if net_tokens != expected:
             check.fail(subject, f"net Tokens posted {net_tokens} != Tokens consumed {expected}")
@@ -453,7 +581,7 @@ SELECT_INVOICE_PAYLOADS: Final = "select invoice_id::text as invoice_id, payload
 async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], consumed: dict[str, dict],
                        books: dict[tuple[str, int], dict], check: Check) -> None:
     events = [fact.priced for fact in facts]
-    names = {fact.priced["id"]: fact.name for fact in facts}
+    names = {fact.priced.id: fact.name for fact in facts}
     repricing = reprice(events, consumed, books)
     check.examined = len(events)
     for priced_id, kind, recorded, recomputed in repricing.mismatches:
@@ -470,10 +598,10 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
     posted: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     named: dict[tuple[str, str], list[str]] = defaultdict(list)
     for event in events:
-        if event.get("kind") == "adjustment":
-            key = (event.get("invoice_id") or "", event["model"])
-            posted[key] += Decimal(event["total_amount"])
-            named[key].append(names[event["id"]])
+        if event.kind == "adjustment":
+            key = (event.invoice_id or "", event.model)
+            posted[key] += Decimal(event.total_amount)
+            named[key].append(names[event.id])
     for key in sorted(posted):
         if lines.get(key) != posted[key]:
             check.fail(f"{', '.join(named[key])} (adjustments of invoice {key[0]}, {key[1]})",
@@ -632,12 +760,12 @@ async def _check_totals_against_journal(connection: asyncpg.Connection, scope: s
     journal: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
     for fact in facts:
         priced = fact.priced
-        if scope is not None and priced["payer_bu"] != scope:
+        if scope is not None and priced.payer_bu != scope:
             continue
-        key = (priced["payer_bu"], _month_of(priced["event_time"], company_zone), _totals_kind(priced.get("kind")),
-               priced["consumer_bu"], priced["provider_bu"], priced["model"])
-        journal[key][0] += int(priced["total_tokens"])
-        journal[key][1] += Decimal(priced["total_amount"])
+        key = (priced.payer_bu, _month_of(priced.event_time, company_zone), _totals_kind(priced.kind),
+               priced.consumer_bu, priced.provider_bu, priced.model)
+        journal[key][0] += priced.total_tokens
+        journal[key][1] += Decimal(priced.total_amount)
     kept: dict[tuple, list] = {}
     for row in await connection.fetch(SELECT_TOTALS_BY_MONTH, zone):
         if scope is None or row["payer_bu"] == scope:
@@ -722,7 +850,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
                 distinct=lambda value: _chain_sequence(value, scope), progress=progress)
             if scope is not None:
                 records = [record for record in records if _chain_sequence(record.value, scope) is not None]
-            check_published(stored, records, published)
+            await check_published(connection, stored, records, published)
         else:
             published.skipped = "no broker configured"
         await check_invoice_heads(connection, stored, scope, published)
@@ -738,11 +866,7 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
 
 def _chain_sequence(value: bytes, scope: str | None) -> tuple[object, object] | None:
     """What makes a ledger.posted record distinct; None: not counted (another chain, or unreadable)."""
-    try:
-        event = loads(value)
-    except ValueError:
+    head = published_head(value)
+    if head is None or (scope is not None and head.chain != scope):
         return None
-    if scope is not None and event.get("chain") != scope:
-        return None
-    return (event.get("chain"), event.get("sequence"))
-
+    return (head.chain, head.sequence)

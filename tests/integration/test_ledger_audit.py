@@ -126,9 +126,10 @@ def _forge(rows: list[asyncpg.Record], from_sequence: int, amount_delta: Decimal
             priced["lines"][0]["amount"] = f"{Decimal(priced['lines'][0]['amount']) + amount_delta:.12f}"
             priced["total_amount"] = f"{Decimal(priced['total_amount']) + amount_delta:.12f}"
             amount += amount_delta
-        content = verify.entry_content(priced, row["chain"], row["sequence"], previous_hash, row["posted_at"])
+        forged = orjson.dumps(priced, option=orjson.OPT_SORT_KEYS)
+        content = verify.entry_content(forged, row["chain"], row["sequence"], previous_hash, row["posted_at"])
         previous_hash = verify.entry_hash(content, previous_hash)
-        rewritten.append((row["priced_id"], orjson.dumps(priced, option=orjson.OPT_SORT_KEYS), amount, bytes.fromhex(previous_hash)))
+        rewritten.append((row["priced_id"], forged, amount, bytes.fromhex(previous_hash)))
     return rewritten
 
 

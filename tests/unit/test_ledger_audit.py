@@ -27,6 +27,10 @@ def _json(model) -> dict:  # noqa: ANN001
     return log.loads(canonical_json(model))
 
 
+def _facts(priced: dict) -> balances.PricedFacts:  # noqa: ANN001
+    return balances.PRICED_DECODER.decode(orjson.dumps(priced, option=orjson.OPT_SORT_KEYS))
+
+
 def test_the_auditor_recomputes_the_ledger_hash_from_the_payload() -> None:
     content = _json(POSTED)
     assert verify.entry_hash(content, POSTED.previous_hash) == POSTED.entry_hash
@@ -49,22 +53,22 @@ def test_repricing_recomputes_the_golden_priced_with_context_tier_and_factor() -
         (line.token_class, line.tokens, line.unit_price_per_million, line.amount) for line in PRICED.lines)
     assert len(lines) == 4 and PRICED.context_tier == "long-context" and PRICED.price_factor == Decimal("0.9")
     assert sum((line[3] for line in lines), Decimal(0)) == PRICED.total_amount
-    result = reprice.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_facts(_json(PRICED))], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert (result.mismatches, result.unrecomputable, result.amounts) == ([], [], {str(PRICED.id): PRICED.total_amount})
 
 
 def test_repricing_names_a_wrong_amount_and_a_missing_book() -> None:
     wrong = _json(PRICED) | {"total_amount": f"{PRICED.total_amount + Decimal('0.000000000001'):f}"}
-    result = reprice.reprice([wrong], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_facts(wrong)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert result.mismatches == [(str(PRICED.id), "charge", PRICED.total_amount + Decimal("0.000000000001"), PRICED.total_amount)]
-    missing = reprice.reprice([_json(PRICED)], {str(CONSUMED.id): _json(CONSUMED)}, {})
+    missing = reprice.reprice([_facts(_json(PRICED))], {str(CONSUMED.id): _json(CONSUMED)}, {})
     assert missing.unrecomputable == [(str(PRICED.id), f"no price book {BOOK.book_id} v{BOOK.version}")]
 
 
 def test_a_reversal_reprices_as_the_negative_of_what_it_reverses() -> None:
     reversal = _json(PRICED) | {"id": "r", "kind": "reversal", "corrects_id": str(PRICED.id),
                                 "total_amount": f"{-PRICED.total_amount:f}", "total_tokens": -PRICED.total_tokens}
-    result = reprice.reprice([_json(PRICED), reversal], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_facts(_json(PRICED)), _facts(reversal)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert result.amounts["r"] == -PRICED.total_amount and result.mismatches == []
     assert balances.rebuild([_json(PRICED), reversal])["taobao-tmall"]["spend"] == 0
 
@@ -116,14 +120,14 @@ def test_restore_posts_in_the_original_batches_and_chain_order_even_when_clocks_
     assert [len(values) for _, values in restore.posting_groups(placed, now, size_max=1)] == [1] * 6
 
 
-def test_a_published_entry_missing_from_the_journal_is_named_by_its_sequence() -> None:
+async def test_a_published_entry_missing_from_the_journal_is_named_by_its_sequence() -> None:
     published = [{"chain": "a", "sequence": sequence, "priced_id": f"p{sequence}", "entry_hash": f"h{sequence}"}
                  for sequence in (1, 2, 3)]
     records = [log.TopicRecord(0, offset, b"a", orjson.dumps(event)) for offset, event in enumerate(published)]
-    stored = {"a": [verify.StoredEntry("a", event["sequence"], f"e{event['sequence']}", event["entry_hash"], event)
+    stored = {"a": [verify.StoredEntry("a", event["sequence"], event["priced_id"], event["entry_hash"])
                     for event in published if event["sequence"] != 2]}  # entry 2 deleted, the others untouched
     check = verify.Check("published", "")
-    verify.check_published(stored, records, check)
+    await verify.check_published(None, stored, records, check)
     assert [(violation.subject, violation.detail) for violation in check.violations] == [
         ("chain a sequence 2 (Priced p2)", "published on ledger.posted but missing from the journal (deleted?)")]
 
@@ -171,9 +175,13 @@ def test_the_auditor_rebuilds_each_entry_from_its_priced_as_the_ledger_published
     head = ChainHead(priced.payer_bu, 6, "9a" * 32)
     posted_at = datetime(2026, 3, 14, 3, 0, 0, 250000, tzinfo=UTC)
     (entry,) = decide_batch(receive([value]), {}, {priced.payer_bu: head}, posted_at).entries
-    content = verify.entry_content(orjson.loads(entry.priced), priced.payer_bu, 7, head.head_hash, posted_at)
+    facts = balances.PRICED_DECODER.decode(entry.priced)
+    unhashed = verify.entry_bytes(facts, priced.payer_bu, 7, head.head_hash, verify.posted_at_text(posted_at))
+    assert unhashed == canonical_json({key: value for key, value in orjson.loads(entry.payload).items() if key != "entry_hash"})
+    assert verify.entry_hash_of(unhashed, head.head_hash) == entry.posted.entry_hash
+    content = verify.entry_content(entry.priced, priced.payer_bu, 7, head.head_hash, posted_at)
     assert verify.canonical(content | {"entry_hash": entry.posted.entry_hash}) == entry.payload
     assert verify.entry_hash(content, head.head_hash) == entry.posted.entry_hash
-    money, tokens = verify.expected_transfers(orjson.loads(entry.priced))
+    money, tokens = verify.expected_transfers(facts)
     assert (money[0], money[1], Decimal(money[2])) == entry.transfer[:3]
     assert (tokens[0], tokens[1], int(Decimal(tokens[2]))) == entry.transfer[3:]
