@@ -25,7 +25,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tokenhub.audit.balances import rebuild
+from tokenhub.audit.balances import PRICED_DECODER, rebuild
 from tokenhub.audit.replay import projection
 from tokenhub.audit.reprice import load_pricing_inputs, reprice
 from tokenhub.client import usage_event
@@ -179,7 +179,7 @@ async def test_records_replace_archives_and_dedup_keys_without_changing_a_figure
         finally:
             await pool.close()
         consumed_inputs, book_inputs = await load_pricing_inputs(connection)
-        audited = reprice([orjson.loads(payload) for *_, payload in priced_after], consumed_inputs, book_inputs)
+        audited = reprice([PRICED_DECODER.decode(payload) for *_, payload in priced_after], consumed_inputs, book_inputs)
         assert (audited.mismatches, audited.unrecomputable, len(audited.amounts)) == ([], [], len(priced_after))
 
         # --- figures ------------------------------------------------------------------------------
