@@ -18,9 +18,11 @@ Broker = Literal["tansu", "kafka"]
 
 class KafkaStack(EmbeddedStack):
     def __init__(self, state_dir: Path | None = None, durable: bool = False, statement_stats: bool = False,
-                 brokers: int = 3, secure: bool = True, users: tuple[str, ...] = ("tokenhub",)) -> None:
+                 brokers: int = 3, secure: bool = True, users: tuple[str, ...] = ("tokenhub",),
+                 quick_start: bool = False) -> None:
         super().__init__(state_dir=state_dir, durable=durable, statement_stats=statement_stats)
-        self.broker = KafkaCluster(self.state_dir / "kafka", nodes=brokers, secure=secure, users=users)  # type: ignore[assignment]
+        self.broker = KafkaCluster(self.state_dir / "kafka", nodes=brokers, secure=secure, users=users,  # type: ignore[assignment]
+                                   quick_start=quick_start)
 
     @property
     def cluster(self) -> KafkaCluster:

@@ -59,7 +59,7 @@ class KafkaPipeline:
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def kafka() -> AsyncIterator[KafkaPipeline]:
-    stack = KafkaStack(brokers=3, secure=True, users=USERS)
+    stack = KafkaStack(brokers=3, secure=True, users=USERS, quick_start=True)
     pipeline = LocalPipeline(stack=stack, services=())
     # This process is a client too (emitting, reading the log back, verify and
     # replay): it takes the cluster's settings as a terminal takes `stack.env`.
