@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from tokenhub.contracts.events import (
     ChainHeadRef,
@@ -48,12 +48,12 @@ by the ledger, which belong to the invoice that computed them."""
 
 # --- running totals ---------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class LineKey:
+class LineKey(NamedTuple):
     """What a running total is kept by: an invoice line's key (payer, period,
     provider, consumer, model, class, unit price, and whether it credits), plus
     the app (month-to-date spend shows it) and the price book version (an
-    invoice rounds in the mode its books name)."""
+    invoice rounds in the mode its books name). Tuples: a close builds one per
+    total it reads, so they cost what a tuple costs."""
 
     payer_bu: str
     period: str
@@ -68,16 +68,14 @@ class LineKey:
     book_version: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class LineTotal:
+class LineTotal(NamedTuple):
     key: LineKey
     period_end: datetime
     tokens: int
     amount: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class ChainTotal:
+class ChainTotal(NamedTuple):
     """Per payer, period and chain: how many postings, and the last of them
     (the chain head an invoice prints)."""
 
@@ -685,6 +683,77 @@ def carrier_period(current: Period, invoiced: set[str], zone: str) -> Period:
 
 # --- closing ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Closing:
+    """An invoice a close issues, and the open totals it takes: the payer's with a
+    period end in (`after`, the invoice's period end]; an earlier invoice of the
+    same close took those up to `after`."""
+
+    invoice: InvoiceIssued
+    after: datetime | None
+    carrying_late: bool = False
+    """Issued for the period being closed to carry totals still open after the due periods'."""
+
+
+def in_close_order(closings: Iterable[Closing]) -> list[Closing]:
+    """Every payer's due periods first (by payer, then end), then the invoices that
+    carry late totals, by payer: the order a close has always issued in."""
+    closings = list(closings)
+    return [closing for closing in closings if not closing.carrying_late] + [
+        closing for closing in closings if closing.carrying_late]
+
+
+def close_payer(payer_bu: str, due: Sequence[Period], target: Period, totals: PeriodTotals, *, number: int,
+                invoiced: set[str], books: BookIndex, plans: Sequence[Plan], late: Mapping[str, TierState],
+                zone: str, currency: str, minor_units: int, now: datetime) -> list[Closing]:
+    """One payer's invoices at a close, in order: one per due period (by its end)
+    that has open totals ending by then or a plan covering it, and has no invoice
+    yet; then, for totals still open (late usage and credits of periods invoiced
+    before), one for the period being closed. Numbers follow on without gaps from
+    `number`. `totals` are the payer's open totals ending by the target's end;
+    `late` the tier state of its periods invoiced before."""
+    remaining = list(totals.lines), list(totals.chains)
+    closings: list[Closing] = []
+    after: datetime | None = None
+    invoiced = set(invoiced)
+
+    def issue(period: Period, plans_only_ok: bool, carrying_late: bool = False) -> None:
+        nonlocal remaining, after, number
+        lines = [total for total in remaining[0] if total.period_end <= period.end]
+        chains = [total for total in remaining[1] if total.period_end <= period.end]
+        if not lines and not chains and not (plans_only_ok and any(plan.covers(payer_bu, period, zone) for plan in plans)):
+            return  # an earlier invoice of this close took them
+        if period.name in invoiced:
+            return  # issued before: these totals wait for the payer's next invoice
+        carried = PeriodTotals(tuple(lines), tuple(chains))
+        earlier = {name: parse(name, zone) for name in carried.periods if name != period.name}
+        states = {name: late.get(name) or _state_of(carried, name) for name in earlier}
+        invoice = issue_invoice(payer_bu, period, carried, books, number=number, currency=currency,
+                                minor_units=minor_units, status="issued", issued_at=now, plans=plans, zone=zone,
+                                late=states, late_periods=earlier)
+        closings.append(Closing(invoice, after, carrying_late))
+        invoiced.add(period.name)
+        number += 1
+        after = period.end
+        remaining = ([total for total in remaining[0] if total.period_end > period.end],
+                     [total for total in remaining[1] if total.period_end > period.end])
+
+    for period in sorted(due, key=lambda period: (period.end, period.name)):
+        issue(period, plans_only_ok=True)
+    issue(target, plans_only_ok=False, carrying_late=True)
+    return closings
+
+
+def _state_of(totals: PeriodTotals, period: str) -> TierState:
+    """An earlier period never invoiced: all its totals are open, none charged."""
+    tokens: dict[tuple[str, str], int] = defaultdict(int)
+    for total in totals.lines:
+        if total.key.period == period and total.key.kind != "period_tier":
+            tokens[(total.key.model, total.key.provider_bu)] += total.tokens
+    return TierState(dict(tokens), {})
+
+
+
 class PeriodNotEnded(ValueError):
     """A close asked for before the period ends, without saying it is meant."""
 
@@ -718,16 +787,6 @@ class Flow:
     provider_bu: str
     amount: Decimal
     kind: str = "charge"
-
-
-def invoiced_flows(totals: Iterable[LineTotal]) -> list[Flow]:
-    """Payer -> provider amounts of the totals on a month's invoices; period tier
-    adjustments are counted from the invoices' lines (`netting.gross_flows`)."""
-    cells: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-    for total in totals:
-        if total.key.kind != "period_tier":
-            cells[(total.key.payer_bu, total.key.provider_bu)] += total.amount
-    return [Flow(payer, provider, amount) for (payer, provider), amount in sorted(cells.items())]
 
 
 def settlement_id(period: str, revision: int) -> uuid.UUID:

@@ -14,7 +14,6 @@ from aiokafka.structs import ConsumerRecord
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind, containing, parse
-from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.topics import INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.outbox import OutboxRow
@@ -98,59 +97,45 @@ async def close_period(pool: asyncpg.Pool, settings: Settings, period_name: str,
     zone = settings.timezone
     target = parse(period_name, zone)
     domain.check_close(target, now, early=early)
-    issued: list[InvoiceIssued] = []
     async with store.unit(pool) as unit:
         await unit.lock_invoices()
         books = await unit.books()
         plans = await unit.plans()
         with_usage = await unit.open_payer_periods(target.end)
-        planned: list[tuple[str, Period]] = []
+        payers = sorted({payer_bu for payer_bu, _ in with_usage} | {plan.payer_bu for plan in plans})
+        invoiced = await unit.invoiced_of(payers)
+        due: dict[str, dict[str, Period]] = {}
+        for payer_bu, name in with_usage:
+            due.setdefault(payer_bu, {})[name] = parse(name, zone)
         if plans:
-            invoiced = await unit.invoiced_of([plan.payer_bu for plan in plans])
-            planned = domain.plan_periods(plans, await unit.cycles(), invoiced, target.end, zone)
-        periods = {(payer_bu, name): parse(name, zone) for payer_bu, name in with_usage}
-        periods.update(((payer_bu, period.name), period) for payer_bu, period in planned)
-        due = sorted(periods.items(), key=lambda item: (item[0][0], item[1].end, item[1].name))
-        for (payer_bu, _), period in due:
-            invoice = await _issue(unit, settings, books, plans, payer_bu, period, now, plans_only_ok=True)
-            if invoice is not None:
-                issued.append(invoice)
-        # Postings still open belong to periods invoiced before (late usage, repricing):
-        # they go on the payer's invoice for the period being closed, as adjustments and credits.
-        for payer_bu in dict.fromkeys(payer_bu for (payer_bu, _), _ in due):
-            invoice = await _issue(unit, settings, books, plans, payer_bu, target, now, plans_only_ok=False)
-            if invoice is not None:
-                issued.append(invoice)
+            for payer_bu, period in domain.plan_periods(plans, await unit.cycles(), invoiced, target.end, zone):
+                due.setdefault(payer_bu, {})[period.name] = period
+        totals = await unit.open_totals_of(sorted(due), target.end)
+        numbers = await unit.next_numbers(sorted(due))
+        closings: list[domain.Closing] = []
+        for payer_bu in sorted(due):
+            held = totals.get(payer_bu, domain.PeriodTotals())
+            mine = {name for payer, name in invoiced if payer == payer_bu}
+            late = await unit.tier_states(payer_bu, {name: parse(name, zone) for name in held.periods if name in mine})
+            closings += domain.close_payer(
+                payer_bu, list(due[payer_bu].values()), target, held, number=numbers.get(payer_bu, 1), invoiced=mine,
+                books=books, plans=plans, late=late, zone=zone, currency=settings.currency,
+                minor_units=settings.currency_minor_units, now=now)
+        closings = domain.in_close_order(closings)
+        issued = [closing.invoice for closing in closings]
+        payloads = [canonical_json(invoice) for invoice in issued]
+        await unit.save_invoices(issued, payloads, now)
+        await unit.assign_all(closings)
+        await unit.stage([row for invoice, payload in zip(issued, payloads, strict=True) for row in [
+            OutboxRow(INVOICES_ISSUED.name, invoice.payer_bu.encode(), payload), *(
+                OutboxRow(TOKENS_PRICED.name, invoice.payer_bu.encode(), canonical_json(adjustment))
+                for adjustment in domain.tier_adjustments(invoice, settings.currency))]])
         await unit.record_closed(target.name, now, actor)
         settled = await _settle(unit, settings, target, issued, now)
         adjustments = sum(1 for invoice in issued for line in invoice.lines if line.kind == "period_tier")
         await unit.count({"invoices_issued": len(issued), "settlements": settled, "adjustments": adjustments})
     log.info("period_closed", period=target.name, invoices=len(issued), actor=actor, early=now < target.end)
     return issued
-
-
-async def _issue(unit: store.Unit, settings: Settings, books: BookIndex, plans: Sequence[domain.Plan], payer_bu: str,
-                 period: Period, now: datetime, *, plans_only_ok: bool) -> InvoiceIssued | None:
-    """The payer's invoice for `period`, from its open totals of periods that ended
-    by then; with none, only for a period a plan covers (`plans_only_ok`)."""
-    zone = settings.timezone
-    totals = await unit.open_totals(payer_bu, period.end)
-    if not totals.lines and not totals.chains:
-        if not (plans_only_ok and any(plan.covers(payer_bu, period, zone) for plan in plans)):
-            return None  # an earlier period's invoice of this close took them
-    earlier = {name: parse(name, zone) for name in totals.periods if name != period.name}
-    invoice = domain.issue_invoice(payer_bu, period, totals, books, number=await unit.next_number(payer_bu),
-                                   currency=settings.currency, minor_units=settings.currency_minor_units,
-                                   status="issued", issued_at=now, plans=plans, zone=zone,
-                                   late=await unit.tier_states(payer_bu, earlier), late_periods=earlier)
-    payload = canonical_json(invoice)
-    if not await unit.save_invoice(invoice, payload, now):
-        return None  # issued before: these postings wait for the payer's next invoice
-    await unit.assign(invoice)
-    await unit.stage([OutboxRow(INVOICES_ISSUED.name, payer_bu.encode(), payload)] + [
-        OutboxRow(TOKENS_PRICED.name, payer_bu.encode(), canonical_json(adjustment))
-        for adjustment in domain.tier_adjustments(invoice, settings.currency)])
-    return invoice
 
 
 async def _settle(unit: store.Unit, settings: Settings, target: Period, issued: Sequence[InvoiceIssued],

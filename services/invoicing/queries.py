@@ -69,8 +69,7 @@ async def month_settlement(connection: asyncpg.Connection, settings: Settings, m
 
 
 async def settlement_of(unit: store.Unit, settings: Settings, month: Period, *, revision: int = 1) -> SettlementNetted:
-    flows = domain.invoiced_flows(await unit.month_totals(month))
-    return domain.build_settlement(month, flows, await unit.month_period_tiers(month),
+    return domain.build_settlement(month, await unit.month_flows(month), await unit.month_period_tiers(month),
                                    currency=settings.currency, minor_units=settings.currency_minor_units,
                                    revision=revision, invoices=await unit.month_invoice_ids(month))
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Final
 
 import asyncpg
+import orjson
 
 from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, PriceBookPublished, decode
 from tokenhub.contracts.periods import Period, PeriodKind
@@ -30,6 +31,8 @@ from tokenhub.services.invoicing.domain import (
     ChainTotal,
     LineKey,
     LineTotal,
+    Closing,
+    Flow,
     PeriodTotals,
     Plan,
     Received,
@@ -140,41 +143,48 @@ LINE_COLUMNS: Final = """payer_bu, period, period_end, kind, consumer_bu, provid
     unit_price_per_million, book_id, book_version, tokens, amount"""
 CHAIN_COLUMNS: Final = "payer_bu, period, period_end, chain, postings, head_sequence, head_hash"
 SELECT_OPEN_LINES: Final = f"""
-select {LINE_COLUMNS} from invoicing.line_totals where payer_bu = $1 and invoice_id is null and period_end <= $2
+select {LINE_COLUMNS} from invoicing.line_totals
+where payer_bu = any($1::text[]) and invoice_id is null and period_end <= $2
 """
 SELECT_OPEN_CHAINS: Final = f"""
-select {CHAIN_COLUMNS} from invoicing.chain_totals where payer_bu = $1 and invoice_id is null and period_end <= $2
+select {CHAIN_COLUMNS} from invoicing.chain_totals
+where payer_bu = any($1::text[]) and invoice_id is null and period_end <= $2
 """
 SELECT_NEXT_NUMBER: Final = "select coalesce(max(number), 0) + 1 from invoicing.invoices where payer_bu = $1"
-INSERT_INVOICE: Final = """
+SELECT_NEXT_NUMBERS: Final = """
+select payer_bu, max(number) + 1 as next from invoicing.invoices where payer_bu = any($1::text[]) group by payer_bu
+"""
+INSERT_INVOICES: Final = """
 insert into invoicing.invoices (invoice_id, payer_bu, period, period_end, number, status, currency, subtotal, rounding,
     total, payload, issued_at)
-values ($1, $2, $3, $4, $5, 'issued', $6, $7, $8, $9, $10, $11)
+select invoice_id, payer_bu, period, period_end, number, 'issued', currency, subtotal, rounding, total, payload, $11
+from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::numeric[],
+    $8::numeric[], $9::numeric[], $10::bytea[])
+    as issued(invoice_id, payer_bu, period, period_end, number, currency, subtotal, rounding, total, payload)
 on conflict (payer_bu, period) do nothing
 returning invoice_id
 """
-ASSIGN_LINES: Final = """
-update invoicing.line_totals set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
+# Each invoice of a close takes its payer's open totals with a period end in its range;
+# the ranges of one payer's invoices do not overlap, so each row goes to one invoice.
+_ASSIGN: Final = """
+update invoicing.{table} t set invoice_id = taken.invoice_id
+from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) as taken(invoice_id, payer_bu, after, upto)
+where t.payer_bu = taken.payer_bu and t.invoice_id is null and t.period_end <= taken.upto
+  and (taken.after is null or t.period_end > taken.after)
 """
-ASSIGN_CHAINS: Final = """
-update invoicing.chain_totals set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
-"""
-ASSIGN_LATE: Final = """
-update invoicing.late_charges set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
-"""
-ASSIGN_REVERSALS: Final = """
-update invoicing.reversals set invoice_id = $1 where payer_bu = $2 and invoice_id is null and period_end <= $3
-returning corrects_id, period
-"""
+ASSIGN_LINES: Final = _ASSIGN.format(table="line_totals")
+ASSIGN_CHAINS: Final = _ASSIGN.format(table="chain_totals")
+ASSIGN_LATE: Final = _ASSIGN.format(table="late_charges")
+ASSIGN_REVERSALS: Final = _ASSIGN.format(table="reversals") + "returning t.invoice_id, t.payer_bu, t.corrects_id, t.period"
 # The invoice that carried a reversed charge: the late charge's, when it came after its
-# period's invoice; otherwise its period's own invoice.
+# period's invoice; otherwise its period's own invoice. The crediting invoice is never it.
 MARK_CREDITED: Final = """
-update invoicing.invoices set status = 'credited'
-where status = 'issued' and invoice_id <> $1 and invoice_id in (
-    select coalesce(late.invoice_id, own.invoice_id)
-    from unnest($3::uuid[], $4::text[]) as reversed(corrects_id, period)
-    left join invoicing.late_charges late on late.priced_id = reversed.corrects_id
-    left join invoicing.invoices own on own.payer_bu = $2 and own.period = reversed.period)
+update invoicing.invoices i set status = 'credited'
+from (select reversed.crediting, coalesce(late.invoice_id, own.invoice_id) as carrier
+      from unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[]) as reversed(crediting, payer_bu, corrects_id, period)
+      left join invoicing.late_charges late on late.priced_id = reversed.corrects_id
+      left join invoicing.invoices own on own.payer_bu = reversed.payer_bu and own.period = reversed.period) credited
+where i.invoice_id = credited.carrier and i.invoice_id <> credited.crediting and i.status = 'issued'
 """
 INSERT_CLOSED_PERIOD: Final = """
 insert into invoicing.closed_periods (period, closed_at, actor) values ($1, $2, $3) on conflict (period) do nothing
@@ -212,10 +222,13 @@ SELECT_DRAFT_PERIODS: Final = """
 select distinct payer_bu, period from invoicing.chain_totals where invoice_id is null order by 1, 2
 """
 SELECT_ISSUED: Final = "select payload, status from invoicing.invoices order by payer_bu, number"
-SELECT_MONTH_FLOWS: Final = f"""
-select {', '.join('t.' + column.strip() for column in LINE_COLUMNS.split(','))}
+# What a month's invoices carry, payer by provider (their tier lines come from the
+# invoices: the ledger posts those back only after the close).
+SELECT_MONTH_FLOWS: Final = """
+select t.payer_bu, t.provider_bu, sum(t.amount) as amount
 from invoicing.line_totals t join invoicing.invoices i using (invoice_id)
 where i.period_end > $1 and i.period_end <= $2 and t.kind <> 'period_tier'
+group by t.payer_bu, t.provider_bu order by t.payer_bu, t.provider_bu
 """
 SELECT_MONTH_INVOICES: Final = "select payload from invoicing.invoices where period_end > $1 and period_end <= $2"
 SELECT_LATEST_SETTLEMENT: Final = """
@@ -387,34 +400,53 @@ class Unit:
         """(payer, period) with open totals whose period ended by `end`, by payer and end."""
         return [(row["payer_bu"], row["period"]) for row in await self._connection.fetch(SELECT_OPEN_PAYER_PERIODS, end)]
 
-    async def open_totals(self, payer_bu: str, end: datetime) -> PeriodTotals:
-        """The payer's open totals of periods that ended by `end`."""
-        lines = await self._connection.fetch(SELECT_OPEN_LINES, payer_bu, end)
-        chains = await self._connection.fetch(SELECT_OPEN_CHAINS, payer_bu, end)
-        return PeriodTotals(tuple(map(_line_total, lines)), tuple(map(_chain_total, chains)))
+    async def open_totals_of(self, payers: Sequence[str], end: datetime) -> dict[str, PeriodTotals]:
+        """Each payer's open totals of periods that ended by `end`."""
+        lines = await self._connection.fetch(SELECT_OPEN_LINES, list(payers), end)
+        chains = await self._connection.fetch(SELECT_OPEN_CHAINS, list(payers), end)
+        by_payer: dict[str, tuple[list[LineTotal], list[ChainTotal]]] = {}
+        for row in lines:
+            by_payer.setdefault(row["payer_bu"], ([], []))[0].append(_line_total(row))
+        for row in chains:
+            by_payer.setdefault(row["payer_bu"], ([], []))[1].append(_chain_total(row))
+        return {payer: PeriodTotals(tuple(held[0]), tuple(held[1])) for payer, held in by_payer.items()}
+
+    async def next_numbers(self, payers: Sequence[str]) -> dict[str, int]:
+        """Each payer's next invoice number (1 for a payer without invoices)."""
+        rows = await self._connection.fetch(SELECT_NEXT_NUMBERS, list(payers))
+        return {row["payer_bu"]: row["next"] for row in rows}
 
     async def next_number(self, payer_bu: str) -> int:
         return await self._connection.fetchval(SELECT_NEXT_NUMBER, payer_bu)
 
-    async def save_invoice(self, invoice: InvoiceIssued, payload: bytes, now: datetime) -> bool:
-        """Store an issued invoice; False when the payer's period had one already."""
-        created = await self._connection.fetchval(
-            INSERT_INVOICE, invoice.invoice_id, invoice.payer_bu, invoice.period, invoice.period_end, invoice.number,
-            invoice.currency, invoice.subtotal, invoice.rounding, invoice.total, payload, now)
-        return created is not None
+    async def save_invoices(self, invoices: Sequence[InvoiceIssued], payloads: Sequence[bytes], now: datetime) -> None:
+        """Store issued invoices (the close holds the invoices lock and issued none twice)."""
+        if not invoices:
+            return
+        columns = [[invoice.invoice_id for invoice in invoices], [invoice.payer_bu for invoice in invoices],
+                   [invoice.period for invoice in invoices], [invoice.period_end for invoice in invoices],
+                   [invoice.number for invoice in invoices], [invoice.currency for invoice in invoices],
+                   [invoice.subtotal for invoice in invoices], [invoice.rounding for invoice in invoices],
+                   [invoice.total for invoice in invoices], list(payloads)]
+        stored = await self._connection.fetch(INSERT_INVOICES, *columns, now)
+        if len(stored) != len(invoices):
+            raise RuntimeError(f"{len(invoices) - len(stored)} invoices were issued before: a close without the lock?")
 
-    async def assign(self, invoice: InvoiceIssued) -> None:
-        """The payer's open totals of periods that ended by the invoice's end are its.
-        Reversals on it are credit notes: the invoices that carried the charges they
-        reverse are marked credited; their issued content never changes."""
-        arguments = (invoice.invoice_id, invoice.payer_bu, invoice.period_end)
+    async def assign_all(self, closings: Sequence[Closing]) -> None:
+        """Each invoice takes its payer's open totals with a period end in its range
+        (`Closing.after`, its period end]. Reversals on it are credit notes: the invoices
+        that carried the charges they reverse are marked credited; their issued content
+        never changes."""
+        if not closings:
+            return
+        arguments = ([closing.invoice.invoice_id for closing in closings], [closing.invoice.payer_bu for closing in closings],
+                     [closing.after for closing in closings], [closing.invoice.period_end for closing in closings])
         for statement in (ASSIGN_LINES, ASSIGN_CHAINS, ASSIGN_LATE):
             await self._connection.execute(statement, *arguments)
         reversed_charges = await self._connection.fetch(ASSIGN_REVERSALS, *arguments)
         if reversed_charges:
-            await self._connection.execute(MARK_CREDITED, invoice.invoice_id, invoice.payer_bu,
-                                           [row["corrects_id"] for row in reversed_charges],
-                                           [row["period"] for row in reversed_charges])
+            await self._connection.execute(MARK_CREDITED, *(
+                [row[column] for row in reversed_charges] for column in ("invoice_id", "payer_bu", "corrects_id", "period")))
 
     async def record_closed(self, period: str, now: datetime, actor: str) -> None:
         await self._connection.execute(INSERT_CLOSED_PERIOD, period, now, actor)
@@ -494,15 +526,21 @@ class Unit:
         return [decode(InvoiceIssued, row["payload"]).model_copy(update={"status": row["status"]})
                 for row in await self._connection.fetch(SELECT_ISSUED)]
 
-    async def month_totals(self, month: Period) -> list[LineTotal]:
-        """The totals on the month's invoices (its days, weeks and itself), tier adjustments left out."""
-        return [_line_total(row) for row in await self._connection.fetch(SELECT_MONTH_FLOWS, month.start, month.end)]
+    async def month_flows(self, month: Period) -> list[Flow]:
+        """Payer -> provider amounts on the month's invoices (its days, weeks and
+        itself), period tier lines left out (`month_period_tiers`)."""
+        rows = await self._connection.fetch(SELECT_MONTH_FLOWS, month.start, month.end)
+        return [Flow(row["payer_bu"], row["provider_bu"], row["amount"]) for row in rows]
 
     async def month_period_tiers(self, month: Period) -> list[tuple[str, InvoiceLine]]:
-        """The period tier lines of the month's invoices, as (payer, line)."""
-        invoices = [decode(InvoiceIssued, row["payload"])
-                    for row in await self._connection.fetch(SELECT_MONTH_INVOICES, month.start, month.end)]
-        return [(invoice.payer_bu, line) for invoice in invoices for line in invoice.lines if line.kind == "period_tier"]
+        """The period tier lines of the month's invoices, as (payer, line). Only those
+        lines are read into models: an invoice carries up to thousands of others."""
+        tiers = []
+        for row in await self._connection.fetch(SELECT_MONTH_INVOICES, month.start, month.end):
+            invoice = orjson.loads(row["payload"])
+            tiers += [(invoice["payer_bu"], InvoiceLine.model_validate(line)) for line in invoice["lines"]
+                      if line["kind"] == "period_tier"]
+        return tiers
 
     async def settlement(self, month: Period) -> SettlementNetted | None:
         """The month's latest settlement revision, the one that stands."""
