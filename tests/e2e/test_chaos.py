@@ -316,7 +316,6 @@ async def run_chaos(tmp_path: Path, plan: Plan) -> dict[str, Any]:
     (tmp_path / "book.yaml").write_text(json.dumps(book))
     events, tally = _usage(plan, now)
     up = await asyncio.to_thread(start_up, tmp_path)
-    started = time.monotonic()
     chaos = Chaos(tmp_path, plan, tally)
     try:
         chaos.endpoints = (await asyncio.to_thread(status, tmp_path))["endpoints"]
@@ -333,6 +332,7 @@ async def run_chaos(tmp_path: Path, plan: Plan) -> dict[str, Any]:
             return units.returncode == 0 and len(json.loads(units.stdout)) == len({*PAYERS, SPONSOR, PROVIDER})
         await asyncio.to_thread(wait_for, "metering to know the business units", configured, 120)
 
+        started = time.monotonic()
         await asyncio.gather(chaos.send(events, key), chaos.inject())
         sent_s = time.monotonic() - started
 
