@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
 import random
 import statistics
 import sys
@@ -43,7 +44,7 @@ from tokenhub.infra.embedded import free_port
 from tokenhub.infra.passthrough import CLIENTS
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
 from tokenhub.services.common.db import create_pool
-from tokenhub.services.common.kafka import create_producer, publish
+from tokenhub.services.common.kafka import client_options, create_producer, publish
 
 EVENTS_DEFAULT: Final = 200_000
 LATENCY_EVENTS_MAX: Final = 25_000
@@ -83,6 +84,7 @@ class BaselineStats:
 class Report:
     events: int
     instances: int
+    broker: str = "tansu"
     baseline_events_per_s: float = 0.0
     """Plain aiokafka, the services' client: what the ratio is taken against."""
     baselines: dict[str, BaselineStats] = field(default_factory=dict)
@@ -268,7 +270,7 @@ async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], cl
     import subprocess
 
     topics = [f"bench.{client}.hop{index}" for index in range(HOPS + 1)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS_DEFAULT, 1) for topic in topics])
@@ -277,7 +279,7 @@ async def baseline(bootstrap_servers: str, values: list[tuple[bytes, bytes]], cl
     hops = [subprocess.Popen([sys.executable, "-m", "tokenhub.infra.passthrough", client, bootstrap_servers,
                               topics[index], topics[index + 1]], start_new_session=True) for index in range(HOPS)]
     consumer = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap_servers, group_id=f"bench-sink-{client}",
-                                auto_offset_reset="earliest", session_timeout_ms=6000)
+                                auto_offset_reset="earliest", session_timeout_ms=6000, **client_options())
     await consumer.start()
     try:
         await asyncio.sleep(8)  # the hops join their groups first, as the services do before a run
@@ -371,9 +373,17 @@ async def run_bench(arguments: argparse.Namespace) -> Report:
     values = [stamp(source[index % len(source)], run, index) for index in range(count)]
     report = Report(events=count, instances=arguments.instances)
     extra = {"TOKENHUB_LOG_LEVEL": "WARNING", "TOKENHUB_INSTANCE_COUNT": str(arguments.instances)}
-    pipeline = LocalPipeline(env=extra, statement_stats=True)
+    stack = None
+    if arguments.broker == "kafka":
+        from tokenhub.infra.kafka.stack import KafkaStack
+
+        # One node without TLS, as the embedded broker is one plain node: the brokers are compared, not TLS.
+        stack = KafkaStack(statement_stats=True, brokers=1, secure=False)
+        os.environ.update(stack.client_environment())  # this process and the baselines' hops are its clients too
+    report.broker = arguments.broker
+    pipeline = LocalPipeline(env=extra, statement_stats=True, stack=stack)
     try:
-        print("starting the embedded stack and the services ...", file=sys.stderr)
+        print(f"starting the local stack ({arguments.broker}) and the services ...", file=sys.stderr)
         endpoints = await pipeline.start()
         assert pipeline.services is not None
         for index in range(1, arguments.instances):
@@ -463,7 +473,7 @@ async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> 
 def render(report: Report) -> str:
     lines = [
         f"Token Hub benchmark: {report.events:,} usage events, {report.instances} instance(s) per service, "
-        f"{psutil.cpu_count()} cores",
+        f"{psutil.cpu_count()} cores, broker {report.broker}",
     ]
     lines += [f"  {f'baseline ({client}, {HOPS} hops)':<41}{stats.events_per_s:>12,.0f} events/s"
               f"   ({stats.hop_cpu_us_per_event:,.1f} us CPU per event per hop,"
@@ -522,5 +532,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("--as-fast-as-possible", action="store_true", help="replay a trace without its pace")
     command.add_argument("--instances", type=int, choices=(1, 2), default=1)
     command.add_argument("--skip-baseline", action="store_true")
+    command.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                         help="tansu: the embedded broker; kafka: one Apache Kafka node (infra/kafka), same-run baselines on it")
     command.add_argument("--json", help="where to write the JSON report (default bench-results/)")
     command.set_defaults(handler=bench)

@@ -38,9 +38,11 @@ from tokenhub.services.common.kafka import (
     PRODUCER_LINGER_MS,
     PRODUCER_REQUEST_BYTES_MAX,
     SESSION_TIMEOUT_MS,
+    client_options,
     create_producer,
     publish,
 )
+from tokenhub.infra.settings import load_settings
 
 CLIENTS: Final = ("aiokafka", "confluent", "faststream", "faststream-confluent")
 
@@ -49,7 +51,7 @@ async def aiokafka_hop(bootstrap_servers: str, source: str, target: str) -> None
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap_servers, group_id=f"passthrough-{source}",
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 session_timeout_ms=SESSION_TIMEOUT_MS, max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
-                                fetch_max_wait_ms=FETCH_WAIT_MS_MAX)
+                                fetch_max_wait_ms=FETCH_WAIT_MS_MAX, **client_options())
     producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
     await consumer.start()
     await producer.start()
@@ -72,7 +74,10 @@ def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
     record acknowledged by the broker, acks=all) and only then committed."""
     from confluent_kafka import Consumer, KafkaException, Producer
 
+    settings = load_settings()
+    security = settings.kafka_security().confluent_options()
     consumer = Consumer({
+        **security,
         "bootstrap.servers": bootstrap_servers,
         "group.id": f"passthrough-confluent-{source}",
         "auto.offset.reset": "earliest",
@@ -82,10 +87,11 @@ def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
         "fetch.wait.max.ms": FETCH_WAIT_MS_MAX,
     })
     producer = Producer({
+        **security,
         "bootstrap.servers": bootstrap_servers,
         "client.id": f"passthrough-confluent-{source}",
         "acks": "all",
-        "enable.idempotence": False,
+        "enable.idempotence": settings.producer_idempotence,
         "linger.ms": PRODUCER_LINGER_MS,
         "batch.size": PRODUCER_BATCH_BYTES,
         "message.max.bytes": PRODUCER_REQUEST_BYTES_MAX,
@@ -129,8 +135,9 @@ async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, co
         from faststream.confluent import KafkaBroker as ConfluentBroker
         from faststream.confluent import KafkaMessage as ConfluentMessage
 
-        broker = ConfluentBroker(bootstrap_servers, client_id=f"passthrough-{source}", logger=None, acks="all",
-                                 enable_idempotence=False, linger_ms=PRODUCER_LINGER_MS,
+        broker = ConfluentBroker(bootstrap_servers.split(","), client_id=f"passthrough-{source}", logger=None, acks="all",
+                                 security=load_settings().kafka_security().faststream_security(),
+                                 enable_idempotence=load_settings().producer_idempotence, linger_ms=PRODUCER_LINGER_MS,
                                  config={"batch.size": PRODUCER_BATCH_BYTES, "partitioner": "murmur2_random"})
 
         @broker.subscriber(source, polling_interval=BATCH_WAIT_MS / 1000, **settings)
@@ -141,7 +148,8 @@ async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, co
     else:
         from faststream.kafka import KafkaBroker, KafkaMessage
 
-        broker = KafkaBroker(bootstrap_servers, client_id=f"passthrough-{source}", logger=None)
+        broker = KafkaBroker(bootstrap_servers.split(","), client_id=f"passthrough-{source}", logger=None,
+                             security=load_settings().kafka_security().faststream_security())
         producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
 
         @broker.subscriber(source, batch_timeout_ms=BATCH_WAIT_MS, parser=tolerant_parser, **settings)
