@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-soak bench schemas up clean
+.PHONY: demo test test-soak bench schemas up kafka clean
 
 # The virtualenv is made once and reinstalled only when pyproject.toml changes.
 # setuptools explains, as a warning on every editable install of folders mapped
@@ -34,6 +34,11 @@ schemas: $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/tokenhub up
+
+# Apache Kafka's broker from Maven Central into the per-user cache (the Kafka test
+# tier and `tokenhub up --broker kafka` fetch it themselves on first use).
+kafka: $(STAMP)
+	$(BIN)/python -m tokenhub.infra.kafka.fetch
 
 clean:
 	rm -rf $(VENV) .tokenhub
