@@ -31,7 +31,7 @@ from tokenhub.infra.migrate import migrate
 from tokenhub.infra.settings import Settings
 from tokenhub.infra.topics import create_topics
 from tokenhub.services.common.db import create_pool
-from tokenhub.services.common.kafka import create_producer
+from tokenhub.services.common.kafka import create_producer, publish
 from tokenhub.services.common.outbox import ProducedRecord
 from tokenhub.services.invoicing.adapters import produced as invoicing_produced
 from tokenhub.services.ledger.adapters import produced as ledger_produced
@@ -46,9 +46,9 @@ PRODUCERS: Final[dict[str, ModuleType]] = {
 }
 """Each service's record of what it produced, in pipeline order (the topology's)."""
 
-IN_FLIGHT_MAX: Final = 10_000
-"""Sends awaited at a time: bounds the producer's buffer and memory while a
-journal of millions of entries streams out."""
+CHUNK_RECORDS: Final = 10_000
+"""Records sent and acknowledged at a time: bounds the producer's buffer and
+memory while a journal of millions of entries streams out."""
 
 log = structlog.get_logger()
 
@@ -118,18 +118,26 @@ async def republish(bootstrap_servers: str, database_url: str, settings: Setting
 
 async def _send_in_order(producer: AIOKafkaProducer, records: AsyncIterator[ProducedRecord],
                          counts: dict[str, int], topics: set[str] | None) -> int:
+    """Send in chunks of CHUNK_RECORDS, each chunk acknowledged before the next
+    is read, so each topic's partitions receive the records in their order.
+    Records without headers (all of them today) go in record batches
+    (`services.common.kafka.publish`, a fifth of the client's CPU per record
+    of one send each); a record with headers is sent on its own."""
     sent = 0
-    pending = []
+    chunk: list[tuple[str, bytes, bytes]] = []
     async for topic, key, value, headers in records:
         if topics is not None and topic not in topics:
             continue
-        pending.append(await producer.send(topic, value, key=key, headers=list(headers) or None))
         counts[topic] = counts.get(topic, 0) + 1
         sent += 1
-        if len(pending) >= IN_FLIGHT_MAX:
-            for future in pending:
-                await future
-            pending.clear()
-    for future in pending:
-        await future
+        if headers:
+            await publish(producer, chunk)
+            chunk.clear()
+            await (await producer.send(topic, value, key=key, headers=list(headers)))
+            continue
+        chunk.append((topic, key, value))
+        if len(chunk) >= CHUNK_RECORDS:
+            await publish(producer, chunk)
+            chunk.clear()
+    await publish(producer, chunk)
     return sent

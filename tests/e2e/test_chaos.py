@@ -267,7 +267,7 @@ class Chaos:
         document = json.loads((self.cwd / ".tokenhub" / "status.json").read_text())
         faults = [fault for fault in document["faults"] if fault["process"] == target]
         record.supervisor_outcome = faults[-1]["outcome"] if faults else ""
-        deadline = killed + PROGRESS_DEADLINE_S
+        deadline = time.monotonic() + PROGRESS_DEADLINE_S  # after the restart, which may be long (the republish)
         while time.monotonic() < deadline:
             tokens = await self.posted_tokens()
             if tokens is not None and tokens >= self.sent_tokens and self.holding_back:
@@ -282,6 +282,12 @@ class Chaos:
         print(f"chaos: {kind} {target} killed at {record.at_events_sent} events sent; restarted after "
               f"{record.restarted_s} s, ledger posting again after {record.progress_s} s ({record.supervisor_outcome})",
               flush=True)
+
+
+def _pipeline_idle(cwd: Path) -> bool:
+    services = status(cwd).get("services", [])
+    return len(services) == len(SERVICES) and all(
+        service["records_behind"] == 0 and service["outbox_events"] == 0 for service in services)
 
 
 def _balances(cwd: Path) -> dict[str, dict[str, Any]]:
@@ -352,6 +358,10 @@ async def run_chaos(tmp_path: Path, plan: Plan) -> dict[str, Any]:
         settled_s = time.monotonic() - started
         differences = _matches(await asyncio.to_thread(_balances, tmp_path), tally)
         assert differences == [], differences
+        # verify also holds invoicing's totals to the journal: wait until every service
+        # has handled its input and published its outbox (tokenhub status measures it).
+        await asyncio.to_thread(wait_for, "every service to handle its input and publish its outbox",
+                                lambda: _pipeline_idle(tmp_path), plan.settle_deadline_s)
         verified = await asyncio.to_thread(tokenhub, tmp_path, "verify", timeout=900)
         assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-2000:]
         replayed = await asyncio.to_thread(tokenhub, tmp_path, "replay", timeout=900)
