@@ -97,6 +97,11 @@ def zero() -> dict[str, Decimal]:
     return dict.fromkeys(FIGURES, Decimal(0))
 
 
+def figures_document(values: Mapping[str, Decimal]) -> dict[str, str]:
+    """A BU's figures as JSON: exact, in plain notation."""
+    return {figure: f"{values[figure]:f}" for figure in FIGURES}
+
+
 def rebuild(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]], as_of: datetime | None = None,
             amounts: dict[str, Decimal] | None = None) -> Balances:
     """Balances straight from Priced events: spend of the payer and revenue of

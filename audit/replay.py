@@ -6,12 +6,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
 
-from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES_DECODER, PRICED_DECODER, PricedFacts, Balances, Difference, PricedFigures, diff, figures_of, rebuild
+from tokenhub.audit.balances import (
+    ACCOUNT_TOTALS,
+    FIGURES_DECODER,
+    PRICED_DECODER,
+    Balances,
+    Difference,
+    PricedFacts,
+    PricedFigures,
+    diff,
+    figures_document,
+    figures_of,
+    rebuild,
+)
 from tokenhub.audit.log import Progress, event_id, read_topic, silent
 from tokenhub.audit.reprice import Repricing, load_pricing_inputs, reprice
 from tokenhub.contracts.topics import TOKENS_PRICED
@@ -85,6 +97,33 @@ class ReplayReport:
         reprice_ok = self.repricing is None or not (self.repricing.mismatches or self.repricing.unrecomputable
                                                     or self.repriced_differences)
         return not self.differences and reprice_ok
+
+    def document(self) -> dict[str, Any]:
+        """The report as JSON of a stable shape (`tokenhub replay --json`), amounts exact."""
+        document: dict[str, Any] = {
+            "ok": self.ok,
+            "source": self.source,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+            "bu": self.bu,
+            "events": self.events,
+            "conflicting_copies": self.conflicts,
+            "differences": [{"bu": difference.bu, "figure": difference.figure, "rebuilt": f"{difference.rebuilt:f}",
+                             "projected": f"{difference.projected:f}", "row": difference.row(self.as_of)}
+                            for difference in self.differences],
+            "balances": {bu: figures_document(values) for bu, values in sorted(self.rebuilt.items())
+                         if self.bu is None or bu == self.bu},
+        }
+        if self.repricing is not None:
+            document["reprice"] = {
+                "recomputed": len(self.repricing.amounts),
+                "adjustments_kept": self.repricing.kept,
+                "mismatches": [{"priced_id": priced_id, "kind": kind, "recorded": f"{recorded:f}", "recomputed": f"{recomputed:f}"}
+                               for priced_id, kind, recorded, recomputed in self.repricing.mismatches],
+                "unrecomputable": [{"priced_id": priced_id, "reason": why} for priced_id, why in self.repricing.unrecomputable],
+                "differences": [{"bu": difference.bu, "figure": difference.figure, "repriced": f"{difference.rebuilt:f}",
+                                 "projected": f"{difference.projected:f}"} for difference in self.repriced_differences],
+            }
+        return document
 
 
 async def replay(pool: asyncpg.Pool, bootstrap_servers: str | None, *, source: str = "topic", bu: str | None = None,

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
-from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES, figures_of, zero
+from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES, figures_document, figures_of, zero
 from tokenhub.audit.log import exact, loads_many
 from tokenhub.contracts.accounts import account_name, bu_accounts_pattern
 from tokenhub.contracts.ids import posted_id
@@ -69,6 +69,26 @@ class Statement:
     @property
     def movements(self) -> dict[str, Decimal]:
         return {figure: sum((line.effect[figure] for line in self.lines), Decimal(0)) for figure in FIGURES}
+
+    @property
+    def agrees(self) -> bool:
+        """Opening + entries = closing, figure by figure (a truncated statement cannot tell)."""
+        movements = self.movements
+        return all(self.opening[figure] + movements[figure] == self.closing[figure] for figure in FIGURES)
+
+    def document(self) -> dict[str, Any]:
+        """The statement as JSON of a stable shape (`tokenhub statement --json`), amounts exact."""
+        return {
+            "bu": self.bu, "from": self.start.isoformat(), "to": self.end.isoformat(), "by": self.by,
+            "opening": figures_document(self.opening), "movements": figures_document(self.movements),
+            "closing": figures_document(self.closing), "truncated": self.truncated,
+            "entries": [{"entry_id": line.entry_id, "priced_id": line.priced_id, "kind": line.kind,
+                         "corrects_id": line.corrects_id, "chain": line.chain, "sequence": line.sequence,
+                         "event_time": line.event_time.isoformat(), "posted_at": line.posted_at.isoformat(),
+                         "payer_bu": line.payer_bu, "consumer_bu": line.consumer_bu, "provider_bu": line.provider_bu,
+                         "app": line.app, "model": line.model, "amount": f"{line.amount:f}", "tokens": line.tokens,
+                         "effect": figures_document(line.effect)} for line in self.lines],
+        }
 
 
 STATEMENT_LINES_MAX: Final = 100_000

@@ -74,6 +74,18 @@ class VerifyReport:
     def violations(self) -> list[Violation]:
         return [violation for check in self.checks for violation in check.violations]
 
+    def document(self) -> dict[str, Any]:
+        """The report as JSON of a stable shape (`tokenhub verify --json`), every violation listed."""
+        return {
+            "ok": self.ok,
+            "scope": self.scope,
+            "checks": [{"name": check.name, "title": check.title, "ok": check.ok, "examined": check.examined,
+                        "skipped": check.skipped,
+                        "violations": [{"subject": violation.subject, "detail": violation.detail}
+                                       for violation in check.violations]}
+                       for check in self.checks],
+        }
+
 
 def canonical(value: Any) -> bytes:
     """The canonical JSON form: sorted keys, no whitespace, UTF-8 (a Decimal

@@ -1,23 +1,63 @@
-"""`tokenhub settle`, `spend` and `billing-cycle`: the month's BU-by-BU matrix, net
-positions and transfers; month-to-date spend; how often a payer is billed."""
+"""`tokenhub invoice`, `settle`, `spend`, `billing-cycle` and `plan`: invoices
+(list, show, close), the month's BU-by-BU matrix, net positions and transfers,
+month-to-date spend, how often a payer is billed, and plans of period tiers."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 
 import orjson
 
+from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
 from tokenhub.cli.render import money, table
-from tokenhub.contracts.periods import Period, PeriodError, containing, parse
+from tokenhub.contracts.periods import PeriodError, parse
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.settings import clock, load_settings
-from tokenhub.services.common.db import create_pool
+from tokenhub.services.common.outbox import relay_now
 from tokenhub.services.invoicing import queries
-from tokenhub.services.invoicing.domain import PlanError
-from tokenhub.services.invoicing.handlers import assign_plan, end_plan, set_cycle
+from tokenhub.services.invoicing.domain import PeriodNotEnded, PlanError, what_follows_an_early_close
+from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, assign_plan, close_period, end_plan, set_cycle
 from tokenhub.services.metering import queries as metering_queries
+
+
+async def invoice(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    async with args.database(settings) as pool:
+        if arguments.action == "close":
+            period = parse(arguments.period, settings.timezone)
+            now = clock(settings)
+            try:
+                issued = await close_period(pool, settings, arguments.period, actor=args.actor(arguments), now=now,
+                                            early=arguments.early)
+            except PeriodNotEnded as error:
+                raise CliError(f"{error} Pass --early to close it now.") from error
+            # Published now, as the service publishes what it closes; left in the outbox,
+            # they would wait for the service's next batch of postings.
+            published = await relay_now(pool, settings.require_stack()[0], INVOICING_SCHEMA, client_id="tokenhub-invoice-close",
+                                        settings=settings)
+            print(f"closed {arguments.period}: {len(issued)} invoices issued, {published} events published")
+            if now < period.end:
+                print(what_follows_an_early_close(period))
+            return 0
+        found = await queries.invoices(pool, settings, bu=arguments.bu, period=arguments.period)
+        # A finance person reads names, not slugs: the page shows both.
+        names = await metering_queries.display_names(pool) if arguments.format == "html" and not arguments.json else {}
+    if arguments.action == "show" and not found:
+        raise CliError("no invoice matches" + (f" {arguments.bu}" if arguments.bu else "")
+                       + (f" for {arguments.period}" if arguments.period else ""))
+    output_format = "json" if arguments.json else arguments.format
+    if output_format == "json":
+        print(render.invoices_json(found))
+    elif output_format == "csv":
+        print(render.invoice_csv(found))
+    elif output_format == "html":
+        print(render.invoice_html(found, names))
+    elif arguments.action == "list":
+        print(render.invoice_list(found))
+    else:
+        print("\n\n".join(render.invoice_text(invoice) for invoice in found))
+    return 0
 
 
 def render_settlement(settlement: SettlementNetted, final: bool) -> str:
@@ -41,21 +81,11 @@ def render_settlement(settlement: SettlementNetted, final: bool) -> str:
             f"{len(settlement.transfers)} transfers clear {len(settlement.positions)} positions:\n{transfers}")
 
 
-def _month(name: str, zone: str) -> Period:
-    month = parse(name, zone)
-    if month.kind != "month":
-        raise CliError(f"settlement is monthly: give a month such as 2026-03, not {name}")
-    return month
-
-
 async def settle(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=2)
-    try:
-        settlement, final = await queries.settlement(pool, settings, _month(arguments.period, settings.timezone))
-    finally:
-        await pool.close()
+    month = args.month(arguments.period, settings, "settlement is monthly")
+    async with args.database(settings) as pool:
+        settlement, final = await queries.settlement(pool, settings, month)
     if arguments.json:
         print(orjson.dumps({"final": final, **settlement.model_dump(mode="json")}, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -67,15 +97,9 @@ async def spend(arguments: argparse.Namespace) -> int:
     """Month to date: what the payer spends, by consumer, app, model and class,
     and the period tier its running total has reached."""
     settings = load_settings()
-    _, database_url = settings.require_stack()
-    month = parse(arguments.period, settings.timezone) if arguments.period else containing(clock(settings), "month", settings.timezone)
-    if month.kind != "month":
-        raise CliError(f"spend is month to date: give a month such as 2026-03, not {arguments.period}")
-    pool = await create_pool(database_url, size_max=1)
-    try:
+    month = args.month(arguments.period, settings, "spend is month to date")
+    async with args.database(settings, size_max=1) as pool:
         found = await queries.spend(pool, settings, arguments.bu, month)
-    finally:
-        await pool.close()
     if arguments.json:
         print(orjson.dumps({
             "bu": arguments.bu, "period": month.name, "spend": f"{found.total:f}",
@@ -95,13 +119,8 @@ async def spend(arguments: argparse.Namespace) -> int:
 
 async def cycle(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=1)
-    try:
-        await set_cycle(pool, arguments.bu, arguments.every, arguments.actor or getpass.getuser(), arguments.reason,
-                        clock(settings))
-    finally:
-        await pool.close()
+    async with args.database(settings, size_max=1) as pool:
+        await set_cycle(pool, arguments.bu, arguments.every, args.actor(arguments), arguments.reason, clock(settings))
     print(f"{arguments.bu} is billed every {arguments.every} from now on (periods nest in months)")
     return 0
 
@@ -109,10 +128,8 @@ async def cycle(arguments: argparse.Namespace) -> int:
 async def plan(arguments: argparse.Namespace) -> int:
     """`tokenhub plan assign|list|end`: a payer on a price book's period tiers for a model over months."""
     settings = load_settings()
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=1)
     now = clock(settings)
-    try:
+    async with args.database(settings, size_max=1) as pool:
         if arguments.action == "list":
             rows = await queries.plans(pool, bu=arguments.bu)
             if arguments.json:
@@ -124,7 +141,7 @@ async def plan(arguments: argparse.Namespace) -> int:
                               row["last_month"] or "-", row["ended_by"] or row["actor"], row["end_reason"] or row["reason"]]
                              for row in rows]))
             return 0
-        actor = arguments.actor or getpass.getuser()
+        actor = args.actor(arguments)
         models = {row["model_id"]: row for row in await metering_queries.models(pool)}
         units = {row["bu_id"] for row in await metering_queries.business_units(pool)}
         if arguments.bu not in units:
@@ -146,27 +163,39 @@ async def plan(arguments: argparse.Namespace) -> int:
                 print(f"{ended.payer_bu}'s plan for {ended.model} ends with {ended.last_month}")
         except (PlanError, PeriodError) as error:
             raise CliError(str(error)) from error
-    finally:
-        await pool.close()
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    invoice_actions = subparsers.add_parser("invoice", help="invoices").add_subparsers(dest="action", required=True)
+    for name in ("list", "show"):
+        command = invoice_actions.add_parser(name)
+        command.add_argument("bu", nargs="?")
+        command.add_argument("--period", help="for example 2026-03")
+        args.add_json(command)
+        command.add_argument("--format", choices=("text", "csv", "html"), default="text")
+        command.set_defaults(handler=invoice)
+    close = invoice_actions.add_parser("close", help="close a period: issue its invoices")
+    close.add_argument("period")
+    close.add_argument("--actor", default=None, help="who closes it (default: the login name)")
+    close.add_argument("--early", action="store_true",
+                       help="close a period that has not ended yet (its invoices are final; later usage of it goes on the next ones)")
+    close.set_defaults(handler=invoice)
+
     command = subparsers.add_parser("spend", help="month to date: spend by consumer, app, model and class, and the tier reached")
     command.add_argument("bu")
     command.add_argument("--period", help="a month (default: this month)")
-    command.add_argument("--json", action="store_true")
+    args.add_json(command)
     command.set_defaults(handler=spend)
     command = subparsers.add_parser("billing-cycle", help="bill a payer every month (default), week or day")
     command.add_argument("bu")
     command.add_argument("--every", choices=("month", "week", "day"), required=True)
-    command.add_argument("--actor")
-    command.add_argument("--reason", required=True)
+    args.add_change(command)
     command.set_defaults(handler=cycle)
 
     command = subparsers.add_parser("settle", help="the month's BU-by-BU matrix, net positions and settlement transfers")
     command.add_argument("period", help="a month, for example 2026-03")
-    command.add_argument("--json", action="store_true")
+    args.add_json(command)
     command.set_defaults(handler=settle)
 
     actions = subparsers.add_parser("plan", help="assign payers to a price book's period tiers (fees) for months").add_subparsers(
@@ -177,17 +206,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("--model", required=True)
     command.add_argument("--from", dest="first", required=True, help="the first month, for example 2026-04")
     command.add_argument("--to", dest="last", help="the last month (default: until ended)")
-    command.add_argument("--actor")
-    command.add_argument("--reason", required=True)
+    args.add_change(command)
     command.set_defaults(handler=plan)
     command = actions.add_parser("list", help="plans, with who assigned or ended them and why")
     command.add_argument("bu", nargs="?")
-    command.add_argument("--json", action="store_true")
+    args.add_json(command)
     command.set_defaults(handler=plan)
     command = actions.add_parser("end", help="end a payer's running plan for a model with a month")
     command.add_argument("bu")
     command.add_argument("--model", required=True)
     command.add_argument("--last", required=True, help="the last month it covers, for example 2026-06")
-    command.add_argument("--actor")
-    command.add_argument("--reason", required=True)
+    args.add_change(command)
     command.set_defaults(handler=plan)

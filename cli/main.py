@@ -20,9 +20,9 @@ from tokenhub.cli import (
     api_commands,
     audit_commands,
     bench,
-    commands,
     demo,
     invoicing_commands,
+    ledger_commands,
     metering_commands,
     pricing_commands,
     stack,
@@ -41,8 +41,8 @@ LOG_FILE: Final = Path("logs") / "tokenhub.log"
 """Under the state folder (`.tokenhub/`), beside the services' own logs."""
 
 # Each module adds its commands with `register(subparsers)`, setting `handler`.
-COMMAND_MODULES = (stack, commands, metering_commands, pricing_commands, invoicing_commands, audit_commands, bench, demo,
-                   api_commands)
+COMMAND_MODULES = (stack, metering_commands, pricing_commands, ledger_commands, invoicing_commands, audit_commands, bench,
+                   demo, api_commands)
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,18 +12,18 @@ from typing import Any, Final
 
 import orjson
 
-from tokenhub.cli import render
-from tokenhub.cli.commands import _actor, _read_document, build_book, publish_events
+from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished
 from tokenhub.contracts.money import format_amount
+from tokenhub.contracts.pricebook import book_from_document
 from tokenhub.contracts.registry import ConversionTable
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
 from tokenhub.infra.pipeline import Timeout, wait_until
 from tokenhub.infra.settings import clock, load_settings
 from tokenhub.services.common.db import create_pool
-from tokenhub.services.common.kafka import create_producer
+from tokenhub.services.common.kafka import create_producer, send_events
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.metering import queries as metering_queries
 from tokenhub.services.pricing import handlers, queries
@@ -33,64 +33,48 @@ from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 PUBLISH_CONFIRM_S: Final = 30.0  # pricing reads a new book within seconds; longer means it is not running
 
 
-def _time(text: str | None, name: str) -> datetime | None:
-    if text is None:
-        return None
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise CliError(f"{name} {text} needs a time zone, for example {text}+08:00")
-    return moment
-
-
 async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace) -> PriceBookPublished:
     settings = load_settings()
-    book = build_book(document, settings, _actor(arguments), arguments.reason, arguments.retroactive)
+    book = book_from_document(document, actor=args.actor(arguments), reason=arguments.reason,
+                              retroactive=arguments.retroactive, published_at=clock(settings))
     try:
         validate_book(book, settings.currency, clock(settings), retroactive=arguments.retroactive)
     except PriceBookInvalid as error:
         raise CliError(str(error)) from None
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=1)
-    try:
+    async with args.database(settings, size_max=1) as pool:
         existing = await queries.book_stored(pool, book.book_id, book.version)
         latest = await queries.latest_version(pool, book.book_id)
-    finally:
-        await pool.close()
     if existing:
         raise CliError(f"version {book.version} of book {book.book_id} is already published and never changes; "
                        f"publish version {latest + 1} instead")
-    await publish_events(settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
+    await send_events(settings.require_stack()[0], PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))],
+                      settings=settings)
     print(f"published price book {book.book_id} version {book.version} effective {book.effective_from.isoformat()} "
           f"({len(book.models)} models)")
     # Wait for pricing to store it, so a `tokenhub reprice` typed next sees the new version.
-    pool = await create_pool(database_url, size_max=1)
-    try:
+    async with args.database(settings, size_max=1) as pool:
         async def stored() -> bool:
             return await queries.book_stored(pool, book.book_id, book.version)
-        await wait_until(stored, PUBLISH_CONFIRM_S, f"pricing to store {book.book_id} v{book.version}")
-        print("pricing has stored it; parked consumption it prices is being priced")
-    except Timeout:
-        print(f"pricing has not stored it within {PUBLISH_CONFIRM_S:.0f} s (is the pricing service running?); "
-              "it will when it reads pricebook.published", file=sys.stderr)
-    finally:
-        await pool.close()
+        try:
+            await wait_until(stored, PUBLISH_CONFIRM_S, f"pricing to store {book.book_id} v{book.version}")
+        except Timeout:
+            print(f"pricing has not stored it within {PUBLISH_CONFIRM_S:.0f} s (is the pricing service running?); "
+                  "it will when it reads pricebook.published", file=sys.stderr)
+            return book
+    print("pricing has stored it; parked consumption it prices is being priced")
     return book
 
 
 async def publish(arguments: argparse.Namespace) -> int:
-    await _publish_book(_read_document(arguments.file), arguments)
+    await _publish_book(args.read_document(arguments.file), arguments)
     return 0
 
 
 async def show(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    at = _time(arguments.at, "--at") or clock(settings)
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=1)
-    try:
+    at = args.moment(arguments.at, "--at") or clock(settings)
+    async with args.database(settings, size_max=1) as pool:
         found = await queries.prices_in_force(pool, at, arguments.model)
-    finally:
-        await pool.close()
     if not found:
         raise CliError(f"no price applies to {arguments.model or 'any model'} at {at.isoformat()}")
     if arguments.json:
@@ -130,7 +114,7 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
         rate = Decimal(arguments.rate)
     except InvalidOperation:
         raise CliError(f"--rate {arguments.rate} is not a decimal number") from None
-    effective_from = _time(arguments.effective_from, "--effective-from") or clock(settings)
+    effective_from = args.moment(arguments.effective_from, "--effective-from") or clock(settings)
     table = await _conversion_table(effective_from) if settings.database_url else None
     models = [name.strip() for name in arguments.models.split(",") if name.strip()] if arguments.models else None
     try:
@@ -155,6 +139,7 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
 
 
 async def _conversion_table(moment: datetime) -> ConversionTable | None:
+    # Only the database: the import works without a broker.
     pool = await create_pool(load_settings().database_url or "", size_max=1)
     try:
         return await metering_queries.conversion_table_at(pool, moment)
@@ -163,15 +148,10 @@ async def _conversion_table(moment: datetime) -> ConversionTable | None:
 
 
 async def parked(arguments: argparse.Namespace) -> int:
-    settings = load_settings()
-    _, database_url = settings.require_stack()
     if arguments.limit < 1:
         raise CliError("--limit must be at least 1")
-    pool = await create_pool(database_url, size_max=1)
-    try:
+    async with args.database(load_settings(), size_max=1) as pool:
         rows, total = await queries.parked(pool, arguments.limit)
-    finally:
-        await pool.close()
     if arguments.json:
         print(orjson.dumps([{"consumed_id": str(row.consumed_id), "payer_bu": row.payer_bu, "model": row.model,
                              "event_time": row.event_time.isoformat(), "parked_at": row.parked_at.isoformat(),
@@ -187,7 +167,7 @@ async def parked(arguments: argparse.Namespace) -> int:
 
 
 async def reprice(arguments: argparse.Namespace) -> int:
-    start, end = _time(arguments.start, "--from"), _time(arguments.end, "--to")
+    start, end = args.moment(arguments.start, "--from"), args.moment(arguments.end, "--to")
     if start is None or end is None or start >= end:
         raise CliError("give --from T1 --to T2 with T1 before T2")
     settings = load_settings()
@@ -223,13 +203,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command = books.add_parser("publish", help="validate and publish a price book version (YAML or JSON)")
     command.add_argument("file")
     command.add_argument("--retroactive", action="store_true", help="allow a version effective in the past")
-    command.add_argument("--actor", default=None)
-    command.add_argument("--reason", default="published from the CLI")
+    args.add_change(command, reason_default="published from the CLI")
     command.set_defaults(handler=publish)
     command = books.add_parser("show", help="the prices that apply to a model at a time")
     command.add_argument("model", nargs="?")
     command.add_argument("--at", help="ISO time with zone (default now)")
-    command.add_argument("--json", action="store_true")
+    args.add_json(command)
     command.set_defaults(handler=show)
     command = books.add_parser("import-litellm", help="build a book from a LiteLLM model price map")
     command.add_argument("file")
@@ -243,19 +222,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     destination.add_argument("--output", help="write the book here (default: print it)")
     destination.add_argument("--publish", action="store_true", help="validate and publish it")
     command.add_argument("--retroactive", action="store_true")
-    command.add_argument("--actor", default=None)
-    command.add_argument("--reason", default="imported from a LiteLLM price map")
+    args.add_change(command, reason_default="imported from a LiteLLM price map")
     command.set_defaults(handler=import_litellm)
 
     pricing = subparsers.add_parser("pricing", help="pricing state").add_subparsers(dest="action", required=True)
     command = pricing.add_parser("parked", help="consumption waiting for a price")
     command.add_argument("--limit", type=int, default=queries.PARKED_SHOWN_MAX, help="rows shown, oldest first")
-    command.add_argument("--json", action="store_true")
+    args.add_json(command)
     command.set_defaults(handler=parked)
 
     command = subparsers.add_parser("reprice", help="reverse and correct Priced events after a retroactive book")
     command.add_argument("--from", dest="start", required=True)
     command.add_argument("--to", dest="end", required=True)
     command.add_argument("--model")
-    command.add_argument("--json", action="store_true")
+    args.add_json(command)
     command.set_defaults(handler=reprice)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
-from typing import TypeVar
+from html import escape
+from typing import Any, TypeVar
 
 import orjson
 
@@ -28,6 +31,22 @@ def progress(items: Sequence[T], label: str) -> Iterator[T]:
             prefix = "\r" if sys.stderr.isatty() else ""
             print(f"{prefix}{label}: {index}/{total} ({100 * index // max(total, 1)}%)", end=ending,
                   file=sys.stderr, flush=True)
+
+
+def progress_bar(what: str, done: int, total: int | None) -> None:
+    """Long runs show that they move, on stderr so that --json output stays clean."""
+    if total:
+        width = 30
+        filled = width * min(done, total) // total
+        print(f"\r{what}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="" if done < total else "\n",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"{what}: {done}", file=sys.stderr, flush=True)
+
+
+def json(document: Any) -> str:
+    """A JSON document for tools: indented, amounts already strings in plain notation."""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
 
 
 def money(amount: Decimal, places: int = 2) -> str:
@@ -105,9 +124,6 @@ INVOICE_CSV_COLUMNS = ("invoice", "payer", "period", "status", "kind", "line_per
 
 def invoice_csv(invoices: list[InvoiceIssued]) -> str:
     """One row per line, exact amounts; then a total row per invoice, rounded once."""
-    import csv
-    import io
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(INVOICE_CSV_COLUMNS)
@@ -127,8 +143,6 @@ def invoice_csv(invoices: list[InvoiceIssued]) -> str:
 
 def invoice_html(invoices: list[InvoiceIssued], names: dict[str, str] | None = None) -> str:
     """A printable page a finance person can read: header, lines by consumer, subtotals, the one rounding, total."""
-    from html import escape
-
     names = names or {}
 
     def name(bu: str) -> str:

@@ -5,12 +5,14 @@ applies the period tiers at close. Pure: no I/O, clock or logging."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from tokenhub.contracts.events import PeriodTiers, PriceBookPublished
+from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import line_amount, quantize
 
 
@@ -63,3 +65,22 @@ def period_tier_charge(period_total_tokens: int, schedule: PeriodTiers) -> Decim
             break
         lower = upper
     return quantize(charge)
+
+
+def book_from_document(document: Mapping[str, Any], *, actor: str, reason: str, retroactive: bool,
+                       published_at: datetime) -> PriceBookPublished:
+    """A price book version from its document (YAML or JSON: book_id, version,
+    effective_from, currency, models), with a deterministic id per book and
+    version; the document's own `reason` wins over `reason`."""
+    book_id = str(document.get("book_id", ""))
+    version = document.get("version")
+    return PriceBookPublished.model_validate({
+        **document,
+        "id": str(derive_id("pricebook", book_id, str(version))),
+        "event_time": document.get("effective_from"),
+        "cause_id": f"{actor}:{book_id}:{version}",
+        "retroactive": retroactive,
+        "actor": actor,
+        "reason": document.get("reason", reason),
+        "published_at": published_at,
+    })

@@ -5,6 +5,7 @@ Every change records who made it and why (docs/architecture.md decision 12)."""
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal
@@ -143,3 +144,24 @@ def registry_change(kind: RegistryKind, entity: Frozen, entity_id: str, actor: s
         actor=actor,
         reason=reason,
     )
+
+
+REGISTRY_SECTIONS: Final = {"business_units": "business_unit", "models": "model", "conversion_tables": "conversion_table",
+                            "funding_agreements": "funding_agreement"}
+"""The sections of a registry document (YAML or JSON) and the kind of change each holds."""
+
+
+def registry_changes(document: Mapping[str, Any], actor: str, reason: str, at: datetime) -> list[RegistryChanged]:
+    """One change per entity of a registry document, section by section in the
+    order above (business units before the models they provide). Raises
+    ValueError for a section it does not know, pydantic's ValidationError for an invalid entity."""
+    unknown = set(document) - set(REGISTRY_SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; expected {sorted(REGISTRY_SECTIONS)}")
+    changes = []
+    for section, kind in REGISTRY_SECTIONS.items():
+        for item in document.get(section) or []:
+            entity = PAYLOAD_MODELS[kind].model_validate(item)
+            entity_id = str(item.get("bu_id") or item.get("model_id") or item.get("agreement_id") or item.get("version"))
+            changes.append(registry_change(kind, entity, entity_id, actor, reason, at))  # type: ignore[arg-type]
+    return changes

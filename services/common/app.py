@@ -65,7 +65,7 @@ def batch_subscriber_options(group_id: str) -> dict[str, Any]:
     broker it is on: batches of up to BATCH_RECORDS_MAX records as bytes, and
     offsets committed only after the handler succeeded (NACK_ON_ERROR rewinds
     the batch on an error, never skips it). The benchmark's FastStream hops take
-    the same (`infra.passthrough`)."""
+    the same (`bench.passthrough`)."""
     return {
         "group_id": group_id,
         "batch": True,

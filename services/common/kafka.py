@@ -7,7 +7,7 @@ settings (environment or the local stack's env file), never from code."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -66,6 +66,22 @@ def create_producer(bootstrap_servers: str, client_id: str, settings: Settings |
         retry_backoff_ms=200,
         **client_options(settings),
     )
+
+
+async def send_events(bootstrap_servers: str, topic: str, events: Sequence[tuple[bytes, bytes]], *,
+                      client_id: str = "tokenhub-cli", settings: Settings | None = None) -> None:
+    """Send (key, value) events to `topic` on a producer of their own and return
+    once the broker has every one: for tools that publish a few events at a time
+    (configuration changes, a budget), not for a service's stream. `settings`
+    as for `create_producer`."""
+    producer = create_producer(bootstrap_servers, client_id=client_id, settings=settings)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in events]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
 
 
 def header(record: ConsumerRecord, name: str) -> bytes | None:

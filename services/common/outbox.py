@@ -17,7 +17,8 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from tokenhub.services.common.kafka import publish
+from tokenhub.infra.settings import Settings
+from tokenhub.services.common.kafka import create_producer, publish
 
 RELAY_BATCHES_MAX: Final = 20
 """Staged batches per relay transaction: bounds the time a row lock is held and
@@ -82,6 +83,19 @@ async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str) -> 
                 for message in zip(batch["topics"], batch["keys"], batch["values"], strict=True)))
         if len(batches) < RELAY_BATCHES_MAX:
             return published
+
+
+async def relay_now(pool: asyncpg.Pool, bootstrap_servers: str, schema: str, *, client_id: str,
+                    settings: Settings | None = None) -> int:
+    """`relay` on a producer of its own: for a tool that staged events outside a
+    service (a period closed on demand), so they go out now rather than with
+    the service's next batch. Returns the number of events published."""
+    producer = create_producer(bootstrap_servers, client_id=client_id, settings=settings)
+    await producer.start()
+    try:
+        return await relay(pool, producer, schema)
+    finally:
+        await producer.stop()
 
 
 async def bump_counters(connection: asyncpg.Connection, schema: str, counts: dict[str, int]) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tokenhub.infra.passthrough import CLIENTS
+from tokenhub.bench.passthrough import CLIENTS
 
 EVENTS = 400
 TRACE_ROWS = 200

@@ -15,17 +15,23 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tokenhub.cli.commands import build_book, publish_events, registry_events
 from tokenhub.client import UsageClient, usage_event
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import UsageReported
+from tokenhub.contracts.pricebook import book_from_document
+from tokenhub.contracts.registry import registry_changes
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
 from tokenhub.infra.pipeline import counters, settled, wait_until
-from tokenhub.infra.settings import Settings
-from tokenhub.services.common.kafka import usage_client_options
+from tokenhub.infra.settings import Settings, clock
+from tokenhub.services.common.kafka import send_events, usage_client_options
 
 SETTLE_TIMEOUT_S = 90.0
 MILLION = Decimal(1_000_000)
+
+
+async def publish_events(settings: Settings, topic: str, events: list[tuple[bytes, bytes]]) -> None:
+    """Events straight onto a topic, with the settings' Kafka security (the real-cluster tier uses SASL)."""
+    await send_events(settings.bootstrap_servers or "", topic, events, settings=settings)
 
 
 @dataclass
@@ -61,14 +67,15 @@ class World:
             "funding_agreements": funding or [],
             "conversion_tables": conversion_tables or [],
         }
-        await publish_events(self.settings, REGISTRY_CHANGED.name, registry_events(registry, "tests", "test world", now))
-        book = build_book({
+        await publish_events(self.settings, REGISTRY_CHANGED.name, [
+            (change.entity_id.encode(), canonical_json(change)) for change in registry_changes(registry, "tests", "test world", now)])
+        book = book_from_document({
             "book_id": f"{self.prefix}-book", "version": 1, "currency": "CNY",
             "effective_from": (now - timedelta(days=60)).isoformat(),  # before any accepted event time
             "models": [{"model": self.model, "unit_prices_per_million": {
                 "input": str(self.input_price), "output": str(self.output_price),
                 "cache_read": "0.48", "reasoning": "9.6"}}] + (extra_prices or []),
-        }, self.settings, "tests", "test prices", retroactive=True)
+        }, actor="tests", reason="test prices", retroactive=True, published_at=clock(self.settings))
         await publish_events(self.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
         await self.wait_registered(len(consumers) + 1, 1 + len(extra_models or []), len(funding or []))
 

@@ -17,8 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tokenhub.cli import commands, invoicing_commands, render
-from tokenhub.cli.commands import publish_events
+from tokenhub.cli import invoicing_commands, render
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, Priced, decode
 from tokenhub.contracts.ids import derive_id
@@ -33,7 +32,7 @@ from tokenhub.services.invoicing import handlers, queries
 from tokenhub.services.invoicing.adapters.produced import produced_records
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tests.contract.examples import PRICED
-from tests.integration.support import World, delta, emit, published_values, read_counters, wait_settled
+from tests.integration.support import World, delta, emit, publish_events, published_values, read_counters, wait_settled
 from tests.integration.test_pricing import _json_output, _publish_book, cli_env  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -315,9 +314,9 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
 
     capsys.readouterr()
     closing = argparse.Namespace(action="close", period=today.name, actor="tests", early=True)
-    assert await commands.invoice(closing) == 0
+    assert await invoicing_commands.invoice(closing) == 0
     assert "invoices issued" in capsys.readouterr().out
-    assert await commands.invoice(closing) == 0  # again: nothing left to issue, no number used up
+    assert await invoicing_commands.invoice(closing) == 0  # again: nothing left to issue, no number used up
     listed = await _invoices_of(world, payer)
     assert [(invoice.period, invoice.number, invoice.status) for invoice in listed] == [
         (old_day.name, 1, "issued"), (yesterday.name, 2, "issued"), (today.name, 3, "issued")]
@@ -325,7 +324,7 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
                                                              world.expected_amount(1_000, 100)]
 
     capsys.readouterr()
-    assert await commands.invoice(argparse.Namespace(action="show", bu=payer, period=today.name, json=False,
+    assert await invoicing_commands.invoice(argparse.Namespace(action="show", bu=payer, period=today.name, json=False,
                                                      format="html")) == 0
     html = capsys.readouterr().out
     assert f"Shop ({payer})" in html and "Provider" in html  # display names beside the slugs

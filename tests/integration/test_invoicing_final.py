@@ -18,7 +18,7 @@ import pytest
 
 from tokenhub.audit.verify import Check, check_settlements_cover_their_invoices
 from tokenhub.audit.log import loads
-from tokenhub.cli import commands, invoicing_commands
+from tokenhub.cli import invoicing_commands
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.periods import containing
@@ -72,7 +72,7 @@ async def test_closing_a_period_before_it_ends_needs_early_and_says_what_follows
     tomorrow = today.next(ZONE)
     for day in (today, tomorrow):
         with pytest.raises(CliError) as refused:
-            await commands.invoice(argparse.Namespace(action="close", period=day.name, actor="tests", early=False))
+            await invoicing_commands.invoice(argparse.Namespace(action="close", period=day.name, actor="tests", early=False))
         message = str(refused.value)
         assert message.startswith(f"{day.name} has not ended: it ends at {day.end.isoformat()}, it is now ")
         assert message.endswith("Close it early only on purpose. Pass --early to close it now.")
@@ -80,7 +80,7 @@ async def test_closing_a_period_before_it_ends_needs_early_and_says_what_follows
                           "where period = $1", tomorrow.name)
     assert closed[0]["n"] == 0  # refused: nothing closed
 
-    out = await _run(capsys, commands.invoice, action="close", period=today.name, actor="tests", early=True)
+    out = await _run(capsys, invoicing_commands.invoice, action="close", period=today.name, actor="tests", early=True)
     assert f"{today.name} was closed before it ends ({today.end.isoformat()}): its invoices are final." in out
     assert f"goes on each payer's next invoice as adjustment lines naming {today.name}" in out
 
@@ -166,13 +166,13 @@ async def test_a_draft_number_is_never_shown_twice(backend, cli_env: Path, capsy
     await emit(world.settings, [world.usage("shop", 1, 1_000, 100, time=yesterday.end - timedelta(hours=2))])
     await wait_settled(world.settings, before, 1)
     await _wait_invoicing_has(world, payer, 1)
-    await _run(capsys, commands.invoice, action="close", period=yesterday.name, actor="tests", early=False)
+    await _run(capsys, invoicing_commands.invoice, action="close", period=yesterday.name, actor="tests", early=False)
     before = await read_counters(world.settings)
     await emit(world.settings, [world.usage("shop", 2, 2_000, 200, time=yesterday.end - timedelta(hours=1)),
                                 world.usage("shop", 3, 3_000, 300, time=now - timedelta(minutes=1))])
     await wait_settled(world.settings, before, 2)
     await _wait_invoicing_has(world, payer, 3)
-    listed = _json_output(await _run(capsys, commands.invoice, action="list", bu=payer, period=None, json=True,
+    listed = _json_output(await _run(capsys, invoicing_commands.invoice, action="list", bu=payer, period=None, json=True,
                                      format="text"))
     assert [(invoice["period"], invoice["number"], invoice["status"]) for invoice in listed] == [
         (yesterday.name, 1, "issued"), (today.name, 2, "draft")]

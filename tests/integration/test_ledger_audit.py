@@ -15,9 +15,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.integration.support import World, delta, emit, read_counters, wait_settled
+from tests.integration.support import World, delta, emit, publish_events, read_counters, wait_settled
 from tokenhub.audit import balances, log, replay, restore, verify
-from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED, TOKENS_PRICED
 from tokenhub.infra.migrate import migrate
 from tokenhub.infra.pipeline import wait_until

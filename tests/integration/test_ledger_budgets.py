@@ -14,9 +14,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.integration.support import World, emit, read_counters, wait_settled, delta
+from tests.integration.support import World, delta, emit, publish_events, read_counters, wait_settled
 from tokenhub.audit import log
-from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.periods import containing

@@ -12,7 +12,6 @@ import pytest
 
 from tokenhub.audit.replay import replay
 from tokenhub.services.ledger.queries import balances
-from tokenhub.cli.commands import publish_events
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED
 from tokenhub.infra.pipeline import wait_until
@@ -22,6 +21,7 @@ from tests.integration.support import (
     World,
     delta,
     emit,
+    publish_events,
     published_values,
     read_counters,
     wait_settled,

@@ -17,20 +17,21 @@ import asyncpg
 import pytest
 
 from tokenhub.cli import pricing_commands
-from tokenhub.cli.commands import build_book, publish_events
 from tokenhub.cli.errors import CliError
 from tokenhub.services.ledger.queries import balances
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.money import line_amount
+from tokenhub.contracts.pricebook import book_from_document
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
 from tokenhub.infra.pipeline import wait_until
+from tokenhub.infra.settings import clock
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 from tokenhub.services.pricing import handlers
-from tests.integration.support import World, delta, emit, read_counters, wait_settled
+from tests.integration.support import World, delta, emit, publish_events, read_counters, wait_settled
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "litellm_prices.json"
@@ -88,7 +89,8 @@ async def _publish_book(world: World, book_id: str, version: int, effective: dat
     """A book straight onto the topic, skipping the CLI's checks (the invoicing tests use it too)."""
     document = {"book_id": book_id, "version": version, "currency": "CNY", "effective_from": effective.isoformat(),
                 "models": models, **extra}
-    book = build_book(document, world.settings, "tests", "test book", retroactive=True)
+    book = book_from_document(document, actor="tests", reason="test book", retroactive=True,
+                              published_at=clock(world.settings))
     await publish_events(world.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
     await _wait_book(world, book_id, version)
 

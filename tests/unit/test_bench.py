@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenhub.cli.bench import percentile, trace_schedule, trace_templates
-from tokenhub.cli.errors import CliError
+from tokenhub.bench.benchmark import BenchFailed, percentile, trace_schedule, trace_templates
 
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
@@ -39,7 +38,7 @@ def test_a_trace_keeps_its_models_tokens_and_pace(tmp_path: Path) -> None:
     ("", "the header lacks timestamp_ms, model, input_tokens, output_tokens"),
 ])
 def test_a_bad_trace_is_refused_naming_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(CliError, match=message):
+    with pytest.raises(BenchFailed, match=message):
         trace_templates(_trace(tmp_path, text), NOW)
 
 

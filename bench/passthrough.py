@@ -3,7 +3,7 @@ record unchanged to the next, with the pipeline's producer and consumer
 settings and no logic. Four of these in four processes are what the pipeline
 is compared with.
 
-    python -m tokenhub.infra.passthrough CLIENT BOOTSTRAP SOURCE_TOPIC TARGET_TOPIC
+    python -m tokenhub.bench.passthrough CLIENT BOOTSTRAP SOURCE_TOPIC TARGET_TOPIC
 
 CLIENT is the Kafka client the hop uses:
 - `aiokafka`: the services' client, on their event loop (uvloop) and with their
@@ -29,7 +29,9 @@ from typing import Final
 
 import uvloop
 from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker, KafkaMessage
 
+from tokenhub.services.common.app import BATCH_WAIT_MS, batch_subscriber_options, tolerant_parser
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
     FETCH_WAIT_MS_MAX,
@@ -72,6 +74,7 @@ async def aiokafka_hop(bootstrap_servers: str, source: str, target: str) -> None
 def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
     """The same hop with librdkafka: a batch is consumed, produced, flushed (every
     record acknowledged by the broker, acks=all) and only then committed."""
+    # librdkafka loads in the hop that measures it, not in every `tokenhub` command (which reads CLIENTS here).
     from confluent_kafka import Consumer, KafkaException, Producer
 
     settings = load_settings()
@@ -128,10 +131,9 @@ def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
 
 
 async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, confluent: bool) -> None:
-    from tokenhub.services.common.app import BATCH_WAIT_MS, batch_subscriber_options, tolerant_parser
-
     settings = batch_subscriber_options(f"passthrough-{'faststream-confluent' if confluent else 'faststream'}-{source}")
     if confluent:
+        # As in confluent_hop: librdkafka loads only where it is measured.
         from faststream.confluent import KafkaBroker as ConfluentBroker
         from faststream.confluent import KafkaMessage as ConfluentMessage
 
@@ -146,8 +148,6 @@ async def faststream_hop(bootstrap_servers: str, source: str, target: str, *, co
                              for record in message.raw_message]
             await asyncio.gather(*confirmations)
     else:
-        from faststream.kafka import KafkaBroker, KafkaMessage
-
         broker = KafkaBroker(bootstrap_servers.split(","), client_id=f"passthrough-{source}", logger=None,
                              security=load_settings().kafka_security().faststream_security())
         producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
