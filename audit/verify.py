@@ -660,7 +660,7 @@ def _totals_kind(kind: str | None) -> str:
 
 
 def _month_of(event_time: str, zone: ZoneInfo) -> str:
-    return datetime.fromisoformat(event_time).astimezone(zone).strftime("%Y-%m")
+    return parse_time(event_time).astimezone(zone).strftime("%Y-%m")
 
 
 async def check_invoices(connection: asyncpg.Connection, scope: str | None, minor_units: int, facts: list[EntryFact],

@@ -16,7 +16,8 @@ from tokenhub.api.app import serve
 from tokenhub.api.settings import ApiSettings
 from tokenhub.cli import render
 from tokenhub.cli.errors import CliError
-from tokenhub.infra.settings import clock, load_settings
+from tokenhub.contracts.periods import PeriodError, parse_time
+from tokenhub.infra.settings import load_settings
 from tokenhub.services.common.db import create_pool
 
 _DURATION = re.compile(r"^(\d+)([dh])$")
@@ -30,12 +31,9 @@ def _expiry(text: str | None, now: datetime) -> datetime | None:
         amount, unit = int(match.group(1)), match.group(2)
         return now + (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(f"--expires {text!r}: a duration such as 90d or 12h, or an ISO time with zone") from None
-    if moment.tzinfo is None:
-        raise CliError(f"--expires {text} needs a time zone, for example {text}+08:00")
-    return moment
+        return parse_time(text)
+    except PeriodError as error:
+        raise CliError(f"--expires {text!r}: a duration such as 90d or 12h, or an ISO time with zone ({error})") from None
 
 
 async def apikey(arguments: argparse.Namespace) -> int:
