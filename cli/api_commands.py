@@ -8,13 +8,11 @@ import getpass
 import re
 from datetime import datetime, timedelta
 
-import orjson
-
 from tokenhub.api import bench, keys
 from tokenhub.api.access import ROLES
 from tokenhub.api.app import serve
 from tokenhub.api.settings import ApiSettings
-from tokenhub.cli import render
+from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.periods import PeriodError, parse_time
 from tokenhub.infra.settings import load_settings
@@ -50,9 +48,9 @@ async def apikey(arguments: argparse.Namespace) -> int:
                                                     _expiry(arguments.expires, now))
                 except (keys.KeyNotIssued, ValueError) as error:
                     raise CliError(str(error)) from None
-                if arguments.json:
-                    print(orjson.dumps({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu,
-                                        "owner": owner}).decode())
+                if args.output_format(arguments) == "json":
+                    print(render.json({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu,
+                                       "owner": owner}))
                 else:
                     print(f"key {key_id} ({arguments.role}{' for ' + arguments.bu if arguments.bu else ''}, owner {owner}):\n"
                           f"{key}\nIt is shown once; only its SHA-256 is stored.")
@@ -65,13 +63,14 @@ async def apikey(arguments: argparse.Namespace) -> int:
             rows = await keys.listing(connection)
     finally:
         await pool.close()
-    if arguments.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC).decode())
+    if args.output_format(arguments) == "json":
+        print(render.json(rows))
         return 0
+    zone = settings.timezone
     print(render.table(["key", "role", "bu", "owner", "created", "expires", "revoked", "reason"],
-                       [[row["key_id"], row["role"], row["bu"] or "-", row["owner"], row["created_at"].isoformat(timespec="seconds"),
-                         row["expires_at"].isoformat(timespec="seconds") if row["expires_at"] else "-",
-                         row["revoked_at"].isoformat(timespec="seconds") if row["revoked_at"] else "-", row["reason"]]
+                       [[row["key_id"], row["role"], row["bu"] or "-", row["owner"], render.local(row["created_at"], zone),
+                         render.local(row["expires_at"], zone) if row["expires_at"] else "-",
+                         render.local(row["revoked_at"], zone) if row["revoked_at"] else "-", row["reason"]]
                         for row in rows], right=set()) if rows else "(no keys)")
     return 0
 
@@ -86,8 +85,8 @@ async def api_serve(arguments: argparse.Namespace) -> int:
 async def api_bench(arguments: argparse.Namespace) -> int:
     result = await bench.run(url=arguments.url, key=arguments.key, rate=arguments.rate, seconds=arguments.seconds,
                              payers_count=arguments.payers, postings_per_payer=arguments.postings)
-    if arguments.json:
-        print(orjson.dumps(result.__dict__, option=orjson.OPT_INDENT_2).decode())
+    if args.output_format(arguments) == "json":
+        print(render.json(result.__dict__))
     else:
         print("\n".join(result.lines()))
     return 0 if result.errors == 0 else 1
@@ -96,30 +95,37 @@ async def api_bench(arguments: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     actions = subparsers.add_parser("apikey", help="API keys for the HTTP API, with roles").add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="issue a key (shown once)")
-    create.add_argument("--role", required=True, choices=ROLES)
-    create.add_argument("--bu", help="the business unit a bu-reader key reads for")
-    create.add_argument("--owner", help="who holds it: the actor of every change it makes (default: the login name)")
+    create.add_argument("--role", required=True, choices=ROLES, help=f"what the key may do: {', '.join(ROLES)}")
+    args.add_bu(create, what="the business unit a bu-reader key reads for")
+    create.add_argument("--owner", help="who holds it: the actor of every change it makes (default: your login name)")
     create.add_argument("--expires", help="a duration (90d, 12h) or an ISO time with zone (default: never)")
-    create.add_argument("--reason", required=True)
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--reason", required=True, help="why the key is issued: kept with it for auditors")
+    args.add_output(create)
+    args.examples(create, "tokenhub apikey create --role finance --reason 'month-end reports'",
+                  "tokenhub apikey create --role bu-reader --bu taobao-tmall --expires 90d --reason dashboard --json")
     create.set_defaults(handler=apikey)
     listing = actions.add_parser("list", help="keys, their roles and state (never the keys themselves)")
-    listing.add_argument("--json", action="store_true")
+    args.add_output(listing)
+    args.examples(listing, "tokenhub apikey list", "tokenhub apikey list --json")
     listing.set_defaults(handler=apikey)
     revoke = actions.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id")
-    revoke.add_argument("--owner", help="who revokes it (default: the login name)")
-    revoke.add_argument("--reason", required=True)
+    revoke.add_argument("key_id", help="the key's id, as `tokenhub apikey list` shows it")
+    revoke.add_argument("--owner", help="who revokes it (default: your login name)")
+    revoke.add_argument("--reason", required=True, help="why it is revoked: kept with it for auditors")
+    args.examples(revoke, "tokenhub apikey revoke 3f9c2a1b --reason 'left the team'")
     revoke.set_defaults(handler=apikey)
 
     api = subparsers.add_parser("api", help="the HTTP API").add_subparsers(dest="action", required=True)
-    api.add_parser("serve", help="serve the API (TOKENHUB_API_PORT, default 8090)").set_defaults(handler=api_serve)
+    serve_parser = api.add_parser("serve", help="serve the API (TOKENHUB_API_PORT, default 8090)")
+    args.examples(serve_parser, "tokenhub api serve")
+    serve_parser.set_defaults(handler=api_serve)
     bench_parser = api.add_parser("bench-quota", help="p50/p99 of the quota check at a steady request rate")
-    bench_parser.add_argument("--rate", type=float, default=1000.0, help="requests per second offered")
-    bench_parser.add_argument("--seconds", type=float, default=20.0)
-    bench_parser.add_argument("--payers", type=int, default=200, help="payers in the seeded quota state")
-    bench_parser.add_argument("--postings", type=int, default=100, help="postings per payer seeded on ledger.posted")
+    bench_parser.add_argument("--rate", type=float, default=1000.0, help="requests per second offered (default: 1000)")
+    bench_parser.add_argument("--seconds", type=float, default=20.0, help="how long to offer them (default: 20)")
+    bench_parser.add_argument("--payers", type=int, default=200, help="payers in the seeded quota state (default: 200)")
+    bench_parser.add_argument("--postings", type=int, default=100, help="postings per payer seeded on ledger.posted (default: 100)")
     bench_parser.add_argument("--url", help="an API already running (default: start one on an embedded stack)")
     bench_parser.add_argument("--key", help="its API key (with --url)")
-    bench_parser.add_argument("--json", action="store_true")
+    args.add_output(bench_parser)
+    args.examples(bench_parser, "tokenhub api bench-quota --rate 500 --seconds 10")
     bench_parser.set_defaults(handler=api_bench)

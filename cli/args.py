@@ -1,11 +1,15 @@
-"""What every command shares: times with zones, months, the actor and reason of
-a change, documents read from files, `--json`, and the database a command
-reads. Each is parsed here once, and a bad value becomes one clear line."""
+"""What every command shares, under one name each: --bu (a business unit),
+--period (a period by its ISO name), --as-of (a point in time), --from/--to (a
+window), --actor and --reason (who makes a change and why), --format and --json
+(how a reading command prints), documents read from files, examples in every
+command's help, and the database a command reads. Each is parsed here once, and
+a bad value becomes one clear line."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -16,12 +20,14 @@ import asyncpg
 import orjson
 import yaml
 
-from tokenhub.cli.errors import CliError
+from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.contracts.periods import Period, PeriodError, containing, parse, parse_time
 from tokenhub.infra.settings import Settings, clock
 from tokenhub.services.common.db import create_pool
 
 TIME_HELP = "ISO time with zone, for example 2026-03-14T12:00:00+08:00"
+PERIOD_HELP = "ISO period name: a month 2026-03, a week 2026-W11 or a day 2026-03-14"
+FORMATS_READING = ("text", "json")
 
 
 def moment(text: str | None, option: str) -> datetime | None:
@@ -34,34 +40,77 @@ def moment(text: str | None, option: str) -> datetime | None:
         raise CliError(f"{option} {error}") from None
 
 
-def month(text: str | None, settings: Settings, why: str) -> Period:
+def period(text: str, settings: Settings) -> Period:
+    """A period by its ISO name, in the company's time zone."""
+    try:
+        return parse(text, settings.timezone)
+    except PeriodError as error:
+        raise CliError(f"--period {error}") from None
+
+
+def month(text: str | None, settings: Settings, why: str, option: str = "--period") -> Period:
     """A month by name (`2026-03`), this month by default; `why` says why it must be a month."""
     if text is None:
         return containing(clock(settings), "month", settings.timezone)
     try:
         period = parse(text, settings.timezone)
     except PeriodError as error:
-        raise CliError(str(error)) from None
+        raise CliError(f"{option} {error}") from None
     if period.kind != "month":
-        raise CliError(f"{why}: give a month such as 2026-03, not {text}")
+        raise CliError(f"{option} {text}: {why}; give a month such as 2026-03")
     return period
 
 
-def add_change(parser: argparse.ArgumentParser, *, reason_default: str | None = None) -> None:
-    """--actor and --reason: who makes a change and why, kept with it (decision 12)."""
-    parser.add_argument("--actor", default=None, help="who makes the change (default: the login name)")
-    if reason_default is None:
-        parser.add_argument("--reason", required=True, help="why: kept with the change")
-    else:
-        parser.add_argument("--reason", default=reason_default, help=f"why: kept with the change (default: {reason_default})")
+def add_change(parser: argparse.ArgumentParser) -> None:
+    """--actor and --reason: who makes a change and why, kept with it (decision
+    12). Every command that changes something asks for its reason."""
+    parser.add_argument("--actor", default=None, help="who makes the change (default: your login name)")
+    parser.add_argument("--reason", required=True, help="why the change is made: kept with it for auditors")
 
 
 def actor(arguments: argparse.Namespace) -> str:
     return getattr(arguments, "actor", None) or getpass.getuser()
 
 
-def add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON of a stable shape")
+def add_output(parser: argparse.ArgumentParser, *formats: str) -> None:
+    """--format (text by default, json, and what else this command renders) and
+    --json, short for --format json. README lists the JSON shape of each command."""
+    choices = (*FORMATS_READING, *formats)
+    parser.add_argument("--format", choices=choices, default=None,
+                        help=f"how to print: {', '.join(choices)} (default: text)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON of the shape README names (short for --format json)")
+
+
+def output_format(arguments: argparse.Namespace) -> str:
+    """The format asked for; --json with another --format is refused, not ignored."""
+    chosen = getattr(arguments, "format", None)
+    if getattr(arguments, "json", False):
+        if chosen not in (None, "json"):
+            raise UsageError(f"--json asks for JSON and --format asks for {chosen}; give one of them")
+        return "json"
+    return chosen or "text"
+
+
+def add_bu(parser: argparse.ArgumentParser, *, required: bool = False, what: str = "the business unit") -> None:
+    parser.add_argument("--bu", required=required, metavar="BU",
+                        help=f"{what}, by its id, for example taobao-tmall" + ("" if required else " (default: all)"))
+
+
+def add_period(parser: argparse.ArgumentParser, *, what: str = PERIOD_HELP, required: bool = False) -> None:
+    parser.add_argument("--period", required=required, metavar="PERIOD", help=what)
+
+
+def add_as_of(parser: argparse.ArgumentParser, what: str = "as of this time") -> None:
+    parser.add_argument("--as-of", metavar="TIME", help=f"{what}; {TIME_HELP} (default: now)")
+
+
+def examples(parser: argparse.ArgumentParser, *lines: str) -> argparse.ArgumentParser:
+    """Put examples under a command's help; tests/unit/test_cli_vocabulary.py
+    parses each one, so an example never drifts from the command."""
+    parser.epilog = "examples:\n" + "\n".join(textwrap.indent(line, "  ") for line in lines)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
 
 
 def read_document(path: str) -> Any:

@@ -9,18 +9,29 @@ import asyncio
 import signal
 import time
 
-from tokenhub.bench.demo import EVENTS_DEFAULT, DemoResult, run_demo, serve_dashboard
-from tokenhub.bench.load import SEED_DEFAULT
-from tokenhub.cli import render
+from tokenhub.bench.demo import EVENTS_DEFAULT, NOW, DemoResult, run_demo, serve_dashboard
+from tokenhub.bench.load import SEED_DEFAULT, pricebook_document
+from tokenhub.cli import args, render
+from tokenhub.contracts.pricebook import BookIndex, book_from_document
 from tokenhub.cli.audit_commands import replay_text, verify_text
 from tokenhub.cli.invoicing_commands import render_settlement
 from tokenhub.infra.pipeline import LocalPipeline
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.logging import configure_logging
 
+ZONE = Settings().timezone  # the demo runs in the default company zone
+
 
 def _section(title: str) -> str:
     return f"\n== {title} " + "=" * max(0, 70 - len(title))
+
+
+def _demo_books() -> BookIndex:
+    """The one book the demo publishes, read from the same file, for naming
+    which version and tier priced each invoice line."""
+    book = book_from_document(pricebook_document(), actor="demo", reason="the demo's prices", retroactive=True,
+                              published_at=NOW)
+    return BookIndex.of([book])
 
 
 def demo_text(result: DemoResult) -> str:
@@ -44,9 +55,9 @@ def demo_text(result: DemoResult) -> str:
         f"ledger:                             {result.ledger_spend:f} CNY\n"
         f"{'MATCH' if result.recomputed_spend == result.ledger_spend else 'MISMATCH'}",
         _section(f"month end: {len(result.issued)} invoices issued for {result.month}"),
-        render.invoice_list(result.invoices),
+        render.invoice_list(result.invoices, ZONE),
         "",
-        render.invoice_text(result.shown_invoice),
+        render.invoice_text(result.shown_invoice, ZONE, _demo_books()),
         _section(f"settlement between business units for {result.month}"),
         render_settlement(result.settlement, result.settlement_final),
         _section("replay from tokens.priced"),
@@ -92,8 +103,10 @@ async def _until_stopped() -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="run the whole pipeline on a realistic day and print the results")
-    demo.add_argument("--events", type=int, default=EVENTS_DEFAULT)
-    demo.add_argument("--seed", type=int, default=SEED_DEFAULT)
+    demo.add_argument("--events", type=int, default=EVENTS_DEFAULT, help=f"usage events in the day (default: {EVENTS_DEFAULT:,})")
+    demo.add_argument("--seed", type=int, default=SEED_DEFAULT,
+                      help=f"seed of the day's usage: the same seed, the same figures (default: {SEED_DEFAULT})")
     demo.add_argument("--keep", action="store_true",
                       help="after the run, keep the demo's stack up and serve the API and dashboard on its data until Ctrl-C")
+    args.examples(demo, "tokenhub demo", "tokenhub demo --events 2000 --seed 11")
     demo.set_defaults(handler=run)

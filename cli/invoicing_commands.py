@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-import orjson
-
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError
+from tokenhub.cli.errors import CliError, not_one_of
 from tokenhub.cli.render import money, table
 from tokenhub.contracts.periods import PeriodError, parse
 from tokenhub.contracts.settlement import SettlementNetted
@@ -18,45 +16,59 @@ from tokenhub.services.common.outbox import relay_now
 from tokenhub.services.invoicing import queries
 from tokenhub.services.invoicing.domain import PeriodNotEnded, PlanError, what_follows_an_early_close
 from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, assign_plan, close_period, end_plan, set_cycle
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.pricing import queries as pricing_queries
 
 
 async def invoice(arguments: argparse.Namespace) -> int:
     settings = load_settings()
+    if arguments.action == "close":
+        return await close(arguments)
+    output = args.output_format(arguments)
     async with args.database(settings) as pool:
-        if arguments.action == "close":
-            period = parse(arguments.period, settings.timezone)
-            now = clock(settings)
-            try:
-                issued = await close_period(pool, settings, arguments.period, actor=args.actor(arguments), now=now,
-                                            early=arguments.early)
-            except PeriodNotEnded as error:
-                raise CliError(f"{error} Pass --early to close it now.") from error
-            # Published now, as the service publishes what it closes; left in the outbox,
-            # they would wait for the service's next batch of postings.
-            published = await relay_now(pool, settings.require_stack()[0], INVOICING_SCHEMA, client_id="tokenhub-invoice-close",
-                                        settings=settings)
-            print(f"closed {arguments.period}: {len(issued)} invoices issued, {published} events published")
-            if now < period.end:
-                print(what_follows_an_early_close(period))
-            return 0
+        names = await metering_queries.display_names(pool)
+        if arguments.bu and arguments.bu not in names:
+            raise not_one_of("--bu", arguments.bu, sorted(names))
+        if arguments.period:
+            args.period(arguments.period, settings)
         found = await queries.invoices(pool, settings, bu=arguments.bu, period=arguments.period)
-        # A finance person reads names, not slugs: the page shows both.
-        names = await metering_queries.display_names(pool) if arguments.format == "html" and not arguments.json else {}
+        books = BookIndex.of(await pricing_queries.price_books(pool))
     if arguments.action == "show" and not found:
         raise CliError("no invoice matches" + (f" {arguments.bu}" if arguments.bu else "")
-                       + (f" for {arguments.period}" if arguments.period else ""))
-    output_format = "json" if arguments.json else arguments.format
-    if output_format == "json":
-        print(render.invoices_json(found))
-    elif output_format == "csv":
-        print(render.invoice_csv(found))
-    elif output_format == "html":
-        print(render.invoice_html(found, names))
+                       + (f" for {arguments.period}" if arguments.period else "") + "; `tokenhub invoice list` shows them")
+    if output == "json":
+        print(render.json(render.invoices_document(found, books)))
+    elif output == "csv":
+        print(render.invoice_csv(found, books))
+    elif output == "html":
+        print(render.invoice_html(found, settings.timezone, books, names))
     elif arguments.action == "list":
-        print(render.invoice_list(found))
+        print(render.invoice_list(found, settings.timezone) if found else "no invoices yet: a period closes at its "
+              "end plus the allowed lateness, or with `tokenhub invoice close --period PERIOD`")
     else:
-        print("\n\n".join(render.invoice_text(invoice) for invoice in found))
+        print("\n\n".join(render.invoice_text(invoice, settings.timezone, books) for invoice in found))
+    return 0
+
+
+async def close(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
+    period = args.period(arguments.period, settings)
+    now = clock(settings)
+    async with args.database(settings) as pool:
+        try:
+            issued = await close_period(pool, settings, period.name, actor=args.actor(arguments), now=now,
+                                        early=arguments.early)
+        except PeriodNotEnded as error:
+            raise CliError(f"{error} Pass --early to close it now.") from error
+        # Published now, as the service publishes what it closes; left in the outbox,
+        # they would wait for the service's next batch of postings.
+        published = await relay_now(pool, settings.require_stack()[0], INVOICING_SCHEMA, client_id="tokenhub-invoice-close",
+                                    settings=settings)
+    print(f"closed {period.name} ({render.period_range(period.start, period.end, settings.timezone)}): "
+          f"{len(issued)} invoices issued, {published} events published")
+    if now < period.end:
+        print(what_follows_an_early_close(period))
     return 0
 
 
@@ -86,8 +98,8 @@ async def settle(arguments: argparse.Namespace) -> int:
     month = args.month(arguments.period, settings, "settlement is monthly")
     async with args.database(settings) as pool:
         settlement, final = await queries.settlement(pool, settings, month)
-    if arguments.json:
-        print(orjson.dumps({"final": final, **settlement.model_dump(mode="json")}, option=orjson.OPT_INDENT_2).decode())
+    if args.output_format(arguments) == "json":
+        print(render.json({"final": final, **settlement.model_dump()}))
     else:
         print(render_settlement(settlement, final))
     return 0
@@ -100,15 +112,15 @@ async def spend(arguments: argparse.Namespace) -> int:
     month = args.month(arguments.period, settings, "spend is month to date")
     async with args.database(settings, size_max=1) as pool:
         found = await queries.spend(pool, settings, arguments.bu, month)
-    if arguments.json:
-        print(orjson.dumps({
-            "bu": arguments.bu, "period": month.name, "spend": f"{found.total:f}",
-            "lines": [{**row, "amount": f"{row['amount']:f}"} for row in found.rows],
-            "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": f"{line.amount:f}"}
-                             for line in found.period_tiers],
-        }, option=orjson.OPT_INDENT_2).decode())
+    if args.output_format(arguments) == "json":
+        print(render.json({
+            "bu": arguments.bu, "period": month.name, "period_start": month.start, "period_end": month.end,
+            "spend": found.total, "lines": found.rows,
+            "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": line.amount} for line in found.period_tiers],
+        }))
         return 0
-    print(f"{arguments.bu}: month to date {month.name}, {found.total:,.6f} {settings.currency}")
+    print(f"{arguments.bu}: month to date {month.name} ({render.period_range(month.start, month.end, settings.timezone)}), "
+          f"{found.total:,.6f} {settings.currency}")
     print(table(["consumer", "app", "model", "class", "Tokens", "amount"],
                 [[row["consumer_bu"], row["app"], row["model"], row["token_class"], f"{row['tokens']:,}",
                   f"{row['amount']:,.6f}"] for row in found.rows], right={4, 5}))
@@ -132,9 +144,8 @@ async def plan(arguments: argparse.Namespace) -> int:
     async with args.database(settings, size_max=1) as pool:
         if arguments.action == "list":
             rows = await queries.plans(pool, bu=arguments.bu)
-            if arguments.json:
-                print(orjson.dumps([{**row, "plan_id": str(row["plan_id"])} for row in rows],
-                                   option=orjson.OPT_INDENT_2).decode())
+            if args.output_format(arguments) == "json":
+                print(render.json(rows))
             else:
                 print(table(["payer", "model", "book", "provider", "from", "to", "by", "reason"],
                             [[row["payer_bu"], row["model"], row["book_id"], row["provider_bu"], row["first_month"],
@@ -168,53 +179,63 @@ async def plan(arguments: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     invoice_actions = subparsers.add_parser("invoice", help="invoices").add_subparsers(dest="action", required=True)
-    for name in ("list", "show"):
-        command = invoice_actions.add_parser(name)
-        command.add_argument("bu", nargs="?")
-        command.add_argument("--period", help="for example 2026-03")
-        args.add_json(command)
-        command.add_argument("--format", choices=("text", "csv", "html"), default="text")
+    for name, what in (("list", "invoices issued and drafted, one line each"),
+                       ("show", "invoices in full: each line with the book version and tier that priced it")):
+        command = invoice_actions.add_parser(name, help=what)
+        args.add_bu(command, what="the payer")
+        args.add_period(command, what=f"one billing period; {args.PERIOD_HELP} (default: every period)")
+        args.add_output(command, "csv", "html")
+        args.examples(command, f"tokenhub invoice {name}", f"tokenhub invoice {name} --bu taobao-tmall --period 2026-03",
+                      f"tokenhub invoice {name} --bu taobao-tmall --format html > invoice.html")
         command.set_defaults(handler=invoice)
-    close = invoice_actions.add_parser("close", help="close a period: issue its invoices")
-    close.add_argument("period")
-    close.add_argument("--actor", default=None, help="who closes it (default: the login name)")
-    close.add_argument("--early", action="store_true",
-                       help="close a period that has not ended yet (its invoices are final; later usage of it goes on the next ones)")
-    close.set_defaults(handler=invoice)
+    command = invoice_actions.add_parser("close", help="close a period: issue its invoices")
+    args.add_period(command, required=True, what=f"the period to close; {args.PERIOD_HELP}")
+    command.add_argument("--actor", default=None, help="who closes it (default: your login name)")
+    command.add_argument("--early", action="store_true",
+                         help="close a period that has not ended yet (its invoices are final; later usage of it goes on the next ones)")
+    args.examples(command, "tokenhub invoice close --period 2026-03", "tokenhub invoice close --period 2026-12 --early")
+    command.set_defaults(handler=invoice)
 
     command = subparsers.add_parser("spend", help="month to date: spend by consumer, app, model and class, and the tier reached")
-    command.add_argument("bu")
-    command.add_argument("--period", help="a month (default: this month)")
-    args.add_json(command)
+    args.add_bu(command, required=True, what="the payer")
+    args.add_period(command, what="a month, for example 2026-03 (default: this month)")
+    args.add_output(command)
+    args.examples(command, "tokenhub spend --bu taobao-tmall", "tokenhub spend --bu taobao-tmall --period 2026-03 --json")
     command.set_defaults(handler=spend)
+
     command = subparsers.add_parser("billing-cycle", help="bill a payer every month (default), week or day")
-    command.add_argument("bu")
-    command.add_argument("--every", choices=("month", "week", "day"), required=True)
+    args.add_bu(command, required=True, what="the payer")
+    command.add_argument("--every", choices=("month", "week", "day"), required=True, help="how often its periods close")
     args.add_change(command)
+    args.examples(command, "tokenhub billing-cycle --bu cainiao --every week --reason 'weekly chargeback'")
     command.set_defaults(handler=cycle)
 
     command = subparsers.add_parser("settle", help="the month's BU-by-BU matrix, net positions and settlement transfers")
-    command.add_argument("period", help="a month, for example 2026-03")
-    args.add_json(command)
+    args.add_period(command, what="a month, for example 2026-03 (default: this month)")
+    args.add_output(command)
+    args.examples(command, "tokenhub settle --period 2026-03", "tokenhub settle --json")
     command.set_defaults(handler=settle)
 
     actions = subparsers.add_parser("plan", help="assign payers to a price book's period tiers (fees) for months").add_subparsers(
         dest="action", required=True)
     command = actions.add_parser("assign", help="a payer on a book's period tiers for a model, from a month")
-    command.add_argument("bu")
-    command.add_argument("--book", required=True)
-    command.add_argument("--model", required=True)
-    command.add_argument("--from", dest="first", required=True, help="the first month, for example 2026-04")
-    command.add_argument("--to", dest="last", help="the last month (default: until ended)")
+    args.add_bu(command, required=True, what="the payer")
+    command.add_argument("--book", required=True, help="the price book whose period tiers apply")
+    command.add_argument("--model", required=True, help="the model they apply to")
+    command.add_argument("--from", dest="first", required=True, metavar="MONTH", help="the first month, for example 2026-04")
+    command.add_argument("--to", dest="last", metavar="MONTH", help="the last month (default: until ended)")
     args.add_change(command)
+    args.examples(command, "tokenhub plan assign --bu taobao-tmall --book internal --model qwen-max --from 2026-04 --reason 'volume deal'")
     command.set_defaults(handler=plan)
     command = actions.add_parser("list", help="plans, with who assigned or ended them and why")
-    command.add_argument("bu", nargs="?")
-    args.add_json(command)
+    args.add_bu(command, what="the payer")
+    args.add_output(command)
+    args.examples(command, "tokenhub plan list", "tokenhub plan list --bu taobao-tmall --json")
     command.set_defaults(handler=plan)
     command = actions.add_parser("end", help="end a payer's running plan for a model with a month")
-    command.add_argument("bu")
-    command.add_argument("--model", required=True)
-    command.add_argument("--last", required=True, help="the last month it covers, for example 2026-06")
+    args.add_bu(command, required=True, what="the payer")
+    command.add_argument("--model", required=True, help="the model of the plan")
+    command.add_argument("--last", required=True, metavar="MONTH", help="the last month it covers, for example 2026-06")
     args.add_change(command)
+    args.examples(command, "tokenhub plan end --bu taobao-tmall --model qwen-max --last 2026-06 --reason 'deal ended'")
     command.set_defaults(handler=plan)

@@ -7,10 +7,8 @@ import argparse
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError
+from tokenhub.cli.errors import CliError, not_one_of
 from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.money import to_decimal
@@ -24,13 +22,14 @@ from tokenhub.services.metering import queries as metering_queries
 
 async def balance(arguments: argparse.Namespace) -> int:
     settings = load_settings()
+    output = args.output_format(arguments)
     as_of = args.moment(arguments.as_of, "--as-of")
     async with args.database(settings) as pool:
-        rows = await ledger_queries.balances(pool, names=await metering_queries.display_names(pool), bu=arguments.bu,
-                                             as_of=as_of, by=arguments.by)
-    if arguments.bu and not rows:
-        raise CliError(f"no postings for business unit {arguments.bu}")
-    print(render.balances_json(rows) if arguments.json else render.balances_table(rows, settings.currency))
+        names = await metering_queries.display_names(pool)
+        if arguments.bu and arguments.bu not in names:
+            raise not_one_of("--bu", arguments.bu, sorted(names))
+        rows = await ledger_queries.balances(pool, names=names, bu=arguments.bu, as_of=as_of, by=arguments.by)
+    print(render.json(render.balances_document(rows)) if output == "json" else render.balances_table(rows, settings.currency))
     return 0
 
 
@@ -43,7 +42,7 @@ def _thresholds(text: str) -> tuple[Decimal, ...]:
 
 def build_budget(arguments: argparse.Namespace, settings: Settings) -> BudgetSet:
     now = clock(settings)
-    month = args.month(arguments.from_month, settings, "budgets are monthly").name
+    month = args.month(arguments.from_month, settings, "budgets are monthly", option="--from").name
     actor = args.actor(arguments)
     return BudgetSet.model_validate({
         "id": budget_set_id(arguments.bu, arguments.consumer, month, now.isoformat()),
@@ -71,31 +70,32 @@ def budget_json(status: BudgetStatus) -> dict[str, Any]:
     budget = status.budget
     return {
         "payer_bu": budget.payer_bu, "consumer_bu": status.consumer_bu, "period": status.month,
-        "budget_id": str(budget.id), "amount": f"{budget.amount:f}", "currency": budget.currency,
-        "thresholds_percent": [f"{threshold:f}" for threshold in budget.thresholds_percent],
-        "hard_limit": f"{budget.hard_limit:f}" if budget.hard_limit is not None else None,
-        "spent": f"{status.spent:f}", "used_percent": f"{status.used_percent:f}",
-        "thresholds_crossed": [f"{threshold.normalize():f}" for threshold in status.thresholds_crossed],
+        "budget_id": budget.id, "amount": budget.amount, "currency": budget.currency,
+        "thresholds_percent": list(budget.thresholds_percent), "hard_limit": budget.hard_limit,
+        "spent": status.spent, "used_percent": status.used_percent,
+        "thresholds_crossed": [threshold.normalize() for threshold in status.thresholds_crossed],
         "quota_exhausted": status.quota_exhausted,
-        "actor": budget.actor, "reason": budget.reason, "set_at": budget.set_at.isoformat(), "period_from": budget.period_from,
+        "actor": budget.actor, "reason": budget.reason, "set_at": budget.set_at, "period_from": budget.period_from,
     }
 
 
 async def budget_show(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    month = args.month(arguments.month, settings, "budgets are monthly").name
+    output = args.output_format(arguments)
+    month = args.month(arguments.period, settings, "budgets are monthly").name
     async with args.database(settings) as pool:
         rows = [budget_json(status) for status in await ledger_queries.budgets(pool, month=month, bu=arguments.bu)]
     if arguments.bu and not rows:
-        raise CliError(f"no budget for {arguments.bu} in {month}")
-    if arguments.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        raise CliError(f"no budget for {arguments.bu} in {month}; set one with `tokenhub budget set --bu {arguments.bu}`")
+    if output == "json":
+        print(render.json(rows))
         return 0
     print(render.table(
         ("payer", "consumer", "month", f"budget {settings.currency}", "spent", "used %", "thresholds crossed", "hard limit",
          "quota", "set by", "reason"),
-        [(row["payer_bu"], row["consumer_bu"] or "(all)", row["period"], row["amount"], row["spent"], row["used_percent"],
-          ", ".join(row["thresholds_crossed"]) or "-", row["hard_limit"] or "-",
+        [(row["payer_bu"], row["consumer_bu"] or "(all)", row["period"], f"{row['amount']:f}", f"{row['spent']:f}",
+          f"{row['used_percent']:f}", ", ".join(f"{value:f}" for value in row["thresholds_crossed"]) or "-",
+          "-" if row["hard_limit"] is None else f"{row['hard_limit']:f}",
           "EXHAUSTED" if row["quota_exhausted"] else "available", row["actor"], row["reason"]) for row in rows],
         right={3, 4, 5},
     ))
@@ -103,25 +103,32 @@ async def budget_show(arguments: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    command = subparsers.add_parser("balance", help="balances per business unit")
-    command.add_argument("bu", nargs="?")
-    command.add_argument("--as-of", help=args.TIME_HELP)
-    command.add_argument("--by", choices=("event-time", "posting-time"), default="event-time")
-    args.add_json(command)
+    command = subparsers.add_parser("balance", help="balances per business unit, now or as of a time")
+    args.add_bu(command)
+    args.add_as_of(command, "balances of what happened up to this time")
+    command.add_argument("--by", choices=("event-time", "posting-time"), default="event-time",
+                         help="which time --as-of compares: when usage happened or when it was posted (default: event-time)")
+    args.add_output(command)
+    args.examples(command, "tokenhub balance", "tokenhub balance --bu taobao-tmall --json",
+                  "tokenhub balance --as-of 2026-03-31T23:59:59+08:00 --by posting-time")
     command.set_defaults(handler=balance)
 
     budget_actions = subparsers.add_parser("budget", help="monthly budgets per payer").add_subparsers(dest="action", required=True)
     command = budget_actions.add_parser("set", help="set a payer's monthly budget (published on budgets.configured)")
-    command.add_argument("bu", help="the payer")
-    command.add_argument("--amount", required=True, help="the monthly budget in the settlement currency")
-    command.add_argument("--consumer", help="only the spend funded for this consumer BU")
-    command.add_argument("--from", dest="from_month", help="first month, for example 2026-03 (default: this month)")
-    command.add_argument("--thresholds", default="50,80,100", help="soft thresholds in percent")
-    command.add_argument("--hard-limit", help="spend at which the quota is exhausted")
+    args.add_bu(command, required=True, what="the payer")
+    command.add_argument("--amount", required=True, help="the monthly budget in the settlement currency, for example 5000")
+    command.add_argument("--consumer", metavar="BU", help="only the spend funded for this consumer BU (default: all of it)")
+    command.add_argument("--from", dest="from_month", metavar="MONTH",
+                         help="the first month it applies to, for example 2026-03 (default: this month)")
+    command.add_argument("--thresholds", default="50,80,100", help="alert thresholds in percent, comma-separated (default: 50,80,100)")
+    command.add_argument("--hard-limit", help="spend at which the quota is exhausted (default: none)")
     args.add_change(command)
+    args.examples(command, "tokenhub budget set --bu taobao-tmall --amount 5000 --reason 'Q2 plan'",
+                  "tokenhub budget set --bu dingtalk --amount 800 --thresholds 80,100 --hard-limit 900 --reason cap")
     command.set_defaults(handler=budget_set)
     command = budget_actions.add_parser("show", help="budgets in force, month-to-date spend and alerts")
-    command.add_argument("bu", nargs="?")
-    command.add_argument("--month", help="for example 2026-03 (default: this month)")
-    args.add_json(command)
+    args.add_bu(command, what="the payer")
+    args.add_period(command, what="a month, for example 2026-03 (default: this month)")
+    args.add_output(command)
+    args.examples(command, "tokenhub budget show", "tokenhub budget show --bu taobao-tmall --period 2026-03 --json")
     command.set_defaults(handler=budget_show)

@@ -126,15 +126,24 @@ def _main(argv: list[str] | None) -> int:
         return 130
     except BrokenPipeError:
         raise
+    except UsageError as error:
+        print(f"{_command(arguments)}: {error} (see `{_command(arguments)} --help`)", file=sys.stderr)
+        return EXIT_USAGE
     except (CliError, ValidationError, ValueError, OSError, RuntimeError, asyncpg.PostgresError) as error:
-        print(f"tokenhub {arguments.command}: {one_line(error)}", file=sys.stderr)
+        print(f"{_command(arguments)}: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as error:  # noqa: BLE001 - a person gets one line; the trace goes to the log file
         structlog.get_logger().error("command_failed", command=arguments.command, exc_info=True)
-        print(f"tokenhub {arguments.command}: unexpected {type(error).__name__}: {one_line(error)} "
+        print(f"{_command(arguments)}: unexpected {type(error).__name__}: {one_line(error)} "
               f"(the trace is in {log_file})", file=sys.stderr)
         return EXIT_FAILURE
     return int(code or 0)
+
+
+def _command(arguments: argparse.Namespace) -> str:
+    """`tokenhub invoice show`: the words a person typed to name the command."""
+    return " ".join(["tokenhub", arguments.command, *([arguments.action] if isinstance(getattr(arguments, "action", None), str)
+                                                      else [])])
 
 
 if __name__ == "__main__":

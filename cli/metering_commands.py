@@ -5,22 +5,22 @@ commands. Changes are published as `registry.changed` events with actor and reas
 from __future__ import annotations
 
 import argparse
-import base64
+import contextlib
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from tokenhub.bench.load import generate_usage
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError
+from tokenhub.cli.errors import CliError, UsageError, not_one_of
 from tokenhub.client import UsageClient
-from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.canonical import canonical_json, sha256_hex
 from tokenhub.contracts.registry import (
     BusinessUnit,
     ConversionTable,
@@ -33,9 +33,20 @@ from tokenhub.contracts.registry import (
 )
 from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.settings import Settings, clock, load_settings
-from tokenhub.services.common.kafka import send_events, usage_client_options
+from tokenhub.services.common.kafka import client_options, send_events, usage_client_options
+from tokenhub.infra.pipeline import Timeout, wait_until
 from tokenhub.services.metering import queries
+from tokenhub.services.metering import domain
+from tokenhub.services.metering.domain import Reason
 from tokenhub.services.metering.adapters import keys, rejected
+
+REGISTRY_CONFIRM_S: Final = 30.0
+"""Metering applies registry changes within seconds; longer means it is not running."""
+EMIT_WAIT_S: Final = 60.0
+"""How long emit and resubmit wait for metering's answer by default: metering
+answers a batch within a second or two; a minute covers a service starting."""
+REJECTION_REASONS: Final = tuple(sorted(value for name, value in vars(Reason).items() if name.isupper()))
+
 
 async def _publish_change(settings: Settings, kind: RegistryKind, entity: Any, entity_id: str, arguments: argparse.Namespace) -> None:
     change = registry_change(kind, entity, entity_id, args.actor(arguments), arguments.reason, clock(settings))
@@ -53,49 +64,51 @@ async def _read(query: Callable[..., Awaitable[T]], *parameters: Any, **options:
         return await query(pool, *parameters, **options)
 
 
-def _jsonable(rows: list[dict[str, Any]]) -> str:
-    def default(value: Any) -> Any:
-        if isinstance(value, Decimal):
-            return f"{value:f}"
-        if isinstance(value, bytes):
-            return base64.b64encode(value).decode()
-        return str(value)
-    return orjson.dumps(rows, default=default, option=orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATETIME).decode()
-
-
-def _show(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    if as_json:
-        print(_jsonable(rows))
+def _show(rows: list[dict[str, Any]], columns: list[str], arguments: argparse.Namespace, zone: str, empty: str) -> None:
+    if args.output_format(arguments) == "json":
+        print(render.json(rows))
         return
     if not rows:
-        print("(none)")
+        print(empty)
         return
-    print(render.table(columns, [[_cell(row[column]) for column in columns] for row in rows], right=set()))
+    print(render.table(columns, [[_cell(row[column], zone) for column in columns] for row in rows], right=set()))
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, zone: str) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.isoformat()
+        return render.local(value, zone)
     if isinstance(value, list):
-        return ", ".join(_cell(item) if not isinstance(item, dict) else f"{item.get('bu')} {item.get('percent')}%" for item in value)
+        return ", ".join(_cell(item, zone) if not isinstance(item, dict) else f"{item.get('bu')} {item.get('percent')}%"
+                         for item in value)
     return str(value)
 
 
 async def registry(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    bootstrap_servers, _ = settings.require_stack()
     changes = registry_changes(args.read_document(arguments.file), args.actor(arguments), arguments.reason, clock(settings))
+    bootstrap_servers, _ = settings.require_stack()
     await send_events(bootstrap_servers, REGISTRY_CHANGED.name,
                       [(change.entity_id.encode(), canonical_json(change)) for change in changes], settings=settings)
     print(f"published {len(changes)} registry changes")
+    # Wait for metering to apply them, so usage sent next is metered against them.
+    async with args.database(settings, size_max=1) as pool:
+        async def stored() -> bool:
+            return await queries.registry_changes_stored(pool, [change.id for change in changes]) == len(changes)
+        try:
+            await wait_until(stored, REGISTRY_CONFIRM_S, "metering to store the registry changes")
+        except Timeout:
+            print(f"metering has not applied them within {REGISTRY_CONFIRM_S:.0f} s (is metering running? "
+                  "`tokenhub status`); it will when it reads registry.changed", file=sys.stderr)
+            return 0
+    print("metering has applied them: usage sent from now on is metered against them")
     return 0
 
 
 async def emit(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    bootstrap_servers, _ = settings.require_stack()
+    output = args.output_format(arguments)
     if arguments.generate:
         now = args.moment(arguments.now, "--now") or clock(settings)
         values = [(event.data.consumer_bu.encode(), canonical_json(event))
@@ -113,16 +126,90 @@ async def emit(arguments: argparse.Namespace) -> int:
                     consumer = ""  # metering stores and rejects it with its reason
                 values.append((str(consumer).encode(), line.strip().encode()))
     else:
-        raise CliError("give a FILE of JSON-lines CloudEvents or --generate N")
-    async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
-        sent = await client.send_raw(render.progress(values, "emit"))
-    print(f"sent {sent} usage events to usage.reported")
+        raise UsageError("give a FILE of JSON-lines CloudEvents (- for stdin) or --generate N")
+    bootstrap_servers, _ = settings.require_stack()
+    sent = [sent_usage(value) for _, value in values]
+    waiting = arguments.wait_s > 0
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(args.database(settings, size_max=1)) if waiting else None
+        before = await queries.snapshot(pool, sent) if pool is not None else None
+        async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
+            count = await client.send_raw(render.progress(values, "emit") if output == "text" else values)
+        verdicts = (await _answers(pool, settings, sent, before, client.last_offsets, arguments.wait_s)
+                    if pool is not None and before else None)
+    report = _emit_report(count, verdicts, arguments.wait_s)
+    print(render.json(report) if output == "json" else _emit_text(report))
     return 0
+
+
+def sent_usage(value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> queries.SentUsage:
+    """How metering will know a message: by its key and content, or by its bytes
+    (read with metering's own envelope parser, so the hash is the one it stores)."""
+    original = sha256_hex(value)
+    try:
+        usage = domain.validate_envelope(domain.parse_envelope(domain.RawUsage(value, tuple(headers))))
+    except domain.UsageError as error:
+        found = error.rejection
+        key = (found.usage_source, found.usage_id) if found.usage_source and found.usage_id else None
+        return queries.SentUsage(key, None, original)
+    return queries.SentUsage((usage.source, usage.id), sha256_hex(canonical_json(usage)), original)
+
+
+async def _answers(pool: Any, settings: Settings, sent: list[queries.SentUsage], before: queries.Snapshot,
+                   offsets: dict[int, int], wait_s: float) -> list[queries.Verdict]:
+    """Metering's answers, polled until every message has one, or metering has
+    read past everything sent, or `wait_s` passed."""
+    verdicts: list[queries.Verdict] = []
+
+    async def answered() -> bool:
+        nonlocal verdicts
+        verdicts = await queries.answers(pool, sent, before)
+        if all(verdict is not None for verdict in verdicts):
+            return True
+        read = await queries.metering_read_through(settings.require_stack()[0], sorted(offsets),
+                                                   **client_options(settings))
+        if all(read[partition] > offset for partition, offset in offsets.items()):
+            verdicts = await queries.answers(pool, sent, before, read_past=True)
+            return True
+        return False
+    try:
+        await wait_until(answered, wait_s, "metering's answers")
+    except Timeout:
+        pass  # the report says how many are still unanswered
+    return verdicts
+
+
+def _emit_report(count: int, verdicts: list[queries.Verdict] | None, wait_s: float) -> dict[str, Any]:
+    report: dict[str, Any] = {"sent": count, "waited_s": wait_s if verdicts is not None else 0}
+    if verdicts is None:
+        return {**report, "accepted": None, "duplicates": None, "rejected": None, "rejected_by_reason": None,
+                "unanswered": None}
+    reasons: dict[str, int] = {}
+    for verdict in verdicts:
+        if isinstance(verdict, queries.Rejection):
+            reasons[verdict.reason_code] = reasons.get(verdict.reason_code, 0) + 1
+    return {**report, "accepted": verdicts.count("accepted"), "duplicates": verdicts.count("duplicate"),
+            "rejected": sum(reasons.values()), "rejected_by_reason": dict(sorted(reasons.items())),
+            "unanswered": verdicts.count(None)}
+
+
+def _emit_text(report: dict[str, Any]) -> str:
+    head = f"sent {report['sent']} usage events to usage.reported"
+    if report["accepted"] is None:
+        return f"{head}; not waiting for metering's answer (--wait 0): `tokenhub rejected list` shows what it refused"
+    by_reason = ", ".join(f"{reason} {count}" for reason, count in report["rejected_by_reason"].items())
+    text = (f"{head}; metering accepted {report['accepted']}, found {report['duplicates']} duplicates, "
+            f"rejected {report['rejected']}" + (f" ({by_reason})" if by_reason else ""))
+    if report["unanswered"]:
+        text += (f"; {report['unanswered']} not answered within {report['waited_s']:g} s "
+                 "(is metering running? `tokenhub status`)")
+    return text
 
 
 async def bu(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        _show(await _read(queries.business_units), ["bu_id", "display_name", "parent_group", "cost_centre", "active"], arguments.json)
+        _show(await _read(queries.business_units), ["bu_id", "display_name", "parent_group", "cost_centre", "active"], arguments,
+              load_settings().timezone, "no business units yet: `tokenhub registry FILE` or `tokenhub bu add`")
         return 0
     settings = load_settings()
     unit = BusinessUnit(bu_id=arguments.bu_id, display_name=arguments.name, parent_group=arguments.group,
@@ -133,7 +220,8 @@ async def bu(arguments: argparse.Namespace) -> int:
 
 async def model(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        _show(await _read(queries.models), ["model_id", "provider_bu", "modality", "token_classes", "active"], arguments.json)
+        _show(await _read(queries.models), ["model_id", "provider_bu", "modality", "token_classes", "active"], arguments,
+              load_settings().timezone, "no models yet: `tokenhub registry FILE` or `tokenhub model add`")
         return 0
     settings = load_settings()
     entry = ModelEntry(model_id=arguments.model_id, provider_bu=arguments.provider, display_name=arguments.name,
@@ -154,18 +242,20 @@ def _payer(text: str) -> PayerShare:
 async def funding(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
         _show(await _read(queries.funding_agreements), ["agreement_id", "consumer_bu", "app", "model_pattern", "payers",
-                                            "effective_from", "effective_to"], arguments.json)
+                                                        "effective_from", "effective_to"], arguments,
+              load_settings().timezone, "no funding agreements: every consumer pays for itself")
         return 0
     settings = load_settings()
     if arguments.action == "end":
         rows = [row for row in await _read(queries.funding_agreements) if row["agreement_id"] == arguments.agreement_id]
         if not rows:
-            raise CliError(f"no funding agreement {arguments.agreement_id}")
+            raise not_one_of("funding agreement", arguments.agreement_id,
+                             [row["agreement_id"] for row in await _read(queries.funding_agreements)])
         row = rows[0]
         agreement = FundingAgreement(
             agreement_id=row["agreement_id"], consumer_bu=row["consumer_bu"], app=row["app"],
             model_pattern=row["model_pattern"], payers=row["payers"], effective_from=row["effective_from"],
-            effective_to=args.moment(arguments.at, "--at") or clock(settings))
+            effective_to=args.moment(arguments.as_of, "--as-of") or clock(settings))
     else:
         agreement = FundingAgreement(
             agreement_id=arguments.agreement_id, consumer_bu=arguments.consumer, app=arguments.app,
@@ -179,10 +269,13 @@ async def funding(arguments: argparse.Namespace) -> int:
 async def conversion(arguments: argparse.Namespace) -> int:
     if arguments.action == "show":
         rows = await _read(queries.conversion_tables)
-        if arguments.json:
-            print(_jsonable(rows))
-        for row in [] if arguments.json else rows:
-            print(f"version {row['version']} effective {row['effective_from'].isoformat()} ({row['actor']}: {row['reason']})")
+        zone = load_settings().timezone
+        if args.output_format(arguments) == "json":
+            print(render.json(rows))
+        elif not rows:
+            print("no conversion table yet: `tokenhub conversion publish FILE`")
+        for row in [] if args.output_format(arguments) == "json" else rows:
+            print(f"version {row['version']} effective {render.local(row['effective_from'], zone)} ({row['actor']}: {row['reason']})")
             print(render.table(["unit", "class", "Tokens per unit"],
                                [[rule["unit"], rule["token_class"], rule["tokens_per_unit"]] for rule in row["rules"]], right={2}))
         return 0
@@ -193,26 +286,41 @@ async def conversion(arguments: argparse.Namespace) -> int:
 
 
 async def rejected_command(arguments: argparse.Namespace) -> int:
+    settings = load_settings()
     if arguments.action == "list":
         rows = await _read(queries.rejected_usage, reason_code=arguments.reason_code)
-        _show(rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], arguments.json)
+        _show(rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], arguments,
+              settings.timezone, "nothing rejected" + (f" for {arguments.reason_code}" if arguments.reason_code else ""))
         return 0
-    settings = load_settings()
     bootstrap_servers, _ = settings.require_stack()
     rejected_id = _uuid(arguments.rejected_id)
     async with args.database(settings, size_max=1) as pool:
         original = await queries.rejected_original(pool, rejected_id)
         if original is None:
-            raise CliError(f"no rejected usage {arguments.rejected_id}")
-        value = Path(arguments.file).read_bytes() if arguments.file else original.value
+            raise CliError(f"no rejected usage {arguments.rejected_id}; `tokenhub rejected list` shows their ids")
+        value = Path(arguments.file).read_bytes().strip() if arguments.file else original.value
         # Headers go back as received; a corrected file is sent without them.
         headers = [] if arguments.file else original.headers
+        sent = [sent_usage(value, headers)]
+        before = await queries.snapshot(pool, sent)
         async with UsageClient(bootstrap_servers, **usage_client_options()) as client:
             await client.send_raw([(b"", value)], headers=headers or None)
         await rejected.mark_resubmitted(pool, rejected_id, clock(settings), f"{args.actor(arguments)}: {arguments.reason}")
-    print(f"resubmitted {arguments.rejected_id} ({'corrected from ' + arguments.file if arguments.file else 'as it was'}); "
-          "metering validates it again")
-    return 0
+        verdict = ((await _answers(pool, settings, sent, before, client.last_offsets, arguments.wait_s))[0]
+                   if arguments.wait_s > 0 else None)
+    how = f"corrected from {arguments.file}" if arguments.file else "as it was"
+    if arguments.wait_s <= 0:
+        outcome = "not waiting for metering's answer (--wait 0)"
+    elif verdict is None:
+        outcome = f"metering has not answered within {arguments.wait_s:g} s (is metering running? `tokenhub status`)"
+    elif isinstance(verdict, queries.Rejection):
+        outcome = f"rejected again: {verdict.reason_code}: {verdict.message}"
+    elif verdict == "duplicate":
+        outcome = "a duplicate: metering had already accepted this event, so it counts once"
+    else:
+        outcome = "accepted: metered and on its way to pricing"
+    print(f"resubmitted {arguments.rejected_id} ({how}): {outcome}")
+    return 1 if isinstance(verdict, queries.Rejection) else 0
 
 
 def _uuid(text: str) -> uuid.UUID:
@@ -224,7 +332,8 @@ def _uuid(text: str) -> uuid.UUID:
 
 async def api_keys(arguments: argparse.Namespace) -> int:
     if arguments.action == "list":
-        _show(await _read(queries.api_keys), ["key_id", "sources", "actor", "reason", "created_at", "revoked_at"], arguments.json)
+        _show(await _read(queries.api_keys), ["key_id", "sources", "actor", "reason", "created_at", "revoked_at"], arguments,
+              load_settings().timezone, "no API keys yet: `tokenhub keys create`")
         return 0
     async with args.database(load_settings(), size_max=1) as pool, pool.acquire() as connection:
         if arguments.action == "create":
@@ -233,94 +342,120 @@ async def api_keys(arguments: argparse.Namespace) -> int:
                   "It is shown once; only its SHA-256 is stored.")
             return 0
         if not await keys.revoke(connection, arguments.key_id):
-            raise CliError(f"no active key {arguments.key_id}")
+            raise CliError(f"no active key {arguments.key_id}; `tokenhub keys list` shows the keys and which are revoked")
     print(f"revoked key {arguments.key_id}")
     return 0
 
 
+def _reading(actions: argparse._SubParsersAction, name: str, help_text: str, handler: Any, *examples: str) -> None:
+    command = actions.add_parser(name, help=help_text)
+    args.add_output(command)
+    args.examples(command, *examples)
+    command.set_defaults(handler=handler)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    emit_parser = subparsers.add_parser("emit", help="send usage events (JSON lines) or generate them")
+    emit_parser = subparsers.add_parser("emit", help="send usage events and report what metering made of them")
     emit_parser.add_argument("file", nargs="?", help="JSON-lines file of CloudEvents, - for stdin")
-    emit_parser.add_argument("--generate", type=int, metavar="N", help="generate N realistic events instead")
-    emit_parser.add_argument("--seed", type=int, default=7)
-    emit_parser.add_argument("--now", help=f"injected clock for generated events: {args.TIME_HELP}")
+    emit_parser.add_argument("--generate", type=int, metavar="N", help="generate N realistic events instead of reading a file")
+    emit_parser.add_argument("--seed", type=int, default=7, help="seed of the generated events: the same seed, the same events (default: 7)")
+    emit_parser.add_argument("--now", metavar="TIME", help=f"end of the generated day (default: now); {args.TIME_HELP}")
+    emit_parser.add_argument("--wait", dest="wait_s", type=float, default=EMIT_WAIT_S, metavar="SECONDS",
+                             help=f"how long to wait for metering's answer to every event; 0 does not wait (default: {EMIT_WAIT_S:g})")
+    args.add_output(emit_parser)
+    args.examples(emit_parser, "tokenhub emit usage.jsonl", "tokenhub emit --generate 1000 --seed 3",
+                  "cat usage.jsonl | tokenhub emit - --wait 0")
     emit_parser.set_defaults(handler=emit)
 
     registry_parser = subparsers.add_parser("registry", help="publish business units, models, conversion tables and funding from a file")
-    registry_parser.add_argument("file")
-    args.add_change(registry_parser, reason_default="registered from the CLI")
+    registry_parser.add_argument("file", help="a YAML or JSON registry document (see infra/demo/registry.yaml)")
+    args.add_change(registry_parser)
+    args.examples(registry_parser, "tokenhub registry infra/demo/registry.yaml --reason 'the demo registry'")
     registry_parser.set_defaults(handler=registry)
 
     units = subparsers.add_parser("bu", help="business units").add_subparsers(dest="action", required=True)
     add = units.add_parser("add", help="register or update a business unit")
-    add.add_argument("bu_id")
-    add.add_argument("--name", required=True)
-    add.add_argument("--group")
-    add.add_argument("--cost-centre")
-    add.add_argument("--inactive", action="store_true")
+    add.add_argument("bu_id", help="its id: a slug, for example taobao-tmall")
+    add.add_argument("--name", required=True, help="its display name")
+    add.add_argument("--group", help="the group it belongs to")
+    add.add_argument("--cost-centre", help="its cost centre, for finance")
+    add.add_argument("--inactive", action="store_true", help="registered but no longer reporting usage")
     args.add_change(add)
+    args.examples(add, "tokenhub bu add fliggy --name Fliggy --group 'Alibaba China E-commerce' --reason 'new BU'")
     add.set_defaults(handler=bu)
-    units.add_parser("list").add_argument("--json", action="store_true", help="print JSON of a stable shape")
-    units.choices["list"].set_defaults(handler=bu)
+    _reading(units, "list", "every registered business unit", bu, "tokenhub bu list", "tokenhub bu list --json")
 
     models = subparsers.add_parser("model", help="models, tools and agents").add_subparsers(dest="action", required=True)
     add = models.add_parser("add", help="register or update a model, tool or agent")
-    add.add_argument("model_id")
-    add.add_argument("--provider", required=True, help="the BU that provides it")
-    add.add_argument("--modality", required=True, choices=("text", "embedding", "image", "video", "audio", "agent", "tool"))
-    add.add_argument("--classes", required=True, help="comma-separated Token classes, e.g. input,cache_read,output")
-    add.add_argument("--name")
-    add.add_argument("--inactive", action="store_true")
+    add.add_argument("model_id", help="its id, as usage events name it")
+    add.add_argument("--provider", required=True, metavar="BU", help="the business unit that provides it")
+    add.add_argument("--modality", required=True, choices=("text", "embedding", "image", "video", "audio", "agent", "tool"),
+                     help="what it serves")
+    add.add_argument("--classes", required=True, help="comma-separated Token classes, for example input,cache_read,output")
+    add.add_argument("--name", help="its display name")
+    add.add_argument("--inactive", action="store_true", help="registered but no longer served")
     args.add_change(add)
+    args.examples(add, "tokenhub model add qwen-flash --provider qwen-platform --modality text --classes input,output "
+                       "--reason 'new model'")
     add.set_defaults(handler=model)
-    models.add_parser("list").add_argument("--json", action="store_true", help="print JSON of a stable shape")
-    models.choices["list"].set_defaults(handler=model)
+    _reading(models, "list", "every registered model, tool and agent", model, "tokenhub model list --json")
 
     agreements = subparsers.add_parser("funding", help="who pays for whom").add_subparsers(dest="action", required=True)
     put = agreements.add_parser("set", help="create or replace a funding agreement")
-    put.add_argument("agreement_id")
-    put.add_argument("--consumer", required=True)
-    put.add_argument("--app")
-    put.add_argument("--model-pattern", help="shell-style, for example qwen-*")
-    put.add_argument("--payer", action="append", required=True, help="BU=PERCENT, repeated; shares sum to 100")
-    put.add_argument("--from", dest="effective_from", help="effective from (ISO time with zone; default now)")
-    put.add_argument("--to", dest="effective_to")
+    put.add_argument("agreement_id", help="its id, for example quark-sponsorship")
+    put.add_argument("--consumer", required=True, metavar="BU", help="the business unit whose usage it funds")
+    put.add_argument("--app", help="only this app's usage (default: all of it)")
+    put.add_argument("--model-pattern", help="only models matching this shell-style pattern, for example qwen-*")
+    put.add_argument("--payer", action="append", required=True, metavar="BU=PERCENT",
+                     help="a payer and its share, repeated; the shares sum to 100")
+    put.add_argument("--from", dest="effective_from", metavar="TIME", help=f"in force from (default: now); {args.TIME_HELP}")
+    put.add_argument("--to", dest="effective_to", metavar="TIME", help=f"in force until (default: open-ended); {args.TIME_HELP}")
     args.add_change(put)
+    args.examples(put, "tokenhub funding set quark-sponsorship --consumer quark --payer ai-innovation=100 --reason 'incubation'",
+                  "tokenhub funding set shared --consumer dingtalk --payer dingtalk=50 --payer cainiao=50 --reason 'shared cost'")
     put.set_defaults(handler=funding)
-    agreements.add_parser("list").add_argument("--json", action="store_true", help="print JSON of a stable shape")
-    agreements.choices["list"].set_defaults(handler=funding)
-    end = agreements.add_parser("end", help="end an agreement at a time (default now)")
-    end.add_argument("agreement_id")
-    end.add_argument("--at")
+    _reading(agreements, "list", "every funding agreement", funding, "tokenhub funding list")
+    end = agreements.add_parser("end", help="end an agreement as of a time (default now)")
+    end.add_argument("agreement_id", help="the agreement's id")
+    args.add_as_of(end, "the agreement ends at this time")
     args.add_change(end)
+    args.examples(end, "tokenhub funding end quark-sponsorship --reason 'graduated'",
+                  "tokenhub funding end quark-sponsorship --as-of 2026-04-01T00:00:00+08:00 --reason 'graduated'")
     end.set_defaults(handler=funding)
 
     tables = subparsers.add_parser("conversion", help="conversion tables: non-text units to Tokens").add_subparsers(dest="action", required=True)
     publish = tables.add_parser("publish", help="publish a conversion table version (YAML or JSON)")
-    publish.add_argument("file")
+    publish.add_argument("file", help="the table: version, effective_from and rules")
     args.add_change(publish)
+    args.examples(publish, "tokenhub conversion publish conversion-v2.yaml --reason '4k images'")
     publish.set_defaults(handler=conversion)
-    tables.add_parser("show").add_argument("--json", action="store_true", help="print JSON of a stable shape")
-    tables.choices["show"].set_defaults(handler=conversion)
+    _reading(tables, "show", "every conversion table version", conversion, "tokenhub conversion show")
 
     key_actions = subparsers.add_parser("keys", help="API keys for HTTP ingest").add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="a new key, bound to the sources it may report for")
-    create.add_argument("--source", action="append", required=True, help="a source or shell-style pattern, repeated")
+    create.add_argument("--source", action="append", required=True,
+                        help="a source or shell-style pattern it may report for, repeated, for example 'gateway/*'")
     args.add_change(create)
+    args.examples(create, "tokenhub keys create --source 'gateway/*' --reason 'gateway onboarding'")
     create.set_defaults(handler=api_keys)
-    key_actions.add_parser("list").add_argument("--json", action="store_true", help="print JSON of a stable shape")
-    key_actions.choices["list"].set_defaults(handler=api_keys)
-    revoke = key_actions.add_parser("revoke")
-    revoke.add_argument("key_id")
+    _reading(key_actions, "list", "every key (never the key itself)", api_keys, "tokenhub keys list")
+    revoke = key_actions.add_parser("revoke", help="revoke a key: its requests are refused from now on")
+    revoke.add_argument("key_id", help="the key's id, as `tokenhub keys list` shows it")
+    args.examples(revoke, "tokenhub keys revoke 3f9c2a1b")
     revoke.set_defaults(handler=api_keys)
 
     rejects = subparsers.add_parser("rejected", help="rejected usage, stored with its original bytes").add_subparsers(dest="action", required=True)
-    listing = rejects.add_parser("list")
-    listing.add_argument("--reason", dest="reason_code", help="a reason code, e.g. unknown_bu")
-    args.add_json(listing)
+    listing = rejects.add_parser("list", help="rejected usage, oldest first")
+    listing.add_argument("--reason", dest="reason_code", choices=REJECTION_REASONS, metavar="REASON",
+                         help=f"only this reason: {', '.join(REJECTION_REASONS)}")
+    args.add_output(listing)
+    args.examples(listing, "tokenhub rejected list", "tokenhub rejected list --reason unknown_bu --json")
     listing.set_defaults(handler=rejected_command)
-    resubmit = rejects.add_parser("resubmit", help="send a rejected event back, as it was or corrected")
-    resubmit.add_argument("rejected_id")
-    resubmit.add_argument("--file", help="the corrected event (JSON)")
-    args.add_change(resubmit, reason_default="resubmitted after correction")
+    resubmit = rejects.add_parser("resubmit", help="send a rejected event back, as it was or corrected, and say what metering made of it")
+    resubmit.add_argument("rejected_id", help="its id, as `tokenhub rejected list` shows it")
+    resubmit.add_argument("--file", help="the corrected event, one JSON CloudEvent (default: send it back as it was)")
+    resubmit.add_argument("--wait", dest="wait_s", type=float, default=EMIT_WAIT_S, metavar="SECONDS",
+                          help=f"how long to wait for metering's answer; 0 does not wait (default: {EMIT_WAIT_S:g})")
+    args.add_change(resubmit)
+    args.examples(resubmit, "tokenhub rejected resubmit 9b2e6c1e-5d0a-4c8e-9f61-2a7d3e0b4c11 --file fixed.json --reason 'BU registered'")
     resubmit.set_defaults(handler=rejected_command)

@@ -10,10 +10,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
 
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError
+from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished
 from tokenhub.contracts.money import format_amount
@@ -72,18 +71,19 @@ async def publish(arguments: argparse.Namespace) -> int:
 
 async def show(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    at = args.moment(arguments.at, "--at") or clock(settings)
+    output = args.output_format(arguments)
+    at = args.moment(arguments.as_of, "--as-of") or clock(settings)
     async with args.database(settings, size_max=1) as pool:
         found = await queries.prices_in_force(pool, at, arguments.model)
     if not found:
-        raise CliError(f"no price applies to {arguments.model or 'any model'} at {at.isoformat()}")
-    if arguments.json:
-        print(orjson.dumps([{"book_id": book.book_id, "version": book.version, "effective_from": book.effective_from.isoformat(),
-                             "currency": book.currency, **price.model_dump(mode="json", exclude_none=True)}
-                            for book, price in found], option=orjson.OPT_INDENT_2).decode())
+        raise CliError(f"no price applies to {arguments.model or 'any model'} at {render.local(at, settings.timezone)}; "
+                       "`tokenhub pricebook publish FILE` publishes one")
+    if output == "json":
+        print(render.json([{"book_id": book.book_id, "version": book.version, "effective_from": book.effective_from,
+                            "currency": book.currency, **price.model_dump(exclude_none=True)} for book, price in found]))
         return 0
     for book, price in found:
-        print(f"{price.model}: book {book.book_id} v{book.version}, effective {book.effective_from.isoformat()}, "
+        print(f"{price.model}: book {book.book_id} v{book.version}, effective {render.local(book.effective_from, settings.timezone)}, "
               f"{book.currency} per million Tokens" + (f" ({price.note})" if price.note else ""))
         rows = [["base", name, f"{amount:f}".rstrip("0").rstrip(".")] for name, amount in price.unit_prices_per_million.items()]
         rows += [[f"{tier.name} (input > {tier.above_input_tokens:,})", name, f"{amount:f}".rstrip("0").rstrip(".")]
@@ -132,6 +132,8 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
         Path(arguments.output).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {arguments.output}: {len(document['models'])} models")
     elif arguments.publish:
+        if not arguments.reason:
+            raise UsageError("--publish needs --reason: why the book is published")
         await _publish_book(document, arguments)
     else:
         print(json.dumps(document, indent=2))
@@ -150,17 +152,18 @@ async def _conversion_table(moment: datetime) -> ConversionTable | None:
 async def parked(arguments: argparse.Namespace) -> int:
     if arguments.limit < 1:
         raise CliError("--limit must be at least 1")
-    async with args.database(load_settings(), size_max=1) as pool:
+    settings = load_settings()
+    output = args.output_format(arguments)
+    async with args.database(settings, size_max=1) as pool:
         rows, total = await queries.parked(pool, arguments.limit)
-    if arguments.json:
-        print(orjson.dumps([{"consumed_id": str(row.consumed_id), "payer_bu": row.payer_bu, "model": row.model,
-                             "event_time": row.event_time.isoformat(), "parked_at": row.parked_at.isoformat(),
-                             "reason": row.reason} for row in rows], option=orjson.OPT_INDENT_2).decode())
+    if output == "json":
+        print(render.json([{"consumed_id": row.consumed_id, "payer_bu": row.payer_bu, "model": row.model,
+                            "event_time": row.event_time, "parked_at": row.parked_at, "reason": row.reason} for row in rows]))
     elif not rows:
         print("nothing parked: every consumption has a price")
     else:
         print(render.table(["consumed id", "payer", "model", "event time", "why"],
-                           [[str(row.consumed_id), row.payer_bu, row.model, row.event_time.isoformat(),
+                           [[str(row.consumed_id), row.payer_bu, row.model, render.local(row.event_time, settings.timezone),
                              row.reason] for row in rows], right=set()))
         print(f"{total} parked" + (f", the first {len(rows)} shown (--limit)" if total > len(rows) else ""))
     return 0
@@ -169,7 +172,7 @@ async def parked(arguments: argparse.Namespace) -> int:
 async def reprice(arguments: argparse.Namespace) -> int:
     start, end = args.moment(arguments.start, "--from"), args.moment(arguments.end, "--to")
     if start is None or end is None or start >= end:
-        raise CliError("give --from T1 --to T2 with T1 before T2")
+        raise CliError("--to must be after --from")
     settings = load_settings()
     bootstrap_servers, database_url = settings.require_stack()
     pool = await create_pool(database_url, size_max=2)
@@ -185,10 +188,9 @@ async def reprice(arguments: argparse.Namespace) -> int:
     finally:
         await producer.stop()
         await pool.close()
-    if arguments.json:
-        print(orjson.dumps({"examined": report.examined, "corrected": report.corrected,
-                            "events": 2 * report.corrected, "unpriceable": report.unpriceable,
-                            "difference": format_amount(report.difference)}, option=orjson.OPT_INDENT_2).decode())
+    if args.output_format(arguments) == "json":
+        print(render.json({"examined": report.examined, "corrected": report.corrected, "events": 2 * report.corrected,
+                           "unpriceable": report.unpriceable, "difference": report.difference}))
         return 0
     print(f"examined {report.examined} priced consumptions; corrected {report.corrected} "
           f"({2 * report.corrected} events: a reversal and a correction each); "
@@ -201,39 +203,49 @@ async def reprice(arguments: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     books = subparsers.add_parser("pricebook", help="price books").add_subparsers(dest="action", required=True)
     command = books.add_parser("publish", help="validate and publish a price book version (YAML or JSON)")
-    command.add_argument("file")
-    command.add_argument("--retroactive", action="store_true", help="allow a version effective in the past")
-    args.add_change(command, reason_default="published from the CLI")
+    command.add_argument("file", help="the book: book_id, version, effective_from, currency, models")
+    command.add_argument("--retroactive", action="store_true",
+                         help="allow a version effective in the past (then `tokenhub reprice` corrects what it changes)")
+    args.add_change(command)
+    args.examples(command, "tokenhub pricebook publish infra/demo/pricebook.yaml --retroactive --reason 'March prices'")
     command.set_defaults(handler=publish)
     command = books.add_parser("show", help="the prices that apply to a model at a time")
-    command.add_argument("model", nargs="?")
-    command.add_argument("--at", help="ISO time with zone (default now)")
-    args.add_json(command)
+    command.add_argument("model", nargs="?", help="a model id (default: every model priced)")
+    args.add_as_of(command, "the prices in force at this time")
+    args.add_output(command)
+    args.examples(command, "tokenhub pricebook show qwen-max", "tokenhub pricebook show --as-of 2026-03-01T00:00:00+08:00 --json")
     command.set_defaults(handler=show)
     command = books.add_parser("import-litellm", help="build a book from a LiteLLM model price map")
-    command.add_argument("file")
+    command.add_argument("file", help="LiteLLM's model_prices_and_context_window.json")
     command.add_argument("--models", help="comma-separated model names (default: all)")
-    command.add_argument("--rate", default="1", help="settlement currency per unit of the list's currency")
-    command.add_argument("--book-id", default="litellm")
-    command.add_argument("--version", type=int, default=1)
-    command.add_argument("--effective-from", help="ISO time with zone (default now); the conversion table in force then applies")
-    command.add_argument("--source-currency", default="USD", help="the list's currency (LiteLLM's map is in USD)")
+    command.add_argument("--rate", default="1", help="settlement currency per unit of the list's currency, for example 7.2")
+    command.add_argument("--book-id", default="litellm", help="the new book's id (default: litellm)")
+    command.add_argument("--version", type=int, default=1, help="the new book's version (default: 1)")
+    command.add_argument("--effective-from", metavar="TIME",
+                         help=f"when it takes effect (default: now); the conversion table in force then applies; {args.TIME_HELP}")
+    command.add_argument("--source-currency", default="USD", help="the list's currency (default: USD, as LiteLLM's map is)")
     destination = command.add_mutually_exclusive_group()
-    destination.add_argument("--output", help="write the book here (default: print it)")
+    destination.add_argument("--output", help="write the book to this file (default: print it)")
     destination.add_argument("--publish", action="store_true", help="validate and publish it")
-    command.add_argument("--retroactive", action="store_true")
-    args.add_change(command, reason_default="imported from a LiteLLM price map")
+    command.add_argument("--retroactive", action="store_true", help="with --publish: allow an effective time in the past")
+    command.add_argument("--actor", default=None, help="with --publish: who publishes it (default: your login name)")
+    command.add_argument("--reason", default=None, help="with --publish: why, kept with the book")
+    args.examples(command, "tokenhub pricebook import-litellm prices.json --models qwen-max-intl --rate 7.2 --output book.json",
+                  "tokenhub pricebook import-litellm prices.json --rate 7.2 --publish --reason 'list prices'")
     command.set_defaults(handler=import_litellm)
 
     pricing = subparsers.add_parser("pricing", help="pricing state").add_subparsers(dest="action", required=True)
     command = pricing.add_parser("parked", help="consumption waiting for a price")
-    command.add_argument("--limit", type=int, default=queries.PARKED_SHOWN_MAX, help="rows shown, oldest first")
-    args.add_json(command)
+    command.add_argument("--limit", type=int, default=queries.PARKED_SHOWN_MAX,
+                         help=f"rows shown, oldest first (default: {queries.PARKED_SHOWN_MAX})")
+    args.add_output(command)
+    args.examples(command, "tokenhub pricing parked", "tokenhub pricing parked --limit 10 --json")
     command.set_defaults(handler=parked)
 
     command = subparsers.add_parser("reprice", help="reverse and correct Priced events after a retroactive book")
-    command.add_argument("--from", dest="start", required=True)
-    command.add_argument("--to", dest="end", required=True)
-    command.add_argument("--model")
-    args.add_json(command)
+    command.add_argument("--from", dest="start", required=True, metavar="TIME", help=f"from this event time; {args.TIME_HELP}")
+    command.add_argument("--to", dest="end", required=True, metavar="TIME", help=f"to this event time (exclusive); {args.TIME_HELP}")
+    command.add_argument("--model", help="only this model (default: every model)")
+    args.add_output(command)
+    args.examples(command, "tokenhub reprice --from 2026-03-01T00:00:00+08:00 --to 2026-04-01T00:00:00+08:00 --model qwen-max")
     command.set_defaults(handler=reprice)

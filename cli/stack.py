@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Final
 import structlog
 
 from tokenhub.api.settings import api_port
+from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
 from tokenhub.infra.boot import prepare
 from tokenhub.infra.embedded import StackError
@@ -94,15 +94,16 @@ async def up(arguments: argparse.Namespace) -> int:
 async def status(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     state_dir = Path(settings.state_dir)
+    output = args.output_format(arguments)
     report = await stack_status(state_dir, settings) if lock_holder(state_dir) else None
     if report is None:
-        if arguments.json:
-            print(json.dumps({"state_dir": str(state_dir), "running": False}))
+        if output == "json":
+            print(render.json({"state_dir": str(state_dir), "running": False}))
         else:
             print(f"Token Hub is not running in {state_dir} (start it with tokenhub up)")
         return EXIT_NOT_RUNNING
-    if arguments.json:
-        print(json.dumps(report.as_json(), indent=1))
+    if output == "json":
+        print(render.json(report.as_json()))
         return 0
     print(render_status(report))
     return 0
@@ -113,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up_parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
                            help="tansu: the embedded broker (default); kafka: Apache Kafka (KRaft) from Maven Central, "
                                 "secured with SASL/SCRAM and TLS, under the state folder's kafka/")
-    up_parser.add_argument("--brokers", type=int, default=3, help="Apache Kafka nodes (--broker kafka)")
+    up_parser.add_argument("--brokers", type=int, default=3, help="Apache Kafka nodes (--broker kafka; default: 3)")
+    args.examples(up_parser, "tokenhub up", "tokenhub up --broker kafka --brokers 3")
     up_parser.set_defaults(handler=up)
     status_parser = subparsers.add_parser(
         "status", help="the local stack: every process, its restarts, each service's lag and recent faults",
@@ -121,12 +123,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "each service's lag (records on its input topics not handled yet; a lower bound on the embedded "
                     "broker) and outbox (events stored, not yet published); the faults it recovered from. "
                     "Exits 3 when nothing runs here.")
-    status_parser.add_argument("--json", action="store_true", help="the status as one JSON document")
+    args.add_output(status_parser)
+    args.examples(status_parser, "tokenhub status", "tokenhub status --json")
     status_parser.set_defaults(handler=status)
-    run = subparsers.add_parser("run", help="run one service")
-    run.add_argument("service", choices=SERVICES)
+    run = subparsers.add_parser("run", help="run one service (what docker-compose and tokenhub up start)")
+    run.add_argument("service", choices=SERVICES, help=f"the service: {', '.join(SERVICES)}")
+    args.examples(run, "tokenhub run metering")
     run.set_defaults(handler=run_service)
-    subparsers.add_parser("init", help="create topics and apply migrations").set_defaults(handler=init)
+    init_parser = subparsers.add_parser("init", help="create topics and apply migrations (what docker-compose's init runs)")
+    args.examples(init_parser, "tokenhub init")
+    init_parser.set_defaults(handler=init)
 
 
 def render_status(report: StackStatus) -> str:

@@ -16,6 +16,7 @@ _MONTH: Final = re.compile(r"^(\d{4})-(\d{2})$")
 _WEEK: Final = re.compile(r"^(\d{4})-W(\d{2})$")
 _DAY: Final = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _WEEK_IN_MONTH: Final = re.compile(r"^(\d{4})-(\d{2})-W(\d{2})$")
+_DATE_ONLY: Final = re.compile(r"(\d{4}-\d{2}-\d{2})(Z|[+-]\d{2}:\d{2})?")
 
 
 class PeriodError(ValueError):
@@ -50,12 +51,17 @@ def parse_time(text: str) -> datetime:
     """An ISO 8601 time that names its zone (`2026-03-14T12:00:00+08:00`, `Z` for
     UTC), kept in that zone: the one parser of the times people and events give
     (decision 8, docs/architecture.md: a timestamp without a zone is refused)."""
+    date_only = _DATE_ONLY.fullmatch(text.strip())
+    if date_only:
+        # Python would read 2026-12-01+08:00 as 08:00 on a naive day: a date is not a time.
+        raise PeriodError(f"{text} is a date, not a time; give a time with its zone, for example "
+                          f"{date_only.group(1)}T00:00:00{date_only.group(2) or '+08:00'}")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise PeriodError(f"{text!r} is not an ISO time, for example 2026-03-14T12:00:00+08:00") from None
+        raise PeriodError(f"{text} is not an ISO time; give one with its zone, for example 2026-03-14T12:00:00+08:00") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise PeriodError(f"{text} needs a time zone, for example {text}+08:00")
+        raise PeriodError(f"{text} has no time zone; give one, for example {moment.isoformat()}+08:00")
     return moment
 
 

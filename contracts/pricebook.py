@@ -84,3 +84,50 @@ def book_from_document(document: Mapping[str, Any], *, actor: str, reason: str, 
         "reason": document.get("reason", reason),
         "published_at": published_at,
     })
+
+
+@dataclass(frozen=True)
+class PriceSource:
+    """Where a unit price came from: a book version, and the context tier whose
+    price it is (None: the model's base price)."""
+
+    book_id: str
+    version: int
+    context_tier: str | None
+
+    def label(self) -> str:
+        return f"{self.book_id} v{self.version}, " + (f"{self.context_tier} tier" if self.context_tier else "base price")
+
+
+def unit_prices(book: PriceBookPublished, model: str, payer_bu: str) -> list[tuple[str | None, str, Decimal]]:
+    """Every unit price a book charges `payer_bu` for `model`: (context tier or
+    None for the base, Token class, price per million), the payer's adjustment applied
+    as pricing applies it (the factor times the price, fixed at twelve places)."""
+    entry = book.price_for(model)
+    if entry is None:
+        return []
+    factor = next((adjustment.factor for adjustment in entry.bu_adjustments if adjustment.bu == payer_bu), None)
+
+    def adjusted(price: Decimal) -> Decimal:
+        return price if factor is None else quantize(price * factor)
+
+    found: list[tuple[str | None, str, Decimal]] = [
+        (None, token_class, adjusted(price)) for token_class, price in entry.unit_prices_per_million.items()]
+    for tier in entry.context_tiers:
+        found += [(tier.name, token_class, adjusted(price)) for token_class, price in tier.unit_prices_per_million.items()]
+    return found
+
+
+def price_source(books: BookIndex, *, model: str, token_class: str, unit_price: Decimal, payer_bu: str,
+                 before: datetime) -> PriceSource | None:
+    """The latest book version effective before `before` (a period's end) that
+    charges `payer_bu` this unit price for `model`'s `token_class`, and the tier
+    the price is in; None when no version does (the line then names neither)."""
+    for book in reversed(books.versions):
+        if book.effective_from >= before:
+            continue
+        tiers = [tier for tier, name, price in unit_prices(book, model, payer_bu)
+                 if name == token_class and price == unit_price]
+        if tiers:
+            return PriceSource(book.book_id, book.version, None if None in tiers else tiers[0])
+    return None

@@ -60,6 +60,14 @@ class UsageClient:
             max_batch_size=512 * 1024,
             **security.aiokafka_options(),
         )
+        self._last_offsets: dict[int, int] = {}
+
+    @property
+    def last_offsets(self) -> dict[int, int]:
+        """Partition of usage.reported -> the offset of the last message this
+        client had acknowledged there: metering has read everything sent once its
+        committed position passes these."""
+        return dict(self._last_offsets)
 
     async def __aenter__(self) -> UsageClient:
         await self._producer.start()
@@ -94,7 +102,8 @@ class UsageClient:
         for key, value, future in pending:
             for attempt in range(1, SEND_ATTEMPTS_MAX + 1):
                 try:
-                    await future
+                    written = await future
+                    self._last_offsets[written.partition] = max(written.offset, self._last_offsets.get(written.partition, -1))
                     break
                 except KafkaError:
                     if attempt == SEND_ATTEMPTS_MAX:

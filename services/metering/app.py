@@ -12,11 +12,12 @@ from tokenhub.contracts.topics import REGISTRY_CHANGED, USAGE_REPORTED
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.app import create_app, create_broker, subscribe
 from tokenhub.services.common.runtime import Runtime
+from tokenhub.services.metering import queries
 from tokenhub.services.metering.adapters.store import SCHEMA
 from tokenhub.services.metering.handlers import Metering
 from tokenhub.services.metering.http import create_http_app
 
-GROUP_ID = "metering"
+GROUP_ID = queries.METERING_GROUP
 
 
 class HttpServer:

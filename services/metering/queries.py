@@ -13,8 +13,10 @@ from decimal import Decimal
 from typing import Any, Final, TypedDict
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.registry import ConversionTable
+from tokenhub.contracts.topics import USAGE_REPORTED
 from tokenhub.services.metering.domain import header_value
 
 REJECTED_SHOWN_MAX: Final = 1_000
@@ -46,6 +48,20 @@ from metering.rejected_usage where $1::text is null or reason_code = $1 order by
 limit $2
 """
 SELECT_REJECTED_ONE: Final = "select original_bytes, headers, reason_code from metering.rejected_usage where rejected_id = $1"
+SELECT_ACCEPTED_KEYS: Final = """
+select usage_source, usage_id, encode(content_sha256, 'hex') as content_sha256 from metering.consumed
+where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[])) and content_sha256 is not null
+"""
+SELECT_REJECTIONS_OF: Final = """
+select rejected_id, usage_source, usage_id, original_sha256, reason_code, message from metering.rejected_usage
+where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[])) or original_sha256 = any($3::text[])
+order by received_at, rejected_id
+"""
+SELECT_CHANGES_STORED: Final = "select count(*) from metering.registry_changes where change_id = any($1::uuid[])"
+METERING_GROUP: Final = "metering"
+"""The consumer group metering reads usage.reported in (services/metering/app.py)."""
+ANSWERS_ASKED_MAX: Final = 100_000
+"""Usage events one question may ask about: a file `tokenhub emit` sends at once."""
 
 
 class BusinessUnitRow(TypedDict):
@@ -121,6 +137,12 @@ class RejectedRow(TypedDict):
 async def _rows(pool: asyncpg.Pool, query: str, *parameters: Any) -> list[Any]:
     async with pool.acquire() as connection:
         return [dict(row) for row in await connection.fetch(query, *parameters)]
+
+
+async def registry_changes_stored(pool: asyncpg.Pool, change_ids: list[uuid.UUID]) -> int:
+    """How many of these registry changes metering has applied and stored."""
+    async with pool.acquire() as connection:
+        return await connection.fetchval(SELECT_CHANGES_STORED, change_ids)
 
 
 async def display_names(pool: asyncpg.Pool) -> dict[str, str]:
@@ -237,3 +259,122 @@ async def funding_shares(pool: asyncpg.Pool) -> list[FundingShare]:
         rows = await connection.fetch(SELECT_FUNDING_SHARES)
     return [FundingShare(row["agreement"], row["consumer_bu"], row["payer_bu"], row["share"], row["events"], row["tokens"])
             for row in rows]
+
+
+# --- what metering answered about usage a producer sent ----------------------------------
+
+@dataclass(frozen=True)
+class SentUsage:
+    """One message a producer sent, as metering will know it: by its key
+    (source + id) and the hash of its usage when it parses, else by the hash of
+    its bytes (what metering stores a message that does not parse under)."""
+
+    key: tuple[str, str] | None
+    content_sha256: str | None
+    original_sha256: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason_code: str
+    message: str
+
+
+Verdict = str | Rejection | None
+""""accepted", "duplicate", a Rejection, or None while metering has not answered."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What metering had decided about these messages before they were sent."""
+
+    accepted: dict[tuple[str, str], str]
+    """Key -> content hash of the usage accepted under it."""
+    rejected_ids: frozenset[uuid.UUID]
+    rejected_bytes: dict[str, Rejection]
+    """Bytes' hash -> why they were rejected: metering stores one rejection of
+    the same bytes for the same reason, so a copy leaves no new row."""
+
+
+async def _decisions(pool: asyncpg.Pool, sent: list[SentUsage]) -> tuple[dict[tuple[str, str], str], list[asyncpg.Record]]:
+    if len(sent) > ANSWERS_ASKED_MAX:
+        raise ValueError(f"at most {ANSWERS_ASKED_MAX} usage events per question, got {len(sent)}")
+    keys = sorted({item.key for item in sent if item.key is not None})
+    sources, ids = [source for source, _ in keys], [usage_id for _, usage_id in keys]
+    hashes = sorted({item.original_sha256 for item in sent})
+    async with pool.acquire() as connection:
+        accepted = {(row["usage_source"], row["usage_id"]): row["content_sha256"]
+                    for row in await connection.fetch(SELECT_ACCEPTED_KEYS, sources, ids)}
+        rejected = await connection.fetch(SELECT_REJECTIONS_OF, sources, ids, hashes)
+    return accepted, rejected
+
+
+async def snapshot(pool: asyncpg.Pool, sent: list[SentUsage]) -> Snapshot:
+    """Taken before sending, so that what changes afterwards is metering's answer."""
+    accepted, rejected = await _decisions(pool, sent)
+    return Snapshot(accepted, frozenset(row["rejected_id"] for row in rejected),
+                    {row["original_sha256"]: Rejection(row["reason_code"], row["message"]) for row in rejected})
+
+
+async def metering_read_through(bootstrap_servers: str, partitions: list[int], **client: Any) -> dict[int, int]:
+    """Metering's committed position on each of these partitions of
+    usage.reported: the offset it will read next, so everything before it is
+    metered and stored. Read as a member of its group that joins nothing."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=METERING_GROUP, enable_auto_commit=False,
+                                **client)
+    await consumer.start()
+    try:
+        positions = {}
+        for partition in partitions:
+            committed = await consumer.committed(TopicPartition(USAGE_REPORTED.name, partition))
+            positions[partition] = committed if committed is not None else -1
+        return positions
+    finally:
+        await consumer.stop()
+
+
+async def answers(pool: asyncpg.Pool, sent: list[SentUsage], before: Snapshot, *, read_past: bool = False) -> list[Verdict]:
+    """Metering's answer for each message in `sent`, in order. An exact copy of
+    usage accepted before is a duplicate at once; a first sighting is accepted
+    once its key is stored with its content; a message is rejected once a
+    rejection that was not there `before` names its key or its bytes, or, when
+    metering has `read_past` everything sent, by the rejection its very bytes
+    had before. A later copy within `sent` shares the first copy's fate (a
+    duplicate if that was accepted)."""
+    accepted, rows = await _decisions(pool, sent)
+    by_key: dict[tuple[str, str], list[Rejection]] = {}
+    by_bytes: dict[str, list[Rejection]] = {}
+    for row in rows:
+        if row["rejected_id"] in before.rejected_ids:
+            continue
+        rejection = Rejection(row["reason_code"], row["message"])
+        if row["usage_source"] is not None and row["usage_id"] is not None:
+            by_key.setdefault((row["usage_source"], row["usage_id"]), []).append(rejection)
+        # Also by its bytes: a message this side could not read may still have named its key to metering.
+        by_bytes.setdefault(row["original_sha256"], []).append(rejection)
+    verdicts: list[Verdict] = []
+    first: dict[object, Verdict] = {}
+    for item in sent:
+        identity: object = item.key if item.key is not None else item.original_sha256
+        if first.get(identity) is not None:
+            earlier = first[identity]
+            verdicts.append("duplicate" if earlier in ("accepted", "duplicate") else earlier)
+            continue
+        verdict: Verdict
+        if item.key is None:
+            waiting = by_bytes.get(item.original_sha256)
+            verdict = waiting.pop(0) if waiting else None
+        elif item.content_sha256 is not None and before.accepted.get(item.key) == item.content_sha256:
+            verdict = "duplicate"
+        elif by_key.get(item.key):
+            verdict = by_key[item.key].pop(0)
+        elif (item.content_sha256 is not None and item.key not in before.accepted
+              and accepted.get(item.key) == item.content_sha256):
+            verdict = "accepted"
+        else:
+            verdict = None  # not answered yet (a conflicting copy's rejection is on its way)
+        if verdict is None and read_past:
+            verdict = before.rejected_bytes.get(item.original_sha256)
+        first.setdefault(identity, verdict)
+        verdicts.append(verdict)
+    return verdicts

@@ -21,7 +21,7 @@ def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path
     output = tmp_path / "bench.json"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
     finished = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", "bench", "--events", str(EVENTS), "--rate", "400",
-                               "--json", str(output)], env=environment, capture_output=True, text=True, timeout=600)
+                               "--output", str(output)], env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
     report = json.loads(output.read_text())
 
@@ -54,7 +54,7 @@ def test_bench_replays_a_trace_at_its_own_pace(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TOKENHUB_")}
     finished = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", "bench", "--trace", str(trace), "--skip-baseline",
-                               "--rate", "300", "--json", str(output)], env=environment, capture_output=True, text=True,
+                               "--rate", "300", "--output", str(output)], env=environment, capture_output=True, text=True,
                               timeout=600)
     assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
     report = json.loads(output.read_text())

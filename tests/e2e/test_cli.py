@@ -63,7 +63,7 @@ async def test_registry_commands_record_actor_and_reason(backend) -> None:
 
     bad_shares = _run(backend, "funding", "set", f"{slug}-split", "--consumer", slug, "--payer", f"{slug}=60",
                       "--payer", "cainiao=30", "--reason", "x", check=False)
-    _one_line_error(bad_shares, "sum to 100")
+    _one_line_error(bad_shares, "tokenhub funding set: funding agreement: payer shares must sum to 100 %, got 90")
 
 
 async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_accepted(backend, tmp_path: Path) -> None:
@@ -75,7 +75,9 @@ async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_acc
     lines = [good.model_dump_json(), json.dumps(bad), "{not json"]
     usage_file = tmp_path / "usage.jsonl"
     usage_file.write_text("\n".join(lines) + "\n")
-    assert "sent 3 usage events" in _run(backend, "emit", str(usage_file)).stdout
+    emitted = _run(backend, "emit", str(usage_file)).stdout
+    assert emitted.strip() == ("sent 3 usage events to usage.reported; metering accepted 1, found 0 duplicates, "
+                               "rejected 2 (not_json 1, unknown_bu 1)")
 
     def ours(rows: list[dict]) -> list[dict]:
         return [row for row in rows if row["usage_source"] == f"tests/{world.prefix}"]
@@ -89,9 +91,12 @@ async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_acc
     fixed = dict(bad, data=dict(bad["data"], consumer_bu=world.bu("shop")))
     fixed_file = tmp_path / "fixed.json"
     fixed_file.write_text(json.dumps(fixed))
-    _run(backend, "rejected", "resubmit", row["rejected_id"], "--file", str(fixed_file), "--actor", "bob")
-    balances = _poll(backend, ("balance", world.bu("shop"), "--json"),
-                     lambda rows: rows and rows[0]["tokens_consumed"] == 2_200)
+    resubmitted_line = _run(backend, "rejected", "resubmit", row["rejected_id"], "--file", str(fixed_file), "--actor", "bob",
+                            "--reason", "BU fixed").stdout
+    assert resubmitted_line.strip() == (f"resubmitted {row['rejected_id']} (corrected from {fixed_file}): "
+                                        "accepted: metered and on its way to pricing")
+    balances = _poll(backend, ("balance", "--bu", world.bu("shop"), "--json"),
+                     lambda rows: rows and rows[0]["tokens_consumed"] == "2200")
     assert balances[0]["spend"] == "0.006720000000" == format_amount(2 * world.expected_amount(1000, 100))
     resubmitted = ours(json.loads(_run(backend, "rejected", "list", "--reason", "unknown_bu", "--json").stdout))[0]
     assert resubmitted["resubmitted_by"].startswith("bob")
@@ -128,20 +133,27 @@ async def test_price_books_are_validated_before_publishing(backend, tmp_path: Pa
             "models": [{"model": "m", "unit_prices_per_million": {"input": "1"}}]}
     path = tmp_path / "book.json"
     path.write_text(json.dumps(book))
-    _one_line_error(_run(backend, "pricebook", "publish", str(path), check=False), "--retroactive")
+    why = ("--reason", "e2e")
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), *why, check=False), "--retroactive")
     path.write_text(json.dumps(dict(book, currency="USD")))
-    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", check=False), "settlement currency")
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", *why, check=False), "settlement currency")
     path.write_text(json.dumps(dict(book, models=[{"model": "m", "unit_prices_per_million": {"input": "-1"}}])))
-    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", check=False), "negative price")
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", *why, check=False), "negative price")
     path.write_text(json.dumps(dict(book, models=[{"model": "m", "unit_prices_per_million": {"input": 0.1}}])))
-    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", check=False), "float")
-    _one_line_error(_run(backend, "pricebook", "publish", str(tmp_path / "missing.yaml"), check=False), "no such file")
+    _one_line_error(_run(backend, "pricebook", "publish", str(path), "--retroactive", *why, check=False), "float")
+    _one_line_error(_run(backend, "pricebook", "publish", str(tmp_path / "missing.yaml"), *why, check=False),
+                    f"no such file: {tmp_path / 'missing.yaml'}")
 
 
 async def test_queries_fail_in_one_line(backend) -> None:
-    _one_line_error(_run(backend, "invoice", "show", "no-such-bu", check=False), "no invoice")
-    _one_line_error(_run(backend, "balance", "--as-of", "2026-03-01T00:00:00", check=False), "time zone")
-    _one_line_error(_run(backend, "settle", "2026-W11", check=False), "monthly")
+    _one_line_error(_run(backend, "invoice", "show", "--bu", "no-such-bu", check=False), "--bu no-such-bu is not one of: ")
+    _one_line_error(_run(backend, "balance", "--as-of", "2026-03-01T00:00:00", check=False),
+                    "--as-of 2026-03-01T00:00:00 has no time zone; give one, for example 2026-03-01T00:00:00+08:00")
+    _one_line_error(_run(backend, "balance", "--as-of", "2026-12-01", check=False),
+                    "--as-of 2026-12-01 is a date, not a time; give a time with its zone, for example 2026-12-01T00:00:00+08:00")
+    _one_line_error(_run(backend, "settle", "--period", "2026-W11", check=False),
+                    "--period 2026-W11: settlement is monthly; give a month such as 2026-03")
+    _one_line_error(_run(backend, "replay", "--bu", "nosuch", check=False), "--bu nosuch is not one of: ")
 
 
 async def test_pricebook_show_parked_and_litellm_import(backend, tmp_path: Path) -> None:
@@ -154,7 +166,7 @@ async def test_pricebook_show_parked_and_litellm_import(backend, tmp_path: Path)
     assert shown[0]["book_id"] == f"{world.prefix}-book"
     assert shown[0]["unit_prices_per_million"]["input"] == "2.400000000000"
     before = (datetime.now(UTC) - timedelta(days=400)).isoformat()
-    _one_line_error(_run(backend, "pricebook", "show", world.model, "--at", before, check=False), "no price applies")
+    _one_line_error(_run(backend, "pricebook", "show", world.model, "--as-of", before, check=False), "no price applies")
     parked = _poll(backend, ("pricing", "parked", "--limit", "100000", "--json"),
                    lambda rows: any(row["model"] == unpriced for row in rows))
     ours = [row for row in parked if row["model"] == unpriced]

@@ -146,13 +146,15 @@ def tmp_path() -> Iterator[Path]:
 def test_up_serves_commands_stops_cleanly_and_restarts_without_double_counting(tmp_path: Path) -> None:
     up = _start_up(tmp_path)
     try:
-        _tokenhub(tmp_path, "registry", str(ROOT / "infra/demo/registry.yaml"))
+        _tokenhub(tmp_path, "registry", str(ROOT / "infra/demo/registry.yaml"), "--reason", "the demo registry")
         # Usage for a BU metering has not heard of yet would be rejected (and stored), so wait.
         _wait_for("the registry's nine business units", lambda: len(json.loads(_tokenhub(tmp_path, "bu", "list", "--json").stdout)),
                   lambda count: count == 9, START_TIMEOUT_S)
-        _tokenhub(tmp_path, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive")
+        _tokenhub(tmp_path, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive",
+                  "--reason", "the demo prices")
         sent = _tokenhub(tmp_path, "emit", str(_usage_file(tmp_path / "usage.jsonl")))
-        assert f"sent {ENTRIES} usage events" in sent.stdout
+        assert sent.stdout.strip() == (f"sent {ENTRIES} usage events to usage.reported; metering accepted {ENTRIES}, "
+                                       "found 0 duplicates, rejected 0")
         _wait_for("the exact balances of the usage sent", lambda: _figures(tmp_path), lambda seen: seen == EXPECTED,
                   SETTLE_TIMEOUT_S)
         duplicates_before = _ledger_duplicates(tmp_path)

@@ -83,7 +83,7 @@ async def test_configuration_is_republished_as_the_full_events_people_published(
         _tokenhub(stack, "registry", str(ROOT / "infra/demo/registry.yaml"), "--reason", "boot test")
         _tokenhub(stack, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive",
                   "--reason", "boot test")
-        _tokenhub(stack, "budget", "set", "taobao-tmall", "--amount", "1000", "--from", "2026-03", "--reason", "boot test")
+        _tokenhub(stack, "budget", "set", "--bu", "taobao-tmall", "--amount", "1000", "--from", "2026-03", "--reason", "boot test")
         published = {topic: await _read_all(stack.endpoints.bootstrap_servers, topic)
                      for topic in (REGISTRY_CHANGED.name, PRICEBOOK_PUBLISHED.name, BUDGETS_CONFIGURED.name)}
         assert [len(published[topic]) for topic in published] == [21, 1, 1]

@@ -32,7 +32,7 @@ def _tokenhub(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     (["invoice"], "tokenhub invoice: say what to do: one of list, show, close (see `tokenhub invoice --help`)"),
     (["invoice", "list", "--colour"],
      "tokenhub invoice list: --colour is not an argument of this command (see `tokenhub invoice list --help`)"),
-    (["registry"], "tokenhub registry: missing FILE (see `tokenhub registry --help`)"),
+    (["registry"], "tokenhub registry: missing FILE, --reason (see `tokenhub registry --help`)"),
 ])
 def test_a_wrong_command_line_is_one_line_naming_the_argument(arguments: list[str], line: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
