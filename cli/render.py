@@ -98,6 +98,8 @@ def jsonable(value: Any, key: str = "") -> Any:
     tokens = "tokens" in key
     if isinstance(value, int):
         return str(value) if tokens else value
+    if isinstance(value, float):
+        return value  # a measurement (seconds, a rate), never money or Tokens
     if isinstance(value, Decimal):
         return f"{value.to_integral_value():f}" if tokens and value == value.to_integral_value() else f"{value:f}"
     if isinstance(value, datetime):

@@ -170,8 +170,9 @@ async def test_pricebook_show_parked_and_litellm_import(backend, tmp_path: Path)
     parked = _poll(backend, ("pricing", "parked", "--limit", "100000", "--json"),
                    lambda rows: any(row["model"] == unpriced for row in rows))
     ours = [row for row in parked if row["model"] == unpriced]
+    event_time = datetime.fromisoformat(ours[0]["event_time"]).astimezone(UTC)
     assert [(row["payer_bu"], row["reason"]) for row in ours] == [
-        (world.bu("shop"), f"no price book prices {unpriced} at {ours[0]['event_time']}")]
+        (world.bu("shop"), f"no price book prices {unpriced} at {event_time.isoformat()}")]
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "litellm_prices.json"
     output = tmp_path / "book.json"
     _run(backend, "pricebook", "import-litellm", str(fixture), "--models", "qwen-max-intl", "--rate", "7.2",
@@ -181,4 +182,4 @@ async def test_pricebook_show_parked_and_litellm_import(backend, tmp_path: Path)
     _one_line_error(_run(backend, "pricebook", "import-litellm", str(fixture), "--source-currency", "USD", check=False),
                     "--rate")
     _one_line_error(_run(backend, "reprice", "--from", "2026-03-02T00:00:00+08:00", "--to", "2026-03-01T00:00:00+08:00",
-                         check=False), "before")
+                         check=False), "tokenhub reprice: --to must be after --from")

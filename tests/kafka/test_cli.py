@@ -33,8 +33,9 @@ def test_the_cli_reaches_the_secured_cluster_through_stack_env(terminal: Path) -
     stack_env = (terminal / ".tokenhub" / STACK_ENV_FILE)
     assert "TOKENHUB_KAFKA_SECURITY_PROTOCOL=SASL_SSL" in stack_env.read_text()
     assert stack_env.stat().st_mode & 0o077 == 0, "stack.env holds a password"
-    _tokenhub(terminal, "registry", str(ROOT / "infra/demo/registry.yaml"))
-    _tokenhub(terminal, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive")
+    _tokenhub(terminal, "registry", str(ROOT / "infra/demo/registry.yaml"), "--reason", "the demo registry")
+    _tokenhub(terminal, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive",
+              "--reason", "the demo prices")
     sent = _tokenhub(terminal, "emit", str(_usage_file(terminal / "usage.jsonl")))
     assert f"sent {ENTRIES} usage events" in sent.stdout
     # The tier's other tests post to their own business units in the same database.

@@ -70,10 +70,11 @@ def test_up_on_apache_kafka_serves_secured_commands(tmp_path: Path) -> None:  # 
         assert settings["TOKENHUB_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
         assert Path(settings["TOKENHUB_KAFKA_SSL_CAFILE"]).is_file()
         assert (tmp_path / ".tokenhub" / "stack.env").stat().st_mode & 0o077 == 0, "stack.env holds a password"
-        _tokenhub(tmp_path, "registry", str(ROOT / "infra/demo/registry.yaml"))
+        _tokenhub(tmp_path, "registry", str(ROOT / "infra/demo/registry.yaml"), "--reason", "the demo registry")
         _wait_for("the registry's nine business units", lambda: len(json.loads(_tokenhub(tmp_path, "bu", "list", "--json").stdout)),
                   lambda count: count == 9, START_TIMEOUT_S)
-        _tokenhub(tmp_path, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive")
+        _tokenhub(tmp_path, "pricebook", "publish", str(ROOT / "infra/demo/pricebook.yaml"), "--retroactive",
+                  "--reason", "the demo prices")
         sent = _tokenhub(tmp_path, "emit", str(_usage_file(tmp_path / "usage.jsonl")))
         assert f"sent {ENTRIES} usage events" in sent.stdout
         _wait_for("the exact balances of the usage sent", lambda: _figures(tmp_path), lambda seen: seen == EXPECTED,
