@@ -288,9 +288,33 @@ async def conversion(arguments: argparse.Namespace) -> int:
 async def rejected_command(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     if arguments.action == "list":
-        rows = await _read(queries.rejected_usage, reason_code=arguments.reason_code)
-        _show(rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], arguments,
+        try:
+            page = await _read(queries.rejected_page, reason_code=arguments.reason_code, source=arguments.source,
+                               after=_uuid(arguments.after) if arguments.after else None, limit=arguments.limit)
+        except (queries.UnknownRejected, ValueError) as error:
+            raise CliError(str(error)) from None
+        if args.output_format(arguments) == "json":
+            print(render.json({"rejected": page.rows, "total": page.total, "next_after": page.next_after}))
+            return 0
+        _show(page.rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], arguments,
               settings.timezone, "nothing rejected" + (f" for {arguments.reason_code}" if arguments.reason_code else ""))
+        more = f"; next page: --after {page.next_after}" if page.next_after else ""
+        print(f"{len(page.rows)} shown of {page.total}{more}")
+        return 0
+    if arguments.action == "stats":
+        stats = await _read(queries.rejected_stats)
+        if args.output_format(arguments) == "json":
+            print(render.json({"total": stats.total, "by_reason": stats.by_reason, "by_source": stats.by_source,
+                               "other_sources": stats.others}))
+            return 0
+        print(render.table(["reason", "rejected"], [[reason, str(count)] for reason, count in stats.by_reason.items()],
+                           right={1}))
+        print()
+        rows = [[source, str(count)] for source, count in stats.by_source.items()]
+        if stats.others:
+            rows.append(["(other sources)", str(stats.others)])
+        print(render.table(["source", "rejected"], rows, right={1}))
+        print(f"\n{stats.total} rejected in all")
         return 0
     bootstrap_servers, _ = settings.require_stack()
     rejected_id = _uuid(arguments.rejected_id)
@@ -445,12 +469,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.set_defaults(handler=api_keys)
 
     rejects = subparsers.add_parser("rejected", help="rejected usage, stored with its original bytes").add_subparsers(dest="action", required=True)
-    listing = rejects.add_parser("list", help="rejected usage, oldest first")
+    listing = rejects.add_parser("list", help="rejected usage in order of arrival, a page at a time, with the total")
     listing.add_argument("--reason", dest="reason_code", choices=REJECTION_REASONS, metavar="REASON",
                          help=f"only this reason: {', '.join(REJECTION_REASONS)}")
+    listing.add_argument("--source", help="only usage from this source, for example gateway/taobao")
+    listing.add_argument("--limit", type=int, default=100, metavar="N",
+                         help=f"rows per page, 1 to {queries.REJECTED_SHOWN_MAX} (default: 100)")
+    listing.add_argument("--after", metavar="REJECTED_ID", help="the last rejected id of the previous page")
     args.add_output(listing)
-    args.examples(listing, "tokenhub rejected list", "tokenhub rejected list --reason unknown_bu --json")
+    args.examples(listing, "tokenhub rejected list", "tokenhub rejected list --reason unknown_bu --json",
+                  "tokenhub rejected list --limit 50 --after 9b2e6c1e-5d0a-4c8e-9f61-2a7d3e0b4c11")
     listing.set_defaults(handler=rejected_command)
+    stats = rejects.add_parser("stats", help="how much usage was rejected, by reason and by source")
+    args.add_output(stats)
+    args.examples(stats, "tokenhub rejected stats", "tokenhub rejected stats --json")
+    stats.set_defaults(handler=rejected_command)
     resubmit = rejects.add_parser("resubmit", help="send a rejected event back, as it was or corrected, and say what metering made of it")
     resubmit.add_argument("rejected_id", help="its id, as `tokenhub rejected list` shows it")
     resubmit.add_argument("--file", help="the corrected event, one JSON CloudEvent (default: send it back as it was)")

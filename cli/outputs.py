@@ -96,10 +96,15 @@ OUTPUTS: Final[dict[str, tuple[str, dict[str, Any]]]] = {
         "published_at": TIME, **CHANGE}))),
     "keys list": ("API keys for HTTP ingest (never the keys)", many(record({
         "key_id": TEXT, "sources": many(TEXT), "created_at": TIME, "revoked_at": nullable(TIME), **CHANGE}))),
-    "rejected list": ("rejected usage, oldest first", many(record({
-        "rejected_id": UUID, "reason_code": TEXT, "message": TEXT, "usage_source": nullable(TEXT),
-        "usage_id": nullable(TEXT), "topic": TEXT, "received_at": TIME, "resubmitted_at": nullable(TIME),
-        "resubmitted_by": nullable(TEXT), "size": COUNT}))),
+    "rejected list": ("one page of rejected usage in order of arrival, how many match, and the next page's --after",
+                      record({"rejected": many(record({
+                          "rejected_id": UUID, "reason_code": TEXT, "message": TEXT, "usage_source": nullable(TEXT),
+                          "usage_id": nullable(TEXT), "topic": TEXT, "received_at": TIME, "resubmitted_at": nullable(TIME),
+                          "resubmitted_by": nullable(TEXT), "size": COUNT})),
+                          "total": COUNT, "next_after": nullable(UUID)})),
+    "rejected stats": ("rejected usage counted by reason and by source", record({
+        "total": COUNT, "by_reason": {"type": "object", "additionalProperties": COUNT},
+        "by_source": {"type": "object", "additionalProperties": COUNT}, "other_sources": COUNT})),
     "pricebook show": ("the prices in force for each model", many(record({
         "book_id": TEXT, "version": COUNT, "effective_from": TIME, "currency": TEXT, "model": TEXT,
         "unit_prices_per_million": {"type": "object", "additionalProperties": AMOUNT}}, closed=False))),

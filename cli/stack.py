@@ -15,6 +15,7 @@ import structlog
 from tokenhub.api.settings import api_port
 from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
+from tokenhub.infra.deployment import recorded_currency
 from tokenhub.infra.boot import prepare
 from tokenhub.infra.embedded import StackError
 from tokenhub.infra.kafka.stack import open_stack
@@ -37,7 +38,8 @@ async def init(arguments: argparse.Namespace) -> int:
     bootstrap_servers, database_url = settings.require_stack()
     report = await prepare(bootstrap_servers, database_url)
     print(f"topics and migrations ready ({len(report.migrations)} migrations applied, "
-          f"{len(report.topics_created)} topics created, {report.republished_total} produced events republished)")
+          f"{len(report.topics_created)} topics created, {report.republished_total} produced events republished); "
+          f"settlement currency {report.currency}")
     return 0
 
 
@@ -64,10 +66,12 @@ async def up(arguments: argparse.Namespace) -> int:
     except AlreadyRunning as error:
         raise CliError(str(error)) from None
     environment = supervisor.environment
+    currency = await recorded_currency(stack.endpoints.database_url)
     print(
         "Token Hub is up.\n"
         f"  broker    {stack.endpoints.bootstrap_servers}\n"
         f"  database  {stack.endpoints.database_url}\n"
+        f"  currency  {currency} (the deployment's settlement currency, recorded at first start)\n"
         f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
         f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
         f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"

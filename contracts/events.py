@@ -9,13 +9,24 @@ understand must not be dropped silently.
 from __future__ import annotations
 
 import functools
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from tokenhub.contracts.ids import BuId
 from tokenhub.contracts.money import DEFAULT_ROUNDING, Amount, ExactDecimal, RoundingMode
@@ -36,6 +47,28 @@ def _to_utc(moment: datetime) -> datetime:
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX)]
+Count = Annotated[int, Field(strict=True, ge=0, le=QUANTITY_MAX)]
+"""A count a producer measured: a JSON integer, never a boolean, a string or a
+fraction (a lax integer billed `true` as one Token and `"12345"` as a count)."""
+
+_RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
+
+
+def _rfc3339(value: Any) -> Any:
+    """A usage time is an RFC 3339 string with an offset, as CloudEvents says: an
+    epoch number or any other form is refused with its own reason. A datetime
+    built in Python (the client) is checked for its zone by the type itself."""
+    if isinstance(value, datetime):
+        return value
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError("invalid_time", "must be an RFC 3339 time string such as 2026-03-14T10:00:00+08:00")
+    if match.group(1) is None:
+        raise PydanticCustomError("time_without_zone", "has no offset (Z or +08:00)")
+    return value
+
+
+UsageTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_to_utc)]
 SignedQuantity = Annotated[int, Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX)]
 Name = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH_MAX)]
 
@@ -63,20 +96,20 @@ class UsageData(Frozen):
     app: Name | None = None
     product: Name | None = None
     model: Name = Field(description="model, tool or agent id as registered in the catalogue")
-    input_tokens: Quantity | None = Field(None, description="uncached input tokens")
-    cache_read_tokens: Quantity | None = None
-    cache_write_tokens: Quantity | None = None
-    output_tokens: Quantity | None = Field(None, description="visible output tokens, reasoning excluded")
-    reasoning_tokens: Quantity | None = None
-    embedding_tokens: Quantity | None = None
-    image_count: Quantity | None = None
+    input_tokens: Count | None = Field(None, description="uncached input tokens")
+    cache_read_tokens: Count | None = None
+    cache_write_tokens: Count | None = None
+    output_tokens: Count | None = Field(None, description="visible output tokens, reasoning excluded")
+    reasoning_tokens: Count | None = None
+    embedding_tokens: Count | None = None
+    image_count: Count | None = None
     image_size: Name | None = Field(None, description="for example 1024x1024")
     video_seconds: ExactDecimal | None = None
     video_resolution: Name | None = Field(None, description="for example 720p")
     audio_seconds: ExactDecimal | None = None
-    agent_steps: Quantity | None = None
-    tool_calls: Quantity | None = None
-    api_calls: Quantity | None = None
+    agent_steps: Count | None = None
+    tool_calls: Count | None = None
+    api_calls: Count | None = None
 
 
 CLOUDEVENTS_TYPE: Final = "com.tokenhub.usage.v1"
@@ -93,7 +126,7 @@ class UsageReported(BaseModel):
     id: str = Field(min_length=1, max_length=ID_LENGTH_MAX)
     source: str = Field(min_length=1, max_length=SOURCE_LENGTH_MAX)
     type: Literal["com.tokenhub.usage.v1"]
-    time: UtcDatetime
+    time: UsageTime
     subject: str | None = Field(None, max_length=SOURCE_LENGTH_MAX)
     datacontenttype: Literal["application/json"] | None = None
     data: UsageData

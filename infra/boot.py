@@ -27,8 +27,9 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from tokenhub.contracts.topics import SERVICES
+from tokenhub.infra.deployment import record_currency
 from tokenhub.infra.migrate import migrate
-from tokenhub.infra.settings import Settings
+from tokenhub.infra.settings import Settings, load_settings
 from tokenhub.infra.topics import create_topics
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer, publish
@@ -59,6 +60,8 @@ class BootReport:
     topics_created: list[str] = field(default_factory=list)
     republished: dict[str, int] = field(default_factory=dict)
     """Events republished per topic; empty unless the broker had lost its topics."""
+    currency: str = ""
+    """The deployment's settlement currency, as recorded (infra.deployment)."""
 
     @property
     def republished_total(self) -> int:
@@ -71,6 +74,7 @@ async def prepare(bootstrap_servers: str, database_url: str, settings: Settings 
     `settings`: the broker's client settings, where they are not this process's."""
     report = BootReport()
     report.migrations = await migrate(database_url)
+    report.currency = await record_currency(database_url, settings or load_settings())
     report.topics_created = await create_topics(bootstrap_servers, settings=settings)
     if report.topics_created:
         # Only into the topics just created: on a restarted embedded broker that is

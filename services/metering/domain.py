@@ -29,6 +29,9 @@ class Reason:
     """Machine-readable reason codes for rejected usage."""
 
     NOT_JSON: Final = "not_json"
+    NOT_UTF8: Final = "not_utf8"
+    NOT_AN_INTEGER: Final = "not_an_integer"
+    INVALID_TIME: Final = "invalid_time"
     MISSING_FIELD: Final = "missing_field"
     INVALID_FIELD: Final = "invalid_field"
     UNKNOWN_FIELD: Final = "unknown_field"
@@ -152,25 +155,61 @@ def header_value(text: str) -> bytes:
     return text.encode()
 
 
+STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
+"""The Kafka binding's structured mode: the whole event is the value. Without
+this content type, `ce_*` headers carry the attributes and the value is the data."""
+
+
 def parse_envelope(raw: RawUsage) -> dict[str, object]:
     """The CloudEvent as a dict, from either content mode of the Kafka binding:
-    binary (`ce_*` headers, data in the value) or structured (all in the value)."""
+    structured (content type application/cloudevents+json: all in the value,
+    whatever other headers say) or binary (`ce_*` headers, data in the value).
+    Attributes, headers and the value must be valid UTF-8."""
+    attributes: dict[str, object] = {}
+    content_type = ""
+    for name, value in raw.headers:
+        try:
+            text = (value or b"").decode()
+        except UnicodeDecodeError:
+            raise UsageError(Reason.NOT_UTF8, f"header {name} is not valid UTF-8") from None
+        if name.startswith(CE_HEADER_PREFIX):
+            attributes[name[len(CE_HEADER_PREFIX):]] = text
+        elif name.lower() == "content-type":
+            content_type = text
     try:
         body = orjson.loads(raw.value)
     except orjson.JSONDecodeError as error:
+        try:
+            raw.value.decode()
+        except UnicodeDecodeError:
+            raise UsageError(Reason.NOT_UTF8, "value is not valid UTF-8") from None
         raise UsageError(Reason.NOT_JSON, f"value is not JSON: {error}") from None
-    attributes = {
-        name[len(CE_HEADER_PREFIX):]: _header_text(value)
-        for name, value in raw.headers
-        if name.startswith(CE_HEADER_PREFIX)
-    }
-    if attributes:
-        envelope: dict[str, object] = dict(attributes)
-        envelope["data"] = body
-        return envelope
+    structured = content_type.split(";", 1)[0].strip().lower() == STRUCTURED_CONTENT_TYPE
+    if attributes and not structured:
+        attributes["data"] = body
+        return attributes
     if not isinstance(body, dict):
         raise UsageError(Reason.INVALID_FIELD, "a structured CloudEvent must be a JSON object")
     return body
+
+
+def structured(raw: RawUsage, metered: Metered) -> bytes:
+    """Accepted usage as one value, to publish on usage.reported without headers:
+    the bytes received when they are the whole event (structured mode), the
+    event's canonical form when its attributes came as headers (binary mode)."""
+    if any(name.startswith(CE_HEADER_PREFIX) for name, _ in raw.headers):
+        return canonical_json(metered.usage)
+    return raw.value
+
+
+_INTEGER_ERRORS: Final = frozenset({"int_type", "int_parsing", "int_from_float"})
+SHOWN_CHARACTERS_MAX: Final = 64
+"""Of a refused value in a reason's message: enough to recognise it, never the whole of a flood."""
+
+
+def _shown(value: object) -> str:
+    text = orjson.dumps(value).decode() if isinstance(value, bool | int | float | str) else repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS_MAX else text[:SHOWN_CHARACTERS_MAX] + "..."
 
 
 def _reason_for(error: ValidationError) -> tuple[str, str]:
@@ -181,8 +220,12 @@ def _reason_for(error: ValidationError) -> tuple[str, str]:
         return Reason.MISSING_FIELD, f"missing field {location}"
     if kind == "extra_forbidden":
         return Reason.UNKNOWN_FIELD, f"unknown field {location}: quantities we do not understand are not dropped"
-    if kind == "timezone_aware":
+    if kind in ("timezone_aware", "time_without_zone"):
         return Reason.TIME_WITHOUT_ZONE, f"{location} has no time zone"
+    if kind == "invalid_time":
+        return Reason.INVALID_TIME, f"{location} {first['msg']}, got {_shown(first['input'])}"
+    if kind in _INTEGER_ERRORS:
+        return Reason.NOT_AN_INTEGER, f"{location} must be a JSON integer, got {_shown(first['input'])}"
     if kind in ("greater_than_equal", "greater_than"):
         return Reason.NEGATIVE_QUANTITY, f"{location} must not be negative"
     if kind in ("less_than_equal", "less_than"):

@@ -86,7 +86,7 @@ class Metering:
             accepted, refused = domain.meter_each([incoming.raw for incoming in batch], catalogue, limits)
             candidates = domain.first_sightings(accepted, refused)
             produced = {position: Produced(metered, tuple(codecs.encode_consumed(event) for event in metered.consumed),
-                                           batch[position].raw.value if publish_usage else None)
+                                           domain.structured(batch[position].raw, metered) if publish_usage else None)
                         for position, metered in candidates.fresh}
             claims = await unit.claim(list(produced.values()), [
                 key for _, rejection in candidates.rejected if (key := domain.rejection_key(rejection)) is not None])
@@ -95,8 +95,8 @@ class Metering:
                 RejectedUsage(batch[position].raw, rejection, domain.rejected_event(batch[position].raw, rejection, limits.now),
                               batch[position].topic, batch[position].partition, batch[position].offset)
                 for position, rejection in outcome.rejected])
-            usage = [OutboxRow(USAGE_REPORTED.name, metered.usage.data.consumer_bu.encode(), batch[position].raw.value)
-                     for position, metered in outcome.fresh] if publish_usage else []
+            usage = [OutboxRow(USAGE_REPORTED.name, metered.usage.data.consumer_bu.encode(), produced[position].usage_value)
+                     for position, metered in outcome.fresh if produced[position].usage_value is not None]
             consumed = [OutboxRow(TOKENS_CONSUMED.name, event.payer_bu.encode(), payload)
                         for position, metered in outcome.fresh
                         for event, payload in zip(metered.consumed, produced[position].payloads, strict=True)]

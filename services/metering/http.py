@@ -1,6 +1,7 @@
-"""HTTP ingest: `POST /v1/events` with one CloudEvent (`application/cloudevents+json`)
-or a batch (`application/cloudevents-batch+json`), authenticated by an API key
-bound to the sources it may report for. `GET /metrics`.
+"""HTTP ingest: `POST /v1/events` with one CloudEvent (`application/cloudevents+json`),
+a batch (`application/cloudevents-batch+json`), or one event in the HTTP
+binding's binary mode (`ce-` headers, the data as an `application/json` body),
+authenticated by an API key bound to the sources it may report for. `GET /metrics`.
 
 The path of usage that arrives here, so that usage.reported holds all usage:
 1. The request is metered at once, in one PostgreSQL transaction, by the same
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from urllib.parse import unquote_to_bytes
 from typing import Final
 
 import orjson
@@ -36,6 +38,8 @@ from tokenhub.services.metering import domain
 from tokenhub.services.metering.handlers import Incoming, Metering
 
 SINGLE: Final = "application/cloudevents+json"
+CE_HTTP_PREFIX: Final = b"ce-"
+CE_KAFKA_PREFIX: Final = domain.CE_HEADER_PREFIX
 BATCH: Final = "application/cloudevents-batch+json"
 BATCH_EVENTS_MAX: Final = 1_000  # one transaction per request: bounded like a Kafka batch
 BODY_BYTES_MAX: Final = 8 * 1024 * 1024
@@ -91,6 +95,20 @@ def _split(body: bytes, content_type: str) -> list[bytes] | None:
     return [body]
 
 
+def binary_attributes(headers: list[tuple[bytes, bytes]], content_type: str) -> tuple[tuple[str, bytes], ...] | None:
+    """The attributes of a binary-mode request (the CloudEvents HTTP binding:
+    `ce-` headers, percent-encoded, with the data as the body), as the Kafka
+    binding's `ce_` headers that metering's core reads; None for structured mode
+    (a cloudevents content type, or no `ce-specversion`)."""
+    if content_type.startswith(SINGLE) or content_type.startswith(BATCH):
+        return None
+    attributes = tuple((CE_KAFKA_PREFIX + name[len(CE_HTTP_PREFIX):].decode("latin-1"), unquote_to_bytes(value))
+                       for name, value in headers if name.lower().startswith(CE_HTTP_PREFIX))
+    if not any(name == CE_KAFKA_PREFIX + "specversion" for name, _ in attributes):
+        return None
+    return attributes
+
+
 def _source(value: bytes) -> str | None:
     try:
         event = orjson.loads(value)
@@ -114,19 +132,26 @@ def create_http_app(metering: Metering) -> FastAPI:
             return _problem(401, "unknown or revoked API key")
         content_type = request.headers.get("content-type", "")
         if not (content_type.startswith(SINGLE) or content_type.startswith(BATCH) or content_type.startswith("application/json")):
-            return _problem(415, f"content type must be {SINGLE} or {BATCH}")
+            return _problem(415, f"content type must be {SINGLE}, {BATCH}, or application/json with ce- headers")
         body = await request.body()
         if len(body) > BODY_BYTES_MAX:
             return _problem(413, f"body larger than {BODY_BYTES_MAX} bytes; send smaller batches")
-        values = _split(body, content_type)
-        if values is None or len(values) > BATCH_EVENTS_MAX:
-            return _problem(413, f"at most {BATCH_EVENTS_MAX} events per request")
-        foreign = sorted({source for value in values if (source := _source(value)) is not None
-                          and not any(fnmatch.fnmatchcase(source, allowed) for allowed in api_key.sources)})
+        key_header = ("http_key_id", api_key.key_id.encode())
+        attributes = binary_attributes(request.headers.raw, content_type)
+        if attributes is not None:
+            # Binary mode: one event, its attributes in ce- headers, the body its data.
+            sources = [value.decode(errors="replace") for name, value in attributes if name == "ce_source"]
+            batch = [Incoming(domain.RawUsage(body, (*attributes, key_header)), topic="http")]
+        else:
+            values = _split(body, content_type)
+            if values is None or len(values) > BATCH_EVENTS_MAX:
+                return _problem(413, f"at most {BATCH_EVENTS_MAX} events per request")
+            sources = [source for value in values if (source := _source(value)) is not None]
+            batch = [Incoming(domain.RawUsage(value, (key_header,)), topic="http") for value in values]
+        foreign = sorted({source for source in sources
+                          if not any(fnmatch.fnmatchcase(source, allowed) for allowed in api_key.sources)})
         if foreign:
             return _problem(403, f"key {api_key.key_id} may not report for source {foreign[0]}")
-        headers = (("http_key_id", api_key.key_id.encode()),)
-        batch = [Incoming(domain.RawUsage(value, headers), topic="http") for value in values]
         outcome = await metering.meter_batch(batch, publish_usage=True)
         position = {id(incoming): index for index, incoming in enumerate(batch)}
         return JSONResponse({

@@ -41,11 +41,22 @@ select version, effective_from, rules, actor, reason, published_at from metering
 SELECT_KEYS: Final = """
 select key_id, sources, actor, reason, created_at, revoked_at from metering.api_keys order by created_at
 """
-SELECT_REJECTED: Final = """
+REJECTED_COLUMNS: Final = """
 select rejected_id, reason_code, message, usage_source, usage_id, topic, received_at, resubmitted_at, resubmitted_by,
        length(original_bytes) as size
-from metering.rejected_usage where $1::text is null or reason_code = $1 order by received_at, rejected_id
-limit $2
+from metering.rejected_usage
+"""
+SELECT_REJECTED_AT: Final = "select received_at from metering.rejected_usage where rejected_id = $1"
+STATS_SOURCES_MAX: Final = 50
+"""Sources counted one by one in `rejected stats`; the rest are summed, so a
+flood from many sources still fits a screen."""
+SELECT_REJECTED_BY_REASON: Final = """
+select reason_code, count(*) as rejected from metering.rejected_usage group by reason_code
+order by rejected desc, reason_code
+"""
+SELECT_REJECTED_BY_SOURCE: Final = """
+select usage_source, count(*) as rejected from metering.rejected_usage group by usage_source
+order by rejected desc, usage_source nulls last
 """
 SELECT_REJECTED_ONE: Final = "select original_bytes, headers, reason_code from metering.rejected_usage where rejected_id = $1"
 SELECT_ACCEPTED_KEYS: Final = """
@@ -183,10 +194,68 @@ async def api_keys(pool: asyncpg.Pool) -> list[ApiKeyRow]:
     return await _rows(pool, SELECT_KEYS)
 
 
-async def rejected_usage(pool: asyncpg.Pool, *, reason_code: str | None = None,
-                         limit: int = REJECTED_SHOWN_MAX) -> list[RejectedRow]:
-    """Rejected usage, oldest first (at most `limit`), only of `reason_code` when given."""
-    return await _rows(pool, SELECT_REJECTED, reason_code, limit)
+@dataclass(frozen=True)
+class RejectedPage:
+    """One page of rejected usage in order of arrival, how many match in all, and
+    the id to pass as `after` for the next page (None on the last page)."""
+
+    rows: list[RejectedRow]
+    total: int
+    next_after: uuid.UUID | None
+
+
+class UnknownRejected(LookupError):
+    """`after` names no stored rejection."""
+
+
+async def rejected_page(pool: asyncpg.Pool, *, reason_code: str | None = None, source: str | None = None,
+                        after: uuid.UUID | None = None, limit: int = REJECTED_SHOWN_MAX) -> RejectedPage:
+    """Rejected usage oldest first, `limit` at a time after the rejection `after`,
+    only of `reason_code` and of `source` when given. Pages follow the indexes
+    rejected_usage_received and rejected_usage_reason (migration 0019)."""
+    if not 1 <= limit <= REJECTED_SHOWN_MAX:
+        raise ValueError(f"a page holds 1 to {REJECTED_SHOWN_MAX} rows, not {limit}")
+    conditions: list[str] = []
+    parameters: list[Any] = []
+    for column, value in (("reason_code", reason_code), ("usage_source", source)):
+        if value is not None:
+            parameters.append(value)
+            conditions.append(f"{column} = ${len(parameters)}")
+    counted = list(parameters)
+    count_query = "select count(*) from metering.rejected_usage" + (" where " + " and ".join(conditions) if conditions else "")
+    async with pool.acquire() as connection:
+        if after is not None:
+            received_at = await connection.fetchval(SELECT_REJECTED_AT, after)
+            if received_at is None:
+                raise UnknownRejected(f"no rejected usage {after}")
+            parameters += [received_at, after]
+            conditions.append(f"(received_at, rejected_id) > (${len(parameters) - 1}, ${len(parameters)})")
+        parameters.append(limit + 1)  # one more than shown tells whether a next page exists
+        query = (REJECTED_COLUMNS + (" where " + " and ".join(conditions) if conditions else "")
+                 + f" order by received_at, rejected_id limit ${len(parameters)}")
+        rows = [dict(row) for row in await connection.fetch(query, *parameters)]
+        total = await connection.fetchval(count_query, *counted)
+    shown = rows[:limit]
+    return RejectedPage(shown, total, shown[-1]["rejected_id"] if len(rows) > limit else None)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RejectedStats:
+    """How much usage was rejected, by reason and by source (the busiest
+    STATS_SOURCES_MAX sources one by one, the rest together as `others`)."""
+
+    total: int
+    by_reason: dict[str, int]
+    by_source: dict[str, int]
+    others: int
+
+
+async def rejected_stats(pool: asyncpg.Pool) -> RejectedStats:
+    async with pool.acquire() as connection:
+        by_reason = {row["reason_code"]: row["rejected"] for row in await connection.fetch(SELECT_REJECTED_BY_REASON)}
+        sources = await connection.fetch(SELECT_REJECTED_BY_SOURCE)
+    shown = {row["usage_source"] or "(unknown)": row["rejected"] for row in sources[:STATS_SOURCES_MAX]}
+    return RejectedStats(sum(by_reason.values()), by_reason, shown, sum(row["rejected"] for row in sources[STATS_SOURCES_MAX:]))
 
 
 @dataclass(frozen=True)

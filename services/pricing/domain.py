@@ -151,3 +151,19 @@ def price_or_park(consumed: Sequence[ConsumptionT], books: BookIndex) -> tuple[l
         except Unpriceable as reason:
             parked.append((event, str(reason)))
     return priced, parked
+
+
+def in_settlement_currency(books: Sequence[tuple[PriceBookPublished, bytes]], currency: str
+                           ) -> tuple[list[tuple[PriceBookPublished, bytes]], list[tuple[PriceBookPublished, bytes, str]]]:
+    """(books in the deployment's settlement currency, the others with the reason
+    they are refused): a price in another currency would be posted as if it were
+    in this one (docs/architecture.md decision 4)."""
+    accepted: list[tuple[PriceBookPublished, bytes]] = []
+    refused: list[tuple[PriceBookPublished, bytes, str]] = []
+    for book, value in books:
+        if book.currency == currency:
+            accepted.append((book, value))
+        else:
+            refused.append((book, value, f"book {book.book_id} v{book.version} is in {book.currency}; the settlement "
+                                         f"currency is {currency} (import a foreign list with an explicit rate)"))
+    return accepted, refused

@@ -43,6 +43,7 @@ class PricingMetrics:
     parked: Counter
     unparked: Counter
     parked_now: Gauge
+    books_refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PricingMetrics:
@@ -52,6 +53,8 @@ class PricingMetrics:
                              registry=registry),
             parked_now=Gauge("tokenhub_pricing_parked_now", "Consumption waiting for a price, read after each change",
                              registry=registry),
+            books_refused=Counter("tokenhub_pricing_books_refused",
+                                  "Price book versions refused: not in the settlement currency", registry=registry),
         )
 
 
@@ -87,12 +90,18 @@ class Pricing:
         """Store new book versions, then price what was parked waiting for them."""
         received = [(decode(PriceBookPublished, record.value), record.value) for record in records]
         async with self.store.unit(books="exclusive") as unit:
-            stored, conflicts = await unit.store_books(received)
+            currency = await unit.settlement_currency() or self.runtime.settings.currency
+            in_currency, refused = domain.in_settlement_currency(received, currency)
+            await unit.refuse_books(refused)
+            stored, conflicts = await unit.store_books(in_currency)
             models = sorted({entry.model for book in stored for entry in book.models})
             unparked, still_parked = await _unpark(unit, models) if models else (0, 0)
-            await unit.count({"books": len(stored), "book_conflicts": len(conflicts), "priced": unparked,
-                              "unparked": unparked})
+            await unit.count({"books": len(stored), "book_conflicts": len(conflicts), "books_refused": len(refused),
+                              "priced": unparked, "unparked": unparked})
             parked_now = await unit.parked_count() if models else None
+        for _, _, reason in refused:
+            log.error("pricebook_refused", reason=reason)
+        self.metrics.books_refused.inc(len(refused))
         for book in conflicts:
             # A version never changes once stored: a different body under the same
             # number is refused here (the CLI refuses it before publishing too).
@@ -102,7 +111,7 @@ class Pricing:
             self.metrics.parked_now.set(parked_now)
         self.runtime.relay_soon()
         log.info("pricebook_applied", versions=len(stored), unparked=unparked, still_parked=still_parked,
-                 conflicts=len(conflicts))
+                 conflicts=len(conflicts), refused=len(refused))
 
 
 async def _unpark(unit: PricingUnit, models: list[str]) -> tuple[int, int]:

@@ -79,14 +79,16 @@ async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_acc
     assert emitted.strip() == ("sent 3 usage events to usage.reported; metering accepted 1, found 0 duplicates, "
                                "rejected 2 (not_json 1, unknown_bu 1)")
 
-    def ours(rows: list[dict]) -> list[dict]:
-        return [row for row in rows if row["usage_source"] == f"tests/{world.prefix}"]
-    rejected = _poll(backend, ("rejected", "list", "--reason", "unknown_bu", "--json"), lambda rows: len(ours(rows)) == 1)
+    def ours(page: dict) -> list[dict]:
+        return [row for row in page["rejected"] if row["usage_source"] == f"tests/{world.prefix}"]
+    rejected = _poll(backend, ("rejected", "list", "--reason", "unknown_bu", "--source", f"tests/{world.prefix}", "--json"),
+                     lambda page: len(ours(page)) == 1)
     row = ours(rejected)[0]
     assert row["usage_id"] == "req-2" and world.bu("nobody") in row["message"]
-    not_json = _poll(backend, ("rejected", "list", "--reason", "not_json", "--json"),
-                     lambda rows: any(item["size"] == len("{not json") for item in rows))
-    assert not_json
+    assert (rejected["total"], rejected["next_after"]) == (1, None)
+    not_json = _poll(backend, ("rejected", "list", "--reason", "not_json", "--limit", "1000", "--json"),
+                     lambda page: any(item["size"] == len("{not json") for item in page["rejected"]))
+    assert not_json["total"] >= 1
 
     fixed = dict(bad, data=dict(bad["data"], consumer_bu=world.bu("shop")))
     fixed_file = tmp_path / "fixed.json"
@@ -98,7 +100,8 @@ async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_acc
     balances = _poll(backend, ("balance", "--bu", world.bu("shop"), "--json"),
                      lambda rows: rows and rows[0]["tokens_consumed"] == "2200")
     assert balances[0]["spend"] == "0.006720000000" == format_amount(2 * world.expected_amount(1000, 100))
-    resubmitted = ours(json.loads(_run(backend, "rejected", "list", "--reason", "unknown_bu", "--json").stdout))[0]
+    resubmitted = ours(json.loads(_run(backend, "rejected", "list", "--reason", "unknown_bu", "--source",
+                                       f"tests/{world.prefix}", "--json").stdout))[0]
     assert resubmitted["resubmitted_by"].startswith("bob")
 
 

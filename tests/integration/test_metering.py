@@ -6,6 +6,7 @@ time, and non-text usage converted to exact Tokens."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -146,20 +147,36 @@ async def test_binary_and_structured_content_modes_are_both_accepted(backend) ->
     consumed = {event["usage_id"]: event["tokens"] for event in await _consumed(world)}
     assert consumed == {"req-1": {"input": 2_000, "output": 200}, "req-2": {"input": 3_000, "output": 300}}
 
-    # Bad usage in binary mode is stored with its headers too, a non-UTF-8 one in base64.
+    # Bad usage in binary mode is stored with its headers too, a non-UTF-8 one in base64: an
+    # unknown business unit, and a header that is not UTF-8 (refused for that, with its own reason).
     unknown = world.usage("shop", 3, 1_000, 100, consumer_bu=world.bu("ghost"))
     unknown_headers = [(f"ce_{name}", str(value).encode()) for name, value in
-                       orjson.loads(canonical_json(unknown)).items() if name != "data"] + [("trace", b"\xff\xfe")]
+                       orjson.loads(canonical_json(unknown)).items() if name != "data"]
     unknown_value = orjson.dumps(orjson.loads(canonical_json(unknown))["data"])
+    garbled = world.usage("shop", 4, 1_000, 100)
+    garbled_headers = [(f"ce_{name}", str(value).encode()) for name, value in
+                       orjson.loads(canonical_json(garbled)).items() if name != "data"] + [("trace", b"\xff\xfe")]
+    garbled_value = orjson.dumps(orjson.loads(canonical_json(garbled))["data"])
     await emit_raw(world.settings, [(b"shop", unknown_value)], headers=unknown_headers)
-    rejected = await wait_settled(world.settings, after, 1)
-    assert delta(rejected, after, "metering.rejected.unknown_bu") == 1
+    await emit_raw(world.settings, [(b"shop", garbled_value)], headers=garbled_headers)
+    rejected = await wait_settled(world.settings, after, 2)
+    assert (delta(rejected, after, "metering.rejected.unknown_bu"), delta(rejected, after, "metering.rejected.not_utf8")) == (1, 1)
     rows = await _fetch(world.settings, "select reason_code, usage_id, original_bytes, headers from metering.rejected_usage "
-                        "where usage_source = $1", f"tests/{world.prefix}")
+                        "where usage_source = $1 or original_bytes = $2 order by reason_code", f"tests/{world.prefix}",
+                        garbled_value)
     assert [(row["reason_code"], row["usage_id"], bytes(row["original_bytes"])) for row in rows] == [
-        ("unknown_bu", "req-3", unknown_value)]
-    stored_headers = orjson.loads(rows[0]["headers"]) if isinstance(rows[0]["headers"], str) else rows[0]["headers"]
-    assert {name: domain.header_value(text) for name, text in stored_headers.items()} == dict(unknown_headers)
+        ("not_utf8", None, garbled_value), ("unknown_bu", "req-3", unknown_value)]
+    for row, sent in zip(rows, (garbled_headers, unknown_headers), strict=True):
+        stored_headers = orjson.loads(row["headers"]) if isinstance(row["headers"], str) else row["headers"]
+        assert {name: domain.header_value(text) for name, text in stored_headers.items()} == dict(sent)
+
+    # Structured mode by its content type, though ce_ headers travel beside it (the Kafka binding).
+    structured_too = world.usage("shop", 5, 4_000, 400)
+    await emit_raw(world.settings, [(b"shop", canonical_json(structured_too))], headers=[
+        ("content-type", b"application/cloudevents+json; charset=utf-8"), ("ce_id", b"a-stray-header")])
+    await wait_settled(world.settings, rejected, 1)
+    consumed = {event["usage_id"]: event["tokens"] for event in await _consumed(world)}
+    assert consumed["req-5"] == {"input": 4_000, "output": 400}
 
 
 async def _usage_on_topic(bootstrap_servers: str, source: str, expected: int) -> list[bytes]:
@@ -245,6 +262,49 @@ async def test_usage_sent_over_http_is_on_usage_reported_and_rebuilds_the_ledger
     assert rebuilt[f"bu:{world.bu('shop')}:spend"] == world.expected_amount(10_200, 46)
 
 
+async def test_http_binary_mode_and_strict_types_each_with_its_reason(backend) -> None:
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    connection = await asyncpg.connect(world.settings.database_url)
+    try:
+        _, key = await keys.create(connection, [f"tests/{world.prefix}"], "tests", "binary mode")
+    finally:
+        await connection.close()
+    await wait_http(backend.http_port)
+    url = f"http://127.0.0.1:{backend.http_port}/v1/events"
+    event = world.usage("shop", 1, 2_500, 250)
+    attributes = {name: value for name, value in orjson.loads(canonical_json(event)).items() if name != "data"}
+    binary_headers = {"authorization": f"Bearer {key}", "content-type": "application/json",
+                      **{f"ce-{name}": str(value) for name, value in attributes.items()},
+                      "ce-subject": "caf%C3%A9"}  # percent-encoded, as the HTTP binding encodes non-ASCII
+    data = orjson.dumps(orjson.loads(canonical_json(event))["data"])
+    strict = [orjson.loads(canonical_json(world.usage("shop", index, 100, 10))) for index in (2, 3, 4)]
+    strict[0]["data"]["input_tokens"] = True
+    strict[1]["data"]["output_tokens"] = "12345"
+    strict[2]["time"] = 1773453600
+    before = await read_counters(world.settings)
+    async with httpx.AsyncClient(timeout=30) as client:
+        binary = await client.post(url, content=data, headers=binary_headers)
+        foreign = await client.post(url, content=data, headers={**binary_headers, "ce-source": "gateway/elsewhere"})
+        refused = await client.post(url, content=orjson.dumps(strict), headers={
+            "authorization": f"Bearer {key}", "content-type": "application/cloudevents-batch+json"})
+    assert (binary.status_code, binary.json()["accepted"]) == (202, 1)
+    assert foreign.status_code == 403 and "gateway/elsewhere" in foreign.text
+    assert [(item["index"], item["reason_code"]) for item in refused.json()["rejected"]] == [
+        (0, "not_an_integer"), (1, "not_an_integer"), (2, "invalid_time")]
+    await wait_settled(world.settings, before, 4)
+    values = await _usage_on_topic(world.settings.bootstrap_servers, f"tests/{world.prefix}", 1)
+    # On usage.reported as one structured event, its subject decoded, the same usage as sent.
+    published = UsageReported.model_validate_json(values[0])
+    assert (published.id, published.subject, published.data) == ("req-1", "café", event.data)
+    consumed = await _consumed(world)
+    assert [(item["usage_id"], item["tokens"]) for item in consumed] == [("req-1", {"input": 2_500, "output": 250})]
+    rows = await _fetch(world.settings, "select reason_code, original_bytes from metering.rejected_usage "
+                        "where usage_source = $1 order by usage_id", f"tests/{world.prefix}")
+    assert [(row["reason_code"], orjson.loads(row["original_bytes"])) for row in rows] == [
+        ("not_an_integer", strict[0]), ("not_an_integer", strict[1]), ("invalid_time", strict[2])]
+
+
 def _envelope(world: World, index: int, **changes) -> dict:  # noqa: ANN003
     event = orjson.loads(canonical_json(world.usage("shop", index, 1_000, 100)))
     data = changes.pop("data", None)
@@ -263,7 +323,10 @@ async def test_every_class_of_bad_input_is_stored_and_published_while_valid_usag
     await world.publish(["shop"])
     now = datetime.now(UTC)
     cases: list[tuple[str, bytes]] = [
-        ("not_json", b"\xff\xfe not json at all"),
+        ("not_json", b"{not json at all"),
+        ("not_utf8", b"\xff\xfe not even text"),
+        ("not_an_integer", orjson.dumps(_envelope(world, 112, data={"input_tokens": True}))),
+        ("invalid_time", orjson.dumps(_envelope(world, 113, time=1773453600))),
         ("missing_field", orjson.dumps(_envelope(world, 101, source=None))),
         ("invalid_field", orjson.dumps(_envelope(world, 102, specversion="0.3"))),
         ("unknown_field", orjson.dumps(_envelope(world, 103, data={"thinking_tokens": 5}))),
@@ -481,3 +544,43 @@ async def test_the_sync_client_reports_and_metering_keeps_what_it_produced_keyed
         await connection.close()
     assert [(key, value) for _, key, value, headers in produced] == [
         (TokenConsumed.model_validate_json(row["payload"]).payer_bu.encode(), bytes(row["payload"])) for row in rows]
+
+
+async def test_rejected_usage_is_read_a_page_at_a_time_with_a_total_and_counted_by_reason_and_source(backend) -> None:
+    from tokenhub.services.common.db import create_pool
+    from tokenhub.services.metering import queries
+
+    world = World(backend.settings)
+    await world.publish(["shop"])
+    source = f"tests/{world.prefix}"
+    flood = [orjson.dumps(_envelope(world, 300 + index, data={"consumer_bu": world.bu("ghost")})) for index in range(7)]
+    other = [orjson.dumps(_envelope(world, 400 + index, data={"input_tokens": True})) for index in range(2)]
+    before = await read_counters(world.settings)
+    await emit_raw(world.settings, [(b"shop", value) for value in flood + other])
+    await wait_settled(world.settings, before, len(flood) + len(other))
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        pages, after = [], None
+        while True:
+            page = await queries.rejected_page(pool, reason_code="unknown_bu", source=source, after=after, limit=3)
+            pages.append(page)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        everything = await queries.rejected_page(pool, source=source, limit=1_000)
+        stats = await queries.rejected_stats(pool)
+        with pytest.raises(queries.UnknownRejected):
+            await queries.rejected_page(pool, after=uuid.uuid4())
+        with pytest.raises(ValueError):
+            await queries.rejected_page(pool, limit=0)
+    finally:
+        await pool.close()
+    assert [len(page.rows) for page in pages] == [3, 3, 1]
+    assert {page.total for page in pages} == {7}
+    assert sorted(row["usage_id"] for page in pages for row in page.rows) == [f"req-{300 + index}" for index in range(7)]
+    assert [row["rejected_id"] for page in pages for row in page.rows] == [
+        row["rejected_id"] for row in everything.rows if row["reason_code"] == "unknown_bu"]
+    assert (everything.total, everything.next_after) == (9, None)
+    assert stats.by_source[source] == 9
+    assert stats.by_reason["unknown_bu"] >= 7 and stats.by_reason["not_an_integer"] >= 2
+    assert stats.total == sum(stats.by_reason.values()) == sum(stats.by_source.values()) + stats.others

@@ -187,3 +187,62 @@ def test_a_rejection_event_names_the_stored_original_deterministically() -> None
     assert event.rejected_ref == event.cause_id == rejected_id(raw, Reason.NOT_JSON)
     assert event.original_sha256 == sha256_hex(b"not json")
     assert rejected_event(raw, Rejection(Reason.INVALID_FIELD, "other"), T).rejected_ref != event.rejected_ref
+
+
+def _envelope(**changes) -> dict:  # noqa: ANN003
+    event = orjson.loads(canonical_json(USAGE))
+    data = changes.pop("data", {})
+    event["data"].update(data)
+    event.update(changes)
+    return event
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"data": {"input_tokens": True}}, Reason.NOT_AN_INTEGER),
+    ({"data": {"input_tokens": False}}, Reason.NOT_AN_INTEGER),
+    ({"data": {"output_tokens": "12345"}}, Reason.NOT_AN_INTEGER),
+    ({"data": {"output_tokens": 1.5}}, Reason.NOT_AN_INTEGER),
+    ({"data": {"output_tokens": 10.0}}, Reason.NOT_AN_INTEGER),
+    ({"data": {"image_count": "2"}}, Reason.NOT_AN_INTEGER),
+    ({"time": 1773453600}, Reason.INVALID_TIME),
+    ({"time": 1773453600.5}, Reason.INVALID_TIME),
+    ({"time": "2026-03-14 02:30:00+00:00"}, Reason.INVALID_TIME),
+    ({"time": "14/03/2026 02:30"}, Reason.INVALID_TIME),
+    ({"time": "2026-03-14T02:30:00"}, Reason.TIME_WITHOUT_ZONE),
+    ({"time": None}, Reason.INVALID_TIME),
+])
+def test_counts_are_json_integers_and_times_rfc_3339_strings_with_an_offset(changes: dict, reason: str) -> None:
+    raw = RawUsage(orjson.dumps(_envelope(**changes)))
+    assert _reason(raw) == reason
+
+
+def test_what_strict_ingest_accepts() -> None:
+    for time in ("2026-03-14T10:30:15+08:00", "2026-03-14T02:30:15.25Z", "2026-03-14t02:30:15.123456z"):
+        metered = meter(RawUsage(orjson.dumps(_envelope(time=time))), CATALOGUE, LIMITS)
+        assert metered.consumed[0].event_time.utcoffset() == timedelta(0)
+    assert meter(RawUsage(orjson.dumps(_envelope(data={"input_tokens": 0}))), CATALOGUE, LIMITS).consumed
+
+
+def test_attributes_headers_and_values_must_be_utf8_each_with_its_reason() -> None:
+    structured = canonical_json(USAGE)
+    attributes = [(f"ce_{name}", str(value).encode()) for name, value in orjson.loads(structured).items() if name != "data"]
+    data = orjson.dumps(orjson.loads(structured)["data"])
+    bad_id = [(name, b"\xffreq" if name == "ce_id" else value) for name, value in attributes]
+    assert _reason(RawUsage(data, tuple(bad_id))) == Reason.NOT_UTF8
+    assert _reason(RawUsage(structured, (("trace", b"\xff\xfe"),))) == Reason.NOT_UTF8
+    assert _reason(RawUsage(b'{"id": "\xff"}')) == Reason.NOT_UTF8
+    assert _reason(RawUsage(b"{not json")) == Reason.NOT_JSON
+
+
+def test_content_mode_follows_the_kafka_binding() -> None:
+    structured = canonical_json(USAGE)
+    attributes = tuple((f"ce_{name}", str(value).encode()) for name, value in orjson.loads(structured).items()
+                       if name != "data")
+    data = orjson.dumps(orjson.loads(structured)["data"])
+    expected = meter(RawUsage(structured), CATALOGUE, LIMITS)
+    # Binary: attributes in ce_ headers, the data in the value.
+    assert meter(RawUsage(data, attributes), CATALOGUE, LIMITS).consumed == expected.consumed
+    # Structured, by its content type, even with ce_ headers beside it (which it ignores).
+    for content_type in (b"application/cloudevents+json", b"application/cloudevents+json; charset=utf-8"):
+        headers = (("content-type", content_type), ("ce_id", b"other"), ("ce_source", b"elsewhere"))
+        assert meter(RawUsage(structured, headers), CATALOGUE, LIMITS).consumed == expected.consumed

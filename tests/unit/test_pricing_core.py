@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PeriodTier, PeriodTiers
 from tokenhub.contracts.pricebook import BookIndex, period_tier_charge
-from tokenhub.services.pricing.domain import Unpriceable, first_copies, price, price_in_force, price_or_park
+from tokenhub.services.pricing.domain import (
+    Unpriceable,
+    first_copies,
+    in_settlement_currency,
+    price,
+    price_in_force,
+    price_or_park,
+)
 from tests.contract.examples import BOOK, CONSUMED
 
 D = Decimal
@@ -120,3 +127,12 @@ def test_a_batch_prices_what_a_book_prices_parks_the_rest_and_keeps_each_first_c
         (unknown.id, True)]
     assert price_or_park([CONSUMED], BookIndex.of([])) == ([], [(CONSUMED, f"no price book prices qwen-max at "
                                                                           f"{CONSUMED.event_time.isoformat()}")])
+
+
+def test_a_book_in_another_currency_is_refused_with_its_reason() -> None:
+    usd = BOOK.model_copy(update={"currency": "USD", "version": 2})
+    accepted, refused = in_settlement_currency([(BOOK, b"cny"), (usd, b"usd")], "CNY")
+    assert accepted == [(BOOK, b"cny")]
+    assert refused == [(usd, b"usd", "book internal v2 is in USD; the settlement currency is CNY "
+                                     "(import a foreign list with an explicit rate)")]
+    assert in_settlement_currency([(BOOK, b"cny")], "USD")[0] == []

@@ -37,6 +37,10 @@ values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (book_id, version) do nothin
 returning version
 """
 SELECT_BOOKS: Final = "select payload from pricing.price_books"
+SELECT_SETTLEMENT_CURRENCY: Final = "select currency from public.tokenhub_deployment"
+INSERT_REFUSED_BOOK: Final = """
+insert into pricing.refused_books (book_id, version, payload, reason) values ($1, $2, $3, $4)
+"""
 SELECT_BOOK_KEYS: Final = "select book_id, version from pricing.price_books"
 
 # pricing.priced holds each Priced produced, keyed by its id (a charge's id is its
@@ -206,6 +210,16 @@ class PricingUnit:
             elif (await self._connection.fetchval(SELECT_BOOK_VERSION, book.book_id, book.version)) != value:
                 conflicts.append(book)
         return stored, conflicts
+
+    async def settlement_currency(self) -> str | None:
+        """The deployment's currency as recorded at first initialisation (infra.deployment)."""
+        return await self._connection.fetchval(SELECT_SETTLEMENT_CURRENCY)
+
+    async def refuse_books(self, refused: Sequence[tuple[PriceBookPublished, bytes, str]]) -> None:
+        """Keep refused versions with their reason; they never price anything."""
+        if refused:
+            await self._connection.executemany(INSERT_REFUSED_BOOK, [
+                (book.book_id, book.version, value, reason) for book, value, reason in refused])
 
     async def count(self, counts: dict[str, int]) -> None:
         await bump_counters(self._connection, SCHEMA, counts)
