@@ -23,7 +23,7 @@ import orjson
 from tokenhub.audit.balances import ACCOUNT_TOTALS, PRICED_DECODER, PricedFacts, diff, figures_of, rebuild
 from tokenhub.audit.log import Progress, TopicRecord, loads, loads_many, read_topic, silent
 from tokenhub.audit.replay import SELECT_PROJECTION
-from tokenhub.audit.reprice import load_pricing_inputs, reprice
+from tokenhub.audit.reprice import ConsumedFacts, load_pricing_inputs, reprice
 from tokenhub.contracts.accounts import account_name, parse_account
 from tokenhub.contracts.ids import NAMESPACE
 from tokenhub.contracts.periods import parse_time
@@ -491,7 +491,7 @@ select (select count(*) from pricing.priced where kind = 'charge') + (select cou
 COUNT_PARKED: Final = "select count(*) from pricing.parked"
 
 
-async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, consumed: dict[str, dict],
+async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, consumed: dict[str, ConsumedFacts],
                              facts: list[EntryFact], check: Check) -> None:
     """Each TokenConsumed posted once (net of reversals and corrections) or
     parked; every Priced pricing published posted. The journal's rows were
@@ -505,36 +505,45 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
     posted_ids = {fact.priced.id for fact in facts}
     for row in priced_by_pricing:
         source = consumed.get(row["consumed_id"])
-        if scope is not None and (source is None or source["payer_bu"] != scope):
+        if scope is not None and (source is None or source.payer_bu != scope):
             continue
         if row["id"] not in posted_ids:
             check.fail(f"Priced {row['id']}", "published by pricing but not posted (lost, or in flight: verify a settled pipeline)")
     for consumed_id, source in consumed.items():
-        if scope is not None and source["payer_bu"] != scope:
+        if scope is not None and source.payer_bu != scope:
             continue
         check.examined += 1
-        effects = by_consumed.get(consumed_id, [])
-        kinds = defaultdict(int)
-        for priced in effects:
-            kinds[priced.kind] += 1
-        subject = f"usage {source['usage_source']} {source['usage_id']} payer {source['payer_bu']} (TokenConsumed {consumed_id})"
+        effects = by_consumed.get(consumed_id, ())
         if consumed_id in parked:
             if effects:
-                check.fail(subject, f"parked and yet posted {len(effects)} times")
+                check.fail(_usage_name(source), f"parked and yet posted {len(effects)} times")
+            continue
+        if len(effects) == 1 and effects[0].kind == "charge":  # by far the most: charged once, never repriced
+            if effects[0].total_tokens != sum(source.tokens.values()):
+                check.fail(_usage_name(source), f"net Tokens posted {effects[0].total_tokens} != "
+                                                f"Tokens consumed {sum(source.tokens.values())}")
             continue
         if not effects:
-            check.fail(subject, "neither posted nor parked")
+            check.fail(_usage_name(source), "neither posted nor parked")
             continue
+        kinds: dict[str, int] = defaultdict(int)
+        for priced in effects:
+            kinds[priced.kind] += 1
         if kinds["charge"] != 1 or kinds["reversal"] != kinds["correction"]:
-            check.fail(subject, f"posted {kinds['charge']} charges, {kinds['reversal']} reversals, {kinds['correction']} corrections")
+            check.fail(_usage_name(source), f"posted {kinds['charge']} charges, {kinds['reversal']} reversals, "
+                                            f"{kinds['correction']} corrections")
         net_tokens = sum(priced.total_tokens for priced in effects)
-        expected = sum(int(quantity) for quantity in source["tokens"].values())
+        expected = sum(source.tokens.values())
         if net_tokens != expected:
-            check.fail(subject, f"net Tokens posted {net_tokens} != Tokens consumed {expected}")
+            check.fail(_usage_name(source), f"net Tokens posted {net_tokens} != Tokens consumed {expected}")
     for consumed_id in sorted(set(by_consumed) - set(consumed)):
         check.fail(f"TokenConsumed {consumed_id}", "posted, but pricing has no such consumption")
     if scope is None:
         await _check_counters(connection, check)
+
+
+def _usage_name(source: ConsumedFacts) -> str:
+    return f"usage {source.usage_source} {source.usage_id} payer {source.payer_bu} (TokenConsumed {source.id})"
 
 
 async def _check_counters(connection: asyncpg.Connection, check: Check) -> None:
@@ -590,7 +599,7 @@ def _pair(pair: tuple[Decimal, Decimal]) -> str:
 SELECT_INVOICE_PAYLOADS: Final = "select invoice_id::text as invoice_id, payload from invoicing.invoices"
 
 
-async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], consumed: dict[str, dict],
+async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], consumed: dict[str, ConsumedFacts],
                        books: dict[tuple[str, int], dict], check: Check) -> None:
     events = [fact.priced for fact in facts]
     names = {fact.priced.id: fact.name for fact in facts}
@@ -808,32 +817,42 @@ def largest_remainder(total: int, weights: list[Decimal]) -> list[int]:
     return floors
 
 
-def check_shares(consumed: dict[str, dict], scope: str | None, check: Check) -> None:
-    usage: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+def check_shares(consumed: dict[str, ConsumedFacts], scope: str | None, check: Check) -> None:
+    usage: dict[tuple[str, str], list[ConsumedFacts]] = defaultdict(list)
     for event in consumed.values():
-        usage[(event["usage_source"], event["usage_id"])].append(event)
+        usage[(event.usage_source, event.usage_id)].append(event)
     for (source, usage_id), parts in sorted(usage.items()):
-        if scope is not None and all(part["payer_bu"] != scope and part["consumer_bu"] != scope for part in parts):
+        if scope is not None and all(part.payer_bu != scope and part.consumer_bu != scope for part in parts):
             continue
         check.examined += 1
+        if len(parts) == 1 and parts[0].payer_count == 1 and parts[0].payer_index == 0:
+            part = parts[0]  # one payer, the whole of it: by far the most
+            if part.share_percent != "100" and Decimal(part.share_percent) != 100:
+                check.fail(f"usage {source} {usage_id}", f"payer shares sum to {part.share_percent} %")
+            whole_input = sum(part.tokens.get(cls, 0) for cls in ("input", "cache_read", "cache_write"))
+            if whole_input != part.request_input_tokens:
+                check.fail(f"usage {source} {usage_id}", f"the payers' input Tokens sum to {whole_input}, the "
+                                                         f"request's input was {[part.request_input_tokens]}")
+            continue
         subject = f"usage {source} {usage_id}"
-        count = parts[0].get("payer_count", 1)
-        indexes = sorted(part.get("payer_index", 0) for part in parts)
+        count = parts[0].payer_count
+        indexes = sorted(part.payer_index for part in parts)
         if len(set(indexes)) != len(indexes) or any(not 0 <= index < count for index in indexes):
             check.fail(subject, f"payer positions {indexes} of {count} payers")
             continue
-        percents = sum((Decimal(part.get("share_percent", "100")) for part in parts), Decimal(0))
+        percents = sum((Decimal(part.share_percent) for part in parts), Decimal(0))
         if percents > 100 or (len(parts) == count and percents != 100):
             check.fail(subject, f"payer shares sum to {percents} %")
-        inputs = {part["request_input_tokens"] for part in parts}
-        whole_input = sum(int(part["tokens"].get(cls, 0)) for part in parts for cls in ("input", "cache_read", "cache_write"))
+        inputs = {part.request_input_tokens for part in parts}
+        whole_input = sum(part.tokens.get(cls, 0) for part in parts for cls in ("input", "cache_read", "cache_write"))
         if len(inputs) != 1 or whole_input != inputs.pop():
-            check.fail(subject, f"the payers' input Tokens sum to {whole_input}, the request's input was {sorted({p['request_input_tokens'] for p in parts})}")
+            check.fail(subject, f"the payers' input Tokens sum to {whole_input}, the request's input was "
+                                f"{sorted({part.request_input_tokens for part in parts})}")
         if len(parts) == count and count > 1:
-            ordered = sorted(parts, key=lambda part: part.get("payer_index", 0))
-            weights = [Decimal(part["share_percent"]) for part in ordered]
-            for token_class in sorted({cls for part in parts for cls in part["tokens"]}):
-                quantities = [int(part["tokens"].get(token_class, 0)) for part in ordered]
+            ordered = sorted(parts, key=lambda part: part.payer_index)
+            weights = [Decimal(part.share_percent) for part in ordered]
+            for token_class in sorted({cls for part in parts for cls in part.tokens}):
+                quantities = [part.tokens.get(token_class, 0) for part in ordered]
                 if quantities != largest_remainder(sum(quantities), weights):
                     check.fail(subject, f"{token_class} Tokens {quantities} are not the whole {sum(quantities)} "
                                         f"split by shares {[f'{weight:f}' for weight in weights]}")

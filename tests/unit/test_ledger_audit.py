@@ -19,7 +19,7 @@ from tests.contract.examples import BOOK, CONSUMED, POSTED, PRICED
 from tokenhub.audit import balances, log, reprice, restore, verify
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, decode
-from tokenhub.contracts.money import split_largest_remainder
+from tokenhub.contracts.money import line_amount, split_largest_remainder
 from tokenhub.services.ledger.domain import ChainHead, decide_batch, hash_entry, hashed_content, receive
 
 
@@ -29,6 +29,10 @@ def _json(model) -> dict:  # noqa: ANN001
 
 def _facts(priced: dict) -> balances.PricedFacts:  # noqa: ANN001
     return balances.PRICED_DECODER.decode(orjson.dumps(priced, option=orjson.OPT_SORT_KEYS))
+
+
+def _consumed(event: dict) -> reprice.ConsumedFacts:  # noqa: ANN001
+    return reprice.CONSUMED_DECODER.decode(orjson.dumps(event | {"id": event.get("id", "c")}))
 
 
 def test_the_auditor_recomputes_the_ledger_hash_from_the_payload() -> None:
@@ -48,27 +52,27 @@ def test_canonical_form_written_out_equals_the_contracts_one(value) -> None:  # 
 
 
 def test_repricing_recomputes_the_golden_priced_with_context_tier_and_factor() -> None:
-    lines = reprice.recompute_lines(_json(CONSUMED), _json(BOOK))
+    lines = reprice.recompute_lines(_consumed(_json(CONSUMED)), _json(BOOK))
     assert sorted(lines) == sorted(
         (line.token_class, line.tokens, line.unit_price_per_million, line.amount) for line in PRICED.lines)
     assert len(lines) == 4 and PRICED.context_tier == "long-context" and PRICED.price_factor == Decimal("0.9")
     assert sum((line[3] for line in lines), Decimal(0)) == PRICED.total_amount
-    result = reprice.reprice([_facts(_json(PRICED))], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_facts(_json(PRICED))], {str(CONSUMED.id): _consumed(_json(CONSUMED))}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert (result.mismatches, result.unrecomputable, result.amounts) == ([], [], {str(PRICED.id): PRICED.total_amount})
 
 
 def test_repricing_names_a_wrong_amount_and_a_missing_book() -> None:
     wrong = _json(PRICED) | {"total_amount": f"{PRICED.total_amount + Decimal('0.000000000001'):f}"}
-    result = reprice.reprice([_facts(wrong)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_facts(wrong)], {str(CONSUMED.id): _consumed(_json(CONSUMED))}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert result.mismatches == [(str(PRICED.id), "charge", PRICED.total_amount + Decimal("0.000000000001"), PRICED.total_amount)]
-    missing = reprice.reprice([_facts(_json(PRICED))], {str(CONSUMED.id): _json(CONSUMED)}, {})
+    missing = reprice.reprice([_facts(_json(PRICED))], {str(CONSUMED.id): _consumed(_json(CONSUMED))}, {})
     assert missing.unrecomputable == [(str(PRICED.id), f"no price book {BOOK.book_id} v{BOOK.version}")]
 
 
 def test_a_reversal_reprices_as_the_negative_of_what_it_reverses() -> None:
     reversal = _json(PRICED) | {"id": "r", "kind": "reversal", "corrects_id": str(PRICED.id),
                                 "total_amount": f"{-PRICED.total_amount:f}", "total_tokens": -PRICED.total_tokens}
-    result = reprice.reprice([_facts(_json(PRICED)), _facts(reversal)], {str(CONSUMED.id): _json(CONSUMED)}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
+    result = reprice.reprice([_facts(_json(PRICED)), _facts(reversal)], {str(CONSUMED.id): _consumed(_json(CONSUMED))}, {(BOOK.book_id, BOOK.version): _json(BOOK)})
     assert result.amounts["r"] == -PRICED.total_amount and result.mismatches == []
     assert balances.rebuild([_json(PRICED), reversal])["taobao-tmall"]["spend"] == 0
 
@@ -81,13 +85,14 @@ def test_the_auditors_split_equals_meterings(total: int, weights: list[Decimal])
 def test_shares_that_do_not_add_up_are_named() -> None:
     parts = {}
     for index, (payer, share, tokens) in enumerate((("a", "60", 601), ("b", "40", 400))):
-        parts[payer] = {"usage_source": "s", "usage_id": "1", "payer_bu": payer, "consumer_bu": "c", "payer_index": index,
-                        "payer_count": 2, "share_percent": share, "request_input_tokens": 1001, "tokens": {"input": tokens}}
+        parts[payer] = {"id": f"c-{payer}", "usage_source": "s", "usage_id": "1", "payer_bu": payer, "consumer_bu": "c",
+                        "model": "m", "payer_index": index, "payer_count": 2, "share_percent": share,
+                        "request_input_tokens": 1001, "tokens": {"input": tokens}}
     check = verify.Check("invariant-6", "")
-    verify.check_shares(parts, None, check)
+    verify.check_shares({payer: _consumed(part) for payer, part in parts.items()}, None, check)
     assert check.ok
     parts["a"]["tokens"] = {"input": 602}
-    verify.check_shares(parts, None, check)
+    verify.check_shares({payer: _consumed(part) for payer, part in parts.items()}, None, check)
     assert [violation.subject for violation in check.violations] == ["usage s 1", "usage s 1"]
     assert "input Tokens sum to 1002" in check.violations[0].detail
 
@@ -185,3 +190,17 @@ def test_the_auditor_rebuilds_each_entry_from_its_priced_as_the_ledger_published
     money, tokens = verify.expected_transfers(facts)
     assert (money[0], money[1], Decimal(money[2])) == entry.transfer[:3]
     assert (tokens[0], tokens[1], int(Decimal(tokens[2]))) == entry.transfer[3:]
+
+
+@given(st.integers(0, 10**12), st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False, allow_infinity=False))
+def test_the_auditors_integer_line_amount_equals_pricings(tokens: int, unit_price: Decimal) -> None:
+    """Repricing counts in 10^-12 units with integers; the services' arithmetic is Decimal at 12 places half-even."""
+    unit = reprice._units(f"{unit_price:.12f}")
+    assert reprice._amount(reprice._per_million_half_even(tokens * unit)) == line_amount(tokens, unit_price)
+
+
+@pytest.mark.parametrize("text", ["0.000000000000", "-0.000000000000", "12.345678901234", "-3.000000000001", "7", "0.5"])
+def test_amounts_as_integer_units_and_back(text: str) -> None:
+    assert reprice._amount(reprice._units(text)) == Decimal(text)
+    with pytest.raises(reprice.NotRecomputable):
+        reprice._units("0.0000000000001")
