@@ -507,12 +507,16 @@ def _months(first: Period, last: Period, zone: str) -> list[Period]:
 
 
 def plan_periods(plans: Sequence[Plan], cycles: Mapping[str, PeriodKind], invoiced: set[tuple[str, str]],
-                 end: datetime, zone: str) -> list[tuple[str, Period]]:
+                 end: datetime, zone: str, since: datetime | None = None) -> list[tuple[str, Period]]:
     """(payer, period) of every billing period a plan covers that ended by `end`
-    and has no invoice yet: each gets its tier lines at the close that reaches it."""
+    and has no invoice yet: each gets its tier lines at the close that reaches it.
+    `since` skips the months that ended before it (a question asked after every
+    batch looks back a month, not over the whole of every plan)."""
     due: dict[tuple[str, str], Period] = {}
     for plan in plans:
         month = parse(plan.first_month, zone)
+        if since is not None and month.end <= since:
+            month = containing(since, "month", zone)
         for _ in range(PLAN_MONTHS_MAX):
             if month.end > end or (plan.last_month is not None and month.name > plan.last_month):
                 break
@@ -655,13 +659,17 @@ class Draft:
     periods: frozenset[str]
 
 
-def drafts_of(open_periods: Mapping[str, Period], invoiced: set[str], carrier: Period) -> list[Draft]:
+def drafts_of(open_periods: Mapping[str, Period], invoiced: set[str], carrier: Period,
+              carrier_planned: bool = False) -> list[Draft]:
     """The payer's drafts if every open period closed now: each open period not yet
     invoiced its own, numbered in period order; totals of periods already invoiced
     (late usage, credits) go on the last of them, or, when there is none, on a
-    draft for `carrier` (the payer's first period from now that has no invoice).
+    draft for `carrier` (the payer's first period from now that has no invoice),
+    which a plan covering it (`carrier_planned`) also drafts, for its fee.
     Every draft has its own number."""
     fresh = sorted((period for name, period in open_periods.items() if name not in invoiced), key=lambda p: (p.end, p.name))
+    if carrier_planned and carrier.name not in invoiced and all(period.name != carrier.name for period in fresh):
+        fresh.append(carrier)
     late = frozenset(name for name in open_periods if name in invoiced)
     drafts = [Draft(period, place, frozenset({period.name})) for place, period in enumerate(fresh)]
     if late:

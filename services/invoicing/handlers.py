@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Final
 
 import asyncpg
 import structlog
@@ -24,6 +25,9 @@ from tokenhub.services.invoicing.adapters.store import SCHEMA
 from tokenhub.services.invoicing.codec import decode_posted
 
 __all__ = ["SCHEMA", "close_period", "handle_posted_records", "handle_pricebook_records", "set_cycle"]
+
+PLAN_LOOKBACK: Final = timedelta(days=31)
+"""How far back the question asked after every batch looks for plan periods due."""
 
 log = structlog.get_logger()
 
@@ -73,7 +77,10 @@ async def close_due_periods(runtime: Runtime) -> list[InvoiceIssued]:
         plans = await unit.plans()
         if plans:
             invoiced = await unit.invoiced_of([plan.payer_bu for plan in plans])
-            planned = domain.plan_periods(plans, await unit.cycles(), invoiced, horizon, settings.timezone)
+            # A month back: the periods before were due at earlier batches, and a close
+            # (by command or at a month's end) looks over every plan from its start.
+            planned = domain.plan_periods(plans, await unit.cycles(), invoiced, horizon, settings.timezone,
+                                          since=horizon - PLAN_LOOKBACK)
             due = list(dict.fromkeys(due + [period.name for _, period in planned]))
     issued: list[InvoiceIssued] = []
     for name in due:

@@ -32,7 +32,8 @@ async def _drafts(unit: store.Unit, settings: Settings, payer_bu: str, now: date
     books = await unit.books()
     number = await unit.next_number(payer_bu)
     drafts = []
-    for draft in domain.drafts_of(periods, invoiced, carrier):
+    planned = any(plan.covers(payer_bu, carrier, zone) for plan in plans)
+    for draft in domain.drafts_of(periods, invoiced, carrier, planned):
         carried = totals.of_periods(set(draft.periods))
         earlier = {name: periods[name] for name in draft.periods if name != draft.period.name}
         drafts.append(domain.issue_invoice(
@@ -55,7 +56,8 @@ async def invoices(pool: asyncpg.Pool, settings: Settings, *, bu: str | None, pe
     async with store.reading(pool) as unit:
         issued = await unit.issued_invoices()
         drafts = []
-        for payer_bu in dict.fromkeys(payer for payer, _ in await unit.draft_periods()):
+        payers = [payer for payer, _ in await unit.draft_periods()] + [plan.payer_bu for plan in await unit.plans()]
+        for payer_bu in dict.fromkeys(payers):
             if bu is None or payer_bu == bu:
                 drafts += await _drafts(unit, settings, payer_bu, now)
     return [invoice for invoice in issued + drafts

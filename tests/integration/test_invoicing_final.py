@@ -215,6 +215,12 @@ async def test_a_plan_charges_its_first_tier_fee_with_or_without_usage(
              row["reason"]) for row in listed] == [
         (model, book, world.provider, this_month.name, None, "finance-ops", "platform fee agreed")]
 
+    # Before any usage, the payer's draft shows the fee that is due.
+    drafts = _json_output(await _run(capsys, commands.invoice, action="list", bu=world.bu("idle"), period=None,
+                                     json=True, format="text"))
+    assert [(draft["period"], draft["number"], draft["status"], [(line["kind"], line["amount"]) for line in draft["lines"]])
+            for draft in drafts] == [(this_month.name, 1, "draft", [("period_tier", "1.000000000000")])]
+
     before = await read_counters(world.settings)
     await emit(world.settings, [world.usage("shop", index, 40_000, 10_000, model=model, time=now - timedelta(minutes=5))
                                 for index in range(3)])  # 150,000 Tokens

@@ -322,6 +322,11 @@ def test_plan_periods_are_every_billing_period_of_its_months_not_invoiced_by_the
         ("dingtalk", "2026-03-W09"), ("dingtalk", "2026-W10"), ("dingtalk", "2026-W11"), ("dingtalk", "2026-W12"),
         ("dingtalk", "2026-W13"), ("dingtalk", "2026-03-W14"), ("dingtalk", "2026-04-W14"), ("dingtalk", "2026-W15"),
         ("dingtalk", "2026-W16"), ("dingtalk", "2026-W17"), ("dingtalk", "2026-04-W18"), ("quark", "2026-04")]
+    recent = plan_periods(plans, {"dingtalk": "week"}, set(), parse("2026-04", ZONE).end, ZONE,
+                          since=parse("2026-04-02", ZONE).start)
+    assert [(payer, period.name) for payer, period in recent] == [
+        ("dingtalk", "2026-04-W14"), ("dingtalk", "2026-W15"), ("dingtalk", "2026-W16"), ("dingtalk", "2026-W17"),
+        ("dingtalk", "2026-04-W18"), ("quark", "2026-04")]
 
 
 def test_late_usage_of_a_closed_period_re_evaluates_its_tier_charge_on_the_next_invoice() -> None:
