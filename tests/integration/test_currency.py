@@ -15,14 +15,15 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 import pytest
 
-from tokenhub.cli.commands import build_book, publish_events
 from tokenhub.cli.main import adopt_recorded_currency
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.pricebook import book_from_document
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
 from tokenhub.infra.deployment import CurrencyLocked, record_currency, recorded_currency
 from tokenhub.infra.migrate import migrate
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.infra.settings import Settings
+from tokenhub.services.common.kafka import send_events
 from tests.integration.support import World, delta, read_counters
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -85,11 +86,12 @@ async def test_pricing_refuses_a_book_in_another_currency_and_keeps_it_with_its_
     world = World(backend.settings)
     await world.publish(["shop"])
     before = await read_counters(world.settings)
-    book = build_book({"book_id": f"{world.prefix}-usd", "version": 1, "currency": "USD",
+    book = book_from_document({"book_id": f"{world.prefix}-usd", "version": 1, "currency": "USD",
                        "effective_from": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
                        "models": [{"model": world.model, "unit_prices_per_million": {"input": "1", "output": "2"}}]},
-                      world.settings, "tests", "a list in dollars", retroactive=True)
-    await publish_events(world.settings, PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
+                              actor="tests", reason="a list in dollars", retroactive=True, published_at=datetime.now(UTC))
+    await send_events(world.settings.bootstrap_servers, PRICEBOOK_PUBLISHED.name,
+                      [(book.book_id.encode(), canonical_json(book))], settings=world.settings)
 
     async def refused() -> bool:
         return delta(await read_counters(world.settings), before, "pricing.books_refused") == 1
