@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -51,12 +52,19 @@ async def run_service(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _already_running(error: AlreadyRunning, state_dir: Path, zone: str) -> CliError:
+    """`already running in .tokenhub (pid 4242, since 2026-03-14 10:30:00 Asia/Shanghai (+08:00))`."""
+    since = render.local(datetime.fromisoformat(error.since), zone, seconds=True) if error.since else "unknown"
+    return CliError(f"already running in {state_dir} (pid {error.pid or 'unknown'}, since {since})")
+
+
 async def up(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     state_dir = Path(settings.state_dir)
     holder = lock_holder(state_dir)
     if holder is not None:  # checked again under the lock: this is only the early, clear answer
-        raise CliError(str(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since"))))
+        raise _already_running(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since")), state_dir,
+                               settings.timezone)
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
     supervisor = StackSupervisor(stack, state_dir, {**with_http_port({}), "TOKENHUB_API_PORT": str(api_port())},
                                  say=lambda line: print(line, flush=True), services=(*SERVICES, "api"),
@@ -64,7 +72,7 @@ async def up(arguments: argparse.Namespace) -> int:
     try:
         await supervisor.start()
     except AlreadyRunning as error:
-        raise CliError(str(error)) from None
+        raise _already_running(error, state_dir, settings.timezone) from None
     environment = supervisor.environment
     currency = await recorded_currency(stack.endpoints.database_url)
     print(

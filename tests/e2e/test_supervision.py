@@ -15,8 +15,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psutil
 import pytest
@@ -113,8 +115,9 @@ def test_up_refuses_a_second_up_and_restarts_what_dies(tmp_path: Path) -> None:
 
         second = tokenhub(tmp_path, "up", timeout=60)
         assert second.returncode != 0
+        since = datetime.fromisoformat(supervisor["started_at"]).astimezone(ZoneInfo("Asia/Shanghai"))
         assert second.stderr.strip() == (f"tokenhub up: already running in .tokenhub (pid {up.pid}, "
-                                         f"since {supervisor['started_at']})")
+                                         f"since {since:%Y-%m-%d %H:%M:%S} Asia/Shanghai (+08:00))")
         assert "postmaster.pid" not in second.stdout + second.stderr
         assert up.poll() is None, "the second up must not disturb the first"
 

@@ -23,12 +23,14 @@ from tokenhub.contracts.events import InvoiceIssued, Priced, decode
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import round_to_minor
 from tokenhub.contracts.periods import containing
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import create_producer
 from tokenhub.services.common.outbox import relay
 from tokenhub.contracts.topics import INVOICES_ISSUED, LEDGER_POSTED, TOKENS_PRICED
 from tokenhub.services.invoicing import handlers, queries
+from tokenhub.services.pricing import queries as pricing_queries
 from tokenhub.services.invoicing.adapters.produced import produced_records
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tests.contract.examples import PRICED
@@ -218,10 +220,19 @@ async def test_renderings_and_an_outside_consumer_validating_against_the_schemas
     await wait_settled(world.settings, before, 1)
     await _wait_invoicing_has(world, world.bu("shop"), 1)
     mine = await _close(world, containing(month_end - timedelta(hours=1), "month", ZONE).name, world.bu("shop"))
-    csv_text = render.invoice_csv(mine)
-    assert csv_text.splitlines()[0].startswith("invoice,payer,period")
+    pool = await create_pool(world.settings.database_url or "", size_max=1)
+    try:
+        books = BookIndex.of(await pricing_queries.price_books(pool))
+    finally:
+        await pool.close()
+    csv_text = render.invoice_csv(mine, books)
+    header, first_line = csv_text.splitlines()[:2]
+    assert header.startswith("invoice,payer,period")
+    # Each line names the book version that priced it.
+    columns = dict(zip(header.split(","), first_line.split(","), strict=True))
+    assert (columns["book_id"], columns["book_version"]) == (f"{world.prefix}-book", "1"), columns
     assert csv_text.splitlines()[-1].endswith(f"{mine[0].total:f}")
-    html = render.invoice_html(mine, {world.bu("shop"): "Shop <&> Co"})
+    html = render.invoice_html(mine, ZONE, books, {world.bu("shop"): "Shop <&> Co"})
     assert "Shop &lt;&amp;&gt; Co" in html and f"{mine[0].total:,.2f}" in html and "<!doctype html>" in html
 
     path = Path(__file__).resolve().parents[2] / "examples" / "billing_consumer.py"
@@ -361,10 +372,10 @@ async def test_spend_month_to_date_shows_the_period_tier_reached_so_far(
         assert report["period"] == containing(datetime.now(UTC), "month", ZONE).name
         assert [(line["consumer_bu"], line["app"], line["model"], line["token_class"], line["tokens"], line["amount"])
                 for line in report["lines"]] == [
-            (world.bu("shop"), "search", model, "input", 40_000 * sent, f"{Decimal('0.04') * sent:.12f}"),
-            (world.bu("shop"), "search", model, "output", 10_000 * sent, f"{Decimal('0.02') * sent:.12f}")]
+            (world.bu("shop"), "search", model, "input", str(40_000 * sent), f"{Decimal('0.04') * sent:.12f}"),
+            (world.bu("shop"), "search", model, "output", str(10_000 * sent), f"{Decimal('0.02') * sent:.12f}")]
         assert Decimal(report["spend"]) == Decimal("0.06") * sent
-        assert report["period_tiers"] == [{"model": model, "tokens": tier_tokens, "charge": f"{Decimal(charge):.12f}"}]
+        assert report["period_tiers"] == [{"model": model, "tokens": str(tier_tokens), "charge": f"{Decimal(charge):.12f}"}]
 
 
 async def test_a_posting_ahead_of_a_missing_sequence_waits_for_it_and_says_so(backend) -> None:

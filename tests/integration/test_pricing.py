@@ -228,7 +228,7 @@ async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference
 
     counted = await read_counters(world.settings)
     assert await _reprice_command(*window, world.model, capsys) == {  # the same version again: no further effect
-        "examined": 30, "corrected": 0, "events": 0, "unpriceable": 0, "difference": "0.000000000000"}
+        "examined": 30, "corrected": 0, "events": 0, "unpriceable": 0, "difference": "0"}
     assert delta(await read_counters(world.settings), counted, "pricing.reversed") == 0
 
     v3 = await corrected(3, "1.0", "4.0")  # a later version corrects the corrections
@@ -276,7 +276,7 @@ async def test_an_imported_litellm_map_prices_usage_with_its_context_ranges_and_
 
     capsys.readouterr()
     assert await pricing_commands.show(_arguments(model=f"{world.prefix}-wan-video-intl",
-                                                  at=(slot + timedelta(days=1)).isoformat())) == 0
+                                                  as_of=(slot + timedelta(days=1)).isoformat())) == 0
     shown = _json_output(capsys.readouterr().out)[0]
     assert (shown["book_id"], shown["unit_prices_per_million"]) == (book_id, {"video": "180.000000000000"})
     assert f"conversion table v{table['version']}" in shown["note"]

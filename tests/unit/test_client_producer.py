@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
@@ -19,6 +19,12 @@ TIME = datetime(2026, 3, 14, 2, 30, tzinfo=UTC)
 DATA = {"consumer_bu": "taobao-tmall", "model": "qwen-max", "input_tokens": 100, "output_tokens": 10}
 
 
+class Written(NamedTuple):
+    """What the broker answers for a record it has: where it put it."""
+    partition: int
+    offset: int
+
+
 class FlakyProducer:
     """Fails the first `failures[value]` attempts of each value: half of them by
     raising from `send` (no metadata), half by failing the delivery future."""
@@ -26,6 +32,7 @@ class FlakyProducer:
     def __init__(self, failures: dict[bytes, int]) -> None:
         self.failures = failures
         self.sent: list[tuple[bytes, bytes | None, Any]] = []
+        self.written = 0
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Any = None) -> asyncio.Future[Any]:
         self.sent.append((value, key, headers))
@@ -36,7 +43,8 @@ class FlakyProducer:
                 raise KafkaTimeoutError()
             future.set_exception(RequestTimedOutError())
         else:
-            future.set_result(None)
+            self.written += 1
+            future.set_result(Written(partition=0, offset=self.written - 1))
         return future
 
 
@@ -54,8 +62,10 @@ def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_failed_sends_are_retried_with_the_same_key_value_and_headers() -> None:
     fake = FlakyProducer({b"b": SEND_ATTEMPTS_MAX - 1})
     headers = [("ce_source", b"gateway/taobao")]
-    sent = await _client(fake).send_raw([(b"k1", b"a"), (b"k2", b"b"), (b"k3", b"c")], headers=headers)
+    client = _client(fake)
+    sent = await client.send_raw([(b"k1", b"a"), (b"k2", b"b"), (b"k3", b"c")], headers=headers)
     assert sent == 3
+    assert client.last_offsets == {0: 2}  # the last of the three records the broker has
     assert [value for value, _, _ in fake.sent].count(b"b") == SEND_ATTEMPTS_MAX
     assert {(key, tuple(sent_headers)) for value, key, sent_headers in fake.sent if value == b"b"} == {(b"k2", tuple(headers))}
 
