@@ -2,20 +2,26 @@
 to end on the embedded stack, on an injected clock and a seeded generator so
 that two runs give the same figures. It feeds the day, waits for the pipeline
 to settle, closes the month, replays and verifies, and returns every figure;
-`tokenhub demo` prints them."""
+`tokenhub demo` prints them. Its stack's data stays in the state folder it is
+given (`infra.state`), with a finance API key and the demo's verify and replay
+runs, so the dashboard that `tokenhub up` serves there shows all of it."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Final, TypeVar
 
 import asyncpg
 
 from tokenhub.api import keys
+from tokenhub.api.adapters import store as api_store
+from tokenhub.api.routes.audit import replay_report, verify_report
 from tokenhub.api.settings import api_port
 from tokenhub.audit.replay import ReplayReport, replay
 from tokenhub.audit.verify import VerifyReport, verify
@@ -58,8 +64,18 @@ INVOICE_SHOWN_BU: Final = "dingtalk"
 """Its invoice is printed whole: funded by others in part, with agent and reasoning lines."""
 ACTOR: Final = "finance-ops"
 API_START_TIMEOUT_S: Final = 60.0
+KEPT_SETTINGS: Final = {"TOKENHUB_NOW": NOW.isoformat()}
+"""What the demo's stack runs with and its state folder keeps (`infra.state`):
+its clock, so the dashboard's month to date is the demo's month."""
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FinanceKey:
+    key_id: str
+    key: str
+    """Shown once: only its SHA-256 is stored."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,8 @@ class DemoResult:
     settlement_final: bool
     replay: ReplayReport
     verify: VerifyReport
+    finance_key: FinanceKey | None = None
+    """A key stored with the demo's data, to sign in to the dashboard with."""
 
     @property
     def shown_invoice(self) -> InvoiceIssued:
@@ -97,15 +115,21 @@ def _as_is(items: Sequence[T], label: str) -> Iterable[T]:
     return items
 
 
-async def run_demo(events_count: int = EVENTS_DEFAULT, seed: int = SEED_DEFAULT, *,
+async def run_demo(events_count: int = EVENTS_DEFAULT, seed: int = SEED_DEFAULT, *, state_dir: Path | None = None,
                    say: Callable[[str], None] = lambda text: None,
                    progress: Callable[[Sequence[T], str], Iterable[T]] = _as_is,
                    then: Callable[[DemoResult, LocalPipeline], Awaitable[None]] | None = None) -> DemoResult:
     """Start the embedded stack and the four services, feed the day, close the
-    month, replay and verify; everything is stopped before it returns. `say`
-    hears what it is doing, `progress` wraps the events as they are sent, and
-    `then` gets the result while the stack still runs (to serve the dashboard on it)."""
-    pipeline = LocalPipeline(env={"TOKENHUB_NOW": NOW.isoformat(), "TOKENHUB_LOG_LEVEL": "WARNING"})
+    month, replay and verify; everything is stopped before it returns. The
+    stack's data stays in `state_dir` (a temporary folder, dropped, when None).
+    `say` hears what it is doing, `progress` wraps the events as they are sent,
+    and `then` gets the result while the stack still runs (to serve the dashboard on it)."""
+    environment = {**KEPT_SETTINGS, "TOKENHUB_LOG_LEVEL": "WARNING"}
+    if state_dir is not None:
+        # The services read this folder's files (stack.env), not the working directory's state folder's.
+        state_dir = state_dir.resolve()
+        environment["TOKENHUB_STATE_DIR"] = str(state_dir)
+    pipeline = LocalPipeline(state_dir=state_dir, env=environment)
     try:
         say("starting the embedded broker, PostgreSQL and the four services ...")
         endpoints = await pipeline.start()
@@ -131,6 +155,7 @@ async def run_demo(events_count: int = EVENTS_DEFAULT, seed: int = SEED_DEFAULT,
         pool = await create_pool(endpoints.database_url, size_max=2)
         try:
             result = await _gather(pool, settings, len(events), events, figures)
+            result = replace(result, finance_key=await keep_for_dashboard(pool, result))
         finally:
             await pool.close()
         if then is not None:
@@ -162,25 +187,30 @@ async def _gather(pool: asyncpg.Pool, settings: Settings, usage_events: int, eve
                       replayed, verified)
 
 
+async def keep_for_dashboard(pool: asyncpg.Pool, result: DemoResult) -> FinanceKey:
+    """A finance key to sign in to the dashboard with, and the demo's verify and
+    replay as audit runs for its Audit page, stored in the API's schema with the
+    demo's data. Keys and runs go by the wall clock, as the API's own do."""
+    now = datetime.now(UTC)
+    async with pool.acquire() as connection, connection.transaction():
+        key_id, key = await keys.create(connection, "finance", None, ACTOR, "the demo's dashboard", now, None)
+        for kind, report in (("verify", verify_report(result.verify)), ("replay", replay_report(result.replay))):
+            run_id = uuid.uuid4()
+            await api_store.insert_run(connection, run_id, kind, None, ACTOR, now)
+            await api_store.finish_run(connection, run_id, now, report["ok"], report, None)
+    return FinanceKey(key_id, key)
+
+
 @dataclass(frozen=True)
 class DashboardAccess:
     url: str
     docs_url: str
-    key_id: str
-    key: str
-    """A finance key to sign in with, shown once."""
 
 
 async def serve_dashboard(pipeline: LocalPipeline) -> DashboardAccess:
-    """Start the API and its dashboard on the demo's stack, and make a finance key for it."""
-    assert pipeline.services is not None and pipeline.endpoints is not None
+    """Start the API and its dashboard on the demo's stack."""
+    assert pipeline.services is not None
     port = api_port()
     pipeline.services.start("api", extra_env={"TOKENHUB_API_PORT": str(port)})
     await asyncio.to_thread(wait_for_port, "127.0.0.1", port, API_START_TIMEOUT_S, pipeline.state_dir / "logs" / "api.log")
-    connection = await asyncpg.connect(pipeline.endpoints.database_url)
-    try:
-        key_id, key = await keys.create(connection, "finance", None, ACTOR, "the demo's dashboard",
-                                        datetime.now().astimezone(), None)
-    finally:
-        await connection.close()
-    return DashboardAccess(f"http://127.0.0.1:{port}/dashboard/", f"http://127.0.0.1:{port}/docs", key_id, key)
+    return DashboardAccess(f"http://127.0.0.1:{port}/dashboard/", f"http://127.0.0.1:{port}/docs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from datetime import datetime
@@ -23,6 +24,7 @@ from tokenhub.infra.kafka.stack import open_stack
 from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES
 from tokenhub.infra.settings import load_settings
+from tokenhub.infra.state import DEMO_ENV_FILE, kept_settings
 from tokenhub.infra.status import StackStatus, stack_status
 from tokenhub.infra.supervisor import AlreadyRunning, GaveUp, StackSupervisor, lock_holder
 
@@ -66,9 +68,11 @@ async def up(arguments: argparse.Namespace) -> int:
         raise _already_running(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since")), state_dir,
                                settings.timezone)
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
+    # On a demo's data, the demo's clock (the environment's settings go first).
+    kept = {name: value for name, value in kept_settings(state_dir).items() if name not in os.environ}
     supervisor = StackSupervisor(stack, state_dir, {**with_http_port({}), "TOKENHUB_API_PORT": str(api_port())},
                                  say=lambda line: print(line, flush=True), services=(*SERVICES, "api"),
-                                 optional=frozenset({"api"}))
+                                 optional=frozenset({"api"}), shared=kept)
     try:
         await supervisor.start()
     except AlreadyRunning as error:
@@ -80,6 +84,7 @@ async def up(arguments: argparse.Namespace) -> int:
         f"  broker    {stack.endpoints.bootstrap_servers}\n"
         f"  database  {stack.endpoints.database_url}\n"
         f"  currency  {currency} (the deployment's settlement currency, recorded at first start)\n"
+        f"{_clock_line(kept, state_dir)}"
         f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
         f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
         f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"
@@ -145,6 +150,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init_parser = subparsers.add_parser("init", help="create topics and apply migrations (what docker-compose's init runs)")
     args.examples(init_parser, "tokenhub init")
     init_parser.set_defaults(handler=init)
+
+
+def _clock_line(kept: dict[str, str], state_dir: Path) -> str:
+    """A fixed clock is said: month to date, pages and accepted usage go by it."""
+    if os.environ.get("TOKENHUB_NOW"):
+        return f"  clock     {os.environ['TOKENHUB_NOW']}, fixed (TOKENHUB_NOW)\n"
+    if "TOKENHUB_NOW" in kept:
+        return (f"  clock     {kept['TOKENHUB_NOW']}, fixed: the data is the demo's, and so is the day "
+                f"({state_dir / DEMO_ENV_FILE})\n")
+    return ""
 
 
 def render_status(report: StackStatus) -> str:

@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -420,15 +421,17 @@ class EmbeddedStack:
         if self.temporary:
             shutil.rmtree(self.postgres.data_dir, ignore_errors=True)
 
-    def write_env_file(self, path: Path) -> None:
+    def write_env_file(self, path: Path, extra: Mapping[str, str] | None = None) -> None:
         """Written whole and then renamed into place: it is rewritten after a
-        broker restart while commands in other terminals may be reading it."""
+        broker restart while commands in other terminals may be reading it.
+        `extra`: further settings those commands share with the stack."""
         endpoints = self.endpoints
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(
             f"TOKENHUB_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}\n"
             f"TOKENHUB_DATABASE_URL={endpoints.database_url}\n"
             f"TOKENHUB_CLUSTER_ID={endpoints.cluster_id}\n"
+            + "".join(f"{name}={value}\n" for name, value in (extra or {}).items())
         )
         temporary.replace(path)
 

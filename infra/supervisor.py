@@ -28,7 +28,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,12 +182,14 @@ class StackSupervisor:
 
     def __init__(self, stack: EmbeddedStack, state_dir: Path, extra_environment: dict[str, str],
                  say: Callable[[str], None] = print, services: tuple[str, ...] = SERVICES,
-                 optional: frozenset[str] = frozenset()) -> None:
+                 optional: frozenset[str] = frozenset(), shared: Mapping[str, str] | None = None) -> None:
         """`extra_environment`: what the services get beyond the stack's endpoints
         and client settings (ports, for example). `optional`: processes outside the
         pipeline (the HTTP API) that are left stopped, saying so, when they keep
-        failing, instead of stopping the stack."""
+        failing, instead of stopping the stack. `shared`: settings the services
+        get and the commands in other terminals too, through stack.env (a demo's clock)."""
         self.optional = optional
+        self.shared = dict(shared or {})
         self.stack = stack
         self.state_dir = state_dir
         self.extra_environment = extra_environment
@@ -209,13 +211,14 @@ class StackSupervisor:
             endpoints = await asyncio.to_thread(self.stack.start)
             self.environment = {**stack_environment(self.stack),
                                 "TOKENHUB_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
-                                "TOKENHUB_DATABASE_URL": endpoints.database_url, **self.extra_environment}
+                                "TOKENHUB_DATABASE_URL": endpoints.database_url, **self.shared,
+                                **self.extra_environment}
             self.services.env = self.environment
             self._watch("postgres", "database", self.stack.postgres.pid)
             for name, pid in self._broker_pids().items():
                 self._watch(name, "broker", pid)
             await prepare(endpoints.bootstrap_servers, endpoints.database_url, settings_for(self.environment))
-            self.stack.write_env_file(self.state_dir / STACK_ENV_FILE)
+            self.stack.write_env_file(self.state_dir / STACK_ENV_FILE, self.shared)
             self.services.start()
             for name in self.services.services:
                 self._watch(name, "service", self.services.processes[name].pid)
@@ -327,7 +330,7 @@ class StackSupervisor:
         await asyncio.to_thread(self.stack.broker.restart)
         self.watched["broker"].started(self.stack.broker.pid)
         report = await self._prepare_patiently()
-        self.stack.write_env_file(self.state_dir / STACK_ENV_FILE)  # the new broker's cluster id
+        self.stack.write_env_file(self.state_dir / STACK_ENV_FILE, self.shared)  # the new broker's cluster id
         self.services.start()
         for name in self.services.services:
             self.watched[name].started(self.services.processes[name].pid)

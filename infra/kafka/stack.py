@@ -6,6 +6,7 @@ kafka` and the Apache Kafka test tier start it; Tansu stays the default."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Literal
 
@@ -32,8 +33,8 @@ class KafkaStack(EmbeddedStack):
     def client_environment(self) -> dict[str, str]:
         return self.cluster.client_environment()
 
-    def write_env_file(self, path: Path) -> None:
-        super().write_env_file(path)
+    def write_env_file(self, path: Path, extra: Mapping[str, str] | None = None) -> None:
+        super().write_env_file(path, extra)
         extra = {name: value for name, value in self.client_environment().items() if name != "TOKENHUB_BOOTSTRAP_SERVERS"}
         with path.open("a") as env_file:
             env_file.write("".join(f"{name}={value}\n" for name, value in extra.items()))

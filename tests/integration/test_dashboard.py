@@ -5,6 +5,7 @@ Screenshots of each page go to build/screenshots/."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -25,16 +26,30 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 PAGE_WAIT_S = 30
 
 
+def chromium_installed() -> bool:
+    """Where it is not, CI fails (it installs it) and elsewhere the browser checks are skipped."""
+    if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists():
+        return True
+    if os.environ.get("CI"):
+        raise AssertionError("Debian's chromium and chromium-driver must be installed (.ci/run installs them)")
+    return False
+
+
 def _browser_or_skip() -> None:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        if os.environ.get("CI"):
-            raise AssertionError("Debian's chromium and chromium-driver must be installed (.ci/run installs them)")
+    if not chromium_installed():
         pytest.skip("no Chromium here: apt-get install chromium chromium-driver (CI installs them)")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     _browser_or_skip()
+    with chromium() as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    """Headless Chromium driven by Selenium, keeping the pages' console messages."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
