@@ -21,6 +21,7 @@ from tokenhub.contracts.pricebook import BookIndex, book_from_document
 from tokenhub.cli.audit_commands import replay_text, verify_text
 from tokenhub.cli.errors import CliError
 from tokenhub.cli.invoicing_commands import render_settlement
+from tokenhub.cli.stack import _already_running
 from tokenhub.infra.pipeline import LocalPipeline
 from tokenhub.infra.settings import STACK_ENV_FILE, Settings, load_settings
 from tokenhub.infra.state import DEMO_ENV_FILE, DemoPlace, NoPlaceForDemo, demo_folder, demo_place
@@ -115,7 +116,8 @@ def _place(state_dir: Path) -> DemoPlace:
     try:
         return demo_place(state_dir)
     except AlreadyRunning as error:
-        raise CliError(f"{error}: the demo keeps its data there; stop that stack first (Ctrl-C where it runs), "
+        running = _already_running(error, error.state_dir, ZONE)  # as tokenhub up says it
+        raise CliError(f"{running}: the demo keeps its data there; stop that stack first (Ctrl-C where it runs), "
                        "then run the demo again") from None
     except NoPlaceForDemo as error:
         raise CliError(str(error)) from None

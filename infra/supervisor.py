@@ -67,7 +67,7 @@ log = structlog.get_logger()
 
 class AlreadyRunning(RuntimeError):
     def __init__(self, state_dir: Path, pid: int | None, since: str | None) -> None:
-        self.pid, self.since = pid, since
+        self.state_dir, self.pid, self.since = state_dir, pid, since
         super().__init__(f"already running in {state_dir} (pid {pid if pid else 'unknown'}, since {since or 'unknown'})")
 
 
