@@ -244,6 +244,60 @@ class PriceBookChange(Change):
     retroactive: bool = False
 
 
+MONTH = r"^\d{4}-\d{2}$"
+TEXT = r"^[^\x00]+$"
+"""No NUL character: no text column can hold one (plans and cycles are stored as sent)."""
+SLUG = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+
+
+class PlanOrCycleChange(Body):
+    reason: str = Field(min_length=1, max_length=1000, pattern=TEXT, description="why: kept with the change")
+
+
+class PlanAssignment(PlanOrCycleChange):
+    payer_bu: str = Field(pattern=SLUG, max_length=128, description="the payer, a business unit in the registry")
+    book_id: str = Field(min_length=1, max_length=128, pattern=TEXT,
+                         description="the price book whose period tiers apply (it must have them for the model)")
+    model: str = Field(min_length=1, max_length=128, pattern=TEXT, description="a model in the registry")
+    first_month: str = Field(pattern=MONTH, description="the first month, this month or later, for example 2026-04")
+    last_month: str | None = Field(None, pattern=MONTH, description="the last month (default: until ended)")
+
+
+class PlanEnd(PlanOrCycleChange):
+    payer_bu: str = Field(pattern=SLUG, max_length=128)
+    model: str = Field(min_length=1, max_length=128, pattern=TEXT)
+    last_month: str = Field(pattern=MONTH, description="the last month the running plan covers, this month or later")
+
+
+class Plan(Body):
+    plan_id: uuid.UUID
+    payer_bu: str
+    book_id: str
+    model: str
+    provider_bu: str = Field(description="the model's provider, from the registry when assigned")
+    first_month: str
+    last_month: str | None = Field(description="null: until ended")
+    actor: str = Field(description="who assigned it: the owner of the key that did")
+    reason: str
+    assigned_at: datetime
+    ended_by: str | None
+    end_reason: str | None
+    ended_at: datetime | None
+
+
+class BillingCycleChange(PlanOrCycleChange):
+    payer_bu: str = Field(pattern=SLUG, max_length=128, description="the payer, a business unit in the registry")
+    every: Literal["month", "week", "day"] = Field(description="how often its periods close (they nest in months)")
+
+
+class BillingCycle(Body):
+    payer_bu: str
+    every: Literal["month", "week", "day"]
+    actor: str = Field(description="who set it: the owner of the key that did")
+    reason: str
+    changed_at: datetime
+
+
 class AuditRequest(Body):
     bu: str | None = Field(None, description="only this payer's chain and events")
     as_of: datetime | None = Field(None, description="replay only: balances as of this event time")

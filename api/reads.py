@@ -385,6 +385,17 @@ async def parked(pool: asyncpg.Pool, *, payer: str | None, model: str | None, vi
              "_key": (row["event_time"], row["consumed_id"])} for row in rows]
 
 
+# --- billing cycles (invoicing) ------------------------------------------------------------------
+
+SELECT_BILLING_CYCLES: Final = "select payer_bu, kind as every, actor, reason, changed_at from invoicing.billing_cycles order by payer_bu"
+
+
+async def billing_cycles(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Every payer's billing cycle that was set (the others are billed monthly), who set it and why."""
+    async with pool.acquire() as connection:
+        return [dict(row) for row in await connection.fetch(SELECT_BILLING_CYCLES)]
+
+
 # --- price books (pricing) ----------------------------------------------------------------------
 
 async def price_books(pool: asyncpg.Pool) -> list[PriceBookPublished]:
@@ -410,6 +421,8 @@ REGISTRY_QUERIES: Final = {"business-units": metering_queries.business_units, "m
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, uuid.UUID):  # asyncpg's own UUID type, which orjson does not know
+        return str(value)
     if isinstance(value, Decimal):
         return text(value)
     if isinstance(value, list | tuple):

@@ -1,23 +1,36 @@
-"""Changes through the API, for admin keys only: the registry, budgets and price
-books, published as the same events the CLI publishes, with the key's owner as
-the actor and the reason given. Like the CLI, the API publishes and returns;
-the owning service applies (or refuses) the change from the topic."""
+"""Changes through the API, for admin keys only, each with the key's owner as the
+actor and the reason given. The registry, budgets and price books are published
+as the same events the CLI publishes; like the CLI, the API publishes and
+returns, and the owning service applies (or refuses) the change from the topic.
+Plans and billing cycles live in invoicing's tables only: the API makes them
+with the invoicing functions the CLI calls (`assign_plan`, `end_plan`,
+`set_cycle`), as its own database role (migration 0031), and answers with what
+was stored."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
+import asyncpg
+import orjson
 from fastapi import APIRouter, Depends, Request, status
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from tokenhub.api.access import Principal
+from tokenhub.api import reads
 from tokenhub.api.models import (
+    BillingCycle,
+    BillingCycleChange,
     BudgetChange,
     ErrorBody,
     BusinessUnitChange,
     ConversionChange,
     FundingChange,
     ModelChange,
+    Plan,
+    PlanAssignment,
+    PlanEnd,
     PriceBookChange,
     Published,
 )
@@ -26,9 +39,13 @@ from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import PriceBookPublished
 from tokenhub.contracts.ids import derive_id
-from tokenhub.contracts.periods import containing
+from tokenhub.contracts.periods import PeriodError, containing
 from tokenhub.contracts.registry import PAYLOAD_MODELS, RegistryKind, registry_change
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+from tokenhub.services.invoicing import queries as invoicing_queries
+from tokenhub.services.invoicing.domain import PlanError
+from tokenhub.services.invoicing.handlers import assign_plan, end_plan, set_cycle
+from tokenhub.services.metering import queries as metering_queries
 from tokenhub.services.pricing import queries as pricing_queries
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
@@ -123,3 +140,83 @@ async def pricebook(request: Request, body: PriceBookChange, who: Principal = De
                             f"publish version {(latest or 0) + 1} instead")
     await hub.publish(PRICEBOOK_PUBLISHED.name, [(book.book_id.encode(), canonical_json(book))])
     return Published(topic=PRICEBOOK_PUBLISHED.name, event_ids=[str(book.id)], actor=who.owner)
+
+
+# --- plans and billing cycles (invoicing's tables, through invoicing's functions) ---------
+
+PLAN_ERRORS: Final = {**CHANGE_ERRORS, 409: {"model": ErrorBody, "description": (
+    "refused by the plans as they stand: another plan of the payer for the model overlaps, a month has ended, "
+    "the book has no period tiers for the model, no plan of the payer for the model is running")}}
+
+
+async def _known_payer(hub: Any, payer_bu: str) -> None:
+    if payer_bu not in {row["bu_id"] for row in await metering_queries.business_units(hub.reader)}:
+        raise ApiError(422, f"no business unit {payer_bu} in the registry")
+
+
+async def _known_model(hub: Any, model_id: str) -> dict[str, Any]:
+    models = {row["model_id"]: row for row in await metering_queries.models(hub.reader)}
+    if model_id not in models:
+        raise ApiError(422, f"no model {model_id} in the registry")
+    return models[model_id]
+
+
+def _as_stored(row: dict[str, Any], status_code: int = 200) -> Response:
+    """A row as GET shows it, to the character."""
+    return Response(orjson.dumps({name: reads._plain(value) for name, value in row.items()}), status_code=status_code,
+                    media_type="application/json")
+
+
+async def _stored_plan(hub: Any, payer_bu: str, plan_id: Any, status_code: int = 200) -> Response:
+    """The plan as stored, as GET /v1/plans shows it."""
+    rows = [row for row in await invoicing_queries.plans(hub.reader, bu=payer_bu) if row["plan_id"] == plan_id]
+    if not rows:  # the function returned after its commit: the row is there
+        raise RuntimeError(f"plan {plan_id} was saved but cannot be read back")
+    return _as_stored(rows[0], status_code)
+
+
+@router.post("/v1/plans", status_code=status.HTTP_201_CREATED, response_model=Plan, responses=PLAN_ERRORS,
+             summary="Put a payer on a price book's period tiers for a model over months (its flat fees included)")
+async def plan_assign(request: Request, body: PlanAssignment, who: Principal = Depends(require_admin)) -> Response:
+    hub = hub_of(request)
+    await _known_payer(hub, body.payer_bu)
+    model_row = await _known_model(hub, body.model)
+    if await pricing_queries.latest_version(hub.reader, body.book_id) is None:
+        raise ApiError(422, f"no price book {body.book_id}")
+    try:
+        made = await assign_plan(hub.writer, hub.settings, payer_bu=body.payer_bu, book_id=body.book_id, model=body.model,
+                                 provider_bu=model_row["provider_bu"], first_month=body.first_month,
+                                 last_month=body.last_month, actor=who.owner, reason=body.reason, now=hub.now())
+    except PeriodError as error:
+        raise ApiError(422, str(error)) from None
+    except PlanError as error:
+        raise ApiError(409, str(error)) from None
+    except asyncpg.UniqueViolationError:  # the same plan, assigned by two requests at once
+        raise ApiError(409, f"{body.payer_bu} already has a plan for {body.model} from {body.first_month}") from None
+    return await _stored_plan(hub, made.payer_bu, made.plan_id, status.HTTP_201_CREATED)
+
+
+@router.post("/v1/plans/end", response_model=Plan, responses=PLAN_ERRORS,
+             summary="End a payer's running plan for a model with a month (periods billed under it stay billed)")
+async def plan_end(request: Request, body: PlanEnd, who: Principal = Depends(require_admin)) -> Response:
+    hub = hub_of(request)
+    await _known_payer(hub, body.payer_bu)
+    await _known_model(hub, body.model)
+    try:
+        ended = await end_plan(hub.writer, hub.settings, payer_bu=body.payer_bu, model=body.model,
+                               last_month=body.last_month, actor=who.owner, reason=body.reason, now=hub.now())
+    except PeriodError as error:
+        raise ApiError(422, str(error)) from None
+    except PlanError as error:
+        raise ApiError(409, str(error)) from None
+    return await _stored_plan(hub, ended.payer_bu, ended.plan_id)
+
+
+@router.post("/v1/billing-cycles", response_model=BillingCycle, responses=CHANGE_ERRORS,
+             summary="Bill a payer every month (the default), week or day from now on")
+async def billing_cycle(request: Request, body: BillingCycleChange, who: Principal = Depends(require_admin)) -> Response:
+    hub = hub_of(request)
+    await _known_payer(hub, body.payer_bu)
+    await set_cycle(hub.writer, body.payer_bu, body.every, who.owner, body.reason, hub.now())
+    (stored,) = [row for row in await reads.billing_cycles(hub.reader) if row["payer_bu"] == body.payer_bu]
+    return _as_stored(stored)

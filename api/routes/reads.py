@@ -20,12 +20,14 @@ from tokenhub.api.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, BadCursor, dec
 from tokenhub.api.routes.quota import NAME_LENGTH_MAX, SLUG
 from tokenhub.api.models import (
     Balance,
+    BillingCycle,
     BudgetRow,
     ChainHead,
     DailySpend,
     InvoiceBody,
     ModelRow,
     ParkedRow,
+    Plan,
     PriceBookVersion,
     RegistryBusinessUnit,
     RegistryConversionTable,
@@ -337,7 +339,7 @@ _registry_route("funding-agreements", RegistryFunding, "agreement_id",
 _registry_route("conversion-tables", RegistryConversionTable, "version", lambda who, row: True)
 
 
-@router.get("/v1/plans", response_model=Page[dict[str, Any]], responses=AUTH_ERRORS,
+@router.get("/v1/plans", response_model=Page[Plan], responses=AUTH_ERRORS,
             summary="Plans: payers assigned to a book's period tiers, with who assigned or ended them and why")
 async def plans(request: Request, payer: str | None = Query(None, pattern=SLUG, max_length=NAME_LENGTH_MAX),
                 cursor: str | None = Cursor, limit: int = Limit, who: Principal = Depends(principal)) -> Response:
@@ -345,3 +347,12 @@ async def plans(request: Request, payer: str | None = Query(None, pattern=SLUG, 
             for row in await invoicing_queries.plans(hub_of(request).reader, bu=payer)]
     return _paged([row for row in rows if who.sees(row["payer_bu"])],
                   lambda row: [row["payer_bu"], row["model"], row["first_month"]], cursor, limit)
+
+
+@router.get("/v1/billing-cycles", response_model=Page[BillingCycle], responses=AUTH_ERRORS,
+            summary="Billing cycles set per payer, who set each and why (a payer not listed is billed monthly)")
+async def billing_cycles(request: Request, payer: str | None = Query(None, pattern=SLUG, max_length=NAME_LENGTH_MAX),
+                         cursor: str | None = Cursor, limit: int = Limit, who: Principal = Depends(principal)) -> Response:
+    rows = [{name: reads._plain(value) for name, value in row.items()} for row in await reads.billing_cycles(hub_of(request).reader)
+            if (payer is None or row["payer_bu"] == payer) and who.sees(row["payer_bu"])]
+    return _paged(rows, lambda row: [row["payer_bu"]], cursor, limit)

@@ -94,6 +94,30 @@ class ApiClient:
     async def settlement(self, period: str) -> dict[str, Any]:
         return await self.get(f"/v1/settlements/{period}")
 
+    # Plans and billing cycles (admin keys change them; the key's owner is the actor).
+
+    async def plans(self, payer: str | None = None) -> list[dict[str, Any]]:
+        return await self.all("/v1/plans", payer=payer)
+
+    async def assign_plan(self, payer: str, book_id: str, model: str, first_month: str, *, reason: str,
+                          last_month: str | None = None) -> dict[str, Any]:
+        """Put `payer` on the book's period tiers for `model` from `first_month`
+        (to `last_month`, or until ended); the plan as stored."""
+        return await self.post("/v1/plans", {"payer_bu": payer, "book_id": book_id, "model": model,
+                                             "first_month": first_month, "last_month": last_month, "reason": reason})
+
+    async def end_plan(self, payer: str, model: str, last_month: str, *, reason: str) -> dict[str, Any]:
+        """End the payer's running plan for `model` with `last_month`; the plan as stored."""
+        return await self.post("/v1/plans/end", {"payer_bu": payer, "model": model, "last_month": last_month,
+                                                 "reason": reason})
+
+    async def billing_cycles(self, payer: str | None = None) -> list[dict[str, Any]]:
+        return await self.all("/v1/billing-cycles", payer=payer)
+
+    async def set_billing_cycle(self, payer: str, every: str, *, reason: str) -> dict[str, Any]:
+        """Bill `payer` every `every` (month, week or day) from now on."""
+        return await self.post("/v1/billing-cycles", {"payer_bu": payer, "every": every, "reason": reason})
+
 
 def verify_signature(secret: str, header: str, body: bytes, *, now: float | None = None,
                      tolerance_s: int = SIGNATURE_TOLERANCE_S) -> bool:
