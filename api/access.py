@@ -3,8 +3,9 @@
 - bu-reader: sees only what its business unit pays, consumes or provides;
 - finance: reads everything;
 - auditor: reads everything and may run verify and replay;
-- admin: all of that, and may change the registry, budgets, plans and price
-  books (published as events with the key's owner as the actor).
+- admin: all of that, and may change the registry, budgets and price books
+  (published as events) and plans and billing cycles (made with invoicing's
+  own functions), every change with the key's owner as the actor.
 
 A key is `thapi_<key id>_<secret>`; only its SHA-256 is stored and it is shown
 once. The key ring is the whole table in memory, refreshed in the background,

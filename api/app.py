@@ -22,8 +22,10 @@ from tokenhub.api.web import ApiError, MetricsMiddleware, RefuseNul, error_respo
 from tokenhub.infra.settings import Settings
 
 DESCRIPTION: Final = """Token Hub over HTTP: balances, month-to-date spend, statements, invoices,
-settlements, budgets, quota checks, rejected and parked usage, price books and the
-registry, for people, gateways and tools, each key seeing what its role allows.
+settlements, budgets, quota checks, rejected and parked usage, price books, plans
+and the registry, for people, gateways and tools, each key seeing what its role
+allows; and, for admin keys, changes to the registry, budgets, price books, plans
+and billing cycles, each recorded with the key's owner as its actor.
 
 Authenticate with `Authorization: Bearer <key>` (`tokenhub apikey create`). Amounts are
 strings in plain notation; lists page by cursor in a stable order."""

@@ -5,7 +5,13 @@ have answered, and each latency is measured from the moment its request was
 due, so a slow server shows as latency rather than as a lower rate
 (coordinated omission). Against a running API (`--url`, `--key`), or, by
 default, against one it starts itself on an embedded stack whose topics it
-fills with budgets and postings for many payers, so quota state is not empty."""
+fills with budgets and postings for many payers, so quota state is not empty.
+
+Beside it, the baseline: the same load against a bare ASGI app on the same
+uvicorn (uvloop, httptools) that answers every request with a fixed quota-sized
+body, checking nothing. What the quota check costs beyond answering HTTP on
+this machine at this moment is the ratio of the two; on a busy machine both
+grow, so the ratio says more than either alone."""
 
 from __future__ import annotations
 
@@ -42,6 +48,24 @@ CONNECTIONS_MAX: Final = 64
 never waits for a free one at 1,000 a second and a few ms each."""
 READY_TIMEOUT_S: Final = 120.0
 WARM_UP_S: Final = 2.0
+BASELINE_APP: Final = "tokenhub.api.bench:baseline_app"
+BASELINE_BODY: Final = orjson.dumps({
+    "payer_bu": "bench-payer-0", "consumer_bu": "bench-payer-0", "app": None, "period": "2026-03", "allowed": True,
+    "status": "allowed", "spent": "1.000000000000", "limit": "1000.000000000000", "remaining": "999.000000000000",
+    "currency": "CNY", "app_spent": None, "scopes": [{
+        "scope": "*", "budget_id": "00000000-0000-0000-0000-000000000000", "budget": "1000.000000000000",
+        "hard_limit": "1000.000000000000", "spent": "1.000000000000", "remaining": "999.000000000000", "exhausted": False}],
+    "postings_applied": 20000})
+"""About what a quota answer weighs, so both runs move the same bytes."""
+BASELINE_HEADERS: Final = [(b"content-type", b"application/json"), (b"content-length", str(len(BASELINE_BODY)).encode())]
+
+
+async def baseline_app(scope: dict, receive: object, send: object) -> None:
+    """The floor: uvicorn answering a fixed body, no routing, no key, no state."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": BASELINE_HEADERS})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": BASELINE_BODY})  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,20 @@ class BenchResult:
     postings: int
     server_cpu_us_per_request: float | None = None
     load_average_1m: float | None = None
+    baseline_ms_p50: float | None = None
+    baseline_ms_p99: float | None = None
+
+    @property
+    def ratio_p50(self) -> float | None:
+        return self.latency_ms_p50 / self.baseline_ms_p50 if self.baseline_ms_p50 else None
+
+    @property
+    def ratio_p99(self) -> float | None:
+        """The quota check's p99 over the baseline's: what checking quota adds to answering HTTP."""
+        return self.latency_ms_p99 / self.baseline_ms_p99 if self.baseline_ms_p99 else None
+
+    def document(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "ratio_p50": self.ratio_p50, "ratio_p99": self.ratio_p99}
 
     def lines(self) -> list[str]:
         return [
@@ -68,6 +106,10 @@ class BenchResult:
             f"  p99 {self.latency_ms_p99:.2f}  max {self.latency_ms_max:.2f}",
             f"server-side p99 (Prometheus bucket): <= {self.server_ms_p99_bucket} ms"
             + (f"; the API's CPU {self.server_cpu_us_per_request:.0f} us a request" if self.server_cpu_us_per_request else ""),
+            f"baseline (a bare uvicorn app answering the same requests with a fixed body), ms: p50 {self.baseline_ms_p50:.2f}"
+            f"  p99 {self.baseline_ms_p99:.2f}; quota check / baseline: p50 {self.ratio_p50:.2f}x  p99 {self.ratio_p99:.2f}x"
+            if self.baseline_ms_p50 is not None and self.baseline_ms_p99 is not None and self.ratio_p50 is not None
+            and self.ratio_p99 is not None else "baseline: not measured",
             f"machine load average (1 min) at the end: {self.load_average_1m:.2f} on {os.cpu_count()} cores"
             if self.load_average_1m is not None else "",
         ]
@@ -163,6 +205,51 @@ async def _seed(bootstrap_servers: str, payers: list[str], postings_per_payer: i
     return len(postings)
 
 
+async def baseline(payers: list[str], rate: float, seconds: float, log_path: Path) -> tuple[float, float]:
+    """(p50, p99) in ms of the same load against `baseline_app` in a process of its own."""
+    port = free_port()
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", BASELINE_APP, "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+             "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await _wait_answering(url, process)
+        await load(url, "baseline", payers, rate, WARM_UP_S)
+        latencies, errors = await load(url, "baseline", payers, rate, seconds)
+        if errors:
+            raise RuntimeError(f"the baseline app failed {errors} requests (its log: {log_path})")
+        return _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+    finally:
+        _stop(process)
+
+
+async def _wait_answering(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with httpx.AsyncClient(base_url=url) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the baseline app exited with {process.returncode}")
+            try:
+                await client.get("/")
+                return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the baseline app did not answer within {READY_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 async def run(*, url: str | None, key: str | None, rate: float, seconds: float, payers_count: int,
               postings_per_payer: int) -> BenchResult:
     payers = [f"bench-payer-{index}" for index in range(payers_count)]
@@ -172,7 +259,9 @@ async def run(*, url: str | None, key: str | None, rate: float, seconds: float, 
         latencies, errors = await load(url, key, payers, rate, seconds)
         async with httpx.AsyncClient(base_url=url) as client:
             metrics = (await client.get("/metrics")).text
-        return _result(latencies, errors, rate, seconds, metrics, payers_count, 0)
+        floor = await baseline(payers, rate, seconds, Path(os.environ.get("TOKENHUB_BENCH_DIR", "/tmp")) / "thbench-baseline.log")
+        return dataclasses.replace(_result(latencies, errors, rate, seconds, metrics, payers_count, 0),
+                                   baseline_ms_p50=floor[0], baseline_ms_p99=floor[1], load_average_1m=os.getloadavg()[0])
     state = Path(os.environ.get("TOKENHUB_BENCH_DIR", "/tmp")) / f"thbench-{uuid.uuid4().hex[:8]}"
     stack = EmbeddedStack(state_dir=state)
     process: subprocess.Popen[bytes] | None = None
@@ -207,16 +296,12 @@ async def run(*, url: str | None, key: str | None, rate: float, seconds: float, 
             metrics = (await client.get("/metrics")).text
         result = _result(latencies, errors, rate, seconds, metrics, payers_count, postings)
         cpu_s = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
+        floor = await baseline(payers, rate, seconds, state / "baseline.log")
         return dataclasses.replace(result, server_cpu_us_per_request=cpu_s * 1e6 / max(len(latencies), 1),
-                                   load_average_1m=os.getloadavg()[0])
+                                   load_average_1m=os.getloadavg()[0], baseline_ms_p50=floor[0], baseline_ms_p99=floor[1])
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
         stack.stop()
         if process is not None and process.returncode in (0, -15):
             shutil.rmtree(state, ignore_errors=True)  # kept, with the API's log, when something failed
