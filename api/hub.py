@@ -1,5 +1,6 @@
 """What the API process holds: two database pools (the read-only role for the
-services' schemas, the api role for its own), the key ring, quota state, the
+services' schemas, the api role for its own and for invoicing's plans and
+billing cycles), the key ring, quota state, the
 webhook dispatcher and a producer for admin changes; and the background tasks
 that keep them current. One per process, built in `app.lifespan`."""
 

@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 READER_ROLE: Final = "tokenhub_reader"
 """Reads every service's schema, writes nothing (migration 0030)."""
 WRITER_ROLE: Final = "tokenhub_api"
-"""Writes the api schema only: keys, webhooks, deliveries, audit runs."""
+"""Writes the api schema (keys, webhooks, deliveries, audit runs) and, of a
+service's tables, only invoicing's plans and billing cycles (migration 0031)."""
 PORT_DEFAULT: Final = 8090
 
 
