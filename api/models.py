@@ -381,6 +381,7 @@ class SpendLine(Body):
     modality: str
     tokens: int
     amount: AmountText = Field(pattern=PLAIN)
+    overage: AmountText = Field(pattern=PLAIN, description="of the amount, what was posted while the quota was exhausted")
 
 
 class SpendTotal(Body):
@@ -411,6 +412,8 @@ class Spend(Body):
     period: str
     currency: str
     spend: AmountText = Field(pattern=PLAIN)
+    overage: AmountText = Field(pattern=PLAIN, description="of the spend, what was posted while the quota was exhausted "
+                                                          "(billed all the same: a mark, never a second charge)")
     forecast_month_end: AmountText | None = Field(pattern=PLAIN, description="at the pace so far; null outside the month")
     lines: list[SpendLine]
     by: dict[Literal["consumer", "app", "model", "class", "modality"], list[SpendTotal]]

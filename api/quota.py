@@ -7,7 +7,18 @@ The rule is the ledger's (services.ledger.budgets): a payer's quota for a scope
 month's spend in the scope reached the hard limit of the budget in force. The
 state follows each payer's chain by sequence, so a record read twice (a
 republished topic, a producer retry) counts once, whatever offset reading
-started from. Pure: events and the clock are passed in."""
+started from. Pure: events and the clock are passed in.
+
+The ledger publishes the same state on the compacted topic `quota.state`
+(services.ledger.budgets.quota_record), and this book does not read it: it
+answers more than a record holds (budgets without a hard limit, an app's spend, the
+month of the API's clock, which a payer's record reaches only with the
+payer's next posting), and it needs ledger.posted for those anyway. The two
+agree because they apply one rule to the same facts: a record is decided
+after the entries the ledger published before it, and once the follower has
+read those entries its answer for that month has the record's spent, hard
+limit, remaining and state (tests/integration/test_quota_state.py holds them
+equal)."""
 
 from __future__ import annotations
 

@@ -256,7 +256,8 @@ async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Perio
     async with pool.acquire() as connection:
         books = BookIndex.of(decode(PriceBookPublished, row["payload"])
                              for row in await connection.fetch(invoicing_store.SELECT_BOOKS))
-    lines = [{**row, "amount": text(row["amount"]), "modality": modalities.get(row["model"], "unknown")} for row in rows]
+    lines = [{**row, "amount": text(row["amount"]), "overage": text(row["overage"]),
+              "modality": modalities.get(row["model"], "unknown")} for row in rows]
     by: dict[str, list[dict[str, Any]]] = {}
     for dimension, key in (("consumer", "consumer_bu"), ("app", "app"), ("model", "model"), ("class", "token_class"),
                            ("modality", "modality")):
@@ -268,6 +269,7 @@ async def spend(pool: asyncpg.Pool, settings: Settings, payer: str, month: Perio
     last_instant = month.end
     return {
         "bu": payer, "period": month.name, "currency": settings.currency, "spend": text(total),
+        "overage": text(report.overage),
         "forecast_month_end": forecast(total, month, now) if now is not None else None, "lines": lines, "by": by,
         "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": text(line.amount),
                           "reached": tier_reached(line.tokens, books.in_force(line.model, last_instant), line.model)}

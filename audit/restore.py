@@ -29,7 +29,7 @@ RESTORE_BATCH_MAX: Final = 1_000
 """Priced per restore transaction: the ledger's own batch size."""
 SELECT_BUDGET_ARCHIVE: Final = "select payload from ledger.budgets order by set_at, budget_id"
 SELECT_ARCHIVE_PLACED: Final = """
-select priced as payload, chain, sequence, posted_at from ledger.journal order by chain, sequence
+select priced as payload, chain, sequence, posted_at, overage from ledger.journal order by chain, sequence
 """
 TARGET_EMPTY: Final = "select (select count(*) from ledger.journal) + (select count(*) from ledger.budgets)"
 CLEAR_OUTBOX: Final = """
@@ -48,6 +48,9 @@ class Placement:
     chain: str
     sequence: int
     posted_at: datetime
+    overage: bool = False
+    """Marked as posted over quota: the rebuilt entry keeps the mark (budgets are
+    restored first, so the marks cannot be decided again as they were)."""
 
 
 def posted_priced_id(value: bytes) -> object:
@@ -63,7 +66,8 @@ def placements_from_posted(records: Iterable[TopicRecord]) -> dict[object, Place
     for record in records:
         try:
             event = loads_many(record.value)  # ids, sequences and times only: no amounts
-            placements.setdefault(event["priced_id"], Placement(event["chain"], int(event["sequence"]), parse_time(event["posted_at"])))
+            placements.setdefault(event["priced_id"], Placement(event["chain"], int(event["sequence"]), parse_time(event["posted_at"]),
+                                                                event.get("overage") is True))
         except (ValueError, KeyError, TypeError):
             continue  # verify names unreadable ledger.posted records; restore posts those Priced afresh
     return placements
@@ -117,7 +121,7 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
     await migrate(target_url)
     if source == "archive":
         async with source_pool.acquire() as connection:
-            placed = [(bytes(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"]))
+            placed = [(bytes(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"], row["overage"]))
                       for row in await connection.fetch(SELECT_ARCHIVE_PLACED)]
             budget_values = [bytes(row["payload"]) for row in await connection.fetch(SELECT_BUDGET_ARCHIVE)]
     else:
@@ -134,6 +138,7 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
         budget_values = [record.value for record in await read_topic(bootstrap_servers, BUDGETS_CONFIGURED.name,
                                                                      idle_timeout_s=idle_timeout_s)]
     groups = posting_groups(placed, now, RESTORE_BATCH_MAX)
+    marked = {str(event_id(value)) for value, place in placed if place is not None and place.overage}
     priced_count = len(placed)
     target_pool = await create_pool(target_url, size_max=1)
     posted = duplicates = conflicts = alerts = 0
@@ -147,7 +152,7 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
             done = 0
             for posted_at, values in groups:
                 async with target.transaction():
-                    outcome = await post_values(LedgerUnit(target), values, now=posted_at, zone=zone)
+                    outcome = await post_values(LedgerUnit(target), values, now=posted_at, zone=zone, overage=marked)
                 posted += len(outcome.posted)
                 duplicates += outcome.duplicates
                 conflicts += len(outcome.conflicts)

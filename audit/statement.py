@@ -18,7 +18,7 @@ from tokenhub.contracts.ids import posted_id
 
 SELECT_STATEMENT: Final = """
 select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
-       tokens, entry_hash, priced
+       tokens, entry_hash, priced, overage
 from ledger.journal
 where (money_debit = any($1::text[]) or money_credit = any($1::text[])
        or tokens_debit = any($1::text[]) or tokens_credit = any($1::text[]))
@@ -53,6 +53,8 @@ class StatementLine:
     tokens: int
     effect: dict[str, Decimal]
     """What this entry adds to each of the BU's figures."""
+    overage: bool = False
+    """Posted while the payer's quota was exhausted: billed all the same, and marked."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ class Statement:
         return {figure: sum((line.effect[figure] for line in self.lines), Decimal(0)) for figure in FIGURES}
 
     @property
+    def overage(self) -> Decimal:
+        """Of the BU's spend in the window, what was posted over quota: a mark, already in the spend."""
+        return sum((line.effect["spend"] for line in self.lines if line.overage), Decimal(0))
+
+    @property
     def agrees(self) -> bool:
         """Opening + entries = closing, figure by figure (a truncated statement cannot tell)."""
         movements = self.movements
@@ -81,13 +88,13 @@ class Statement:
         return {
             "bu": self.bu, "from": self.start.isoformat(), "to": self.end.isoformat(), "by": self.by,
             "opening": figures_document(self.opening), "movements": figures_document(self.movements),
-            "closing": figures_document(self.closing), "truncated": self.truncated,
+            "closing": figures_document(self.closing), "truncated": self.truncated, "overage": f"{self.overage:f}",
             "entries": [{"entry_id": line.entry_id, "priced_id": line.priced_id, "kind": line.kind,
                          "corrects_id": line.corrects_id, "chain": line.chain, "sequence": line.sequence,
                          "event_time": line.event_time.isoformat(), "posted_at": line.posted_at.isoformat(),
                          "payer_bu": line.payer_bu, "consumer_bu": line.consumer_bu, "provider_bu": line.provider_bu,
                          "app": line.app, "model": line.model, "amount": f"{line.amount:f}", "tokens": line.tokens,
-                         "effect": figures_document(line.effect)} for line in self.lines],
+                         "effect": figures_document(line.effect), "overage": line.overage} for line in self.lines],
         }
 
 
@@ -117,7 +124,7 @@ def _line(bu: str, row: asyncpg.Record) -> StatementLine:
     return StatementLine(
         str(posted_id(priced["id"])), priced["id"], priced.get("kind", "charge"), priced.get("corrects_id"), row["chain"],
         row["sequence"], row["event_time"], row["posted_at"], priced["payer_bu"], priced["consumer_bu"],
-        priced["provider_bu"], priced.get("app"), priced["model"], amount, tokens, effect)
+        priced["provider_bu"], priced.get("app"), priced["model"], amount, tokens, effect, row["overage"])
 
 
 async def statement(pool: asyncpg.Pool, bu: str, start: datetime, end: datetime, by: str = "event-time",

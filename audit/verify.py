@@ -110,13 +110,13 @@ def row_name(chain: str, sequence: int, priced_id: object) -> str:
 # fixed scale: it is compared with the Priced's text, not computed with.
 SELECT_JOURNAL: Final = """
 select priced_id::text as priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit,
-       amount::text as amount, tokens_debit, tokens_credit, tokens, entry_hash, priced
+       amount::text as amount, tokens_debit, tokens_credit, tokens, entry_hash, priced, overage
 from ledger.journal
 where $1::text is null or chain = $1
 order by chain, sequence
 """
 SELECT_ENTRIES_AT: Final = """
-select chain, sequence, posted_at, priced from ledger.journal where (chain, sequence) in (select * from unnest($1::text[], $2::bigint[]))
+select chain, sequence, posted_at, priced, overage from ledger.journal where (chain, sequence) in (select * from unnest($1::text[], $2::bigint[]))
 """
 SELECT_HEADS: Final = "select chain, sequence, head_hash from ledger.chains where $1::text is null or chain = $1"
 FETCH_ROWS: Final = 5_000
@@ -156,6 +156,7 @@ class _Entry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     kind: str
     lines: msgspec.Raw
     model: str
+    overage: bool | None = None
     payer_bu: str
     posted_at: str
     postings: msgspec.Raw
@@ -234,10 +235,11 @@ def _postings(transfers: Transfers) -> msgspec.Raw:
 
 
 def entry_bytes(priced: PricedFacts, chain: str, sequence: int, previous_hash: str, posted_at: str,
-                transfers: Transfers | None = None) -> bytes:
+                transfers: Transfers | None = None, overage: bool = False) -> bytes:
     """The canonical JSON of the entry a journal row stands for, as the ledger
     published it without its hash: the Priced's fields, its movements in the
-    chart of accounts, its chain place and posting time."""
+    chart of accounts, its chain place and posting time, and the overage mark
+    when the row has it (written only when true)."""
     return _ENCODER.encode(_Entry(
         amount=priced.total_amount, cause_id=priced.id, chain=chain, consumer_bu=priced.consumer_bu,
         currency=priced.currency, event_time=priced.event_time, id=posted_id_text(priced.id), kind=priced.kind,
@@ -245,12 +247,14 @@ def entry_bytes(priced: PricedFacts, chain: str, sequence: int, previous_hash: s
         postings=_postings(transfers or expected_transfers(priced)), previous_hash=previous_hash, priced_id=priced.id,
         provider_bu=priced.provider_bu, schema_version=1, sequence=sequence, tokens=priced.total_tokens,
         type="ledger.posted", app=priced.app, book_id=priced.book_id, book_version=priced.book_version,
-        corrects_id=priced.corrects_id, invoice_id=priced.invoice_id))
+        corrects_id=priced.corrects_id, invoice_id=priced.invoice_id, overage=True if overage else None))
 
 
-def entry_content(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime) -> dict[str, Any]:
+def entry_content(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime,
+                  overage: bool = False) -> dict[str, Any]:
     """The same entry as a JSON object, to name the fields where it differs from a published one."""
-    return loads_many(entry_bytes(PRICED_DECODER.decode(priced), chain, sequence, previous_hash, posted_at_text(posted_at)))
+    return loads_many(entry_bytes(PRICED_DECODER.decode(priced), chain, sequence, previous_hash, posted_at_text(posted_at),
+                                  overage=overage))
 
 
 def entry_hash_of(entry: bytes, previous_hash: str) -> str:
@@ -292,6 +296,8 @@ def _same_time(text: str, stored: datetime) -> bool:
 class EntryFact(NamedTuple):
     name: str
     priced: PricedFacts
+    overage: bool = False
+    """The row's mark: posted while its payer's quota was exhausted."""
 
 
 async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check, posts: Check,
@@ -322,7 +328,8 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
                 try:
                     priced = decode(row["priced"])
                     transfers = expected_transfers(priced)
-                    recomputed = entry_hash_of(entry_bytes(priced, chain, sequence, last_hash, posted_at[1], transfers), last_hash)
+                    recomputed = entry_hash_of(entry_bytes(priced, chain, sequence, last_hash, posted_at[1], transfers,
+                                                                      row["overage"]), last_hash)
                 except (msgspec.DecodeError, msgspec.ValidationError) as error:
                     chains.fail(row_name(chain, sequence, priced_id), f"its Priced cannot be read: {error}")
                     continue
@@ -334,7 +341,7 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
                 if differing:
                     posts.fail(name, f"does not post what its Priced says: {', '.join(differing)} differ")
                 stored[chain].append(StoredEntry(chain, sequence, priced_id, stored_hash))
-                facts.append(EntryFact(name, priced))
+                facts.append(EntryFact(name, priced, row["overage"]))
             chains.examined += len(rows)
             if chains.examined < total:
                 progress("chains", chains.examined, total)
@@ -397,7 +404,7 @@ async def check_published(connection: asyncpg.Connection | None, stored: dict[st
         rows = await connection.fetch(SELECT_ENTRIES_AT, [entry.chain for entry in differing],
                                       [entry.sequence for entry in differing])
         contents = {(row["chain"], row["sequence"]): entry_content(row["priced"], row["chain"], row["sequence"], "",
-                                                                     row["posted_at"]) for row in rows}
+                                                                     row["posted_at"], row["overage"]) for row in rows}
     for chain, entries in sorted(stored.items()):
         seen = heads.get(chain, {})
         rewritten_found = False
@@ -704,11 +711,12 @@ async def check_invoices(connection: asyncpg.Connection, scope: str | None, mino
             kind = "credit" if total_row["kind"] == "reversal" else (
                 "usage" if total_row["period"] == row["period"] else "adjustment")
             key = (kind, total_row["period"], total_row["provider_bu"], total_row["consumer_bu"], total_row["model"],
-                   total_row["token_class"], total_row["unit_price_per_million"])
+                   total_row["token_class"], total_row["unit_price_per_million"], total_row["kind"] == "overage")
             regrouped[key][0] += total_row["tokens"]
             regrouped[key][1] += total_row["amount"]
         printed = {(line["kind"], line["period"], line["provider_bu"], line["consumer_bu"], line["model"],
-                    line.get("token_class"), Decimal(line["unit_price_per_million"])): [line["tokens"], Decimal(line["amount"])]
+                    line.get("token_class"), Decimal(line["unit_price_per_million"]), line.get("overage") is True):
+                   [line["tokens"], Decimal(line["amount"])]
                    for line in invoice["lines"] if line["kind"] != "period_tier"}
         if printed != dict(regrouped):
             differing = sorted(str(key[:2] + key[4:6]) for key in set(printed) | set(regrouped)
@@ -776,15 +784,17 @@ async def check_settlements_cover_their_invoices(connection: asyncpg.Connection,
 async def _check_totals_against_journal(connection: asyncpg.Connection, scope: str | None, facts: list[EntryFact],
                                        zone: str, check: Check) -> None:
     """Invoicing's totals, on invoices or open, equal the journal's postings, per
-    payer, month, kind, consumer, provider and model."""
+    payer, month, kind, consumer, provider and model. Charges the journal marks
+    as posted over quota are their own kind (overage) on both sides, so a mark
+    lost or invented on the way to invoicing shows here."""
     company_zone = ZoneInfo(zone)
     journal: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
     for fact in facts:
         priced = fact.priced
         if scope is not None and priced.payer_bu != scope:
             continue
-        key = (priced.payer_bu, _month_of(priced.event_time, company_zone), _totals_kind(priced.kind),
-               priced.consumer_bu, priced.provider_bu, priced.model)
+        key = (priced.payer_bu, _month_of(priced.event_time, company_zone),
+               "overage" if fact.overage else _totals_kind(priced.kind), priced.consumer_bu, priced.provider_bu, priced.model)
         journal[key][0] += priced.total_tokens
         journal[key][1] += Decimal(priced.total_amount)
     kept: dict[tuple, list] = {}

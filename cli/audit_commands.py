@@ -122,7 +122,8 @@ def statement_text(found: Statement, currency: str, zone: str) -> str:
     rows = render.table(
         ("event time", "entry", "kind", "payer", "consumer", "provider", "model", f"spend {currency}", f"revenue {currency}",
          "Tokens consumed", "Tokens served"),
-        [(render.local(line.event_time, zone, seconds=True), f"{line.chain}#{line.sequence}", line.kind, line.payer_bu,
+        [(render.local(line.event_time, zone, seconds=True), f"{line.chain}#{line.sequence}",
+          f"{line.kind}, {render.OVERAGE_MARK}" if line.overage else line.kind, line.payer_bu,
           line.consumer_bu, line.provider_bu, line.model, f"{line.effect['spend']:f}", f"{line.effect['revenue']:f}",
           f"{line.effect['tokens_consumed']:,}", f"{line.effect['tokens_served']:,}") for line in found.lines],
         right={7, 8, 9, 10},
@@ -132,7 +133,10 @@ def statement_text(found: Statement, currency: str, zone: str) -> str:
                 f"  Tokens consumed {values['tokens_consumed']:,}  served {values['tokens_served']:,}")
 
     footer = "\n".join([figures("opening", found.opening), figures("entries", found.movements), figures("closing", found.closing),
-                        "  opening + entries = closing" if found.agrees or found.truncated else "  MISMATCH: opening + entries != closing"])
+                        "  opening + entries = closing" if found.agrees or found.truncated else "  MISMATCH: opening + entries != closing"]
+                       + ([f"  {render.OVERAGE_MARK}: spend {found.overage:f} of the entries' spend was posted while the quota "
+                           "was exhausted (billed all the same, in the figures above)"]
+                          if any(line.overage for line in found.lines) else []))
     more = f"\n  (first {len(found.lines)} entries shown; narrow the window for the rest)" if found.truncated else ""
     return f"{header}\n{rows}\n{footer}{more}"
 

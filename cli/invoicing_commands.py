@@ -115,15 +115,19 @@ async def spend(arguments: argparse.Namespace) -> int:
     if args.output_format(arguments) == "json":
         print(render.json({
             "bu": arguments.bu, "period": month.name, "period_start": month.start, "period_end": month.end,
-            "spend": found.total, "lines": found.rows,
+            "spend": found.total, "overage": found.overage, "lines": found.rows,
             "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": line.amount} for line in found.period_tiers],
         }))
         return 0
     print(f"{arguments.bu}: month to date {month.name} ({render.period_range(month.start, month.end, settings.timezone)}), "
           f"{found.total:,.6f} {settings.currency}")
-    print(table(["consumer", "app", "model", "class", "Tokens", "amount"],
+    if found.overage:
+        print(f"over quota: {found.overage:,.6f} {settings.currency} of it was posted while the quota was exhausted "
+              "(billed all the same, part of the total)")
+    print(table(["consumer", "app", "model", "class", "Tokens", "amount", "overage"],
                 [[row["consumer_bu"], row["app"], row["model"], row["token_class"], f"{row['tokens']:,}",
-                  f"{row['amount']:,.6f}"] for row in found.rows], right={4, 5}))
+                  f"{row['amount']:,.6f}", f"{row['overage']:,.6f}" if row["overage"] else "-"] for row in found.rows],
+                right={4, 5, 6}))
     for line in found.period_tiers:
         print(f"period tier so far: {line.model} at {line.tokens:,} Tokens -> {line.amount:,.6f} {settings.currency}")
     return 0

@@ -54,6 +54,8 @@ INVOICE_LINE: Final = record({
     "kind": {"enum": ["usage", "adjustment", "credit", "period_tier"]}, "period": PERIOD, "provider_bu": TEXT,
     "consumer_bu": TEXT, "model": TEXT, "token_class": nullable(TEXT), "tokens": TOKENS,
     "unit_price_per_million": nullable(AMOUNT), "amount": AMOUNT,
+    "overage": {"anyOf": [{"const": True}, {"type": "null"}],
+                "description": "true: usage posted while the payer's quota was exhausted, in the total like any line"},
     "price_source": nullable(record({"book_id": TEXT, "version": COUNT, "context_tier": nullable(TEXT)})),
 }, closed=False)
 
@@ -116,8 +118,9 @@ OUTPUTS: Final[dict[str, tuple[str, dict[str, Any]]]] = {
     "invoice show": ("invoices, each line with the book version and tier that priced it", many(INVOICE)),
     "spend": ("month-to-date spend and the period tier reached", record({
         "bu": TEXT, "period": PERIOD, "period_start": TIME, "period_end": TIME, "spend": AMOUNT,
+        "overage": AMOUNT,
         "lines": many(record({"consumer_bu": TEXT, "app": TEXT, "model": TEXT, "token_class": TEXT, "tokens": TOKENS,
-                              "amount": AMOUNT})),
+                              "amount": AMOUNT, "overage": AMOUNT})),
         "period_tiers": many(record({"model": TEXT, "tokens": TOKENS, "charge": AMOUNT}))})),
     "settle": ("a month's settlement: matrix, net positions, transfers", record({
         "final": FLAG, "period": PERIOD, "currency": TEXT,
@@ -144,12 +147,12 @@ OUTPUTS: Final[dict[str, tuple[str, dict[str, Any]]]] = {
                                "violations": many(record({"subject": TEXT, "detail": TEXT}))}))})),
     "statement": ("the entries behind a balance, with opening and closing figures", record({
         "bu": TEXT, "from": TIME, "to": TIME, "by": {"enum": ["event-time", "posting-time"]},
-        "opening": figures(), "movements": figures(), "closing": figures(), "truncated": FLAG,
+        "opening": figures(), "movements": figures(), "closing": figures(), "truncated": FLAG, "overage": AMOUNT,
         "entries": many(record({
             "entry_id": TEXT, "priced_id": TEXT, "kind": TEXT, "corrects_id": nullable(TEXT), "chain": TEXT,
             "sequence": COUNT, "event_time": TIME, "posted_at": TIME, "payer_bu": TEXT, "consumer_bu": TEXT,
             "provider_bu": TEXT, "app": nullable(TEXT), "model": TEXT, "amount": AMOUNT, "tokens": TOKENS,
-            "effect": figures()}))})),
+            "effect": figures(), "overage": FLAG}))})),
     "status": ("the local stack's processes, lags and faults; running false when nothing runs here",
                record({"state_dir": TEXT}, closed=False)),
     "apikey create": ("a new API key, shown once", record({

@@ -182,13 +182,26 @@ def _source_label(invoice: InvoiceIssued, line: InvoiceLine, books: BookIndex) -
     return f"{source.book_id} v{source.version}, period tiers" if line.kind == "period_tier" else source.label()
 
 
+OVERAGE_MARK = "over quota"
+"""How a line of usage posted while the payer's quota was exhausted is marked."""
+
+
+def line_kind_label(line: InvoiceLine) -> str:
+    return f"{line.kind}, {OVERAGE_MARK}" if line.overage else line.kind
+
+
+def overage_of(invoice: InvoiceIssued) -> Decimal:
+    """Of an invoice's lines, the sum posted over quota: already in the total, never charged twice."""
+    return sum((line.amount for line in invoice.lines if line.overage), Decimal(0))
+
+
 def invoice_text(invoice: InvoiceIssued, zone: str, books: BookIndex) -> str:
     header = (f"INVOICE {invoice.payer_bu}-{invoice.number:04d}  [{invoice.status}]\n"
               f"payer {invoice.payer_bu}   period {invoice.period}: "
               f"{period_range(invoice.period_start, invoice.period_end, zone)}, end exclusive")
     lines = table(
         ("kind", "period", "provider", "consumer", "model", "class", "priced by", "Tokens", "per million", "amount"),
-        [(line.kind, line.period, line.provider_bu, line.consumer_bu, line.model, line.token_class or "",
+        [(line_kind_label(line), line.period, line.provider_bu, line.consumer_bu, line.model, line.token_class or "",
           _source_label(invoice, line, books), f"{line.tokens:,}",
           f"{line.unit_price_per_million:f}".rstrip("0").rstrip(".") if line.unit_price_per_million is not None else "",
           f"{line.amount:,.6f}") for line in invoice.lines],
@@ -196,7 +209,10 @@ def invoice_text(invoice: InvoiceIssued, zone: str, books: BookIndex) -> str:
     )
     subtotals = "\n".join(f"  subtotal {consumer:<28} {amount:>18,.6f}" for consumer, amount in invoice.consumer_subtotals.items())
     heads = ", ".join(f"{head.chain}#{head.sequence} {head.entry_hash[:16]}" for head in invoice.chain_heads)
-    footer = (f"  {'lines sum (exact)':<37} {invoice.subtotal:>18,.12f}\n"
+    overage = overage_of(invoice)
+    over = (f"  {'of which ' + OVERAGE_MARK + ' (in the sum)':<37} {overage:>18,.12f}\n"
+            if any(line.overage for line in invoice.lines) else "")
+    footer = (f"  {'lines sum (exact)':<37} {invoice.subtotal:>18,.12f}\n{over}"
               f"  {'rounding (' + invoice.rounding_mode + ')':<37} {invoice.rounding:>18,.12f}\n"
               f"  {'TOTAL ' + invoice.currency:<37} {invoice.total:>18,.2f}\n"
               f"  ledger chain heads: {heads}")
@@ -216,7 +232,8 @@ def invoices_document(invoices: list[InvoiceIssued], books: BookIndex) -> list[d
 
 
 INVOICE_CSV_COLUMNS = ("invoice", "payer", "period", "status", "kind", "line_period", "provider", "consumer", "model",
-                       "token_class", "book_id", "book_version", "context_tier", "tokens", "unit_price_per_million", "amount")
+                       "token_class", "book_id", "book_version", "context_tier", "tokens", "unit_price_per_million", "overage",
+                       "amount")
 
 
 def invoice_csv(invoices: list[InvoiceIssued], books: BookIndex) -> str:
@@ -233,8 +250,8 @@ def invoice_csv(invoices: list[InvoiceIssued], books: BookIndex) -> str:
                              source.book_id if source else "", source.version if source else "",
                              (source.context_tier or "") if source else "", line.tokens,
                              f"{line.unit_price_per_million:f}" if line.unit_price_per_million is not None else "",
-                             f"{line.amount:f}"))
-        blank = ("",) * 10
+                             "true" if line.overage else "", f"{line.amount:f}"))
+        blank = ("",) * 11
         writer.writerow((number, invoice.payer_bu, invoice.period, invoice.status, "rounding", *blank[:-1], f"{invoice.rounding:f}"))
         writer.writerow((number, invoice.payer_bu, invoice.period, invoice.status, "total", *blank[:-1], f"{invoice.total:f}"))
     return buffer.getvalue().rstrip("\n")
@@ -250,7 +267,7 @@ def invoice_html(invoices: list[InvoiceIssued], zone: str, books: BookIndex, nam
     pages = []
     for invoice in invoices:
         rows = "".join(
-            f"<tr><td>{escape(line.kind)}</td><td>{escape(line.period)}</td><td>{name(line.provider_bu)}</td>"
+            f"<tr{' class=overage' if line.overage else ''}><td>{escape(line_kind_label(line))}</td><td>{escape(line.period)}</td><td>{name(line.provider_bu)}</td>"
             f"<td>{name(line.consumer_bu)}</td><td>{escape(line.model)}</td><td>{escape(line.token_class or '')}</td>"
             f"<td>{escape(_source_label(invoice, line, books))}</td>"
             f"<td class=n>{line.tokens:,}</td><td class=n>{'' if line.unit_price_per_million is None else escape(f'{line.unit_price_per_million.normalize():f}')}</td>"
@@ -259,6 +276,9 @@ def invoice_html(invoices: list[InvoiceIssued], zone: str, books: BookIndex, nam
         subtotals = "".join(f"<tr><td colspan=9>Subtotal {name(consumer)}</td><td class=n>{amount:,.6f}</td></tr>"
                             for consumer, amount in invoice.consumer_subtotals.items())
         heads = "<br>".join(escape(f"{head.chain} #{head.sequence} {head.entry_hash}") for head in invoice.chain_heads)
+        overage_row = (f"<tr class=overage><td colspan=9>Of which {OVERAGE_MARK} (in the lines above, not charged again)"
+                       f"</td><td class=n>{overage_of(invoice):,.12f}</td></tr>"
+                       if any(line.overage for line in invoice.lines) else "")
         pages.append(f"""<section class=invoice>
 <h1>Invoice {escape(invoice.payer_bu)}-{invoice.number:04d} <small>{escape(invoice.status)}</small></h1>
 <p>Payer: <b>{name(invoice.payer_bu)}</b><br>Period {escape(invoice.period)}:
@@ -266,14 +286,14 @@ def invoice_html(invoices: list[InvoiceIssued], zone: str, books: BookIndex, nam
 six places here and twelve in the data; rounded once, {escape(invoice.rounding_mode.replace('_', '-'))}, on the total.</p>
 <table><thead><tr><th>Kind</th><th>Period</th><th>Provider</th><th>Consumer</th><th>Model</th><th>Class</th>
 <th>Priced by</th><th>Tokens</th><th>Per million</th><th>Amount</th></tr></thead><tbody>{rows}</tbody>
-<tfoot>{subtotals}<tr><td colspan=9>Lines (exact)</td><td class=n>{invoice.subtotal:,.12f}</td></tr>
+<tfoot>{subtotals}<tr><td colspan=9>Lines (exact)</td><td class=n>{invoice.subtotal:,.12f}</td></tr>{overage_row}
 <tr><td colspan=9>Rounding</td><td class=n>{invoice.rounding:,.12f}</td></tr>
 <tr class=total><td colspan=9>Total {escape(invoice.currency)}</td><td class=n>{invoice.total:,.2f}</td></tr></tfoot></table>
 <p class=heads>Ledger chain heads covered:<br>{heads}</p></section>""")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;width:100%;"
              "font-size:13px}th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left}.n{text-align:right;"
              "font-variant-numeric:tabular-nums}tfoot td{font-weight:600}.total td{font-size:15px;border-top:2px solid #222}"
-             "small{color:#777;font-weight:normal}.heads{font-family:monospace;font-size:11px;color:#555}"
+             ".overage td{background:#fff3e0}small{color:#777;font-weight:normal}.heads{font-family:monospace;font-size:11px;color:#555}"
              "section{page-break-after:always}@media print{body{margin:0}}")
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Token Hub invoices</title>"
             f"<style>{style}</style></head><body>{''.join(pages)}</body></html>")

@@ -15,7 +15,7 @@ from typing import ClassVar, Final, Literal
 
 from pydantic import Field, model_validator
 
-from tokenhub.contracts.events import Event, Name, UtcDatetime
+from tokenhub.contracts.events import Event, Frozen, Name, UtcDatetime
 from tokenhub.contracts.ids import BuId, derive_id
 from tokenhub.contracts.money import Amount, ExactDecimal
 
@@ -112,6 +112,53 @@ class QuotaRestored(BudgetAlert):
     spent: Amount = Field(description="spend of `period` when restored")
 
 
+QuotaStateName = Literal["allowed", "exhausted"]
+
+
+class ConsumerQuota(Frozen):
+    """The quota of a budget scoped to one consumer the payer funds."""
+
+    consumer_bu: BuId
+    budget_id: uuid.UUID
+    limit: Amount = Field(description="the budget's hard limit")
+    spent: Amount = Field(description="this consumer's spend of the period, funded by the payer")
+    remaining: Amount = Field(description="limit minus spent, never below zero")
+    state: QuotaStateName
+
+
+class QuotaStateChanged(Event):
+    """A payer's current quota, on the compacted topic `quota.state` keyed by
+    payer: the latest record per payer is its state, which gateways read to
+    refuse calls before they happen. Published by the ledger when the state or
+    a figure changes (once per batch per payer). `sequence` grows by one with
+    each record of a payer: a reader keeps the highest and drops older ones
+    (a republish, a producer retry). The top-level figures are the whole
+    payer's budget; `consumers` the budgets scoped to one consumer."""
+
+    TYPE: ClassVar[str] = "quota.state"
+    type: Literal["quota.state"] = "quota.state"
+    payer_bu: BuId
+    period: str = Field(pattern=MONTH_PATTERN, description="the payer's current month")
+    sequence: int = Field(ge=1, description="per payer, +1 per record: a reader drops a record at or below the one it holds")
+    as_of: UtcDatetime = Field(description="when the ledger decided this state")
+    state: QuotaStateName = Field(description="exhausted: the whole payer's spend reached its hard limit")
+    budget_id: uuid.UUID | None = Field(None, description="the whole payer's budget in force; none: only consumer budgets")
+    limit: Amount | None = Field(None, description="its hard limit; none: no hard limit")
+    spent: Amount = Field(description="the payer's spend of the period, every consumer")
+    remaining: Amount | None = Field(None, description="limit minus spent, never below zero; none without a limit")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    consumers: tuple[ConsumerQuota, ...] = Field((), description="budgets with a hard limit scoped to one consumer")
+
+    @property
+    def exhausted_for(self) -> frozenset[str]:
+        """Consumers whose own quota is exhausted."""
+        return frozenset(quota.consumer_bu for quota in self.consumers if quota.state == "exhausted")
+
+
+def quota_state_id(payer_bu: str, sequence: int) -> uuid.UUID:
+    return derive_id("quota.state", payer_bu, str(sequence))
+
+
 class ConflictingDuplicate(Event):
     """A Priced arrived again with the id of one already posted but other content:
     nothing was posted for it. Raised once per distinct content."""
@@ -125,4 +172,5 @@ class ConflictingDuplicate(Event):
     detected_at: UtcDatetime
 
 
-BUDGET_EVENT_MODELS: Final = (BudgetSet, BudgetThresholdCrossed, QuotaExhausted, QuotaRestored, ConflictingDuplicate)
+BUDGET_EVENT_MODELS: Final = (BudgetSet, BudgetThresholdCrossed, QuotaExhausted, QuotaRestored, ConflictingDuplicate,
+                              QuotaStateChanged)

@@ -324,6 +324,9 @@ class LedgerPosted(Event):
     previous_hash: str
     posted_at: UtcDatetime
     invoice_id: uuid.UUID | None = Field(None, description="an adjustment's invoice (period tier lines)")
+    overage: Literal[True] | None = Field(
+        None, description="true: usage posted while its payer's quota for its month was exhausted; billed all the "
+                          "same. Absent otherwise, so entries posted before the mark existed hash as they did")
 
 
 # --- invoicing -------------------------------------------------------------------
@@ -342,6 +345,8 @@ class InvoiceLine(Frozen):
     tokens: SignedQuantity
     unit_price_per_million: Amount | None = None
     amount: Amount
+    overage: Literal[True] | None = Field(
+        None, description="true: usage posted while the payer's quota was exhausted; part of the total, never charged twice")
 
 
 class ChainHeadRef(Frozen):

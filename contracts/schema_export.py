@@ -34,6 +34,7 @@ TOPIC_MODELS: Final[dict[str, type[BaseModel]]] = {
     topics.INVOICES_ISSUED.name: events.InvoiceIssued,
     topics.SETTLEMENTS_NETTED.name: settlement.SettlementNetted,
     topics.BUDGETS_CONFIGURED.name: budgets.BudgetSet,
+    topics.QUOTA_STATE.name: budgets.QuotaStateChanged,
 }
 
 
@@ -59,7 +60,8 @@ def asyncapi() -> dict[str, Any]:
     for spec in topics.ALL_TOPICS:
         channel: dict[str, Any] = {
             "address": spec.name,
-            "description": f"{spec.carries}; key: {spec.key}; partitions: {spec.partitions}; retention.ms: {spec.retention_ms}",
+            "description": f"{spec.carries}; key: {spec.key}; partitions: {spec.partitions}; retention.ms: {spec.retention_ms}"
+                           + (f"; cleanup.policy: {spec.cleanup_policy}" if spec.cleanup_policy != "delete" else ""),
         }
         model = TOPIC_MODELS.get(spec.name)
         if model is not None:

@@ -21,6 +21,7 @@ class TopicSpec:
     retention_ms: int = -1  # -1 keeps the public log forever: replay and audit read it
     replication_factor: int = 1
     carries: str = ""  # what a record is, for readers (README, AsyncAPI)
+    cleanup_policy: str = "delete"  # compact: a key's latest record is what the topic holds
 
 
 USAGE_REPORTED: Final = TopicSpec("usage.reported", key="consumer BU",
@@ -41,6 +42,9 @@ BUDGET_ALERTS: Final = TopicSpec("budget.alerts", key="payer BU", partitions=1,
                                  carries="threshold crossings, quota exhausted / restored")
 BUDGETS_CONFIGURED: Final = TopicSpec("budgets.configured", key="payer BU", partitions=1,
                                       carries="`BudgetSet`: a monthly budget, thresholds, hard limit (actor, reason)")
+QUOTA_STATE: Final = TopicSpec("quota.state", key="payer BU", partitions=1, cleanup_policy="compact",
+                               carries="`QuotaStateChanged`: a payer's current quota (limit, spent, remaining, "
+                                       "allowed or exhausted), the latest per payer")
 INVOICES_ISSUED: Final = TopicSpec("invoices.issued", key="payer BU", partitions=1, carries="`InvoiceIssued`")
 SETTLEMENTS_NETTED: Final = TopicSpec("settlements.netted", key="period", partitions=1,
                                       carries="`SettlementNetted`: net positions and transfers between BUs")
@@ -57,6 +61,7 @@ ALL_TOPICS: Final = (
     LEDGER_POSTED,
     BUDGET_ALERTS,
     BUDGETS_CONFIGURED,
+    QUOTA_STATE,
     INVOICES_ISSUED,
     SETTLEMENTS_NETTED,
     DEAD_LETTER,
@@ -92,8 +97,9 @@ TOPOLOGY: Final = (
               "puts usage it accepted over HTTP on usage.reported"),
     Stage("pricing", consumes=(TOKENS_CONSUMED, PRICEBOOK_PUBLISHED), produces=(TOKENS_PRICED,),
           why="prices each payer's Tokens with the book version in force at event time"),
-    Stage("ledger", consumes=(TOKENS_PRICED, BUDGETS_CONFIGURED), produces=(LEDGER_POSTED, BUDGET_ALERTS),
-          why="posts double entries, hash-chained per payer, and watches budgets"),
+    Stage("ledger", consumes=(TOKENS_PRICED, BUDGETS_CONFIGURED), produces=(LEDGER_POSTED, BUDGET_ALERTS, QUOTA_STATE),
+          why="posts double entries, hash-chained per payer, watches budgets, marks usage posted over quota "
+              "and publishes each payer's quota state"),
     Stage("invoicing", consumes=(LEDGER_POSTED, PRICEBOOK_PUBLISHED),
           produces=(INVOICES_ISSUED, SETTLEMENTS_NETTED, TOKENS_PRICED),
           why="closes periods into invoices, posts period-tier lines back as priced adjustments, nets settlements"),

@@ -18,13 +18,14 @@ log = structlog.get_logger()
 
 
 def new_topic(spec: TopicSpec, settings: Settings) -> NewTopic:
-    """The spec's key and retention; partitions and replicas from the settings."""
+    """The spec's retention and cleanup policy; partitions and replicas from the settings."""
     return NewTopic(
         spec.name,
         settings.partitions_of(spec.name, spec.partitions),
         settings.topic_replication_factor,
         topic_configs={
             "retention.ms": str(spec.retention_ms),
+            "cleanup.policy": spec.cleanup_policy,
             "min.insync.replicas": str(settings.topic_min_insync_replicas),
         },
     )

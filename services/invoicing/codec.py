@@ -46,6 +46,7 @@ class Posted(msgspec.Struct, frozen=True):
     book_id: str | None = None
     book_version: int | None = None
     invoice_id: uuid.UUID | None = None
+    overage: bool | None = None
 
 
 class PostedError(ValueError):

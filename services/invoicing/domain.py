@@ -40,10 +40,12 @@ ONE_MICROSECOND: Final = timedelta(microseconds=1)
 Posting = LedgerPosted | Posted
 """A posting as published (the pydantic model) or as invoicing decodes it (codec.Posted)."""
 
-TotalKind = Literal["charge", "reversal", "period_tier"]
+TotalKind = Literal["charge", "overage", "reversal", "period_tier"]
 """What a running total adds up: charges (and corrections, which are charges at
-a new price), reversals (credit lines), or period tier adjustments posted back
-by the ledger, which belong to the invoice that computed them."""
+a new price), charges the ledger marked as posted over quota (overage: billed
+like any charge, shown apart), reversals (credit lines), or period tier
+adjustments posted back by the ledger, which belong to the invoice that
+computed them."""
 
 
 # --- running totals ---------------------------------------------------------------------
@@ -246,7 +248,7 @@ def receive(batch: Sequence[tuple[Posting, bytes]], *, watermarks: Mapping[str, 
     for posted, period in zip(events, periods, strict=True):
         if latest is None or posted.event_time > latest:
             latest = posted.event_time
-        kind = _TOTAL_KINDS[posted.kind]
+        kind = _TOTAL_KINDS[posted.kind] if posted.overage is not True else "overage"
         if kind == "period_tier" and posted.invoice_id is None:
             raise ValueError(f"period tier adjustment {posted.priced_id} names no invoice")
         head = (posted.invoice_id if kind == "period_tier" else None, posted.payer_bu, period.name, kind,
@@ -302,7 +304,7 @@ def totals_of(postings: Sequence[tuple[str, LedgerPosted]], period_ends: Mapping
     ends = period_ends or {}
     epoch = datetime.min.replace(tzinfo=UTC)
     for period, posted in postings:
-        kind = _TOTAL_KINDS[posted.kind]
+        kind = _TOTAL_KINDS[posted.kind] if posted.overage is not True else "overage"
         if kind == "period_tier":
             continue
         for line in posted.lines:
@@ -333,19 +335,21 @@ def _line_kind(total: LineTotal, period: str) -> str:
 
 def invoice_lines(totals: Iterable[LineTotal], period: str) -> list[InvoiceLine]:
     """Group totals by provider x consumer x model x class x unit price; totals of
-    an earlier period become adjustment lines naming it, reversals credit lines."""
+    an earlier period become adjustment lines naming it, reversals credit lines;
+    usage posted over quota its own lines, marked overage (same sum, shown apart)."""
     grouped: dict[tuple, tuple[int, Decimal]] = defaultdict(lambda: (0, Decimal(0)))
     for total in totals:
         if total.key.kind == "period_tier":
             continue
         key = (_line_kind(total, period), total.key.period, total.key.provider_bu, total.key.consumer_bu,
-               total.key.model, total.key.token_class, total.key.unit_price_per_million)
+               total.key.model, total.key.token_class, total.key.unit_price_per_million, total.key.kind == "overage")
         tokens, amount = grouped[key]
         grouped[key] = (tokens + total.tokens, amount + total.amount)
     return [
         InvoiceLine(kind=kind, period=line_period, provider_bu=provider, consumer_bu=consumer, model=model,
-                    token_class=token_class, tokens=tokens, unit_price_per_million=unit_price, amount=amount)
-        for (kind, line_period, provider, consumer, model, token_class, unit_price), (tokens, amount) in sorted(
+                    token_class=token_class, tokens=tokens, unit_price_per_million=unit_price, amount=amount,
+                    overage=True if overage else None)
+        for (kind, line_period, provider, consumer, model, token_class, unit_price, overage), (tokens, amount) in sorted(
             grouped.items(), key=lambda item: tuple(str(part) for part in item[0]))
     ]
 

@@ -97,6 +97,11 @@ class Spend:
     def total(self) -> Decimal:
         return sum((row["amount"] for row in self.rows), Decimal(0))
 
+    @property
+    def overage(self) -> Decimal:
+        """Of the total, what was posted while the payer's quota was exhausted: a mark, not a second charge."""
+        return sum((row["overage"] for row in self.rows), Decimal(0))
+
 
 async def spend(pool: asyncpg.Pool, settings: Settings, payer_bu: str, month: Period) -> Spend:
     async with store.reading(pool) as unit:

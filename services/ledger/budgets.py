@@ -6,18 +6,22 @@ stores each alert under a unique key so that it is raised once."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from tokenhub.contracts.budgets import (
     WHOLE_PAYER,
     BudgetAlert,
     BudgetSet,
     BudgetThresholdCrossed,
+    ConsumerQuota,
     QuotaExhausted,
     QuotaRestored,
+    QuotaStateChanged,
+    quota_state_id,
 )
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import quantize
@@ -253,3 +257,116 @@ def decide(view: BudgetView, pairs: Iterable[tuple[str, str]], *, at: datetime, 
                 alerts.append(evaluation.quota_alert)
                 changed[key] = evaluation.state
     return BudgetDecision(changed, tuple(alerts))
+
+
+# --- the quota state a gateway reads, and usage posted over quota -------------------------
+
+def _remaining(limit: Decimal, spent: Decimal) -> Decimal:
+    return max(limit - spent, Decimal(0))
+
+
+def quota_record(payer: str, month: str, known: Iterable[BudgetSet], spend_by_consumer: dict[str, Decimal],
+                 previous: QuotaStateChanged | None, *, at: datetime, cause: str) -> QuotaStateChanged | None:
+    """The payer's quota state for its current month, or None when it is what
+    `previous` (the last one published) says already, or the payer has no
+    budget in force. Exhausted follows `evaluate`'s rule: spend reached the
+    hard limit."""
+    known = tuple(known)
+    whole = in_force(known, payer, WHOLE_PAYER, month)
+    consumers = []
+    for scope in sorted({budget.scope for budget in known if budget.payer_bu == payer} - {WHOLE_PAYER}):
+        budget = in_force(known, payer, scope, month)
+        if budget is None or budget.hard_limit is None:
+            continue
+        spent = spend_by_consumer.get(scope, Decimal(0))
+        consumers.append(ConsumerQuota(consumer_bu=scope, budget_id=budget.id, limit=budget.hard_limit, spent=spent,
+                                       remaining=_remaining(budget.hard_limit, spent),
+                                       state="exhausted" if spent >= budget.hard_limit else "allowed"))
+    if whole is None and not consumers:
+        return None
+    spent = scope_spend(spend_by_consumer, WHOLE_PAYER)
+    limit = whole.hard_limit if whole is not None else None
+    currency = whole.currency if whole is not None else next(budget.currency for budget in known if budget.payer_bu == payer)
+    figures = {
+        "payer_bu": payer, "period": month, "state": "exhausted" if limit is not None and spent >= limit else "allowed",
+        "budget_id": whole.id if whole is not None else None, "limit": limit, "spent": spent,
+        "remaining": None if limit is None else _remaining(limit, spent), "currency": currency,
+        "consumers": tuple(consumers),
+    }
+    if previous is not None and all(getattr(previous, name) == value for name, value in figures.items()):
+        return None
+    sequence = (previous.sequence if previous is not None else 0) + 1
+    return QuotaStateChanged(id=quota_state_id(payer, sequence), event_time=at, cause_id=cause, sequence=sequence,
+                             as_of=at, **figures)  # type: ignore[arg-type]
+
+
+def quota_records(view: BudgetView, payers: Iterable[str], previous: dict[str, QuotaStateChanged], *, at: datetime,
+                  causes: dict[str, str]) -> list[QuotaStateChanged]:
+    """Each payer's quota state whose figures changed, for its current month."""
+    records = []
+    for payer in sorted(set(payers)):
+        month = view.current[payer]
+        record = quota_record(payer, month, view.budgets, view.spend.get((payer, month), {}), previous.get(payer),
+                              at=at, cause=causes.get(payer, f"period:{month}"))
+        if record is not None:
+            records.append(record)
+    return records
+
+
+class Charge(Protocol):
+    """What the overage mark reads of a Priced."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def payer_bu(self) -> str: ...
+    @property
+    def consumer_bu(self) -> str: ...
+    @property
+    def event_time(self) -> datetime: ...
+    @property
+    def total_amount(self) -> Decimal: ...
+
+
+def hard_limited(known: Iterable[BudgetSet]) -> set[str]:
+    """Payers with a hard limit in some budget: only their usage can be over quota."""
+    return {budget.payer_bu for budget in known if budget.hard_limit is not None}
+
+
+def overage_marks(events: Sequence[Charge], known: Iterable[BudgetSet], spend: dict[tuple[str, str], dict[str, Decimal]],
+                  zone: str) -> list[bool]:
+    """For each Priced about to be posted, in posting order: whether it is a
+    charge that arrives while its payer's quota for its month is exhausted,
+    that is, while spend before it (`spend`: (payer, month) -> consumer ->
+    posted before this batch, then each entry as it is posted) reached the hard
+    limit of a budget in force for the whole payer or for its consumer. The
+    charge that reaches the limit was allowed when it came; those after it are
+    overage. Reversals, corrections and period-tier adjustments re-price or
+    add fees to usage counted already: never marked, but they move the spend."""
+    known = tuple(known)
+    limited = hard_limited(known)
+    running: dict[tuple[str, str], dict[str, Decimal]] = {}
+    limits: dict[tuple[str, str, str], Decimal | None] = {}
+    marks = []
+    for event in events:
+        if event.payer_bu not in limited:
+            marks.append(False)
+            continue
+        month = month_of(event.event_time, zone)
+        by_consumer = running.get((event.payer_bu, month))
+        if by_consumer is None:
+            by_consumer = running[(event.payer_bu, month)] = dict(spend.get((event.payer_bu, month), {}))
+        over = False
+        if event.kind == "charge":
+            for scope in (WHOLE_PAYER, event.consumer_bu):
+                key = (event.payer_bu, scope, month)
+                if key not in limits:
+                    budget = in_force(known, event.payer_bu, scope, month)
+                    limits[key] = budget.hard_limit if budget is not None else None
+                limit = limits[key]
+                if limit is not None and scope_spend(by_consumer, scope) >= limit:
+                    over = True
+                    break
+        marks.append(over)
+        by_consumer[event.consumer_bu] = by_consumer.get(event.consumer_bu, Decimal(0)) + event.total_amount
+    return marks

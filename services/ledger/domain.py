@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -98,9 +98,9 @@ def hashed_content(posted: LedgerPosted) -> dict[str, object]:
     return posted.model_dump(mode="json", exclude_none=True, exclude={"entry_hash"})
 
 
-def post(priced: Priced, head: ChainHead, posted_at: datetime) -> LedgerPosted:
+def post(priced: Priced, head: ChainHead, posted_at: datetime, *, overage: bool = False) -> LedgerPosted:
     """The next entry of the chain whose head is `head`, for one Priced."""
-    return _post_one(priced, priced_content(priced), head, *_posting_time(posted_at))[0]
+    return _post_one(priced, priced_content(priced), head, *_posting_time(posted_at), overage)[0]
 
 
 _FROM_PRICED: Final = ("event_time", "kind", "corrects_id", "payer_bu", "consumer_bu", "provider_bu", "app", "model",
@@ -138,12 +138,14 @@ def _postings_content(legs: tuple[Posting, ...]) -> list[dict[str, str]]:
 
 
 def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead, posted_at: datetime,
-              posted_at_json: str) -> tuple[LedgerPosted, bytes]:
+              posted_at_json: str, overage: bool = False) -> tuple[LedgerPosted, bytes]:
     """An entry and its canonical bytes. The content is built from the Priced's
     JSON form (dumped once for the archive) instead of validating the entry and
     dumping it again: the entry's fields are the Priced's, already validated,
     plus the postings and the chain. A unit test holds the bytes equal to
-    `canonical_json(entry)` and the entry equal to its validated parse."""
+    `canonical_json(entry)` and the entry equal to its validated parse.
+    `overage`: the payer's quota was exhausted (`budgets.overage_marks`); the
+    mark is written only when true, so an entry without it hashes as before."""
     legs = postings_for(priced)
     priced_id = content_of_priced["id"]
     event_id = posted_id(priced_id)
@@ -154,6 +156,8 @@ def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead
         postings=_postings_content(legs), chain=head.chain, sequence=head.sequence + 1,
         previous_hash=head.head_hash, posted_at=posted_at_json,
     )
+    if overage:
+        content["overage"] = True
     entry_hash = hash_entry(content, head.head_hash)
     content["entry_hash"] = entry_hash
     entry = unchecked(LedgerPosted, {
@@ -164,7 +168,7 @@ def _post_one(priced: Priced, content_of_priced: dict[str, Any], head: ChainHead
         "currency": priced.currency, "lines": priced.lines, "amount": priced.total_amount,
         "tokens": priced.total_tokens, "postings": legs, "chain": head.chain, "sequence": head.sequence + 1,
         "entry_hash": entry_hash, "previous_hash": head.head_hash, "posted_at": posted_at,
-        "invoice_id": priced.invoice_id,
+        "invoice_id": priced.invoice_id, "overage": True if overage else None,
     })
     return entry, canonical_json(content)
 
@@ -177,16 +181,19 @@ class PostedBatch(NamedTuple):
 
 
 def post_batch(priced: list[Priced], heads: dict[str, ChainHead], posted_at: datetime,
-               contents: list[dict[str, Any]] | None = None) -> PostedBatch:
+               contents: list[dict[str, Any]] | None = None, overage: list[bool] | None = None) -> PostedBatch:
     """Post in arrival order, advancing each payer's chain. `contents` are the
-    events' `priced_content`, when the caller has them already."""
+    events' `priced_content`, when the caller has them already; `overage` the
+    events' marks (none: no mark)."""
     posted_at, posted_at_json = _posting_time(posted_at)
     if contents is None:
         contents = [priced_content(event) for event in priced]
+    if overage is None:
+        overage = [False] * len(priced)
     result = PostedBatch([], [], dict(heads))
-    for event, content in zip(priced, contents, strict=True):
+    for event, content, over in zip(priced, contents, overage, strict=True):
         head = result.heads.get(event.payer_bu) or ChainHead(event.payer_bu, 0, GENESIS_HASH)
-        entry, payload = _post_one(event, content, head, posted_at, posted_at_json)
+        entry, payload = _post_one(event, content, head, posted_at, posted_at_json, over)
         result.heads[event.payer_bu] = ChainHead(event.payer_bu, entry.sequence, entry.entry_hash)
         result.posted.append(entry)
         result.payloads.append(payload)
@@ -259,12 +266,14 @@ class PostedEntry:
     transfer: Transfer
 
 
-def rebuild_entry(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime) -> tuple[LedgerPosted, bytes]:
+def rebuild_entry(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime,
+                  overage: bool = False) -> tuple[LedgerPosted, bytes]:
     """The entry a journal row holds, and its canonical bytes, equal to those
     published when it was posted: the same function of the same Priced, chain
-    place and posting time."""
+    place, posting time and overage mark."""
     event = decode(Priced, priced)
-    return _post_one(event, priced_content(event), ChainHead(chain, sequence - 1, previous_hash), *_posting_time(posted_at))
+    return _post_one(event, priced_content(event), ChainHead(chain, sequence - 1, previous_hash), *_posting_time(posted_at),
+                     overage)
 
 
 @dataclass(frozen=True)
@@ -282,10 +291,11 @@ class BatchDecision:
 
 
 def decide_batch(batch: Received, stored: dict[uuid.UUID, bytes], heads: dict[str, ChainHead],
-                 posted_at: datetime) -> BatchDecision:
+                 posted_at: datetime, marks: Callable[[list[Priced]], list[bool]] | None = None) -> BatchDecision:
     """Exactly once by Priced id: the first copy of an id not stored before is
     posted, in arrival order; a later copy with the same bytes is a duplicate,
-    one with other bytes a conflict. `stored`: id -> the Priced bytes posted."""
+    one with other bytes a conflict. `stored`: id -> the Priced bytes posted.
+    `marks`: the overage marks of the Priced to post, in order (none: no mark)."""
     kept = {priced_id: hashlib.sha256(payload).hexdigest() for priced_id, payload in stored.items()}
     fresh: list[int] = []
     conflicts: list[ConflictingDuplicate] = []
@@ -299,8 +309,9 @@ def decide_batch(batch: Received, stored: dict[uuid.UUID, bytes], heads: dict[st
                 id=derive_id("alert", "conflicting_duplicate", str(event.id), batch.hashes[index]), event_time=posted_at,
                 cause_id=str(event.id), priced_id=event.id, payer_bu=event.payer_bu, stored_sha256=known,
                 received_sha256=batch.hashes[index], detected_at=posted_at))
-    result = post_batch([batch.events[index] for index in fresh], heads, posted_at,
-                        [batch.contents[index] for index in fresh])
+    to_post = [batch.events[index] for index in fresh]
+    result = post_batch(to_post, heads, posted_at, [batch.contents[index] for index in fresh],
+                        marks(to_post) if marks is not None and to_post else None)
     entries = [PostedEntry(posted, payload, batch.payloads[index], transfer(posted))
                for posted, payload, index in zip(result.posted, result.payloads, fresh, strict=True)]
     changed = {entry.posted.chain: result.heads[entry.posted.chain] for entry in entries}

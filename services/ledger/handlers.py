@@ -16,8 +16,8 @@ from aiokafka.structs import ConsumerRecord
 
 from tokenhub.contracts.budgets import BudgetAlert, BudgetSet
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import LedgerPosted, decode
-from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED
+from tokenhub.contracts.events import LedgerPosted, Priced, decode
+from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED, QUOTA_STATE
 from tokenhub.services.common.outbox import OutboxRow
 from tokenhub.services.common.runtime import Runtime, maybe_crash
 from tokenhub.services.ledger import budgets, domain
@@ -59,13 +59,20 @@ async def post_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> N
 
 
 async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetime, zone: str,
-                      fault: Fault = _no_fault) -> BatchOutcome:
+                      fault: Fault = _no_fault, overage: set[str] | None = None) -> BatchOutcome:
     """Post a batch of Priced payloads inside the unit's transaction. Exactly
-    once by Priced id: ids already in the journal are duplicates (or conflicts)."""
+    once by Priced id: ids already in the journal are duplicates (or conflicts).
+    `overage`: the ids of the Priced to mark as posted over quota, as a ledger
+    being restored marked them; none: decided from budgets and spend."""
     batch = domain.receive(values)
-    heads = await unit.lock_chain_heads(event.payer_bu for event in batch.events)
+    payers = {event.payer_bu for event in batch.events}
+    heads = await unit.lock_chain_heads(payers)
     stored = await unit.posted_priced(event.id for event in batch.events)
-    decision = domain.decide_batch(batch, stored, heads, now)
+    await unit.lock_payers(payers)
+    known = await unit.budgets_of(payers)
+    marks = ((lambda fresh: [str(event.id) in overage for event in fresh]) if overage is not None
+             else await _overage_marks(unit, batch.events, known, zone))
+    decision = domain.decide_batch(batch, stored, heads, now, marks)
     posted = [entry.posted for entry in decision.entries]
     await unit.write_entries(decision.entries)
     await unit.add_to_balances(domain.balance_deltas(posted))
@@ -77,7 +84,7 @@ async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetim
     await unit.stage([OutboxRow(LEDGER_POSTED.name, entry.posted.payer_bu.encode(), entry.payload)
                       for entry in decision.entries])
     outcome = BatchOutcome(decision.received, posted, [alert.priced_id for alert in decision.conflicts])
-    outcome.alerts = await _budgets_after_posting(unit, posted, now, zone)
+    outcome.alerts = await _budgets_after_posting(unit, posted, known, now, zone)
     fault("ledger.mid_batch")
     await unit.count({"posted": len(outcome.posted), "duplicates": outcome.duplicates,
                       "conflicts": len(outcome.conflicts), "budget_alerts": len(outcome.alerts)})
@@ -86,17 +93,28 @@ async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetim
 
 # --- budgets -----------------------------------------------------------------------
 
-async def _budgets_after_posting(unit: LedgerUnit, posted: list[LedgerPosted], now: datetime,
-                                 zone: str) -> list[BudgetAlert]:
+async def _overage_marks(unit: LedgerUnit, events: Sequence[Priced], known: tuple[BudgetSet, ...],
+                         zone: str) -> Callable[[list[Priced]], list[bool]] | None:
+    """How the batch's new entries are marked over quota: from the month-to-date
+    spend before the batch of the payers with a hard limit. None when no payer
+    of the batch has one (most batches: nothing more is read)."""
+    limited = budgets.hard_limited(known)
+    if not limited:
+        return None
+    months = {(event.payer_bu, budgets.month_of(event.event_time, zone)) for event in events if event.payer_bu in limited}
+    spend = await unit.period_spend(months)
+    return lambda fresh: budgets.overage_marks(fresh, known, spend, zone)
+
+
+async def _budgets_after_posting(unit: LedgerUnit, posted: list[LedgerPosted], known: tuple[BudgetSet, ...],
+                                 now: datetime, zone: str) -> list[BudgetAlert]:
     """Month-to-date spend, then the budget alerts it causes: thresholds crossed,
-    quotas exhausted, and quotas of earlier months restored as a later one begins."""
+    quotas exhausted, and quotas of earlier months restored as a later one begins.
+    `known`: the payers' budgets, read under their locks."""
     if not posted:
         return []
     spend, causes = domain.month_spend(posted, zone)
     await unit.add_period_spend(spend)
-    payers = sorted({payer for payer, _, _ in spend})
-    await unit.lock_payers(payers)
-    known = await unit.budgets_of(payers)
     if not known:
         return []
     with_budgets = {budget.payer_bu for budget in known}
@@ -157,10 +175,19 @@ async def close_past_months(runtime: Runtime) -> int:
 async def _decide(unit: LedgerUnit, known: tuple[BudgetSet, ...], payers: list[str], pairs: set[tuple[str, str]],
                   now: datetime, zone: str, causes: dict[str, str], *, raised: bool = False) -> list[BudgetAlert]:
     """Load what the budget decision reads, decide, store the changed quota
-    states and the alerts not raised before, and stage those. Callers hold the payer locks."""
+    states and the alerts not raised before, and stage those; then each payer's
+    quota state for gateways (`quota.state`), where a figure changed. Callers
+    hold the payer locks."""
     view = await unit.budget_view(known, payers, pairs, budgets.month_of(now, zone), zone)
     decision = budgets.decide(view, pairs, at=now, causes=causes, raised=raised)
     await unit.save_quota_states(decision.states)
+    records = budgets.quota_records(view, payers, await unit.quota_published(payers), at=now, causes=causes)
+    if records:
+        published = [(record, canonical_json(record)) for record in records]
+        await unit.save_quota_published(published)
+        await unit.stage([OutboxRow(QUOTA_STATE.name, record.payer_bu.encode(), payload) for record, payload in published])
+        log.info("quota_state_changed", payers=[record.payer_bu for record in records],
+                 exhausted=[record.payer_bu for record in records if record.state == "exhausted"])
     alerts = [(alert, canonical_json(alert)) for alert in decision.alerts]
     fresh_ids = await unit.raise_budget_alerts(alerts)
     fresh = [(alert, payload) for alert, payload in alerts if alert.id in fresh_ids]

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tokenhub.client import usage_event
+from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import (
     BuAdjustment,
@@ -24,6 +25,7 @@ from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.periods import parse
 from tokenhub.contracts.registry import BusinessUnit, ModelEntry, registry_change
 from tokenhub.services.invoicing.domain import build_invoice, build_settlement, totals_of
+from tokenhub.services.ledger.budgets import quota_record
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tokenhub.services.metering.domain import Catalogue, Limits, RawUsage, meter
 from tokenhub.services.pricing.domain import price
@@ -87,6 +89,15 @@ INVOICE = build_invoice("taobao-tmall", parse("2026-03", "Asia/Shanghai"), total
                         currency="CNY", minor_units=2, rounding_mode="half_even", status="issued",
                         issued_at=datetime(2026, 4, 2, 1, 0, tzinfo=UTC))
 
+POSTED_OVER_QUOTA = post(PRICED, ChainHead("taobao-tmall", 0, GENESIS_HASH), datetime(2026, 3, 14, 2, 30, 16, tzinfo=UTC),
+                         overage=True)
+BUDGET = BudgetSet(id=budget_set_id("taobao-tmall", None, "2026-03", "2026-03-01T00:00:00Z"), event_time=PUBLISHED,
+                   cause_id="finance-ops", payer_bu="taobao-tmall", period_from="2026-03", amount=Decimal("1.5"),
+                   hard_limit=Decimal("2"), currency="CNY", actor="finance-ops", reason="March AI budget",
+                   set_at=PUBLISHED)
+QUOTA_STATE = quota_record("taobao-tmall", "2026-03", [BUDGET], {"taobao-tmall": Decimal("2.25"), "taobao-search": Decimal("0.5")},
+                           None, at=datetime(2026, 3, 14, 2, 30, 16, tzinfo=UTC), cause=str(PRICED.id))
+
 SETTLEMENT = build_settlement(parse("2026-03", "Asia/Shanghai"), [POSTED], currency="CNY", minor_units=2,
                               invoices=[INVOICE.invoice_id])
 
@@ -98,6 +109,8 @@ EXAMPLES: dict[str, BaseModel] = {
     "usage_rejected": REJECTED,
     "priced": PRICED,
     "ledger_posted": POSTED,
+    "ledger_posted_over_quota": POSTED_OVER_QUOTA,
+    "quota_state": QUOTA_STATE,
     "invoice_issued": INVOICE,
     "settlement_netted": SETTLEMENT,
 }

@@ -20,7 +20,7 @@ from tokenhub.audit import balances, log, reprice, restore, verify
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.money import line_amount, split_largest_remainder
-from tokenhub.services.ledger.domain import ChainHead, decide_batch, hash_entry, hashed_content, receive
+from tokenhub.services.ledger.domain import ChainHead, decide_batch, hash_entry, hashed_content, rebuild_entry, receive
 
 
 def _json(model) -> dict:  # noqa: ANN001
@@ -190,6 +190,24 @@ def test_the_auditor_rebuilds_each_entry_from_its_priced_as_the_ledger_published
     money, tokens = verify.expected_transfers(facts)
     assert (money[0], money[1], Decimal(money[2])) == entry.transfer[:3]
     assert (tokens[0], tokens[1], int(Decimal(tokens[2]))) == entry.transfer[3:]
+
+
+def test_the_auditor_rebuilds_an_entry_marked_over_quota_as_the_ledger_published_it() -> None:
+    """The overage mark is part of the hashed entry: the auditor writes it from
+    the row's mark; without it the hash differs (a mark removed is detected)."""
+    value = GOLDEN_PRICED[0].read_bytes()
+    priced = decode(Priced, value)
+    head = ChainHead(priced.payer_bu, 6, "9a" * 32)
+    posted_at = datetime(2026, 3, 14, 3, 0, 0, 250000, tzinfo=UTC)
+    (entry,) = decide_batch(receive([value]), {}, {priced.payer_bu: head}, posted_at, lambda events: [True] * len(events)).entries
+    assert entry.posted.overage is True and orjson.loads(entry.payload)["overage"] is True
+    facts = balances.PRICED_DECODER.decode(entry.priced)
+    marked = verify.entry_bytes(facts, priced.payer_bu, 7, head.head_hash, verify.posted_at_text(posted_at), overage=True)
+    assert verify.entry_hash_of(marked, head.head_hash) == entry.posted.entry_hash
+    unmarked = verify.entry_bytes(facts, priced.payer_bu, 7, head.head_hash, verify.posted_at_text(posted_at))
+    assert verify.entry_hash_of(unmarked, head.head_hash) != entry.posted.entry_hash
+    rebuilt, payload = rebuild_entry(entry.priced, priced.payer_bu, 7, head.head_hash, posted_at, True)
+    assert (rebuilt.entry_hash, payload) == (entry.posted.entry_hash, entry.payload)
 
 
 @given(st.integers(0, 10**12), st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False, allow_infinity=False))

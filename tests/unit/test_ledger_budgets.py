@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import pytest
 from pydantic import ValidationError
@@ -22,6 +23,8 @@ from tokenhub.services.ledger.budgets import (
     in_force,
     month_of,
     next_month,
+    overage_marks,
+    quota_record,
     scope_spend,
     threshold_alert_id,
 )
@@ -171,3 +174,75 @@ def test_new_budgets_redecide_their_months_with_spend_and_the_current_one() -> N
     assert months_to_redecide([march], months, "2026-05") == {
         ("taobao-tmall", "2026-03"), ("taobao-tmall", "2026-04"), ("taobao-tmall", "2026-05")}
     assert months_to_redecide([budget(period_from="2026-07")], months, "2026-05") == {("taobao-tmall", "2026-07")}
+
+
+# --- usage over quota, and the quota state gateways read ----------------------------------
+
+class _Charge(NamedTuple):
+    payer_bu: str
+    consumer_bu: str
+    total_amount: Decimal
+    kind: str = "charge"
+    event_time: datetime = AT
+
+
+def _charges(*amounts: str, consumer: str = "taobao-tmall", kind: str = "charge") -> list[_Charge]:
+    return [_Charge("taobao-tmall", consumer, Decimal(amount), kind) for amount in amounts]
+
+
+@pytest.mark.parametrize(("before", "amounts", "marks"), [
+    ("0", ["60", "60", "0.01"], [False, False, True]),      # the one that reaches 120 was allowed; the next is over
+    ("0", ["119.99", "0.01", "5"], [False, False, True]),   # 120 reached exactly: exhausted
+    ("0", ["119.99", "0.009", "5"], [False, False, False]),  # 119.999 is not 120
+    ("120", ["1"], [True]),                                  # exhausted before the batch
+    ("500", ["0"], [True]),                                  # a zero charge over quota is still usage over quota
+])
+def test_overage_marks_charges_that_arrive_after_the_hard_limit_is_reached(before: str, amounts: list[str],
+                                                                          marks: list[bool]) -> None:
+    spend = {("taobao-tmall", "2026-03"): {"taobao-tmall": Decimal(before)}}
+    assert overage_marks(_charges(*amounts), [budget()], spend, "Asia/Shanghai") == marks
+
+
+def test_overage_never_marks_reversals_and_they_move_the_spend_back() -> None:
+    events = _charges("130") + _charges("-130", kind="reversal") + _charges("10") + _charges("1", kind="correction")
+    assert overage_marks(events, [budget()], {}, "Asia/Shanghai") == [False, False, False, False]
+
+
+def test_overage_without_a_hard_limit_or_budget_marks_nothing() -> None:
+    spend = {("taobao-tmall", "2026-03"): {"taobao-tmall": Decimal(1000)}}
+    assert overage_marks(_charges("1"), [budget(hard_limit=None)], spend, "Asia/Shanghai") == [False]
+    assert overage_marks(_charges("1"), [], spend, "Asia/Shanghai") == [False]
+
+
+def test_overage_of_a_consumer_scope_marks_only_that_consumer() -> None:
+    known = [budget(hard_limit=None), budget(amount="10", hard_limit="10", consumer="maps")]
+    spend = {("taobao-tmall", "2026-03"): {"maps": Decimal(10), "taobao-tmall": Decimal(5)}}
+    events = _charges("1", consumer="maps") + _charges("1")
+    assert overage_marks(events, known, spend, "Asia/Shanghai") == [True, False]
+
+
+def test_overage_goes_by_the_month_of_the_event_time() -> None:
+    spend = {("taobao-tmall", "2026-03"): {"taobao-tmall": Decimal(200)}}
+    april = _Charge("taobao-tmall", "taobao-tmall", Decimal(1), event_time=datetime(2026, 3, 31, 16, 0, tzinfo=UTC))
+    assert overage_marks([*_charges("1"), april], [budget()], spend, "Asia/Shanghai") == [True, False]
+
+
+def test_quota_record_exhausted_with_exact_figures_then_none_while_nothing_changes() -> None:
+    known = [budget(hard_limit="120"), budget(amount="10", hard_limit="10", consumer="maps")]
+    spend = {"taobao-tmall": Decimal("100.5"), "maps": Decimal("20")}
+    record = quota_record("taobao-tmall", "2026-03", known, spend, None, at=AT, cause="c")
+    assert record is not None
+    assert (record.state, record.limit, record.spent, record.remaining, record.sequence, record.budget_id) == (
+        "exhausted", Decimal(120), Decimal("120.5"), Decimal(0), 1, known[0].id)
+    assert [(quota.consumer_bu, quota.state, quota.spent, quota.remaining) for quota in record.consumers] == [
+        ("maps", "exhausted", Decimal(20), Decimal(0))]
+    assert record.exhausted_for == {"maps"}
+    assert quota_record("taobao-tmall", "2026-03", known, spend, record, at=AT, cause="c") is None
+    restored = quota_record("taobao-tmall", "2026-03", [*known, budget(hard_limit="200", set_at=datetime(2026, 3, 15, tzinfo=UTC))],
+                            spend, record, at=AT, cause="c")
+    assert restored is not None
+    assert (restored.state, restored.remaining, restored.sequence) == ("allowed", Decimal("79.5"), 2)
+
+
+def test_quota_record_for_a_payer_without_a_budget_in_force_is_none() -> None:
+    assert quota_record("taobao-tmall", "2026-02", [budget()], {}, None, at=AT, cause="c") is None

@@ -237,7 +237,8 @@ select payload from invoicing.settlements where period = $1 order by revision de
 # sum(bigint) is numeric in Postgres: cast back, so --json prints Tokens as integers.
 SELECT_SPEND: Final = """
 select consumer_bu, coalesce(app, '-') as app, model, token_class,
-       sum(tokens)::bigint as tokens, sum(amount) as amount
+       sum(tokens)::bigint as tokens, sum(amount) as amount,
+       coalesce(sum(amount) filter (where kind = 'overage'), 0) as overage
 from invoicing.line_totals
 where payer_bu = $1 and period_end > $2 and period_end <= $3
 group by 1, 2, 3, 4 order by 1, 2, 3, 4

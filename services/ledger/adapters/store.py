@@ -10,7 +10,7 @@ from typing import Final
 
 import asyncpg
 
-from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetAlert, BudgetSet, ConflictingDuplicate
+from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetAlert, BudgetSet, ConflictingDuplicate, QuotaStateChanged
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import decode
 from tokenhub.contracts.periods import parse
@@ -35,7 +35,7 @@ on conflict (chain) do update set sequence = excluded.sequence, head_hash = excl
 # locks first), and COPY costs PostgreSQL about a third less than
 # `insert ... select * from unnest(...)` for a batch of a thousand rows.
 JOURNAL_COLUMNS: Final = ("priced_id", "sequence", "event_time", "posted_at", "tokens", "chain", "money_debit",
-                          "money_credit", "amount", "tokens_debit", "tokens_credit", "entry_hash", "priced")
+                          "money_credit", "amount", "tokens_debit", "tokens_credit", "entry_hash", "priced", "overage")
 UPSERT_BALANCES: Final = """
 insert into ledger.balances (ledger, account, debit_total, credit_total)
 select * from unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[])
@@ -108,6 +108,13 @@ select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
 on conflict do nothing
 returning alert_id
 """
+SELECT_QUOTA_PUBLISHED: Final = "select payer_bu, payload from ledger.quota_published where payer_bu = any($1::text[])"
+UPSERT_QUOTA_PUBLISHED: Final = """
+insert into ledger.quota_published (payer_bu, sequence, period, state, published_at, payload)
+select * from unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])
+on conflict (payer_bu) do update set sequence = excluded.sequence, period = excluded.period, state = excluded.state,
+    published_at = excluded.published_at, payload = excluded.payload
+"""
 SELECT_BUDGET_IDS: Final = "select budget_id from ledger.budgets where budget_id = any($1::uuid[])"
 SELECT_PAYERS_MONTHS_FROM: Final = """
 select payer_bu, period from ledger.period_spend where payer_bu = any($1::text[]) and period >= $2
@@ -156,7 +163,7 @@ class LedgerUnit:
         await self._connection.copy_records_to_table("journal", schema_name=SCHEMA, columns=JOURNAL_COLUMNS, records=[
             (posted.priced_id, posted.sequence, posted.event_time, posted.posted_at, entry.transfer.tokens, posted.chain,
              entry.transfer.money_debit, entry.transfer.money_credit, entry.transfer.amount, entry.transfer.tokens_debit,
-             entry.transfer.tokens_credit, bytes.fromhex(posted.entry_hash), entry.priced)
+             entry.transfer.tokens_credit, bytes.fromhex(posted.entry_hash), entry.priced, posted.overage is True)
             for entry in entries for posted in (entry.posted,)
         ])
 
@@ -202,6 +209,32 @@ class LedgerUnit:
     async def budgets_of(self, payers: Iterable[str]) -> tuple[BudgetSet, ...]:
         rows = await self._connection.fetch(SELECT_BUDGETS_OF, sorted(set(payers)))
         return tuple(decode(BudgetSet, row["payload"]) for row in rows)
+
+    async def period_spend(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Decimal]]:
+        """(payer, month) -> consumer -> month-to-date spend, for these pairs."""
+        pairs = set(pairs)
+        if not pairs:
+            return {}
+        spend: dict[tuple[str, str], dict[str, Decimal]] = {}
+        rows = await self._connection.fetch(SELECT_PERIOD_SPEND, sorted({payer for payer, _ in pairs}),
+                                            sorted({month for _, month in pairs}))
+        for row in rows:
+            if (row["payer_bu"], row["period"]) in pairs:
+                spend.setdefault((row["payer_bu"], row["period"]), {})[row["consumer_bu"]] = row["amount"]
+        return spend
+
+    async def quota_published(self, payers: Iterable[str]) -> dict[str, QuotaStateChanged]:
+        """The last quota.state record published of each of these payers."""
+        rows = await self._connection.fetch(SELECT_QUOTA_PUBLISHED, sorted(set(payers)))
+        return {row["payer_bu"]: decode(QuotaStateChanged, row["payload"]) for row in rows}
+
+    async def save_quota_published(self, records: Sequence[tuple[QuotaStateChanged, bytes]]) -> None:
+        if records:
+            await self._connection.execute(
+                UPSERT_QUOTA_PUBLISHED, [record.payer_bu for record, _ in records],
+                [record.sequence for record, _ in records], [record.period for record, _ in records],
+                [record.state for record, _ in records], [record.as_of for record, _ in records],
+                [payload for _, payload in records])
 
     async def known_budget_ids(self, budget_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         return {row["budget_id"] for row in await self._connection.fetch(SELECT_BUDGET_IDS, list(set(budget_ids)))}
