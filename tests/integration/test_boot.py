@@ -19,15 +19,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tokenhub.contracts.budgets import BudgetSet
+from tokenhub.contracts.budgets import BudgetSet, QuotaStateChanged
 from tokenhub.contracts.events import PriceBookPublished, decode
 from tokenhub.contracts.registry import RegistryChanged
-from tokenhub.contracts.topics import ALL_TOPICS, BUDGETS_CONFIGURED, PRICEBOOK_PUBLISHED, REGISTRY_CHANGED
+from tokenhub.contracts.topics import ALL_TOPICS, BUDGETS_CONFIGURED, PRICEBOOK_PUBLISHED, QUOTA_STATE, REGISTRY_CHANGED
 from tokenhub.infra.boot import prepare
 from tokenhub.infra.embedded import EmbeddedStack
 from tokenhub.infra.pipeline import service_env, wait_until, with_http_port
 from tokenhub.infra.processes import ServiceProcesses
+from tokenhub.infra.topics import admin_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -74,6 +76,21 @@ async def _read_all(bootstrap_servers: str, topic: str) -> list[bytes]:
     return values
 
 
+async def _topic_config(bootstrap_servers: str, topic: str, name: str) -> str | None:
+    """A topic's setting as the broker describes it."""
+    admin = admin_client(bootstrap_servers)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    for resource in response.resources:
+        for entry in resource[4]:
+            if entry[0] == name:
+                return entry[1]
+    return None
+
+
 async def test_configuration_is_republished_as_the_full_events_people_published(stack: EmbeddedStack,
                                                                                  tmp_path: Path) -> None:
     services = ServiceProcesses(with_http_port(service_env(stack.endpoints)), tmp_path / "logs",
@@ -87,6 +104,13 @@ async def test_configuration_is_republished_as_the_full_events_people_published(
         published = {topic: await _read_all(stack.endpoints.bootstrap_servers, topic)
                      for topic in (REGISTRY_CHANGED.name, PRICEBOOK_PUBLISHED.name, BUDGETS_CONFIGURED.name)}
         assert [len(published[topic]) for topic in published] == [21, 1, 1]
+        # The budget gives the payer a quota state (allowed: no hard limit), which the ledger publishes.
+        quota_states: list[bytes] = []
+
+        async def quota_published() -> bool:
+            quota_states[:] = await _read_all(stack.endpoints.bootstrap_servers, QUOTA_STATE.name)
+            return len(quota_states) == 1
+        await wait_until(quota_published, WAIT_S, "the ledger to publish the payer's quota state")
         connection = await asyncpg.connect(stack.endpoints.database_url)
         try:
             async def stored() -> bool:
@@ -105,6 +129,12 @@ async def test_configuration_is_republished_as_the_full_events_people_published(
     assert report.republished[REGISTRY_CHANGED.name] == 21
     assert report.republished[PRICEBOOK_PUBLISHED.name] == 1
     assert report.republished[BUDGETS_CONFIGURED.name] == 1
+    assert report.republished[QUOTA_STATE.name] == 1
+    assert await _read_all(stack.endpoints.bootstrap_servers, QUOTA_STATE.name) == quota_states, "the latest per payer, as published"
+    state = decode(QuotaStateChanged, quota_states[0])
+    assert (state.payer_bu, state.state, state.limit, state.remaining, state.sequence) == ("taobao-tmall", "allowed", None, None, 1)
+    assert await _topic_config(stack.endpoints.bootstrap_servers, QUOTA_STATE.name, "cleanup.policy") == "compact"
+    assert await _topic_config(stack.endpoints.bootstrap_servers, BUDGETS_CONFIGURED.name, "cleanup.policy") == "delete"
 
     again = {topic: await _read_all(stack.endpoints.bootstrap_servers, topic) for topic in published}
     # Byte for byte what people published, so every consumer decodes and dedups them as the originals.
