@@ -55,7 +55,8 @@ async def post_records(runtime: Runtime, records: Sequence[ConsumerRecord]) -> N
     if outcome.conflicts:
         log.error("conflicting_duplicates", priced_ids=[str(priced_id) for priced_id in outcome.conflicts])
     log.info("priced_posted", received=outcome.received, posted=len(outcome.posted), duplicates=outcome.duplicates,
-             conflicts=len(outcome.conflicts), budget_alerts=len(outcome.alerts))
+             conflicts=len(outcome.conflicts), budget_alerts=len(outcome.alerts),
+             over_quota=sum(1 for entry in outcome.posted if entry.overage))
 
 
 async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetime, zone: str,
