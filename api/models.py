@@ -353,6 +353,7 @@ class StatementEntry(Body):
     amount: AmountText = Field(pattern=PLAIN)
     tokens: int
     effect: Figures = Field(description="what this entry adds to each of the BU's figures")
+    overage: bool = Field(description="posted while the payer's quota was exhausted: billed all the same, and marked")
 
 
 class Statement(Body):

@@ -91,7 +91,7 @@ async def balances(pool: asyncpg.Pool, *, as_of: datetime | None, by: str, bu: s
 
 SELECT_STATEMENT_PAGE: Final = """
 select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
-       tokens, priced
+       tokens, priced, overage
 from ledger.journal
 where (money_debit = any($1::text[]) or money_credit = any($1::text[])
        or tokens_debit = any($1::text[]) or tokens_credit = any($1::text[]))
@@ -131,7 +131,7 @@ def _entry(bu: str, row: asyncpg.Record) -> dict[str, Any]:
         "event_time": row["event_time"].isoformat(), "posted_at": row["posted_at"].isoformat(),
         "payer_bu": priced["payer_bu"], "consumer_bu": priced["consumer_bu"], "provider_bu": priced["provider_bu"],
         "app": priced.get("app"), "model": priced["model"], "amount": text(amount), "tokens": tokens,
-        "effect": _figures_text(effect)}
+        "effect": _figures_text(effect), "overage": row["overage"]}
 
 
 def _figures_text(values: dict[str, Decimal]) -> dict[str, str]:

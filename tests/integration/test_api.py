@@ -174,7 +174,7 @@ async def test_balances_statements_spend_and_invoices_equal_the_cli_to_the_last_
         spend = await finance.spend(scene.shop, scene.month.name)
         cli_spend = api.cli("spend", "--bu", scene.shop, "--period", scene.month.name, "--json")
         assert same(spend["spend"]) == same(cli_spend["spend"])
-        assert same([{name: line[name] for name in ("consumer_bu", "app", "model", "token_class", "tokens", "amount")}
+        assert same([{name: line[name] for name in ("consumer_bu", "app", "model", "token_class", "tokens", "amount", "overage")}
                      for line in spend["lines"]]) == same(cli_spend["lines"])
         assert {line["modality"] for line in spend["lines"]} == {"text"}
         assert Decimal(spend["forecast_month_end"]) >= Decimal(spend["spend"]) > 0
