@@ -20,10 +20,11 @@ import asyncpg
 import orjson
 import yaml
 
-from tokenhub.cli.errors import CliError, UsageError
+from tokenhub.cli.errors import CliError, UsageError, not_one_of
 from tokenhub.contracts.periods import Period, PeriodError, containing, parse, parse_time
 from tokenhub.infra.settings import Settings, clock
 from tokenhub.services.common.db import create_pool
+from tokenhub.services.metering import queries as metering_queries
 
 TIME_HELP = "ISO time with zone, for example 2026-03-14T12:00:00+08:00"
 PERIOD_HELP = "ISO period name: a month 2026-03, a week 2026-W11 or a day 2026-03-14"
@@ -124,6 +125,15 @@ def read_document(path: str) -> Any:
         return yaml.safe_load(text) if is_yaml else orjson.loads(text)
     except (yaml.YAMLError, orjson.JSONDecodeError) as error:
         raise CliError(f"{path} is not valid {'YAML' if is_yaml else 'JSON'}: {error}") from None
+
+
+async def known_bu(pool: asyncpg.Pool, bu: str | None, option: str = "--bu") -> dict[str, str]:
+    """Registered business units' display names by slug; a query about one that
+    is not registered says so instead of printing zeros."""
+    names = await metering_queries.display_names(pool)
+    if bu is not None and bu not in names:
+        raise not_one_of(option, bu, sorted(names))
+    return names
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError, not_one_of
+from tokenhub.cli.errors import CliError
 from tokenhub.cli.render import money, table
 from tokenhub.contracts.periods import PeriodError, parse
 from tokenhub.contracts.settlement import SettlementNetted
@@ -18,6 +18,7 @@ from tokenhub.services.invoicing.domain import PeriodNotEnded, PlanError, what_f
 from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, assign_plan, close_period, end_plan, set_cycle
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.metering import registry
 from tokenhub.services.pricing import queries as pricing_queries
 
 
@@ -27,9 +28,7 @@ async def invoice(arguments: argparse.Namespace) -> int:
         return await close(arguments)
     output = args.output_format(arguments)
     async with args.database(settings) as pool:
-        names = await metering_queries.display_names(pool)
-        if arguments.bu and arguments.bu not in names:
-            raise not_one_of("--bu", arguments.bu, sorted(names))
+        names = await args.known_bu(pool, arguments.bu)
         if arguments.period:
             args.period(arguments.period, settings)
         found = await queries.invoices(pool, settings, bu=arguments.bu, period=arguments.period)
@@ -111,6 +110,7 @@ async def spend(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     month = args.month(arguments.period, settings, "spend is month to date")
     async with args.database(settings, size_max=1) as pool:
+        await args.known_bu(pool, arguments.bu)
         found = await queries.spend(pool, settings, arguments.bu, month)
     if args.output_format(arguments) == "json":
         print(render.json({
@@ -136,6 +136,9 @@ async def spend(arguments: argparse.Namespace) -> int:
 async def cycle(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     async with args.database(settings, size_max=1) as pool:
+        refusal = registry.known_business_unit(arguments.bu, await metering_queries.registry(pool), "--bu")
+        if refusal is not None:
+            raise CliError(refusal.text() + "; the billing cycle is not changed")
         await set_cycle(pool, arguments.bu, arguments.every, args.actor(arguments), arguments.reason, clock(settings))
     print(f"{arguments.bu} is billed every {arguments.every} from now on (periods nest in months)")
     return 0
@@ -147,6 +150,7 @@ async def plan(arguments: argparse.Namespace) -> int:
     now = clock(settings)
     async with args.database(settings, size_max=1) as pool:
         if arguments.action == "list":
+            await args.known_bu(pool, arguments.bu)
             rows = await queries.plans(pool, bu=arguments.bu)
             if args.output_format(arguments) == "json":
                 print(render.json(rows))
@@ -158,9 +162,9 @@ async def plan(arguments: argparse.Namespace) -> int:
             return 0
         actor = args.actor(arguments)
         models = {row["model_id"]: row for row in await metering_queries.models(pool)}
-        units = {row["bu_id"] for row in await metering_queries.business_units(pool)}
-        if arguments.bu not in units:
-            raise CliError(f"no business unit {arguments.bu} in the registry")
+        refusal = registry.known_business_unit(arguments.bu, await metering_queries.registry(pool), "--bu")
+        if refusal is not None:
+            raise CliError(refusal.text() + "; no plan is changed")
         if arguments.model not in models:
             raise CliError(f"no model {arguments.model} in the registry")
         try:

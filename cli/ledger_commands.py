@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError, not_one_of
+from tokenhub.cli.errors import CliError
 from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.money import to_decimal
@@ -18,6 +18,7 @@ from tokenhub.services.common.kafka import send_events
 from tokenhub.services.ledger import queries as ledger_queries
 from tokenhub.services.ledger.queries import BudgetStatus
 from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.metering import registry
 
 
 async def balance(arguments: argparse.Namespace) -> int:
@@ -25,11 +26,10 @@ async def balance(arguments: argparse.Namespace) -> int:
     output = args.output_format(arguments)
     as_of = args.moment(arguments.as_of, "--as-of")
     async with args.database(settings) as pool:
-        names = await metering_queries.display_names(pool)
-        if arguments.bu and arguments.bu not in names:
-            raise not_one_of("--bu", arguments.bu, sorted(names))
+        names = await args.known_bu(pool, arguments.bu)
         rows = await ledger_queries.balances(pool, names=names, bu=arguments.bu, as_of=as_of, by=arguments.by)
-    print(render.json(render.balances_document(rows)) if output == "json" else render.balances_table(rows, settings.currency))
+    print(render.json(render.balances_document(rows)) if output == "json"
+          else render.balances_table(rows, settings.currency, one_bu=arguments.bu))
     return 0
 
 
@@ -57,6 +57,10 @@ async def budget_set(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     bootstrap_servers, _ = settings.require_stack()
     budget = build_budget(arguments, settings)
+    async with args.database(settings, size_max=1) as pool:
+        refusal = registry.check_budget(budget.payer_bu, budget.consumer_bu, await metering_queries.registry(pool))
+    if refusal is not None:
+        raise CliError(refusal.text({"payer_bu": "--bu", "consumer_bu": "--consumer"}) + "; nothing was published")
     await send_events(bootstrap_servers, BUDGETS_CONFIGURED.name, [(budget.payer_bu.encode(), canonical_json(budget))],
                       settings=settings)
     scope = f" for consumer {budget.consumer_bu}" if budget.consumer_bu else ""
@@ -84,6 +88,7 @@ async def budget_show(arguments: argparse.Namespace) -> int:
     output = args.output_format(arguments)
     month = args.month(arguments.period, settings, "budgets are monthly").name
     async with args.database(settings) as pool:
+        await args.known_bu(pool, arguments.bu)
         rows = [budget_json(status) for status in await ledger_queries.budgets(pool, month=month, bu=arguments.bu)]
     if arguments.bu and not rows:
         raise CliError(f"no budget for {arguments.bu} in {month}; set one with `tokenhub budget set --bu {arguments.bu}`")

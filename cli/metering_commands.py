@@ -18,11 +18,12 @@ import orjson
 
 from tokenhub.bench.load import generate_usage
 from tokenhub.cli import args, render
-from tokenhub.cli.errors import CliError, UsageError, not_one_of
+from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.client import UsageClient
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
 from tokenhub.contracts.registry import (
     BusinessUnit,
+    RegistryChanged,
     ConversionTable,
     FundingAgreement,
     ModelEntry,
@@ -36,23 +37,82 @@ from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.kafka import client_options, send_events, usage_client_options
 from tokenhub.infra.pipeline import Timeout, wait_until
 from tokenhub.services.metering import queries
-from tokenhub.services.metering import domain
+from tokenhub.services.metering import domain, registry
 from tokenhub.services.metering.domain import Reason
 from tokenhub.services.metering.adapters import keys, rejected
 
-REGISTRY_CONFIRM_S: Final = 30.0
-"""Metering applies registry changes within seconds; longer means it is not running."""
+REGISTRY_WAIT_S: Final = 30.0
+"""How long registry commands wait for metering's answer by default: it applies
+or refuses a change within seconds; longer means it is not running."""
+MODEL_OPTIONS: Final = {"provider_bu": "--provider", "token_classes": "--classes"}
+FUNDING_OPTIONS: Final = {"consumer_bu": "--consumer", "payers": "--payer", "agreement_id": "AGREEMENT_ID"}
+"""A refusal names the field as the command's option."""
 EMIT_WAIT_S: Final = 60.0
 """How long emit and resubmit wait for metering's answer by default: metering
 answers a batch within a second or two; a minute covers a service starting."""
 REJECTION_REASONS: Final = tuple(sorted(value for name, value in vars(Reason).items() if name.isupper()))
 
 
-async def _publish_change(settings: Settings, kind: RegistryKind, entity: Any, entity_id: str, arguments: argparse.Namespace) -> None:
+async def _registry_now(settings: Settings) -> registry.Registry:
+    """The registry as metering validates changes against it."""
+    async with args.database(settings, size_max=1) as pool:
+        return await queries.registry(pool)
+
+
+def _refused(refusal: registry.Refusal | None, names: dict[str, str]) -> None:
+    if refusal is not None:
+        raise CliError(refusal.text(names) + "; nothing was published")
+
+
+async def _publish_change(settings: Settings, kind: RegistryKind, entity: Any, entity_id: str,
+                          arguments: argparse.Namespace) -> int:
     change = registry_change(kind, entity, entity_id, args.actor(arguments), arguments.reason, clock(settings))
-    await send_events(settings.require_stack()[0], REGISTRY_CHANGED.name, [(entity_id.encode(), canonical_json(change))],
-                      settings=settings)
-    print(f"published {kind.replace('_', ' ')} {entity_id} (actor {change.actor}: {change.reason})")
+    return await publish_changes(settings, [change], arguments.wait_s,
+                                 f"{kind.replace('_', ' ')} {entity_id} (actor {change.actor}: {change.reason})")
+
+
+async def publish_changes(settings: Settings, changes: list[RegistryChanged], wait_s: float, what: str) -> int:
+    """Publish registry changes, then wait until metering has applied or refused
+    each (like `pricebook publish`): 0 when it applied all of them, 1 with the
+    reasons when it refused any, 1 when it has not answered within `wait_s`."""
+    await send_events(settings.require_stack()[0], REGISTRY_CHANGED.name,
+                      [(change.entity_id.encode(), canonical_json(change)) for change in changes], settings=settings)
+    print(f"published {what}")
+    if wait_s <= 0:
+        print("not waiting for metering's answer (--wait 0): `tokenhub bu list`, `model list`, `funding list` and "
+              "`conversion show` show what it applied")
+        return 0
+    ids = [change.id for change in changes]
+    outcomes: list[queries.Outcome] = [None] * len(changes)
+    async with args.database(settings, size_max=1) as pool:
+        async def answered() -> bool:
+            nonlocal outcomes
+            outcomes = await queries.registry_outcomes(pool, ids)
+            return all(outcome is not None for outcome in outcomes)
+        try:
+            await wait_until(answered, wait_s, "metering's answer to the registry changes")
+        except Timeout:
+            pass  # said below, with what was answered
+    refused = [outcome.reason for outcome in outcomes if isinstance(outcome, queries.Refused)]
+    unanswered = outcomes.count(None)
+    applied = outcomes.count("applied")
+    one = len(changes) == 1
+    if applied:
+        print(("metering applied it" if one else "metering applied "
+               + ("them" if applied == len(changes) else f"{applied} of {len(changes)}"))
+              + ": usage sent from now on is metered against " + ("it" if one else "them"))
+    for reason in refused if not one else []:
+        print(f"refused: {reason}", file=sys.stderr)
+    if refused:
+        unanswered_too = f"; {unanswered} not answered within {wait_s:g} s" if unanswered else ""
+        raise CliError(f"metering refused it: {refused[0]}" if one else
+                       f"metering refused {len(refused)} of {len(changes)} changes (reasons above){unanswered_too}")
+    if unanswered:
+        raise CliError(f"metering has not answered within {wait_s:g} s (is metering running? `tokenhub status`); "
+                       + ("the change waits on registry.changed and metering applies or refuses it when it reads it"
+                          if one else f"{unanswered} changes wait on registry.changed and metering applies or refuses "
+                                      "them when it reads them"))
+    return 0
 
 
 T = TypeVar("T")
@@ -85,26 +145,18 @@ def _cell(value: Any, zone: str) -> str:
     return str(value)
 
 
-async def registry(arguments: argparse.Namespace) -> int:
+async def registry_import(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     changes = registry_changes(args.read_document(arguments.file), args.actor(arguments), arguments.reason, clock(settings))
-    bootstrap_servers, _ = settings.require_stack()
-    await send_events(bootstrap_servers, REGISTRY_CHANGED.name,
-                      [(change.entity_id.encode(), canonical_json(change)) for change in changes], settings=settings)
-    print(f"published {len(changes)} registry changes")
-    # Wait for metering to apply them, so usage sent next is metered against them.
-    async with args.database(settings, size_max=1) as pool:
-        async def stored() -> bool:
-            return await queries.registry_changes_stored(pool, [change.id for change in changes]) == len(changes)
-        try:
-            await wait_until(stored, REGISTRY_CONFIRM_S, "metering to store the registry changes")
-        except Timeout:
-            print(f"metering has not applied them within {REGISTRY_CONFIRM_S:.0f} s (is metering running? "
-                  "`tokenhub status`); it will when it reads registry.changed", file=sys.stderr)
-            return 0
-    print("metering has applied them: usage sent from now on is metered against them")
-    return 0
-
+    # Checked as metering will check them, in order, against the registry as it
+    # stands, so nothing is published that metering would refuse.
+    received = [registry.read(canonical_json(change)) for change in changes]
+    decision = registry.decide(received, await _registry_now(settings), answered=())
+    if decision.refused:
+        first = decision.refused[0][1]
+        more = f" (and {len(decision.refused) - 1} more)" if len(decision.refused) > 1 else ""
+        raise CliError(f"{arguments.file}: {first}{more}; nothing was published")
+    return await publish_changes(settings, changes, arguments.wait_s, f"{len(changes)} registry changes")
 
 async def emit(arguments: argparse.Namespace) -> int:
     settings = load_settings()
@@ -214,8 +266,7 @@ async def bu(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     unit = BusinessUnit(bu_id=arguments.bu_id, display_name=arguments.name, parent_group=arguments.group,
                         cost_centre=arguments.cost_centre, active=not arguments.inactive)
-    await _publish_change(settings, "business_unit", unit, unit.bu_id, arguments)
-    return 0
+    return await _publish_change(settings, "business_unit", unit, unit.bu_id, arguments)
 
 
 async def model(arguments: argparse.Namespace) -> int:
@@ -227,8 +278,8 @@ async def model(arguments: argparse.Namespace) -> int:
     entry = ModelEntry(model_id=arguments.model_id, provider_bu=arguments.provider, display_name=arguments.name,
                        modality=arguments.modality, token_classes=tuple(arguments.classes.split(",")),
                        active=not arguments.inactive)
-    await _publish_change(settings, "model", entry, entry.model_id, arguments)
-    return 0
+    _refused(registry.check_change(entry, await _registry_now(settings)), MODEL_OPTIONS)
+    return await _publish_change(settings, "model", entry, entry.model_id, arguments)
 
 
 def _payer(text: str) -> PayerShare:
@@ -246,25 +297,24 @@ async def funding(arguments: argparse.Namespace) -> int:
               load_settings().timezone, "no funding agreements: every consumer pays for itself")
         return 0
     settings = load_settings()
+    known = await _registry_now(settings)
     if arguments.action == "end":
-        rows = [row for row in await _read(queries.funding_agreements) if row["agreement_id"] == arguments.agreement_id]
-        if not rows:
-            raise not_one_of("funding agreement", arguments.agreement_id,
-                             [row["agreement_id"] for row in await _read(queries.funding_agreements)])
-        row = rows[0]
+        _refused(registry.check_funding_end(arguments.agreement_id, known), FUNDING_OPTIONS)
+        row = next(row for row in await _read(queries.funding_agreements) if row["agreement_id"] == arguments.agreement_id)
         agreement = FundingAgreement(
             agreement_id=row["agreement_id"], consumer_bu=row["consumer_bu"], app=row["app"],
             model_pattern=row["model_pattern"], payers=row["payers"], effective_from=row["effective_from"],
             effective_to=args.moment(arguments.as_of, "--as-of") or clock(settings))
     else:
+        payers = tuple(_payer(text) for text in arguments.payer)
+        _refused(registry.check_shares(payers), FUNDING_OPTIONS)
         agreement = FundingAgreement(
             agreement_id=arguments.agreement_id, consumer_bu=arguments.consumer, app=arguments.app,
-            model_pattern=arguments.model_pattern, payers=tuple(_payer(text) for text in arguments.payer),
+            model_pattern=arguments.model_pattern, payers=payers,
             effective_from=args.moment(arguments.effective_from, "--from") or clock(settings),
             effective_to=args.moment(arguments.effective_to, "--to"))
-    await _publish_change(settings, "funding_agreement", agreement, agreement.agreement_id, arguments)
-    return 0
-
+        _refused(registry.check_change(agreement, known), FUNDING_OPTIONS)
+    return await _publish_change(settings, "funding_agreement", agreement, agreement.agreement_id, arguments)
 
 async def conversion(arguments: argparse.Namespace) -> int:
     if arguments.action == "show":
@@ -281,8 +331,8 @@ async def conversion(arguments: argparse.Namespace) -> int:
         return 0
     settings = load_settings()
     table = ConversionTable.model_validate(args.read_document(arguments.file))
-    await _publish_change(settings, "conversion_table", table, str(table.version), arguments)
-    return 0
+    _refused(registry.check_change(table, await _registry_now(settings)), {"version": f"{arguments.file}: version"})
+    return await _publish_change(settings, "conversion_table", table, str(table.version), arguments)
 
 
 async def rejected_command(arguments: argparse.Namespace) -> int:
@@ -378,6 +428,12 @@ def _reading(actions: argparse._SubParsersAction, name: str, help_text: str, han
     command.set_defaults(handler=handler)
 
 
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", dest="wait_s", type=float, default=REGISTRY_WAIT_S, metavar="SECONDS",
+                        help="how long to wait for metering to apply or refuse the change; 0 does not wait "
+                             f"(default: {REGISTRY_WAIT_S:g})")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     emit_parser = subparsers.add_parser("emit", help="send usage events and report what metering made of them")
     emit_parser.add_argument("file", nargs="?", help="JSON-lines file of CloudEvents, - for stdin")
@@ -394,8 +450,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     registry_parser = subparsers.add_parser("registry", help="publish business units, models, conversion tables and funding from a file")
     registry_parser.add_argument("file", help="a YAML or JSON registry document (see infra/demo/registry.yaml)")
     args.add_change(registry_parser)
+    _add_wait(registry_parser)
     args.examples(registry_parser, "tokenhub registry infra/demo/registry.yaml --reason 'the demo registry'")
-    registry_parser.set_defaults(handler=registry)
+    registry_parser.set_defaults(handler=registry_import)
 
     units = subparsers.add_parser("bu", help="business units").add_subparsers(dest="action", required=True)
     add = units.add_parser("add", help="register or update a business unit")
@@ -405,6 +462,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--cost-centre", help="its cost centre, for finance")
     add.add_argument("--inactive", action="store_true", help="registered but no longer reporting usage")
     args.add_change(add)
+    _add_wait(add)
     args.examples(add, "tokenhub bu add fliggy --name Fliggy --group 'Alibaba China E-commerce' --reason 'new BU'")
     add.set_defaults(handler=bu)
     _reading(units, "list", "every registered business unit", bu, "tokenhub bu list", "tokenhub bu list --json")
@@ -419,6 +477,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--name", help="its display name")
     add.add_argument("--inactive", action="store_true", help="registered but no longer served")
     args.add_change(add)
+    _add_wait(add)
     args.examples(add, "tokenhub model add qwen-flash --provider qwen-platform --modality text --classes input,output "
                        "--reason 'new model'")
     add.set_defaults(handler=model)
@@ -435,6 +494,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     put.add_argument("--from", dest="effective_from", metavar="TIME", help=f"in force from (default: now); {args.TIME_HELP}")
     put.add_argument("--to", dest="effective_to", metavar="TIME", help=f"in force until (default: open-ended); {args.TIME_HELP}")
     args.add_change(put)
+    _add_wait(put)
     args.examples(put, "tokenhub funding set quark-sponsorship --consumer quark --payer ai-innovation=100 --reason 'incubation'",
                   "tokenhub funding set shared --consumer dingtalk --payer dingtalk=50 --payer cainiao=50 --reason 'shared cost'")
     put.set_defaults(handler=funding)
@@ -443,6 +503,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     end.add_argument("agreement_id", help="the agreement's id")
     args.add_as_of(end, "the agreement ends at this time")
     args.add_change(end)
+    _add_wait(end)
     args.examples(end, "tokenhub funding end quark-sponsorship --reason 'graduated'",
                   "tokenhub funding end quark-sponsorship --as-of 2026-04-01T00:00:00+08:00 --reason 'graduated'")
     end.set_defaults(handler=funding)
@@ -451,6 +512,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     publish = tables.add_parser("publish", help="publish a conversion table version (YAML or JSON)")
     publish.add_argument("file", help="the table: version, effective_from and rules")
     args.add_change(publish)
+    _add_wait(publish)
     args.examples(publish, "tokenhub conversion publish conversion-v2.yaml --reason '4k images'")
     publish.set_defaults(handler=conversion)
     _reading(tables, "show", "every conversion table version", conversion, "tokenhub conversion show")

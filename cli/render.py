@@ -139,7 +139,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]
     return "\n".join(lines)
 
 
-def balances_table(rows: list[Balance], currency: str) -> str:
+def balances_table(rows: list[Balance], currency: str, one_bu: str | None = None) -> str:
+    """The table, then what the net means: for one business unit, what it owes or
+    is owed across its accounts; for all, the check that net positions sum to zero."""
     rendered = table(
         ("business unit", "name", f"spend {currency}", f"revenue {currency}", f"net {currency}", "Tokens consumed", "Tokens served"),
         [(row.bu, row.display_name, money(row.spend), money(row.revenue), money(row.net),
@@ -147,7 +149,18 @@ def balances_table(rows: list[Balance], currency: str) -> str:
         right={2, 3, 4, 5, 6},
     )
     total_net = sum((row.net for row in rows), Decimal(0))
+    if one_bu is not None:
+        return f"{rendered}\n{net_meaning(one_bu, total_net, currency)}"
     return f"{rendered}\nnet positions sum to {total_net:f} (zero in a balanced ledger)"
+
+
+def net_meaning(bu: str, net: Decimal, currency: str) -> str:
+    """One business unit's net position (revenue - spend) in words."""
+    if net < 0:
+        return f"net: {bu} owes {-net:f} {currency} across its accounts (its spend exceeds its revenue)"
+    if net > 0:
+        return f"net: {bu} is owed {net:f} {currency} across its accounts (its revenue exceeds its spend)"
+    return f"net: {bu} owes nothing and is owed nothing (its revenue equals its spend)"
 
 
 def balances_document(rows: list[Balance]) -> list[dict[str, Any]]:

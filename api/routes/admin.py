@@ -1,11 +1,12 @@
 """Changes through the API, for admin keys only, each with the key's owner as the
 actor and the reason given. The registry, budgets and price books are published
-as the same events the CLI publishes; like the CLI, the API publishes and
-returns, and the owning service applies (or refuses) the change from the topic.
-Plans and billing cycles live in invoicing's tables only: the API makes them
-with the invoicing functions the CLI calls (`assign_plan`, `end_plan`,
-`set_cycle`), as its own database role (migration 0031), and answers with what
-was stored."""
+as the same events the CLI publishes; a registry change or budget naming what
+the registry does not hold is refused (422) with the reason metering would give.
+Like the CLI, the API publishes and returns, and the owning service applies (or
+refuses) the change from the topic. Plans and billing cycles live in invoicing's
+tables only: the API makes them with the invoicing functions the CLI calls
+(`assign_plan`, `end_plan`, `set_cycle`), as its own database role (migration
+0031), and answers with what was stored."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.services.invoicing.domain import PlanError
 from tokenhub.services.invoicing.handlers import assign_plan, end_plan, set_cycle
 from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.metering import registry
 from tokenhub.services.pricing import queries as pricing_queries
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
 
@@ -67,6 +69,10 @@ async def _registry(request: Request, kind: RegistryKind, fields: dict[str, Any]
         change = registry_change(kind, entity, entity_id, who.owner, reason, hub.now())
     except ValidationError as error:
         raise _invalid(error) from None
+    # The same check metering makes when the change arrives, so what it would refuse is refused here, with its reason.
+    refusal = registry.check_change(entity, await metering_queries.registry(hub.reader))
+    if refusal is not None:
+        raise ApiError(422, refusal.text())
     await hub.publish(REGISTRY_CHANGED.name, [(entity_id.encode(), canonical_json(change))])
     return Published(topic=REGISTRY_CHANGED.name, event_ids=[str(change.id)], actor=who.owner)
 
@@ -111,6 +117,9 @@ async def budget(request: Request, body: BudgetChange, who: Principal = Depends(
         })
     except ValidationError as error:
         raise _invalid(error) from None
+    refusal = registry.check_budget(event.payer_bu, event.consumer_bu, await metering_queries.registry(hub.reader))
+    if refusal is not None:
+        raise ApiError(422, refusal.text())
     await hub.publish(BUDGETS_CONFIGURED.name, [(event.payer_bu.encode(), canonical_json(event))])
     return Published(topic=BUDGETS_CONFIGURED.name, event_ids=[str(event.id)], actor=who.owner)
 

@@ -16,13 +16,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import decode
-from tokenhub.contracts.registry import RegistryChanged
 from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED
 from tokenhub.services.common.outbox import OutboxRow
 from tokenhub.services.common.runtime import Runtime
-from tokenhub.services.metering import domain
-from tokenhub.services.metering.adapters.store import SCHEMA, MeteringStore, Produced, RejectedUsage
+from tokenhub.services.metering import domain, registry
+from tokenhub.services.metering.adapters.store import SCHEMA, MeteringStore, Produced, RefusedChange, RejectedUsage
 from tokenhub.services.metering.metrics import MeteringMetrics
 
 __all__ = ["SCHEMA", "Incoming", "Metering", "Outcome"]
@@ -113,11 +111,28 @@ class Metering:
                        [(batch[position], rejection) for position, rejection in outcome.rejected])
 
     async def handle_registry_records(self, records: Sequence[ConsumerRecord]) -> None:
-        changes = sorted((decode(RegistryChanged, record.value) for record in records), key=lambda change: change.event_time)
+        """Apply the changes metering can apply and refuse the others with their
+        reason (`registry.decide`), in one transaction. A refused change is stored
+        with its bytes and put on the dead-letter topic with its reason before the
+        transaction commits, so it is published at least once and stored once; it is
+        not retried, since trying again gives the same answer."""
+        batch = [registry.read(record.value or b"") for record in records]
         async with self.store.unit() as unit:
-            applied = await unit.apply_registry_changes(changes)
-        log.info("registry_applied", applied=applied, received=len(changes))
-
+            state, answered = await unit.registry([received.change_id for received in batch])
+            decision = registry.decide(batch, state, answered)
+            applied = await unit.apply_registry_changes(decision.applied)
+            refused = await unit.refuse_registry_changes([
+                RefusedChange(batch[position].change_id, change.kind if (change := batch[position].change) else None,
+                              change.entity_id if change else None, reason, batch[position].value,
+                              records[position].topic, records[position].partition, records[position].offset)
+                for position, reason in decision.refused], self.runtime.now())
+            by_id = {received.change_id: record for received, record in zip(batch, records, strict=True)}
+            for item in refused:
+                await self.runtime.dead_letter(by_id[item.change_id], item.reason)
+        for item in refused:
+            log.warning("registry_change_refused", change_id=str(item.change_id), kind=item.kind, entity_id=item.entity_id,
+                        reason=item.reason)
+        log.info("registry_applied", applied=applied, refused=len(refused), received=len(records))
 
 def _counts(outcome: domain.Sorted, consumed: int, published_usage: int, stored: list[RejectedUsage]) -> dict[str, int]:
     counts = {"accepted": len(outcome.fresh), "duplicates": outcome.duplicates, "echoes": outcome.echoes,

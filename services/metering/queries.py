@@ -10,14 +10,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.registry import ConversionTable
 from tokenhub.contracts.topics import USAGE_REPORTED
+from tokenhub.services.metering.adapters.store import load_registry
 from tokenhub.services.metering.domain import header_value
+from tokenhub.services.metering.registry import Registry
 
 REJECTED_SHOWN_MAX: Final = 1_000
 """Rejected usage listed at once: a person reads a page, a tool narrows by reason."""
@@ -69,6 +71,11 @@ where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[]))
 order by received_at, rejected_id
 """
 SELECT_CHANGES_STORED: Final = "select count(*) from metering.registry_changes where change_id = any($1::uuid[])"
+SELECT_OUTCOMES: Final = """
+select change_id, null as reason from metering.registry_changes where change_id = any($1::uuid[])
+union all
+select change_id, reason from metering.registry_refused where change_id = any($1::uuid[])
+"""
 METERING_GROUP: Final = "metering"
 """The consumer group metering reads usage.reported in (services/metering/app.py)."""
 ANSWERS_ASKED_MAX: Final = 100_000
@@ -154,6 +161,31 @@ async def registry_changes_stored(pool: asyncpg.Pool, change_ids: list[uuid.UUID
     """How many of these registry changes metering has applied and stored."""
     async with pool.acquire() as connection:
         return await connection.fetchval(SELECT_CHANGES_STORED, change_ids)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A registry change metering refused, and why."""
+
+    reason: str
+
+
+Outcome = Literal["applied"] | Refused | None
+"""Metering's answer to a registry change: applied, refused with a reason, or none yet."""
+
+
+async def registry_outcomes(pool: asyncpg.Pool, change_ids: list[uuid.UUID]) -> list[Outcome]:
+    """What metering made of each of these registry changes, in their order."""
+    async with pool.acquire() as connection:
+        rows = {row["change_id"]: row["reason"] for row in await connection.fetch(SELECT_OUTCOMES, change_ids)}
+    return [None if change_id not in rows else "applied" if rows[change_id] is None else Refused(rows[change_id])
+            for change_id in change_ids]
+
+
+async def registry(pool: asyncpg.Pool) -> Registry:
+    """The registry as metering validates changes against it (services/metering/registry.py)."""
+    async with pool.acquire() as connection:
+        return await load_registry(connection)
 
 
 async def display_names(pool: asyncpg.Pool) -> dict[str, str]:

@@ -63,7 +63,8 @@ async def test_registry_commands_record_actor_and_reason(backend) -> None:
 
     bad_shares = _run(backend, "funding", "set", f"{slug}-split", "--consumer", slug, "--payer", f"{slug}=60",
                       "--payer", "cainiao=30", "--reason", "x", check=False)
-    _one_line_error(bad_shares, "tokenhub funding set: funding agreement: payer shares must sum to 100 %, got 90")
+    _one_line_error(bad_shares, "tokenhub funding set: --payer shares sum to 90 %; give shares that sum to 100 %; "
+                                "nothing was published")
 
 
 async def test_bad_usage_is_rejected_with_its_reason_and_a_corrected_copy_is_accepted(backend, tmp_path: Path) -> None:

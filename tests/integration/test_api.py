@@ -255,6 +255,17 @@ async def test_registry_changes_through_the_api_are_published_with_the_owner_as_
         with pytest.raises(ApiError) as invalid:
             await admin.post("/v1/registry/business-units", {"bu_id": "Not A Slug", "display_name": "x", "reason": "r"})
         assert invalid.value.status == 422 and "slug" in invalid.value.message
+        # What metering would refuse is refused before it is published, with metering's reason.
+        with pytest.raises(ApiError) as unknown:
+            await admin.post("/v1/registry/models", {"model_id": f"{slug}-ghost", "provider_bu": f"{slug}-nobody",
+                                                     "modality": "text", "token_classes": ["input"], "reason": "r"})
+        assert unknown.value.status == 422 and unknown.value.message.startswith(
+            f"provider_bu {slug}-nobody is not a registered business unit (")
+        assert unknown.value.message.endswith(f"; register it first with `tokenhub bu add {slug}-nobody`")
+        with pytest.raises(ApiError) as budget:
+            await admin.post("/v1/budgets", {"payer_bu": f"{slug}-nobody", "amount": "100", "reason": "r"})
+        assert budget.value.status == 422 and budget.value.message.startswith(
+            f"payer_bu {slug}-nobody is not a registered business unit (")
 
 
 # --- operations and docs ----------------------------------------------------------------------

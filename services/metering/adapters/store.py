@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 import asyncpg
@@ -23,6 +24,7 @@ from tokenhub.contracts.registry import (
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.metering import domain
 from tokenhub.services.metering.adapters import keys
+from tokenhub.services.metering.registry import Registry
 
 SCHEMA: Final = "metering"
 
@@ -96,6 +98,50 @@ on conflict (agreement_id) do update set consumer_bu = excluded.consumer_bu, app
     changed_at = excluded.changed_at
 where funding_agreements.changed_at <= excluded.changed_at
 """
+
+# What validating a registry change needs (services/metering/registry.py), and
+# which changes already have their outcome (applied or refused, by change id).
+SELECT_REGISTRY_STATE: Final = """
+select (select coalesce(array_agg(bu_id), '{}') from metering.business_units) as business_units,
+       (select coalesce(array_agg(model_id), '{}') from metering.models) as models,
+       (select coalesce(array_agg(distinct token_class), '{}')
+        from metering.models, unnest(token_classes) as token_class) as model_classes,
+       (select coalesce(array_agg(agreement_id), '{}') from metering.funding_agreements) as agreements
+"""
+SELECT_ANSWERED: Final = """
+select change_id from metering.registry_changes where change_id = any($1::uuid[])
+union all
+select change_id from metering.registry_refused where change_id = any($1::uuid[])
+"""
+INSERT_REFUSED: Final = """
+insert into metering.registry_refused (change_id, kind, entity_id, reason, original_bytes, topic, kafka_partition,
+                                       kafka_offset, refused_at)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (change_id) do nothing returning change_id
+"""
+
+
+async def load_registry(connection: asyncpg.Connection) -> Registry:
+    """The registry as validation sees it: every business unit, model, agreement and table."""
+    row = await connection.fetchrow(SELECT_REGISTRY_STATE)
+    tables = {table_row["version"]: ConversionTable(version=table_row["version"], effective_from=table_row["effective_from"],
+                                                    rules=table_row["rules"])
+              for table_row in await connection.fetch(SELECT_CONVERSION_TABLES)}
+    return Registry(frozenset(row["business_units"]), frozenset(row["models"]), frozenset(row["agreements"]), tables,
+                    frozenset(row["model_classes"]))
+
+
+@dataclass(frozen=True)
+class RefusedChange:
+    """A registry change metering refused, as received, with its reason."""
+
+    change_id: uuid.UUID
+    kind: str | None
+    entity_id: str | None
+    reason: str
+    value: bytes
+    topic: str
+    partition: int | None
+    offset: int | None
 
 
 async def load_catalogue(connection: asyncpg.Connection) -> domain.Catalogue:
@@ -285,6 +331,22 @@ class MeteringUnit:
 
     async def count(self, counts: dict[str, int]) -> None:
         await bump_counters(self._connection, SCHEMA, counts)
+
+    async def registry(self, change_ids: Sequence[uuid.UUID]) -> tuple[Registry, set[uuid.UUID]]:
+        """The registry as it stands, and which of these changes already have their outcome."""
+        answered = {row["change_id"] for row in await self._connection.fetch(SELECT_ANSWERED, list(change_ids))}
+        return await load_registry(self._connection), answered
+
+    async def refuse_registry_changes(self, refused: Sequence[RefusedChange], at: datetime) -> list[RefusedChange]:
+        """Store refused changes with their reason and bytes; the ones not stored before."""
+        stored = []
+        for item in refused:
+            inserted = await self._connection.fetchval(
+                INSERT_REFUSED, item.change_id, item.kind, item.entity_id, item.reason, item.value, item.topic,
+                item.partition, item.offset, at)
+            if inserted is not None:
+                stored.append(item)
+        return stored
 
     async def apply_registry_changes(self, changes: Sequence[RegistryChanged]) -> int:
         """Apply changes in the order given; how many were new."""
