@@ -41,9 +41,9 @@ from tokenhub.services.metering import domain, registry
 from tokenhub.services.metering.domain import Reason
 from tokenhub.services.metering.adapters import keys, rejected
 
-REGISTRY_WAIT_S: Final = 30.0
+REGISTRY_WAIT_S: Final = 60.0
 """How long registry commands wait for metering's answer by default: it applies
-or refuses a change within seconds; longer means it is not running."""
+or refuses a change within seconds; a minute covers a service starting (as emit's)."""
 MODEL_OPTIONS: Final = {"provider_bu": "--provider", "token_classes": "--classes"}
 FUNDING_OPTIONS: Final = {"consumer_bu": "--consumer", "payers": "--payer", "agreement_id": "AGREEMENT_ID"}
 """A refusal names the field as the command's option."""
