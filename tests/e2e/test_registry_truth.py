@@ -162,13 +162,26 @@ async def test_changes_are_waited_for_until_metering_applied_them(backend, tmp_p
         "business unit (")
     assert stray.stderr.strip().endswith(f"register it first with `tokenhub bu add {world.bu('gone')}`{NOTHING_PUBLISHED}")
 
-    unanswered = _run(backend, "bu", "add", world.bu("late"), "--name", "Late", "--reason", "r", "--wait", "0.001")
-    _refused(unanswered, "tokenhub bu add: metering has not answered within 0.001 s (is metering running? `tokenhub status`); "
-                         "the change waits on registry.changed and metering applies or refuses it when it reads it")
     unwaited = _run(backend, "bu", "add", world.bu("later"), "--name", "Later", "--reason", "r", "--wait", "0")
     assert (unwaited.returncode, unwaited.stdout.splitlines()[1]) == (0, (
         "not waiting for metering's answer (--wait 0): `tokenhub bu list`, `model list`, `funding list` and "
         "`conversion show` show what it applied"))
+
+
+async def test_a_change_metering_has_not_answered_is_said_so_and_applied_once_metering_runs(backend) -> None:  # noqa: ANN001
+    world = World(backend.settings)
+    late = world.bu("late")
+    backend.services.stop_one("metering")
+    try:
+        unanswered = _run(backend, "bu", "add", late, "--name", "Late", "--reason", "r", "--wait", "2")
+    finally:
+        backend.services.start("metering")
+    _refused(unanswered, "tokenhub bu add: metering has not answered within 2 s (is metering running? `tokenhub status`); "
+                         "the change waits on registry.changed and metering applies or refuses it when it reads it")
+
+    async def applied() -> bool:
+        return (await _outcome(backend, late))[0] == 1
+    await wait_until(applied, WAIT_S, "metering, running again, to apply the change")
 
 
 async def test_funding_with_shares_not_summing_to_100_or_unknown_parties_is_refused(backend) -> None:  # noqa: ANN001
