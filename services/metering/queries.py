@@ -70,7 +70,6 @@ select rejected_id, usage_source, usage_id, original_sha256, reason_code, messag
 where (usage_source, usage_id) in (select * from unnest($1::text[], $2::text[])) or original_sha256 = any($3::text[])
 order by received_at, rejected_id
 """
-SELECT_CHANGES_STORED: Final = "select count(*) from metering.registry_changes where change_id = any($1::uuid[])"
 SELECT_OUTCOMES: Final = """
 select change_id, null as reason from metering.registry_changes where change_id = any($1::uuid[])
 union all
@@ -155,12 +154,6 @@ class RejectedRow(TypedDict):
 async def _rows(pool: asyncpg.Pool, query: str, *parameters: Any) -> list[Any]:
     async with pool.acquire() as connection:
         return [dict(row) for row in await connection.fetch(query, *parameters)]
-
-
-async def registry_changes_stored(pool: asyncpg.Pool, change_ids: list[uuid.UUID]) -> int:
-    """How many of these registry changes metering has applied and stored."""
-    async with pool.acquire() as connection:
-        return await connection.fetchval(SELECT_CHANGES_STORED, change_ids)
 
 
 @dataclass(frozen=True)
