@@ -10,6 +10,7 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 from typing import Final
 
 import structlog
@@ -122,7 +123,7 @@ async def status(arguments: argparse.Namespace) -> int:
     if output == "json":
         print(render.json(report.as_json()))
         return 0
-    print(render_status(report))
+    print(render_status(report, settings.timezone))
     return 0
 
 
@@ -162,16 +163,23 @@ def _clock_line(kept: dict[str, str], state_dir: Path) -> str:
     return ""
 
 
-def render_status(report: StackStatus) -> str:
+def render_status(report: StackStatus, zone: str) -> str:
+    """The stack's processes, lag and faults; times in company time, the zone said once."""
     supervisor = report.supervisor or {}
+
+    def shown(text: str | None) -> str:
+        if not text:
+            return "-"
+        return f"{datetime.fromisoformat(text).astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S}"
+
     lines = [f"Token Hub is up in {report.state_dir} (supervisor pid {supervisor.get('pid')}, "
-             f"since {supervisor.get('started_at')})", "",
-             f"{'process':<10} {'pid':>8}  {'state':<10} {'since':<26} {'restarts':>8}  last exit"]
+             f"since {shown(supervisor.get('started_at'))}); times in {zone}", "",
+             f"{'process':<10} {'pid':>8}  {'state':<10} {'since':<19} {'restarts':>8}  last exit"]
     for process in report.processes:
-        last = (f"{process['last_exit_code']} at {process['last_exit_at']}"
+        last = (f"{process['last_exit_code']} at {shown(process['last_exit_at'])}"
                 if process.get("last_exit_code") is not None else "-")
         lines.append(f"{process['name']:<10} {process.get('pid') or '-':>8}  {process['state']:<10} "
-                     f"{process.get('started_at') or '-':<26} {process['restarts']:>8}  {last}")
+                     f"{shown(process.get('started_at')):<19} {process['restarts']:>8}  {last}")
     lines += ["", f"{'service':<10} {'lag':>10}  {'outbox':>8}  input topics (records not handled yet)"]
     for lag in report.lags:
         topics = ", ".join(f"{topic} {count}" for topic, count in lag.by_topic.items()) or "-"
@@ -181,7 +189,7 @@ def render_status(report: StackStatus) -> str:
         for fault in report.faults[-10:]:
             resumed = (f"back after {fault['seconds_to_resume']:.1f} s" if fault.get("seconds_to_resume") is not None
                        else "not back yet")
-            lines.append(f"  {fault['noticed_at']}  {fault['process']} exited with status {fault['exit_code']}; "
+            lines.append(f"  {shown(fault['noticed_at'])}  {fault['process']} exited with status {fault['exit_code']}; "
                          f"{resumed}: {fault['outcome']}")
     lines += [f"(unmeasured: {problem})" for problem in report.problems]
     return "\n".join(lines)
