@@ -8,7 +8,11 @@ client (`bench.passthrough`), each with its CPU per event per hop; (2)
 throughput: N usage events as fast as the producer goes,
 emitted -> committed in the ledger; (3) latency: events offered at a fixed rate,
 production -> ledger commit per sampled event; (4) replay from the archive and
-from the topic. CPU seconds and peak RSS are sampled per process throughout.
+from the topic; (5) month end: `invoice close` of the month the usage falls in
+(its usage events per second, from invoicing's running totals); (6) `verify`
+over the whole ledger, with its CPU and PostgreSQL's; (7) the bytes stored per
+usage event over the four services' schemas after a VACUUM. CPU seconds and
+peak RSS are sampled per process throughout.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 import orjson
@@ -37,13 +41,16 @@ from tokenhub.audit.verify import verify
 from tokenhub.bench.load import generate_usage, seed_company
 from tokenhub.bench.passthrough import CLIENTS
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.periods import containing, parse_time
 from tokenhub.contracts.topics import PARTITIONS_DEFAULT
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.kafka.stack import KafkaStack
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled
-from tokenhub.infra.settings import Settings
+from tokenhub.infra.settings import Settings, settings_for
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import client_options, create_producer, publish
+from tokenhub.services.common.outbox import relay_now
+from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, close_period
 
 EVENTS_DEFAULT: Final = 200_000
 LATENCY_EVENTS_MAX: Final = 25_000
@@ -61,6 +68,26 @@ select calls, rows, round(total_exec_time)::bigint as total_ms,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 100) as query
 from pg_stat_statements order by total_exec_time desc limit {STATEMENTS_SHOWN}
 """
+SERVICE_SCHEMAS: Final = ("metering", "pricing", "ledger", "invoicing")
+RELATIONS_SHOWN: Final = 8
+# Every table of the services' schemas with its heap, its TOAST (with the TOAST
+# table's index) and its indexes: pg_total_relation_size is their sum.
+STORED_RELATIONS: Final = """
+select n.nspname || '.' || c.relname as relation, pg_total_relation_size(c.oid) as total_bytes,
+       pg_relation_size(c.oid) as heap_bytes, pg_indexes_size(c.oid) as index_bytes,
+       coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0) as toast_bytes, c.reltuples::bigint as rows
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = any($1::text[]) and c.relkind in ('r', 'm')
+order by total_bytes desc
+"""
+STORED_INDEXES: Final = """
+select n.nspname || '.' || c.relname as index, pg_relation_size(c.oid) as bytes
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = any($1::text[]) and c.relkind = 'i'
+order by bytes desc limit $2
+"""
+PROGRESS_INTERVAL_S: Final = 2.0
+"""How often a long phase says how far it is."""
 
 
 @dataclass
@@ -99,9 +126,33 @@ class Report:
     replay_archive_events_per_s: float = 0.0
     replay_topic_events_per_s: float = 0.0
     replay_events: int = 0
+    replay_archive_ratio_to_baseline: float = 0.0
     verify_seconds: float = 0.0
     verify_violations: int = -1
     """Invariant violations `verify` found after the run (-1: not run); must be 0."""
+    verify_entries: int = 0
+    verify_entries_per_s: float = 0.0
+    verify_cpu_seconds: float = 0.0
+    """CPU of the process that verifies (decoding, hashing, recomputing)."""
+    verify_postgres_cpu_seconds: float = 0.0
+    verify_ratio_to_baseline: float = 0.0
+    close_period: str = ""
+    """The month closed (`invoice close --early` of the month the run's usage falls in)."""
+    close_seconds: float = 0.0
+    close_usage_events: int = 0
+    """Usage events the close invoiced (both phases' usage falls in the closed periods)."""
+    close_usage_events_per_s: float = 0.0
+    close_invoices: int = 0
+    close_lines: int = 0
+    close_cpu_seconds: float = 0.0
+    close_postgres_cpu_seconds: float = 0.0
+    close_ratio_to_baseline: float = 0.0
+    stored_bytes: int = 0
+    """Tables, indexes and TOAST over the four services' schemas, after a VACUUM."""
+    bytes_per_usage_event: float = 0.0
+    stored_relations: list[dict[str, Any]] = field(default_factory=list)
+    """The largest tables: heap, TOAST and index bytes of each, and its rows."""
+    stored_indexes: list[dict[str, Any]] = field(default_factory=list)
     processes: dict[str, ProcessStats] = field(default_factory=dict)
     cpu_ms_per_event: float = 0.0
     """CPU of every process (services, broker, database) per usage event of both phases."""
@@ -110,8 +161,70 @@ class Report:
     """PostgreSQL's busiest statements during the throughput phase (pg_stat_statements)."""
 
 
+SERVICES_MEASURED: Final = ("metering", "pricing", "ledger", "invoicing")
+
+
+class Target(NamedTuple):
+    measure: str
+    figure: float
+    unit: str
+    target: float | None
+    """None: not judged by this run (the latency target at a lower offered rate)."""
+    stretch: float | None
+    at_most: bool
+    """True: the figure must not exceed the target (CPU, bytes, latency); False: it must reach it (rates)."""
+
+    def met(self, bound: float | None) -> bool | None:
+        if bound is None:
+            return None
+        return self.figure <= bound if self.at_most else self.figure >= bound
+
+
+LATENCY_TARGET_RATE: Final = 3_000
+LATENCY_STRETCH_RATE: Final = 5_000
+"""Issue 21's latency target: p99 production -> ledger commit within 1 s at 3,000/s offered (stretch: 5,000/s)."""
+
+
+def targets(report: Report) -> list[Target]:
+    """Issue 21's targets and stretch figures against one run's figures. The
+    latency target counts only at an offered rate at least the target's."""
+    usage_events = max(1, report.events + report.latency_events)
+    postgres = report.processes.get("postgres", ProcessStats())
+    services = [report.processes[name].peak_rss_mb for name in report.processes
+                if name.split("-")[0] in SERVICES_MEASURED]
+    offered = report.latency_rate_offered
+    return [
+        Target("CPU per usage event, all processes", report.cpu_ms_per_event, "ms", 0.30, 0.20, True),
+        Target("PostgreSQL CPU per usage event", round(postgres.cpu_seconds * 1000 / usage_events, 3), "ms", 0.08, 0.05, True),
+        Target("end to end", report.pipeline_events_per_s, "events/s", 6_000, 10_000, False),
+        Target("ratio to the plain aiokafka passthrough", report.ratio_to_baseline, "x", 0.15, 0.25, False),
+        Target(f"p99 production -> ledger commit at {offered:,}/s offered", report.latency_ms_p99 / 1000, "s",
+               1.0 if offered >= LATENCY_TARGET_RATE else None, 1.0 if offered >= LATENCY_STRETCH_RATE else None, True),
+        Target("verify", report.verify_entries_per_s, "entries/s", 100_000, 300_000, False),
+        Target("invoice close of a month", report.close_usage_events_per_s, "usage events/s", 50_000, None, False),
+        Target("replay from the archive", report.replay_archive_events_per_s, "events/s", 300_000, None, False),
+        Target("bytes stored per usage event", report.bytes_per_usage_event, "bytes", 3_000, 1_500, True),
+        Target("peak RSS of a service", max(services, default=0.0), "MB", 150, None, True),
+    ]
+
+
 def _progress(label: str, done: int, total: int) -> None:
     print(f"  {label}: {done:,}/{total:,}", file=sys.stderr, flush=True)
+
+
+class Throttled:
+    """A `tokenhub.audit` progress callback that prints at most every PROGRESS_INTERVAL_S per label."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.last: dict[str, float] = {}
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        moment = time.monotonic()
+        if moment - self.last.get(what, 0.0) < PROGRESS_INTERVAL_S:
+            return
+        self.last[what] = moment
+        print(f"  {self.phase} ({what}): {done:,}" + (f"/{total:,}" if total else ""), file=sys.stderr, flush=True)
 
 
 class BenchFailed(RuntimeError):
@@ -434,14 +547,24 @@ async def run_bench(*, events: int | None = None, rate: int = LATENCY_RATE_DEFAU
         report.processes = sampler.finish()
         report.cpu_ms_per_event = round(sum(stats.cpu_seconds for stats in report.processes.values()) * 1000
                                         / (count + report.latency_events), 3)
+        postgres = Sampler({"postgres": pipeline.stack.postgres.pid or 0})
         await _replay(report, endpoints.bootstrap_servers, endpoints.database_url)
+        usage_times = [parse_time(source[index % len(source)]["time"]) for index in range(count)] + [
+            parse_time(source[index % len(source)]["time"]) for index in range(report.latency_events)]
+        await _close(report, pipeline, usage_times, postgres)
+        await _verify(report, endpoints.bootstrap_servers, endpoints.database_url, postgres)
+        await _stored(report, endpoints.database_url)
     finally:
         pipeline.stop()
     return report
 
 
+def _ratio(rate: float, baseline: float) -> float:
+    return round(rate / baseline, 3) if baseline else 0.0
+
+
 async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> None:
-    """Replay and verify with the auditor's own code (`tokenhub.audit`), timed."""
+    """Replay with the auditor's own code (`tokenhub.audit`), timed: from the archive, then from the topic."""
     print("replay: rebuilding every balance from the archive and from the topic ...", file=sys.stderr)
     pool = await create_pool(database_url, size_max=2)
     try:
@@ -450,17 +573,88 @@ async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> 
             events = await priced_from_archive(connection)
             rebuild(events)
             report.replay_archive_events_per_s = round(len(events) / (time.monotonic() - started), 1)
+            report.replay_archive_ratio_to_baseline = _ratio(report.replay_archive_events_per_s,
+                                                             report.baseline_events_per_s)
             report.replay_events = len(events)
         started = time.monotonic()
-        topic_events, _ = await priced_from_topic(bootstrap_servers, len(events), 5.0)
+        topic_events, _ = await priced_from_topic(bootstrap_servers, len(events), 5.0, progress=Throttled("replay"))
         rebuild(topic_events)
         report.replay_topic_events_per_s = round(len(topic_events) / (time.monotonic() - started), 1)
-        print("verify: every invariant over the whole ledger ...", file=sys.stderr)
+    finally:
+        await pool.close()
+
+
+async def _close(report: Report, pipeline: LocalPipeline, usage_times: list[datetime], postgres: Sampler) -> None:
+    """Month end as finance runs it (`tokenhub invoice close --period MONTH --early`):
+    the month the run's last usage falls in, and every period before it that is
+    still open, closed from invoicing's running totals and published; then the
+    period tier adjustments it staged are posted, as in production, before verify."""
+    settings = settings_for(pipeline.env)
+    month = containing(max(usage_times), "month", settings.timezone)
+    report.close_period = month.name
+    report.close_usage_events = sum(1 for moment in usage_times if moment < month.end)
+    print(f"invoice close: {month.name} ({report.close_usage_events:,} usage events) ...", file=sys.stderr)
+    pool = await create_pool(pipeline.env["TOKENHUB_DATABASE_URL"], size_max=2)
+    connection = await asyncpg.connect(pipeline.env["TOKENHUB_DATABASE_URL"])
+    try:
+        before = await counters(connection)
+        postgres_before = postgres.cpu_used()["postgres"]
+        cpu_started = time.process_time()
         started = time.monotonic()
-        verified = await verify(pool, bootstrap_servers)
-        report.verify_seconds = round(time.monotonic() - started, 1)
+        issued = await close_period(pool, settings, month.name, actor="bench", now=datetime.now(UTC), early=True)
+        await relay_now(pool, pipeline.env["TOKENHUB_BOOTSTRAP_SERVERS"], INVOICING_SCHEMA, client_id="tokenhub-bench-close",
+                        settings=settings)
+        report.close_seconds = round(time.monotonic() - started, 3)
+        report.close_cpu_seconds = round(time.process_time() - cpu_started, 3)
+        report.close_postgres_cpu_seconds = round(postgres.cpu_used()["postgres"] - postgres_before, 3)
+        report.close_invoices = len(issued)
+        report.close_lines = sum(len(invoice.lines) for invoice in issued)
+        report.close_usage_events_per_s = round(report.close_usage_events / max(report.close_seconds, 1e-6), 1)
+        report.close_ratio_to_baseline = _ratio(report.close_usage_events_per_s, report.baseline_events_per_s)
+        print(f"  invoice close: {report.close_invoices:,} invoices, {report.close_lines:,} lines; "
+              "posting its period tier adjustments ...", file=sys.stderr)
+        await _settle(connection, before, 0, Sampler({}), {})
+    finally:
+        await connection.close()
+        await pool.close()
+
+
+async def _verify(report: Report, bootstrap_servers: str, database_url: str, postgres: Sampler) -> None:
+    """`tokenhub verify` with the auditor's own code over the whole ledger, timed, with its CPU and PostgreSQL's."""
+    print("verify: every chain and invariant over the whole ledger ...", file=sys.stderr)
+    pool = await create_pool(database_url, size_max=2)
+    try:
+        postgres_before = postgres.cpu_used()["postgres"]
+        cpu_started = time.process_time()
+        started = time.monotonic()
+        verified = await verify(pool, bootstrap_servers, progress=Throttled("verify"))
+        elapsed = time.monotonic() - started
+        report.verify_cpu_seconds = round(time.process_time() - cpu_started, 2)
+        report.verify_postgres_cpu_seconds = round(postgres.cpu_used()["postgres"] - postgres_before, 2)
+        report.verify_seconds = round(elapsed, 2)
+        report.verify_entries = verified.checks[0].examined
+        report.verify_entries_per_s = round(report.verify_entries / elapsed, 1)
+        report.verify_ratio_to_baseline = _ratio(report.verify_entries_per_s, report.baseline_events_per_s)
         report.verify_violations = len(verified.violations)
         for violation in verified.violations[:VIOLATIONS_SHOWN_MAX]:
             print(f"  verify: {violation.check}: {violation.subject}: {violation.detail}", file=sys.stderr)
     finally:
         await pool.close()
+
+
+async def _stored(report: Report, database_url: str) -> None:
+    """What the run left on disk per usage event: every table, index and TOAST of
+    the services' schemas after a VACUUM (which leaves the outboxes' relayed
+    batches out, as the services' own vacuums do in a steady state)."""
+    print("storage: VACUUM, then the size of every table, index and TOAST ...", file=sys.stderr)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("vacuum")
+        relations = [dict(row) for row in await connection.fetch(STORED_RELATIONS, list(SERVICE_SCHEMAS))]
+        report.stored_bytes = sum(relation["total_bytes"] for relation in relations)
+        report.bytes_per_usage_event = round(report.stored_bytes / max(1, report.events + report.latency_events), 1)
+        report.stored_relations = relations[:RELATIONS_SHOWN]
+        report.stored_indexes = [dict(row) for row in await connection.fetch(STORED_INDEXES, list(SERVICE_SCHEMAS),
+                                                                             RELATIONS_SHOWN)]
+    finally:
+        await connection.close()

@@ -34,6 +34,16 @@ def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path
     # The latency phase stamps the same templates again, so both phases post the same number of Priced.
     assert report["replay_events"] == 2 * consumed
     assert report["latency_events"] == EVENTS
+    # Month end over both phases' usage, then verify over every entry, the close's tier adjustments included.
+    assert report["close_usage_events"] == 2 * EVENTS
+    assert report["close_invoices"] > 0 and report["close_lines"] >= report["close_invoices"]
+    adjustments = report["verify_entries"] - 2 * consumed
+    assert 0 <= adjustments <= report["close_lines"]
+    # Every table of the four schemas is counted, the journal and the two records of each event the largest.
+    largest = {relation["relation"] for relation in report["stored_relations"][:3]}
+    assert largest == {"ledger.journal", "pricing.priced", "metering.consumed"}
+    assert report["stored_bytes"] >= sum(relation["total_bytes"] for relation in report["stored_relations"])
+    assert report["bytes_per_usage_event"] == round(report["stored_bytes"] / (2 * EVENTS), 1)
 
     assert list(report["baselines"]) == list(CLIENTS)
     # A hop's CPU over 400 events can be below the clock tick, so only its presence is held here.
@@ -43,6 +53,7 @@ def test_bench_counts_every_event_once_and_reports_every_baseline(tmp_path: Path
     assert set(report["processes"]) == {"metering", "pricing", "ledger", "invoicing", "broker", "postgres"}
     assert all(stats["cpu_seconds"] > 0 and stats["peak_rss_mb"] > 0 for stats in report["processes"].values())
     assert "baseline (faststream-confluent, 4 hops)" in finished.stdout and "all hold" in finished.stdout
+    assert "issue 21's targets" in finished.stdout and "invoice close" in finished.stdout
 
 
 def test_bench_replays_a_trace_at_its_own_pace(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenhub.bench.benchmark import BenchFailed, percentile, trace_schedule, trace_templates
+from tokenhub.bench.benchmark import BenchFailed, ProcessStats, Report, percentile, targets, trace_schedule, trace_templates
 
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
@@ -46,3 +46,42 @@ def test_percentile_is_nearest_rank() -> None:
     values = [float(value) for value in range(1, 101)]
     assert (percentile(values, 0.50), percentile(values, 0.95), percentile(values, 0.99)) == (50.0, 95.0, 99.0)
     assert percentile([7.0], 0.99) == 7.0 and percentile([], 0.5) == 0.0
+
+
+def _report(**figures: object) -> Report:
+    report = Report(events=9_000, instances=1, latency_events=1_000, latency_rate_offered=5_000, **figures)
+    report.processes = {"metering": ProcessStats(10.0, 120.0), "ledger-2": ProcessStats(5.0, 151.0),
+                        "postgres": ProcessStats(0.5, 400.0), "broker": ProcessStats(1.0, 900.0)}
+    return report
+
+
+def test_targets_judge_each_figure_by_its_direction() -> None:
+    report = _report(cpu_ms_per_event=0.25, pipeline_events_per_s=12_000.0, ratio_to_baseline=0.2, latency_ms_p99=800.0,
+                     verify_entries_per_s=99_999.0, close_usage_events_per_s=50_000.0,
+                     replay_archive_events_per_s=400_000.0, bytes_per_usage_event=1_500.0)
+    judged = {target.measure: (target.figure, target.met(target.target), target.met(target.stretch))
+              for target in targets(report)}
+    assert judged == {
+        "CPU per usage event, all processes": (0.25, True, False),
+        # PostgreSQL's 0.5 CPU s over 10,000 usage events of both phases.
+        "PostgreSQL CPU per usage event": (0.05, True, True),
+        "end to end": (12_000.0, True, True),
+        "ratio to the plain aiokafka passthrough": (0.2, True, False),
+        "p99 production -> ledger commit at 5,000/s offered": (0.8, True, True),
+        "verify": (99_999.0, False, False),
+        "invoice close of a month": (50_000.0, True, None),
+        "replay from the archive": (400_000.0, True, None),
+        "bytes stored per usage event": (1_500.0, True, True),
+        # The largest of the services' peaks, a second instance's included; the broker and PostgreSQL are not services.
+        "peak RSS of a service": (151.0, False, None),
+    }
+
+
+def test_the_latency_target_is_judged_only_at_its_offered_rate() -> None:
+    report = _report(latency_ms_p99=300.0)
+    report.latency_rate_offered = 1_000
+    latency = next(target for target in targets(report) if target.measure.startswith("p99"))
+    assert (latency.target, latency.stretch, latency.met(latency.target)) == (None, None, None)
+    report.latency_rate_offered = 3_000
+    latency = next(target for target in targets(report) if target.measure.startswith("p99"))
+    assert (latency.met(latency.target), latency.met(latency.stretch)) == (True, None)
