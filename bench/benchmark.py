@@ -136,6 +136,8 @@ class Report:
     """CPU of the process that verifies (decoding, hashing, recomputing)."""
     verify_postgres_cpu_seconds: float = 0.0
     verify_ratio_to_baseline: float = 0.0
+    verify_steps: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Where verify's time went, step by step: seconds and this process's CPU seconds."""
     close_period: str = ""
     """The month closed (`invoice close --early` of the month the run's usage falls in)."""
     close_seconds: float = 0.0
@@ -635,6 +637,7 @@ async def _verify(report: Report, bootstrap_servers: str, database_url: str, pos
         report.verify_entries = verified.checks[0].examined
         report.verify_entries_per_s = round(report.verify_entries / elapsed, 1)
         report.verify_ratio_to_baseline = _ratio(report.verify_entries_per_s, report.baseline_events_per_s)
+        report.verify_steps = {name: step._asdict() for name, step in verified.steps.items()}
         report.verify_violations = len(verified.violations)
         for violation in verified.violations[:VIOLATIONS_SHOWN_MAX]:
             print(f"  verify: {violation.check}: {violation.subject}: {violation.detail}", file=sys.stderr)

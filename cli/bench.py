@@ -50,6 +50,10 @@ def render(report: Report) -> str:
         f"   ({report.verify_entries:,} entries in {report.verify_seconds:,.1f} s; CPU {report.verify_cpu_seconds:,.1f} s,"
         f" PostgreSQL {report.verify_postgres_cpu_seconds:,.1f} s)" + _times(report.verify_ratio_to_baseline) + "   "
         + ("all hold" if report.verify_violations == 0 else f"{report.verify_violations} VIOLATIONS"),
+    ]
+    lines += [f"    {name:<76} {step['seconds']:>6.2f} s, CPU {step['cpu_seconds']:>5.2f} s"
+              for name, step in report.verify_steps.items()]
+    lines += [
         f"  stored per usage event                   {report.bytes_per_usage_event:>12,.0f} bytes"
         f"   ({report.stored_bytes / 1e6:,.1f} MB over the four schemas after VACUUM)",
         "    relation                             total MB   heap MB  TOAST MB  index MB        rows",

@@ -327,3 +327,30 @@ async def test_a_journal_row_is_two_transfers_of_the_payers_chain_and_the_journa
         assert await connection.fetchval("select count(*) from ledger.journal where chain = $1", payer) == entries
     finally:
         await connection.close()
+
+
+async def test_a_priced_that_pricing_published_and_the_ledger_never_posted_is_named_by_verify(backend) -> None:
+    world, _, _ = await _settled_world(backend, count=3)
+    payer = world.bu("shop")
+    lost = uuid.uuid4()
+    pool = await create_pool(world.settings.database_url or "", size_max=2)
+    try:
+        async with pool.acquire() as connection:
+            # A copy of one of the payer's Priced under an id the journal has not posted, as if its posting were lost.
+            await connection.execute(
+                "insert into pricing.priced (priced_id, kind, event_time, model, request_input_tokens, payload) "
+                "select $1, kind, event_time, model, request_input_tokens, payload from pricing.priced "
+                "where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $2 limit 1", lost, payer)
+        try:
+            report = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
+            exactly_once = next(check for check in report.checks if check.name == "invariant-2")
+            assert [(violation.subject, violation.detail) for violation in exactly_once.violations] == [
+                (f"Priced {lost}", "published by pricing but not posted (lost, or in flight: verify a settled pipeline)")]
+            # Another payer's verify does not see it.
+            other = await verify.verify(pool, world.settings.bootstrap_servers, scope=world.bu("maps"))
+            assert next(check for check in other.checks if check.name == "invariant-2").ok
+        finally:
+            async with pool.acquire() as connection:
+                await connection.execute("delete from pricing.priced where priced_id = $1", lost)
+    finally:
+        await pool.close()
