@@ -31,6 +31,7 @@ from tokenhub.contracts.periods import parse_time
 from tokenhub.contracts.topics import LEDGER_POSTED
 
 GENESIS: Final = "0" * 64
+_GENESIS_PLACE: Final = (0, GENESIS)
 ROUNDING: Final = {"half_even": ROUND_HALF_EVEN, "half_up": ROUND_HALF_UP, "down": ROUND_DOWN, "up": ROUND_UP}
 COMPANY_ZONE_DEFAULT: Final = "Asia/Shanghai"
 """The settings' default company time zone: months, which invoicing's totals are
@@ -115,6 +116,7 @@ def row_name(chain: str, sequence: int, priced_id: object) -> str:
 # --- chains ------------------------------------------------------------------------------
 
 # Each chain in sequence order, through the journal's (chain, sequence) index,
+# its columns in the order check_chains unpacks them,
 # from a server-side cursor in batches. The amount comes as its text at the
 # fixed scale: it is compared with the Priced's text, not computed with.
 SELECT_JOURNAL: Final = """
@@ -306,10 +308,17 @@ def _same_time(text: str, stored: datetime) -> bool:
 
 
 class EntryFact(NamedTuple):
-    name: str
+    chain: str
+    sequence: int
+    priced_id: str
+    """As the row has it (a rewritten row may name another Priced than the one it holds)."""
     priced: PricedFacts
     overage: bool = False
     """The row's mark: posted while its payer's quota was exhausted."""
+
+    @property
+    def name(self) -> str:
+        return row_name(self.chain, self.sequence, self.priced_id)
 
 
 async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check, posts: Check,
@@ -329,31 +338,40 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
         cursor = await connection.cursor(SELECT_JOURNAL, scope)
         while rows := await cursor.fetch(FETCH_ROWS):
             for row in rows:
-                chain, sequence, priced_id = row["chain"], row["sequence"], row["priced_id"]
-                last_sequence, last_hash = previous.get(chain, (0, GENESIS))
-                stored_hash = row["entry_hash"].hex()
+                (priced_id, chain, sequence, event_time, row_posted_at, money_debit, money_credit, amount,
+                 tokens_debit, tokens_credit, tokens, entry_hash, priced_bytes, overage) = row
+                last_sequence, last_hash = previous.get(chain, _GENESIS_PLACE)
+                stored_hash = entry_hash.hex()
                 previous[chain] = (sequence, stored_hash)
                 if sequence != last_sequence + 1:
                     chains.fail(row_name(chain, sequence, priced_id), f"sequence follows {last_sequence}: entries missing or repeated")
-                if row["posted_at"] != posted_at[0]:  # a batch of entries shares its posting time
-                    posted_at = (row["posted_at"], posted_at_text(row["posted_at"]))
+                if row_posted_at != posted_at[0]:  # a batch of entries shares its posting time
+                    posted_at = (row_posted_at, posted_at_text(row_posted_at))
                 try:
-                    priced = decode(row["priced"])
+                    priced = decode(priced_bytes)
                     transfers = expected_transfers(priced)
                     recomputed = entry_hash_of(entry_bytes(priced, chain, sequence, last_hash, posted_at[1], transfers,
-                                                                      row["overage"]), last_hash)
+                                                                      overage), last_hash)
                 except (msgspec.DecodeError, msgspec.ValidationError) as error:
                     chains.fail(row_name(chain, sequence, priced_id), f"its Priced cannot be read: {error}")
                     continue
-                name = row_name(chain, sequence, priced_id)
                 if recomputed != stored_hash:
-                    chains.fail(name, "stored hash is not the hash of the entry its Priced and place make "
-                                      "(the row was rewritten, or the entry before it)")
-                differing = _transfer_differs(row, priced, transfers)
-                if differing:
-                    posts.fail(name, f"does not post what its Priced says: {', '.join(differing)} differ")
+                    chains.fail(row_name(chain, sequence, priced_id), "stored hash is not the hash of the entry its Priced "
+                                "and place make (the row was rewritten, or the entry before it)")
+                (expected_money_debit, expected_money_credit, expected_amount), (
+                    expected_tokens_debit, expected_tokens_credit, expected_tokens) = transfers
+                # The usual case in one comparison; what differs is named only when something does.
+                if not (money_debit == expected_money_debit and money_credit == expected_money_credit
+                        and tokens_debit == expected_tokens_debit and tokens_credit == expected_tokens_credit
+                        and chain == priced.payer_bu and priced_id == priced.id
+                        and amount == expected_amount.lstrip("-") and f"{tokens}{SCALE_SUFFIX}" == expected_tokens.lstrip("-")
+                        and _same_time(priced.event_time, event_time)):
+                    differing = _transfer_differs(row, priced, transfers)
+                    if differing:
+                        posts.fail(row_name(chain, sequence, priced_id),
+                                   f"does not post what its Priced says: {', '.join(differing)} differ")
                 stored[chain].append(StoredEntry(chain, sequence, priced_id, stored_hash))
-                facts.append(EntryFact(name, priced, row["overage"]))
+                facts.append(EntryFact(chain, sequence, priced_id, priced, overage))
             chains.examined += len(rows)
             if chains.examined < total:
                 progress("chains", chains.examined, total)
@@ -624,13 +642,13 @@ SELECT_INVOICE_PAYLOADS: Final = "select invoice_id::text as invoice_id, payload
 async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], consumed: dict[str, ConsumedFacts],
                        books: dict[tuple[str, int], dict], check: Check) -> None:
     events = [fact.priced for fact in facts]
-    names = {fact.priced.id: fact.name for fact in facts}
+    by_id = {fact.priced.id: fact for fact in facts}
     repricing = reprice(events, consumed, books)
     check.examined = len(events)
     for priced_id, kind, recorded, recomputed in repricing.mismatches:
-        check.fail(names[priced_id], f"{kind}: amount {recorded} but its TokenConsumed and book version give {recomputed}")
+        check.fail(by_id[priced_id].name, f"{kind}: amount {recorded} but its TokenConsumed and book version give {recomputed}")
     for priced_id, why in repricing.unrecomputable:
-        check.fail(names[priced_id], f"cannot be recomputed: {why}")
+        check.fail(by_id[priced_id].name, f"cannot be recomputed: {why}")
     # An invoice's period tier lines of a model (its own period's, and re-evaluations of
     # earlier periods' late usage) and the adjustments the ledger posted for them agree in sum.
     lines: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
@@ -644,7 +662,7 @@ async def check_prices(connection: asyncpg.Connection, facts: list[EntryFact], c
         if event.kind == "adjustment":
             key = (event.invoice_id or "", event.model)
             posted[key] += Decimal(event.total_amount)
-            named[key].append(names[event.id])
+            named[key].append(by_id[event.id].name)
     for key in sorted(posted):
         if lines.get(key) != posted[key]:
             check.fail(f"{', '.join(named[key])} (adjustments of invoice {key[0]}, {key[1]})",
