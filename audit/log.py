@@ -7,9 +7,8 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import orjson
@@ -56,8 +55,9 @@ def exact(value: Any) -> Decimal:
     raise NotExact(f"{value!r} is not an exact amount or quantity")
 
 
-@dataclass(frozen=True)
-class TopicRecord:
+class TopicRecord(NamedTuple):
+    """One record as read (a tuple: one is made per record of a topic read whole)."""
+
     partition: int
     offset: int
     key: bytes | None

@@ -433,10 +433,16 @@ async def _seed(pipeline: LocalPipeline) -> None:
 async def _settle(connection: asyncpg.Connection, before: dict[str, int], sent: int, sampler: Sampler,
                   first_done: dict[str, float]) -> dict[str, int]:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    reported = time.monotonic()
     while True:
         sampler.sample()
         now = await counters(connection)
         delta = {name: now.get(name, 0) - before.get(name, 0) for name in now}
+        if time.monotonic() - reported >= PROGRESS_INTERVAL_S:
+            reported = time.monotonic()
+            print("  done so far: " + ", ".join(f"{stage} {delta.get(name, 0):,}" for stage, name in (
+                ("metering", "metering.accepted"), ("pricing", "pricing.priced"), ("ledger", "ledger.posted"),
+                ("invoicing", "invoicing.postings"))), file=sys.stderr, flush=True)
         for stage, name in (("metering", "metering.accepted"), ("pricing", "pricing.priced"), ("ledger", "ledger.posted"),
                             ("invoicing", "invoicing.postings")):
             if stage not in first_done and delta.get(name, 0) and (
