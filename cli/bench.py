@@ -96,7 +96,7 @@ def _decimals(value: float) -> int:
 
 def _target_line(target: Target) -> str:
     figure = f"{target.figure:,.{_decimals(target.figure)}f} {target.unit}"
-    judged = _bound(target, target.target) if target.target is not None else "not judged at this rate"
+    judged = _bound(target, target.target) if target.target is not None else "not judged in this run"
     return f"    {target.measure:<48} {figure:>20}  {judged:>18}  {_bound(target, target.stretch):>18}"
 
 

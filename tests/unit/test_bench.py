@@ -56,7 +56,7 @@ def _report(**figures: object) -> Report:
 
 
 def test_targets_judge_each_figure_by_its_direction() -> None:
-    report = _report(cpu_ms_per_event=0.25, pipeline_events_per_s=12_000.0, ratio_to_baseline=0.2, latency_ms_p99=800.0,
+    report = _report(cpu_ms_per_event=0.25, baseline_events_per_s=60_000.0, pipeline_events_per_s=12_000.0, ratio_to_baseline=0.2, latency_ms_p99=800.0,
                      verify_entries_per_s=99_999.0, close_usage_events_per_s=50_000.0,
                      replay_archive_events_per_s=400_000.0, bytes_per_usage_event=1_500.0)
     judged = {target.measure: (target.figure, target.met(target.target), target.met(target.stretch))
@@ -85,3 +85,8 @@ def test_the_latency_target_is_judged_only_at_its_offered_rate() -> None:
     report.latency_rate_offered = 3_000
     latency = next(target for target in targets(report) if target.measure.startswith("p99"))
     assert (latency.met(latency.target), latency.met(latency.stretch)) == (True, None)
+
+
+def test_the_ratio_is_not_judged_without_a_baseline() -> None:
+    ratio = next(target for target in targets(_report()) if target.measure.startswith("ratio"))
+    assert (ratio.target, ratio.stretch) == (None, None)
