@@ -107,6 +107,8 @@ def rebuild(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]], a
     """Balances straight from Priced events: spend of the payer and revenue of
     the provider; Tokens consumed by the consumer and served by the provider.
     `amounts` replaces recorded amounts by recomputed ones (by Priced id)."""
+    if as_of is None and not amounts:
+        return _rebuild_in_units(events)
     totals: Balances = defaultdict(zero)
     for event in events:
         if isinstance(event, Mapping):
@@ -120,6 +122,64 @@ def rebuild(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]], a
         totals[event.consumer_bu]["tokens_consumed"] += tokens
         totals[event.provider_bu]["tokens_served"] += tokens
     return dict(totals)
+
+
+AMOUNT_PLACES: Final = 12
+"""Amounts are written at 12 decimal places: counted as integers of 10^-12, they add exactly."""
+
+
+def _units(text: str) -> int | None:
+    """An amount written at the fixed 12 places as its count of 10^-12; None for any other form."""
+    whole, point, fraction = text.partition(".")
+    if point and len(fraction) == AMOUNT_PLACES and fraction.isdigit() and (
+            whole.isdigit() or whole[:1] == "-" and whole[1:].isdigit()):
+        return int(whole + fraction)
+    return None
+
+
+def _rebuild_in_units(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]]) -> Balances:
+    """The whole rebuild, as `rebuild` does it, counted in integers: an amount at
+    the fixed scale and a whole Token count add as ints (exactly, as Decimals
+    add them) and become Decimals once per BU and figure; an event in any other
+    form takes the Decimal path."""
+    counted: dict[str, list[int]] = {}
+    others: Balances = defaultdict(zero)
+    for event in events:
+        if not isinstance(event, PricedFigures | PricedFacts):
+            event = figures(event)
+        amount = _units(event.total_amount) if type(event.total_amount) is str else None
+        tokens = event.total_tokens
+        if amount is None or type(tokens) is not int:
+            exact_amount, exact_tokens = exact(event.total_amount), exact(tokens)
+            others[event.payer_bu]["spend"] += exact_amount
+            others[event.provider_bu]["revenue"] += exact_amount
+            others[event.consumer_bu]["tokens_consumed"] += exact_tokens
+            others[event.provider_bu]["tokens_served"] += exact_tokens
+            for bu in (event.payer_bu, event.provider_bu, event.consumer_bu):  # the BUs in the order they came
+                counted.setdefault(bu, [0, 0, 0, 0, 0])
+            continue
+        # Per BU: spend, revenue, consumed, served, and a bit per figure added to (in FIGURES' order).
+        payer = counted.get(event.payer_bu) or counted.setdefault(event.payer_bu, [0, 0, 0, 0, 0])
+        payer[0] += amount
+        payer[4] |= 1
+        provider = counted.get(event.provider_bu) or counted.setdefault(event.provider_bu, [0, 0, 0, 0, 0])
+        provider[1] += amount
+        provider[3] += tokens
+        provider[4] |= 2 | 8
+        consumer = counted.get(event.consumer_bu) or counted.setdefault(event.consumer_bu, [0, 0, 0, 0, 0])
+        consumer[2] += tokens
+        consumer[4] |= 4
+    totals: Balances = {}
+    for bu, row in counted.items():
+        values = totals[bu] = zero()
+        for figure, name in enumerate(FIGURES):
+            if row[4] & (1 << figure):
+                values[name] = Decimal(row[figure]).scaleb(-AMOUNT_PLACES) if figure < 2 else Decimal(row[figure])
+    for bu, values in others.items():
+        mine = totals[bu]
+        for name in FIGURES:
+            mine[name] += values[name]
+    return totals
 
 
 def figures_of(rows: Iterable[asyncpg.Record | dict[str, Any]]) -> Balances:

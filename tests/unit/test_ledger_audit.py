@@ -222,3 +222,24 @@ def test_amounts_as_integer_units_and_back(text: str) -> None:
     assert reprice._amount(reprice._units(text)) == Decimal(text)
     with pytest.raises(reprice.NotRecomputable):
         reprice._units("0.0000000000001")
+
+
+_BUS = st.sampled_from(["taobao-tmall", "cainiao", "qwen-platform", "amap"])
+_AMOUNT_TEXTS = st.one_of(
+    st.decimals(min_value=Decimal("-1e9"), max_value=Decimal("1e9"), places=12, allow_nan=False).map(lambda value: f"{value:.12f}"),
+    st.sampled_from(["-0.000000000000", "0.000000000000", "1.5", "2", "-3.25", "1E-12"]))
+
+
+@given(st.lists(st.tuples(_BUS, _BUS, _BUS, _AMOUNT_TEXTS, st.integers(-10**15, 10**15), st.booleans()), max_size=30))
+def test_a_whole_rebuild_counted_in_integers_equals_the_decimal_one(events: list) -> None:  # noqa: ANN001
+    """`rebuild` without an as-of time adds amounts at the fixed scale as integers;
+    with one it adds Decimals. Both give the same figures, written the same way, BUs in the same order."""
+    rows = [(balances.PricedFigures(f"p{index}", "2026-03-01T00:00:00Z", payer, provider, consumer, amount, tokens)
+             if as_struct else {"id": f"p{index}", "event_time": "2026-03-01T00:00:00Z", "payer_bu": payer,
+                                "provider_bu": provider, "consumer_bu": consumer, "total_amount": amount, "total_tokens": tokens})
+            for index, (payer, provider, consumer, amount, tokens, as_struct) in enumerate(events)]
+    counted = balances.rebuild(rows)
+    added = balances.rebuild(rows, as_of=datetime(2026, 4, 1, tzinfo=UTC))
+    assert list(counted) == list(added)
+    assert {bu: {figure: f"{value:f}" for figure, value in values.items()} for bu, values in counted.items()} == {
+        bu: {figure: f"{value:f}" for figure, value in values.items()} for bu, values in added.items()}
