@@ -7,6 +7,7 @@ it: a journal row by chain, sequence and the Priced it posts; an event by its id
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -322,12 +323,14 @@ class EntryFact(NamedTuple):
 
 
 async def check_chains(connection: asyncpg.Connection, scope: str | None, chains: Check, posts: Check,
-                       progress: Progress = silent) -> tuple[dict[str, list[StoredEntry]], list[EntryFact]]:
+                       progress: Progress = silent, counted: asyncio.Future[int] | None = None,
+                       ) -> tuple[dict[str, list[StoredEntry]], list[EntryFact]]:
     """Recompute every entry from the Priced its row holds and its place in the
     chain, hash it and check the stored hash, the links, the sequences and the
     stored heads; check the row's movements against its Priced (`posts`).
     Streams each chain in order from a server-side cursor, a batch of rows at
-    a time; keeps per entry its place, hash and the Priced's facts."""
+    a time; keeps per entry its place, hash and the Priced's facts. `counted`
+    is given the number of entries in the snapshot read, as soon as it is known."""
     stored: dict[str, list[StoredEntry]] = defaultdict(list)
     facts: list[EntryFact] = []
     previous: dict[str, tuple[int, str]] = {}
@@ -335,6 +338,8 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
     decode = PRICED_DECODER.decode
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         total = await connection.fetchval(COUNT_ENTRIES, scope)
+        if counted is not None:
+            counted.set_result(total)
         cursor = await connection.cursor(SELECT_JOURNAL, scope)
         while rows := await cursor.fetch(FETCH_ROWS):
             for row in rows:
@@ -934,17 +939,30 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
     steps: dict[str, StepTime] = {}
     clock = _StepClock(steps)
     async with pool.acquire() as connection:
-        stored, facts = await check_chains(connection, scope, chains, exactly_once, progress)
-        progress("chains", chains.examined, chains.examined)
-        clock.lap("chains: read the journal, recompute and hash every entry, check its movements")
-        entries = sum(len(entries) for entries in stored.values())
+        # ledger.posted is read while the chains are: each waits on its own server
+        # (the broker, the database) while the other computes. It is read until it
+        # holds as many entries as the snapshot the chains are read from.
+        counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def read_published() -> list[TopicRecord]:
+            expected = await counted
+            return await read_topic(bootstrap_servers or "", LEDGER_POSTED.name, expected=expected,
+                                    idle_timeout_s=idle_timeout_s, distinct=lambda value: _chain_sequence(value, scope),
+                                    progress=progress)
+
+        reading = asyncio.ensure_future(read_published()) if bootstrap_servers else None
+        try:
+            stored, facts = await check_chains(connection, scope, chains, exactly_once, progress, counted)
+            progress("chains", chains.examined, chains.examined)
+            records = await reading if reading is not None else []
+        finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+        clock.lap("chains: read the journal, recompute and hash every entry, check its movements; "
+                  "meanwhile read ledger.posted")
         if bootstrap_servers:
-            records = await read_topic(
-                bootstrap_servers, LEDGER_POSTED.name, expected=entries, idle_timeout_s=idle_timeout_s,
-                distinct=lambda value: _chain_sequence(value, scope), progress=progress)
             if scope is not None:
                 records = [record for record in records if _chain_sequence(record.value, scope) is not None]
-            clock.lap("published: read ledger.posted")
             await check_published(connection, stored, records, published)
             clock.lap("published: heads against the journal")
         else:
