@@ -86,6 +86,8 @@ from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = any($1::text[]) and c.relkind = 'i'
 order by bytes desc limit $2
 """
+REPLAY_CONNECTIONS: Final = 2
+"""The archive is read in two parts at once (`audit.replay.ARCHIVE_PARTS`)."""
 PROGRESS_INTERVAL_S: Final = 2.0
 """How often a long phase says how far it is."""
 
@@ -575,16 +577,16 @@ def _ratio(rate: float, baseline: float) -> float:
 async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> None:
     """Replay with the auditor's own code (`tokenhub.audit`), timed: from the archive, then from the topic."""
     print("replay: rebuilding every balance from the archive and from the topic ...", file=sys.stderr)
-    pool = await create_pool(database_url, size_max=2)
+    pool = await create_pool(database_url, size_max=REPLAY_CONNECTIONS)
     try:
-        async with pool.acquire() as connection:
-            started = time.monotonic()
-            events = await priced_from_archive(connection)
-            rebuild(events)
-            report.replay_archive_events_per_s = round(len(events) / (time.monotonic() - started), 1)
-            report.replay_archive_ratio_to_baseline = _ratio(report.replay_archive_events_per_s,
-                                                             report.baseline_events_per_s)
-            report.replay_events = len(events)
+        async with pool.acquire(), pool.acquire():
+            pass  # connected before the clock starts, as a replay's pool is once it runs
+        started = time.monotonic()
+        events = await priced_from_archive(pool)
+        rebuild(events)
+        report.replay_archive_events_per_s = round(len(events) / (time.monotonic() - started), 1)
+        report.replay_archive_ratio_to_baseline = _ratio(report.replay_archive_events_per_s, report.baseline_events_per_s)
+        report.replay_events = len(events)
         started = time.monotonic()
         topic_events, _ = await priced_from_topic(bootstrap_servers, len(events), 5.0, progress=Throttled("replay"))
         rebuild(topic_events)
