@@ -720,9 +720,9 @@ MONTHS_CACHED_MAX: Final = 100_000
 
 def _month_of(event_time: str, zone: ZoneInfo) -> str:
     """The month of an event time in the company zone. A UTC time (`Z`, as
-    events are written) is looked up by its minute: zones are whole minutes off
-    UTC, so every time of one UTC minute falls in one month."""
-    if len(event_time) >= 17 and event_time[-1] == "Z" and event_time[16] == ":":
+    events are written) is looked up by its minute: since 1970 zones are whole
+    minutes off UTC, so every time of one UTC minute falls in one month."""
+    if len(event_time) >= 17 and event_time[-1] == "Z" and event_time[16] == ":" and event_time >= "1970":
         key = (event_time[:16], zone)
         month = _MONTHS_BY_MINUTE.get(key)
         if month is None:
