@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import msgspec
 import orjson
@@ -243,3 +244,12 @@ def test_a_whole_rebuild_counted_in_integers_equals_the_decimal_one(events: list
     assert list(counted) == list(added)
     assert {bu: {figure: f"{value:f}" for figure, value in values.items()} for bu, values in counted.items()} == {
         bu: {figure: f"{value:f}" for figure, value in values.items()} for bu, values in added.items()}
+
+
+@given(st.datetimes(min_value=datetime(1969, 12, 1), max_value=datetime(2100, 1, 1)),
+       st.sampled_from(["Asia/Shanghai", "Asia/Kolkata", "America/St_Johns", "Pacific/Chatham", "UTC"]))
+def test_the_month_of_an_event_time_looked_up_by_its_minute_is_the_month_it_parses_to(moment: datetime, zone: str) -> None:
+    text = moment.isoformat() + "Z"
+    expected = datetime.fromisoformat(text).astimezone(ZoneInfo(zone)).strftime("%Y-%m")
+    assert verify._month_of(text, ZoneInfo(zone)) == expected
+    assert verify._month_of(text, ZoneInfo(zone)) == expected  # and again, from what was remembered
