@@ -189,9 +189,21 @@ LATENCY_STRETCH_RATE: Final = 5_000
 """Issue 21's latency target: p99 production -> ledger commit within 1 s at 3,000/s offered (stretch: 5,000/s)."""
 
 
+LATENCY_P99_MS_MAX: Final = 1_000.0
+
+
+def _latency_bound(offered: int, rate: int, p99_ms: float) -> float | None:
+    """The latency bound is judged at its own offered rate; a run at a higher rate
+    that meets it meets it at the lower rate too, one that misses it says nothing of it."""
+    if offered == rate or offered > rate and p99_ms <= LATENCY_P99_MS_MAX:
+        return LATENCY_P99_MS_MAX / 1000
+    return None
+
+
 def targets(report: Report) -> list[Target]:
     """Issue 21's targets and stretch figures against one run's figures. The
-    latency target counts only at an offered rate at least the target's."""
+    latency target and its stretch are judged only where their offered rates say
+    something (`_latency_bound`)."""
     usage_events = max(1, report.events + report.latency_events)
     postgres = report.processes.get("postgres", ProcessStats())
     services = [report.processes[name].peak_rss_mb for name in report.processes
@@ -204,7 +216,8 @@ def targets(report: Report) -> list[Target]:
         Target("ratio to the plain aiokafka passthrough", report.ratio_to_baseline, "x",
                0.15 if report.baseline_events_per_s else None, 0.25 if report.baseline_events_per_s else None, False),
         Target(f"p99 production -> ledger commit at {offered:,}/s offered", report.latency_ms_p99 / 1000, "s",
-               1.0 if offered >= LATENCY_TARGET_RATE else None, 1.0 if offered >= LATENCY_STRETCH_RATE else None, True),
+               _latency_bound(offered, LATENCY_TARGET_RATE, report.latency_ms_p99),
+               _latency_bound(offered, LATENCY_STRETCH_RATE, report.latency_ms_p99), True),
         Target("verify", report.verify_entries_per_s, "entries/s", 100_000, 300_000, False),
         Target("invoice close of a month", report.close_usage_events_per_s, "usage events/s", 50_000, None, False),
         Target("replay from the archive", report.replay_archive_events_per_s, "events/s", 300_000, None, False),

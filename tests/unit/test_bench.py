@@ -77,14 +77,21 @@ def test_targets_judge_each_figure_by_its_direction() -> None:
     }
 
 
-def test_the_latency_target_is_judged_only_at_its_offered_rate() -> None:
-    report = _report(latency_ms_p99=300.0)
-    report.latency_rate_offered = 1_000
+@pytest.mark.parametrize(("offered", "p99_ms", "target", "stretch"), [
+    (1_000, 300.0, None, None),       # below both rates: says nothing of either
+    (3_000, 300.0, True, None),       # the target's rate
+    (3_000, 1_200.0, False, None),
+    (4_000, 900.0, True, None),       # met at a higher rate: met at the target's too
+    (4_000, 1_200.0, None, None),     # missed at a higher rate: says nothing of the target's
+    (5_000, 1_000.0, True, True),     # the stretch's rate
+    (5_000, 1_200.0, None, False),
+])
+def test_the_latency_target_is_judged_only_where_its_offered_rate_says_something(
+        offered: int, p99_ms: float, target: bool | None, stretch: bool | None) -> None:
+    report = _report(latency_ms_p99=p99_ms)
+    report.latency_rate_offered = offered
     latency = next(target for target in targets(report) if target.measure.startswith("p99"))
-    assert (latency.target, latency.stretch, latency.met(latency.target)) == (None, None, None)
-    report.latency_rate_offered = 3_000
-    latency = next(target for target in targets(report) if target.measure.startswith("p99"))
-    assert (latency.met(latency.target), latency.met(latency.stretch)) == (True, None)
+    assert (latency.met(latency.target), latency.met(latency.stretch)) == (target, stretch)
 
 
 def test_the_ratio_is_not_judged_without_a_baseline() -> None:
