@@ -886,10 +886,23 @@ def check_shares(consumed: dict[str, ConsumedFacts], scope: str | None, check: C
     usage: dict[tuple[str, str], list[ConsumedFacts]] = defaultdict(list)
     for event in consumed.values():
         usage[(event.usage_source, event.usage_id)].append(event)
-    for (source, usage_id), parts in sorted(usage.items()):
+    # One payer with the whole of it, shares and inputs as they must be: by far the
+    # most, passed over in any order; the rest is checked in order, so that what is
+    # named comes out in one order however the events were read.
+    rest: list[tuple[tuple[str, str], list[ConsumedFacts]]] = []
+    for key, parts in usage.items():
         if scope is not None and all(part.payer_bu != scope and part.consumer_bu != scope for part in parts):
             continue
         check.examined += 1
+        if len(parts) == 1:
+            part = parts[0]
+            tokens = part.tokens
+            if (part.payer_count == 1 and part.payer_index == 0 and part.share_percent == "100"
+                    and tokens.get("input", 0) + tokens.get("cache_read", 0) + tokens.get("cache_write", 0)
+                    == part.request_input_tokens):
+                continue
+        rest.append((key, parts))
+    for (source, usage_id), parts in sorted(rest, key=lambda item: item[0]):
         if len(parts) == 1 and parts[0].payer_count == 1 and parts[0].payer_index == 0:
             part = parts[0]  # one payer, the whole of it: by far the most
             if part.share_percent != "100" and Decimal(part.share_percent) != 100:
