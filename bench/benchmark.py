@@ -24,7 +24,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -683,3 +683,14 @@ async def _stored(report: Report, database_url: str) -> None:
                                                                              RELATIONS_SHOWN)]
     finally:
         await connection.close()
+
+
+RESULTS_DIR: Final = Path("bench-results")
+
+
+def write_report(report: Report, output: Path | None = None) -> Path:
+    """The report as JSON, to `output` or a new file under RESULTS_DIR named for the time."""
+    path = output or RESULTS_DIR / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(orjson.dumps(asdict(report), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return path

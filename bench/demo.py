@@ -9,6 +9,7 @@ runs, so the dashboard that `tokenhub up` serves there shows all of it."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from tokenhub.bench.load import (
     SEED_DEFAULT,
     ZONE,
     generate_usage,
+    pricebook_document,
     recompute_spend,
     seed_company,
 )
@@ -39,6 +41,7 @@ from tokenhub.client import UsageClient
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, UsageReported
 from tokenhub.contracts.periods import parse
+from tokenhub.contracts.pricebook import BookIndex, book_from_document
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.embedded import wait_for_port
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
@@ -214,3 +217,21 @@ async def serve_dashboard(pipeline: LocalPipeline) -> DashboardAccess:
     pipeline.services.start("api", extra_env={"TOKENHUB_API_PORT": str(port)})
     await asyncio.to_thread(wait_for_port, "127.0.0.1", port, API_START_TIMEOUT_S, pipeline.state_dir / "logs" / "api.log")
     return DashboardAccess(f"http://127.0.0.1:{port}/dashboard/", f"http://127.0.0.1:{port}/docs")
+
+
+
+def demo_books() -> BookIndex:
+    """The one book the demo publishes, read from the same file, for naming
+    which version and tier priced each invoice line."""
+    book = book_from_document(pricebook_document(), actor="demo", reason="the demo's prices", retroactive=True,
+                              published_at=NOW)
+    return BookIndex.of([book])
+
+
+async def until_stopped() -> None:
+    """Until SIGINT or SIGTERM: a kept demo stays up until then."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stopping.set)
+    await stopping.wait()

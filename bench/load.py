@@ -114,6 +114,12 @@ def generate_usage(count: int, *, seed: int = SEED_DEFAULT, day_end: datetime | 
     return events
 
 
+def usage_messages(count: int, *, seed: int = SEED_DEFAULT, day_end: datetime | None = None) -> list[tuple[bytes, bytes]]:
+    """`generate_usage` as messages for usage.reported: keyed by consumer BU, canonical bytes."""
+    return [(event.data.consumer_bu.encode(), canonical_json(event))
+            for event in generate_usage(count, seed=seed, day_end=day_end)]
+
+
 BAD_EVENTS: Final = (
     b"this is not json",
     b'{"specversion": "1.0", "id": "bad-1", "source": "gateway/quark", "type": "com.tokenhub.usage.v1", '

@@ -16,7 +16,6 @@ from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.periods import PeriodError, parse_time
 from tokenhub.infra.settings import load_settings
-from tokenhub.services.common.db import create_pool
 
 _DURATION = re.compile(r"^(\d+)([dh])$")
 
@@ -36,33 +35,28 @@ def _expiry(text: str | None, now: datetime) -> datetime | None:
 
 async def apikey(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=1)
     owner = arguments.owner or getpass.getuser() if arguments.action != "list" else ""
     now = datetime.now().astimezone()
-    try:
-        async with pool.acquire() as connection:
-            if arguments.action == "create":
-                try:
-                    key_id, key = await keys.create(connection, arguments.role, arguments.bu, owner, arguments.reason, now,
-                                                    _expiry(arguments.expires, now))
-                except (keys.KeyNotIssued, ValueError) as error:
-                    raise CliError(str(error)) from None
-                if args.output_format(arguments) == "json":
-                    print(render.json({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu,
-                                       "owner": owner}))
-                else:
-                    print(f"key {key_id} ({arguments.role}{' for ' + arguments.bu if arguments.bu else ''}, owner {owner}):\n"
-                          f"{key}\nIt is shown once; only its SHA-256 is stored.")
-                return 0
-            if arguments.action == "revoke":
-                if not await keys.revoke(connection, arguments.key_id, now, f"{owner}: {arguments.reason}"):
-                    raise CliError(f"no active key {arguments.key_id}")
-                print(f"revoked key {arguments.key_id}; the API refuses it within a second")
-                return 0
-            rows = await keys.listing(connection)
-    finally:
-        await pool.close()
+    async with args.database(settings, size_max=1) as pool, pool.acquire() as connection:
+        if arguments.action == "create":
+            try:
+                key_id, key = await keys.create(connection, arguments.role, arguments.bu, owner, arguments.reason, now,
+                                                _expiry(arguments.expires, now))
+            except (keys.KeyNotIssued, ValueError) as error:
+                raise CliError(str(error)) from None
+            if args.output_format(arguments) == "json":
+                print(render.json({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu,
+                                   "owner": owner}))
+            else:
+                print(f"key {key_id} ({arguments.role}{' for ' + arguments.bu if arguments.bu else ''}, owner {owner}):\n"
+                      f"{key}\nIt is shown once; only its SHA-256 is stored.")
+            return 0
+        if arguments.action == "revoke":
+            if not await keys.revoke(connection, arguments.key_id, now, f"{owner}: {arguments.reason}"):
+                raise CliError(f"no active key {arguments.key_id}")
+            print(f"revoked key {arguments.key_id}; the API refuses it within a second")
+            return 0
+        rows = await keys.listing(connection)
     if args.output_format(arguments) == "json":
         print(render.json(rows))
         return 0
@@ -93,40 +87,31 @@ async def api_bench(arguments: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    actions = subparsers.add_parser("apikey", help="API keys for the HTTP API, with roles").add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="issue a key (shown once)")
-    create.add_argument("--role", required=True, choices=ROLES, help=f"what the key may do: {', '.join(ROLES)}")
-    args.add_bu(create, what="the business unit a bu-reader key reads for")
-    create.add_argument("--owner", help="who holds it: the actor of every change it makes (default: your login name)")
-    create.add_argument("--expires", help="a duration (90d, 12h) or an ISO time with zone (default: never)")
-    create.add_argument("--reason", required=True, help="why the key is issued: kept with it for auditors")
-    args.add_output(create)
-    args.examples(create, "tokenhub apikey create --role finance --reason 'month-end reports'",
-                  "tokenhub apikey create --role bu-reader --bu taobao-tmall --expires 90d --reason dashboard --json")
-    create.set_defaults(handler=apikey)
-    listing = actions.add_parser("list", help="keys, their roles and state (never the keys themselves)")
-    args.add_output(listing)
-    args.examples(listing, "tokenhub apikey list", "tokenhub apikey list --json")
-    listing.set_defaults(handler=apikey)
-    revoke = actions.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id", help="the key's id, as `tokenhub apikey list` shows it")
-    revoke.add_argument("--owner", help="who revokes it (default: your login name)")
-    revoke.add_argument("--reason", required=True, help="why it is revoked: kept with it for auditors")
-    args.examples(revoke, "tokenhub apikey revoke 3f9c2a1b --reason 'left the team'")
-    revoke.set_defaults(handler=apikey)
+    command, arg = args.command, args.arg
+    actions = args.actions(subparsers, "apikey", "API keys for the HTTP API, with roles")
+    command(actions, "create", "issue a key (shown once)", apikey,
+            arg("--role", required=True, choices=ROLES, help=f"what the key may do: {', '.join(ROLES)}"),
+            args.bu_option(what="the business unit a bu-reader key reads for"),
+            arg("--owner", help="who holds it: the actor of every change it makes (default: your login name)"),
+            arg("--expires", help="a duration (90d, 12h) or an ISO time with zone (default: never)"),
+            arg("--reason", required=True, help="why the key is issued: kept with it for auditors"), output=True,
+            examples=("tokenhub apikey create --role finance --reason 'month-end reports'",
+                      "tokenhub apikey create --role bu-reader --bu taobao-tmall --expires 90d --reason dashboard --json"))
+    command(actions, "list", "keys, their roles and state (never the keys themselves)", apikey, output=True,
+            examples=("tokenhub apikey list", "tokenhub apikey list --json"))
+    command(actions, "revoke", "revoke a key", apikey, arg("key_id", help="the key's id, as `tokenhub apikey list` shows it"),
+            arg("--owner", help="who revokes it (default: your login name)"),
+            arg("--reason", required=True, help="why it is revoked: kept with it for auditors"),
+            examples=("tokenhub apikey revoke 3f9c2a1b --reason 'left the team'",))
 
-    api = subparsers.add_parser("api", help="the HTTP API").add_subparsers(dest="action", required=True)
-    serve_parser = api.add_parser("serve", help="serve the API (TOKENHUB_API_PORT, default 8090)")
-    args.examples(serve_parser, "tokenhub api serve")
-    serve_parser.set_defaults(handler=api_serve)
-    bench_parser = api.add_parser("bench-quota", help="p50/p99 of the quota check at a steady request rate, and their "
-                                  "ratio to a bare uvicorn app under the same load")
-    bench_parser.add_argument("--rate", type=float, default=1000.0, help="requests per second offered (default: 1000)")
-    bench_parser.add_argument("--seconds", type=float, default=20.0, help="how long to offer them (default: 20)")
-    bench_parser.add_argument("--payers", type=int, default=200, help="payers in the seeded quota state (default: 200)")
-    bench_parser.add_argument("--postings", type=int, default=100, help="postings per payer seeded on ledger.posted (default: 100)")
-    bench_parser.add_argument("--url", help="an API already running (default: start one on an embedded stack)")
-    bench_parser.add_argument("--key", help="its API key (with --url)")
-    args.add_output(bench_parser)
-    args.examples(bench_parser, "tokenhub api bench-quota --rate 500 --seconds 10")
-    bench_parser.set_defaults(handler=api_bench)
+    api = args.actions(subparsers, "api", "the HTTP API")
+    command(api, "serve", "serve the API (TOKENHUB_API_PORT, default 8090)", api_serve, examples=("tokenhub api serve",))
+    command(api, "bench-quota", "p50/p99 of the quota check at a steady request rate, and their "
+            "ratio to a bare uvicorn app under the same load", api_bench,
+            arg("--rate", type=float, default=1000.0, help="requests per second offered (default: 1000)"),
+            arg("--seconds", type=float, default=20.0, help="how long to offer them (default: 20)"),
+            arg("--payers", type=int, default=200, help="payers in the seeded quota state (default: 200)"),
+            arg("--postings", type=int, default=100, help="postings per payer seeded on ledger.posted (default: 100)"),
+            arg("--url", help="an API already running (default: start one on an embedded stack)"),
+            arg("--key", help="its API key (with --url)"), output=True,
+            examples=("tokenhub api bench-quota --rate 500 --seconds 10",))

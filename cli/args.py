@@ -10,19 +10,20 @@ from __future__ import annotations
 import argparse
 import getpass
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 import yaml
 
+from tokenhub.cli import render
 from tokenhub.cli.errors import CliError, UsageError, not_one_of
 from tokenhub.contracts.periods import Period, PeriodError, containing, parse, parse_time
-from tokenhub.infra.settings import Settings, clock
+from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.metering import queries as metering_queries
 
@@ -93,20 +94,7 @@ def output_format(arguments: argparse.Namespace) -> str:
     return chosen or "text"
 
 
-def add_bu(parser: argparse.ArgumentParser, *, required: bool = False, what: str = "the business unit") -> None:
-    parser.add_argument("--bu", required=required, metavar="BU",
-                        help=f"{what}, by its id, for example taobao-tmall" + ("" if required else " (default: all)"))
-
-
-def add_period(parser: argparse.ArgumentParser, *, what: str = PERIOD_HELP, required: bool = False) -> None:
-    parser.add_argument("--period", required=required, metavar="PERIOD", help=what)
-
-
-def add_as_of(parser: argparse.ArgumentParser, what: str = "as of this time") -> None:
-    parser.add_argument("--as-of", metavar="TIME", help=f"{what}; {TIME_HELP} (default: now)")
-
-
-def examples(parser: argparse.ArgumentParser, *lines: str) -> argparse.ArgumentParser:
+def add_examples(parser: argparse.ArgumentParser, *lines: str) -> argparse.ArgumentParser:
     """Put examples under a command's help; tests/unit/test_cli_vocabulary.py
     parses each one, so an example never drifts from the command."""
     parser.epilog = "examples:\n" + "\n".join(textwrap.indent(line, "  ") for line in lines)
@@ -145,3 +133,70 @@ async def database(settings: Settings, size_max: int = 2) -> AsyncIterator[async
         yield pool
     finally:
         await pool.close()
+
+
+T = TypeVar("T")
+
+
+async def query(read: Callable[..., Awaitable[T]], *parameters: Any, **options: Any) -> T:
+    """One read (a service's query, taking a pool first), on a pool opened for it."""
+    async with database(load_settings(), size_max=1) as pool:
+        return await read(pool, *parameters, **options)
+
+
+async def show(arguments: argparse.Namespace, read: Callable[..., Awaitable[list[Any]]], columns: list[str], empty: str) -> int:
+    """A listing command: the rows `read` returns, as JSON or a table (`empty` when there are none)."""
+    rows = await query(read)
+    render.show(rows, columns, output_format(arguments), load_settings().timezone, empty)
+    return 0
+
+
+Argument = tuple[tuple[str, ...], dict[str, Any]]
+"""One argument of a command: the flags and options `add_argument` takes."""
+
+
+def arg(*flags: str, **options: Any) -> Argument:
+    return flags, options
+
+
+def bu_option(*, required: bool = False, what: str = "the business unit") -> Argument:
+    return arg("--bu", required=required, metavar="BU",
+               help=f"{what}, by its id, for example taobao-tmall" + ("" if required else " (default: all)"))
+
+
+def period_option(*, what: str = PERIOD_HELP, required: bool = False) -> Argument:
+    return arg("--period", required=required, metavar="PERIOD", help=what)
+
+
+def as_of_option(what: str = "as of this time") -> Argument:
+    return arg("--as-of", metavar="TIME", help=f"{what}; {TIME_HELP} (default: now)")
+
+
+def time_option(flag: str, dest: str, what: str, *, required: bool = False) -> Argument:
+    return arg(flag, dest=dest, required=required, metavar="TIME", help=f"{what}; {TIME_HELP}")
+
+
+def actions(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """A command whose first word after it is an action (`tokenhub invoice list`)."""
+    return subparsers.add_parser(name, help=help_text).add_subparsers(dest="action", required=True)
+
+
+def command(parent: argparse._SubParsersAction, name: str, help_text: str, handler: Any, *arguments: Argument,
+            output: bool | tuple[str, ...] = False, change: bool = False, after: tuple[Argument, ...] = (),
+            examples: tuple[str, ...] = (), **parser_options: Any) -> argparse.ArgumentParser:
+    """A command: its own arguments in order, then --format/--json when it
+    prints an `output` (True, or the formats beyond text and json), then
+    --actor/--reason when it makes a `change`, the arguments `after` them, its
+    examples and its handler."""
+    parser = parent.add_parser(name, help=help_text, **parser_options)
+    for flags, options in arguments:
+        parser.add_argument(*flags, **options)
+    if output is not False:
+        add_output(parser, *(() if output is True else output))
+    if change:
+        add_change(parser)
+    for flags, options in after:
+        parser.add_argument(*flags, **options)
+    add_examples(parser, *examples)
+    parser.set_defaults(handler=handler)
+    return parser

@@ -4,21 +4,16 @@ figures and writes them as JSON."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
 
-import orjson
 import psutil
 
-from tokenhub.bench.benchmark import EVENTS_DEFAULT, HOPS, LATENCY_RATE_DEFAULT, Report, Target, run_bench, targets
+from tokenhub.bench.benchmark import (EVENTS_DEFAULT, HOPS, LATENCY_RATE_DEFAULT, Report, Target, run_bench, targets,
+                                      write_report)
 from tokenhub.cli import args
 from tokenhub.cli.errors import CliError
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.logging import configure_logging
-
-RESULTS_DIR: Final = Path("bench-results")
 
 
 def render(report: Report) -> str:
@@ -108,9 +103,7 @@ async def bench(arguments: argparse.Namespace) -> int:
                              as_fast_as_possible=arguments.as_fast_as_possible, instances=arguments.instances,
                              skip_baseline=arguments.skip_baseline, broker=arguments.broker)
     print(render(report))
-    output = Path(arguments.output) if arguments.output else RESULTS_DIR / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(orjson.dumps(asdict(report), option=orjson.OPT_INDENT_2).decode() + "\n")
+    output = write_report(report, Path(arguments.output) if arguments.output else None)
     print(f"wrote {output}")
     if report.verify_violations > 0:
         raise CliError(f"verify found {report.verify_violations} invariant violations after the run: the figures do not count")
@@ -118,17 +111,17 @@ async def bench(arguments: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    command = subparsers.add_parser("bench", help="benchmark the pipeline against a plain aiokafka baseline")
-    command.add_argument("--events", type=int,
-                         help=f"usage events to send (default {EVENTS_DEFAULT:,}, or a trace's rows once)")
-    command.add_argument("--rate", type=int, default=LATENCY_RATE_DEFAULT,
-                         help=f"offered events/s for the latency phase (default: {LATENCY_RATE_DEFAULT:,})")
-    command.add_argument("--trace", help="a CSV of usage to replay: timestamp_ms,model,input_tokens,output_tokens")
-    command.add_argument("--as-fast-as-possible", action="store_true", help="replay a trace without its pace")
-    command.add_argument("--instances", type=int, choices=(1, 2), default=1, help="instances of each service (default: 1)")
-    command.add_argument("--skip-baseline", action="store_true", help="measure the pipeline only, not the plain baselines")
-    command.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
-                         help="tansu: the embedded broker (default); kafka: one Apache Kafka node (infra/kafka), same-run baselines on it")
-    command.add_argument("--output", help="where to write the JSON report (default: bench-results/bench-TIME.json)")
-    args.examples(command, "tokenhub bench --events 20000", "tokenhub bench --instances 2 --output report.json")
-    command.set_defaults(handler=bench)
+    arg = args.arg
+    args.command(
+        subparsers, "bench", "benchmark the pipeline against a plain aiokafka baseline", bench,
+        arg("--events", type=int, help=f"usage events to send (default {EVENTS_DEFAULT:,}, or a trace's rows once)"),
+        arg("--rate", type=int, default=LATENCY_RATE_DEFAULT,
+            help=f"offered events/s for the latency phase (default: {LATENCY_RATE_DEFAULT:,})"),
+        arg("--trace", help="a CSV of usage to replay: timestamp_ms,model,input_tokens,output_tokens"),
+        arg("--as-fast-as-possible", action="store_true", help="replay a trace without its pace"),
+        arg("--instances", type=int, choices=(1, 2), default=1, help="instances of each service (default: 1)"),
+        arg("--skip-baseline", action="store_true", help="measure the pipeline only, not the plain baselines"),
+        arg("--broker", choices=("tansu", "kafka"), default="tansu",
+            help="tansu: the embedded broker (default); kafka: one Apache Kafka node (infra/kafka), same-run baselines on it"),
+        arg("--output", help="where to write the JSON report (default: bench-results/bench-TIME.json)"),
+        examples=("tokenhub bench --events 20000", "tokenhub bench --instances 2 --output report.json"))

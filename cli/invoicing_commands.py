@@ -8,14 +8,12 @@ import argparse
 
 from tokenhub.cli import args, render
 from tokenhub.cli.errors import CliError
-from tokenhub.cli.render import money, table
-from tokenhub.contracts.periods import PeriodError, parse
-from tokenhub.contracts.settlement import SettlementNetted
+from tokenhub.cli.render import table
+from tokenhub.contracts.periods import PeriodError
 from tokenhub.infra.settings import clock, load_settings
-from tokenhub.services.common.outbox import relay_now
-from tokenhub.services.invoicing import queries
+from tokenhub.services.invoicing import queries, tools
 from tokenhub.services.invoicing.domain import PeriodNotEnded, PlanError, what_follows_an_early_close
-from tokenhub.services.invoicing.handlers import SCHEMA as INVOICING_SCHEMA, assign_plan, close_period, end_plan, set_cycle
+from tokenhub.services.invoicing.handlers import assign_plan, end_plan, set_cycle
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.metering import queries as metering_queries
 from tokenhub.services.metering import registry
@@ -54,42 +52,16 @@ async def close(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     period = args.period(arguments.period, settings)
     now = clock(settings)
-    async with args.database(settings) as pool:
-        try:
-            issued = await close_period(pool, settings, period.name, actor=args.actor(arguments), now=now,
-                                        early=arguments.early)
-        except PeriodNotEnded as error:
-            raise CliError(f"{error} Pass --early to close it now.") from error
-        # Published now, as the service publishes what it closes; left in the outbox,
-        # they would wait for the service's next batch of postings.
-        published = await relay_now(pool, settings.require_stack()[0], INVOICING_SCHEMA, client_id="tokenhub-invoice-close",
-                                    settings=settings)
+    try:
+        issued, published = await tools.close(settings, period.name, actor=args.actor(arguments), now=now,
+                                              early=arguments.early)
+    except PeriodNotEnded as error:
+        raise CliError(f"{error} Pass --early to close it now.") from error
     print(f"closed {period.name} ({render.period_range(period.start, period.end, settings.timezone)}): "
           f"{len(issued)} invoices issued, {published} events published")
     if now < period.end:
         print(what_follows_an_early_close(period))
     return 0
-
-
-def render_settlement(settlement: SettlementNetted, final: bool) -> str:
-    status = ("settled" if settlement.revision == 1 else f"settled, revision {settlement.revision}") if final else (
-        "provisional (month not closed)")
-    payers = sorted({flow.payer_bu for flow in settlement.matrix})
-    providers = sorted({flow.provider_bu for flow in settlement.matrix})
-    cells = {(flow.payer_bu, flow.provider_bu): flow.amount for flow in settlement.matrix}
-    matrix = table(["payer \\ provider", *providers],
-                   [[payer, *(money(cells[(payer, provider)]) if (payer, provider) in cells else "-" for provider in providers)]
-                    for payer in payers], right=set(range(1, len(providers) + 1)))
-    positions = table(["business unit", f"net position {settlement.currency}", "rounded"],
-                      [[bu, f"{amount:,.6f}", money(settlement.rounded_positions[bu])] for bu, amount in sorted(settlement.positions.items())],
-                      right={1, 2})
-    transfers = table(["pays", "receives", f"amount {settlement.currency}"],
-                      [[transfer.from_bu, transfer.to_bu, money(transfer.amount)] for transfer in settlement.transfers],
-                      right={2})
-    residue = (f"\nrounding residue absorbed by {settlement.rounding_residue_bu}" if settlement.rounding_residue_bu else "")
-    return (f"SETTLEMENT {settlement.period} [{status}]\n\nwho owes whom before netting:\n{matrix}\n\n"
-            f"net positions (revenue - spend):\n{positions}{residue}\n\n"
-            f"{len(settlement.transfers)} transfers clear {len(settlement.positions)} positions:\n{transfers}")
 
 
 async def settle(arguments: argparse.Namespace) -> int:
@@ -100,7 +72,7 @@ async def settle(arguments: argparse.Namespace) -> int:
     if args.output_format(arguments) == "json":
         print(render.json({"final": final, **settlement.model_dump()}))
     else:
-        print(render_settlement(settlement, final))
+        print(render.settlement(settlement, final))
     return 0
 
 
@@ -152,13 +124,7 @@ async def plan(arguments: argparse.Namespace) -> int:
         if arguments.action == "list":
             await args.known_bu(pool, arguments.bu)
             rows = await queries.plans(pool, bu=arguments.bu)
-            if args.output_format(arguments) == "json":
-                print(render.json(rows))
-            else:
-                print(table(["payer", "model", "book", "provider", "from", "to", "by", "reason"],
-                            [[row["payer_bu"], row["model"], row["book_id"], row["provider_bu"], row["first_month"],
-                              row["last_month"] or "-", row["ended_by"] or row["actor"], row["end_reason"] or row["reason"]]
-                             for row in rows]))
+            print(render.json(rows) if args.output_format(arguments) == "json" else render.plans(rows))
             return 0
         actor = args.actor(arguments)
         models = {row["model_id"]: row for row in await metering_queries.models(pool)}
@@ -186,64 +152,46 @@ async def plan(arguments: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    invoice_actions = subparsers.add_parser("invoice", help="invoices").add_subparsers(dest="action", required=True)
+    command, arg = args.command, args.arg
+    month = "a month, for example 2026-03 (default: this month)"
+    invoice_actions = args.actions(subparsers, "invoice", "invoices")
     for name, what in (("list", "invoices issued and drafted, one line each"),
                        ("show", "invoices in full: each line with the book version and tier that priced it")):
-        command = invoice_actions.add_parser(name, help=what)
-        args.add_bu(command, what="the payer")
-        args.add_period(command, what=f"one billing period; {args.PERIOD_HELP} (default: every period)")
-        args.add_output(command, "csv", "html")
-        args.examples(command, f"tokenhub invoice {name}", f"tokenhub invoice {name} --bu taobao-tmall --period 2026-03",
-                      f"tokenhub invoice {name} --bu taobao-tmall --format html > invoice.html")
-        command.set_defaults(handler=invoice)
-    command = invoice_actions.add_parser("close", help="close a period: issue its invoices")
-    args.add_period(command, required=True, what=f"the period to close; {args.PERIOD_HELP}")
-    command.add_argument("--actor", default=None, help="who closes it (default: your login name)")
-    command.add_argument("--early", action="store_true",
-                         help="close a period that has not ended yet (its invoices are final; later usage of it goes on the next ones)")
-    args.examples(command, "tokenhub invoice close --period 2026-03", "tokenhub invoice close --period 2026-12 --early")
-    command.set_defaults(handler=invoice)
+        command(invoice_actions, name, what, invoice, args.bu_option(what="the payer"),
+                args.period_option(what=f"one billing period; {args.PERIOD_HELP} (default: every period)"),
+                output=("csv", "html"),
+                examples=(f"tokenhub invoice {name}", f"tokenhub invoice {name} --bu taobao-tmall --period 2026-03",
+                          f"tokenhub invoice {name} --bu taobao-tmall --format html > invoice.html"))
+    command(invoice_actions, "close", "close a period: issue its invoices", invoice,
+            args.period_option(required=True, what=f"the period to close; {args.PERIOD_HELP}"),
+            arg("--actor", default=None, help="who closes it (default: your login name)"),
+            arg("--early", action="store_true",
+                help="close a period that has not ended yet (its invoices are final; later usage of it goes on the next ones)"),
+            examples=("tokenhub invoice close --period 2026-03", "tokenhub invoice close --period 2026-12 --early"))
 
-    command = subparsers.add_parser("spend", help="month to date: spend by consumer, app, model and class, and the tier reached")
-    args.add_bu(command, required=True, what="the payer")
-    args.add_period(command, what="a month, for example 2026-03 (default: this month)")
-    args.add_output(command)
-    args.examples(command, "tokenhub spend --bu taobao-tmall", "tokenhub spend --bu taobao-tmall --period 2026-03 --json")
-    command.set_defaults(handler=spend)
+    command(subparsers, "spend", "month to date: spend by consumer, app, model and class, and the tier reached", spend,
+            args.bu_option(required=True, what="the payer"), args.period_option(what=month), output=True,
+            examples=("tokenhub spend --bu taobao-tmall", "tokenhub spend --bu taobao-tmall --period 2026-03 --json"))
+    command(subparsers, "billing-cycle", "bill a payer every month (default), week or day", cycle,
+            args.bu_option(required=True, what="the payer"),
+            arg("--every", choices=("month", "week", "day"), required=True, help="how often its periods close"), change=True,
+            examples=("tokenhub billing-cycle --bu cainiao --every week --reason 'weekly chargeback'",))
+    command(subparsers, "settle", "the month's BU-by-BU matrix, net positions and settlement transfers", settle,
+            args.period_option(what=month), output=True,
+            examples=("tokenhub settle --period 2026-03", "tokenhub settle --json"))
 
-    command = subparsers.add_parser("billing-cycle", help="bill a payer every month (default), week or day")
-    args.add_bu(command, required=True, what="the payer")
-    command.add_argument("--every", choices=("month", "week", "day"), required=True, help="how often its periods close")
-    args.add_change(command)
-    args.examples(command, "tokenhub billing-cycle --bu cainiao --every week --reason 'weekly chargeback'")
-    command.set_defaults(handler=cycle)
-
-    command = subparsers.add_parser("settle", help="the month's BU-by-BU matrix, net positions and settlement transfers")
-    args.add_period(command, what="a month, for example 2026-03 (default: this month)")
-    args.add_output(command)
-    args.examples(command, "tokenhub settle --period 2026-03", "tokenhub settle --json")
-    command.set_defaults(handler=settle)
-
-    actions = subparsers.add_parser("plan", help="assign payers to a price book's period tiers (fees) for months").add_subparsers(
-        dest="action", required=True)
-    command = actions.add_parser("assign", help="a payer on a book's period tiers for a model, from a month")
-    args.add_bu(command, required=True, what="the payer")
-    command.add_argument("--book", required=True, help="the price book whose period tiers apply")
-    command.add_argument("--model", required=True, help="the model they apply to")
-    command.add_argument("--from", dest="first", required=True, metavar="MONTH", help="the first month, for example 2026-04")
-    command.add_argument("--to", dest="last", metavar="MONTH", help="the last month (default: until ended)")
-    args.add_change(command)
-    args.examples(command, "tokenhub plan assign --bu taobao-tmall --book internal --model qwen-max --from 2026-04 --reason 'volume deal'")
-    command.set_defaults(handler=plan)
-    command = actions.add_parser("list", help="plans, with who assigned or ended them and why")
-    args.add_bu(command, what="the payer")
-    args.add_output(command)
-    args.examples(command, "tokenhub plan list", "tokenhub plan list --bu taobao-tmall --json")
-    command.set_defaults(handler=plan)
-    command = actions.add_parser("end", help="end a payer's running plan for a model with a month")
-    args.add_bu(command, required=True, what="the payer")
-    command.add_argument("--model", required=True, help="the model of the plan")
-    command.add_argument("--last", required=True, metavar="MONTH", help="the last month it covers, for example 2026-06")
-    args.add_change(command)
-    args.examples(command, "tokenhub plan end --bu taobao-tmall --model qwen-max --last 2026-06 --reason 'deal ended'")
-    command.set_defaults(handler=plan)
+    actions = args.actions(subparsers, "plan", "assign payers to a price book's period tiers (fees) for months")
+    command(actions, "assign", "a payer on a book's period tiers for a model, from a month", plan,
+            args.bu_option(required=True, what="the payer"),
+            arg("--book", required=True, help="the price book whose period tiers apply"),
+            arg("--model", required=True, help="the model they apply to"),
+            arg("--from", dest="first", required=True, metavar="MONTH", help="the first month, for example 2026-04"),
+            arg("--to", dest="last", metavar="MONTH", help="the last month (default: until ended)"), change=True,
+            examples=("tokenhub plan assign --bu taobao-tmall --book internal --model qwen-max --from 2026-04 "
+                      "--reason 'volume deal'",))
+    command(actions, "list", "plans, with who assigned or ended them and why", plan, args.bu_option(what="the payer"),
+            output=True, examples=("tokenhub plan list", "tokenhub plan list --bu taobao-tmall --json"))
+    command(actions, "end", "end a payer's running plan for a model with a month", plan,
+            args.bu_option(required=True, what="the payer"), arg("--model", required=True, help="the model of the plan"),
+            arg("--last", required=True, metavar="MONTH", help="the last month it covers, for example 2026-06"), change=True,
+            examples=("tokenhub plan end --bu taobao-tmall --model qwen-max --last 2026-06 --reason 'deal ended'",))

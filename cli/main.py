@@ -28,8 +28,8 @@ from tokenhub.cli import (
     stack,
 )
 from tokenhub.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, UsageError, one_line, usage_message
-from tokenhub.infra.deployment import recorded_currency
-from tokenhub.infra.settings import ENV_PREFIX, Settings, load_settings
+from tokenhub.infra.deployment import adopt_recorded_currency
+from tokenhub.infra.settings import load_settings
 from tokenhub.services.common.logging import configure_logging
 from tokenhub.services.common.runtime import collect_garbage_less_often
 
@@ -102,23 +102,6 @@ def _parser() -> Parser:
 CURRENCY_RECORDED_BY: Final = frozenset({"up", "init"})
 """Commands that record the settlement currency (infra.boot); every other one,
 the services included, takes it from the database."""
-
-
-def adopt_recorded_currency(settings: Settings) -> Settings:
-    """The deployment's recorded currency in place of this terminal's, for this
-    process and every `load_settings` in it (docs/architecture.md decision 4).
-    Without a reachable, initialised database, the settings stay as they are: a
-    command that needs the database says so itself."""
-    if not settings.database_url:
-        return settings
-    try:
-        recorded = asyncio.run(recorded_currency(settings.database_url))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-        return settings
-    if recorded is None or recorded == settings.currency:
-        return settings
-    os.environ[f"{ENV_PREFIX}CURRENCY"] = recorded
-    return load_settings()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,7 @@ import importlib
 import os
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 from typing import Final
 
 import structlog
@@ -26,7 +24,7 @@ from tokenhub.infra.pipeline import with_http_port
 from tokenhub.infra.processes import SERVICES
 from tokenhub.infra.settings import load_settings
 from tokenhub.infra.state import DEMO_ENV_FILE, kept_settings
-from tokenhub.infra.status import StackStatus, stack_status
+from tokenhub.infra.status import stack_status
 from tokenhub.infra.supervisor import AlreadyRunning, GaveUp, StackSupervisor, lock_holder
 
 __all__ = ["SERVICES", "init", "up", "run_service", "status", "register"]
@@ -55,19 +53,13 @@ async def run_service(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _already_running(error: AlreadyRunning, state_dir: Path, zone: str) -> CliError:
-    """`already running in .tokenhub (pid 4242, since 2026-03-14 10:30:00 Asia/Shanghai (+08:00))`."""
-    since = render.local(datetime.fromisoformat(error.since), zone, seconds=True) if error.since else "unknown"
-    return CliError(f"already running in {state_dir} (pid {error.pid or 'unknown'}, since {since})")
-
-
 async def up(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     state_dir = Path(settings.state_dir)
     holder = lock_holder(state_dir)
     if holder is not None:  # checked again under the lock: this is only the early, clear answer
-        raise _already_running(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since")), state_dir,
-                               settings.timezone)
+        raise CliError(render.already_running(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since")),
+                                              state_dir, settings.timezone))
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
     # On a demo's data, the demo's clock (the environment's settings go first).
     kept = {name: value for name, value in kept_settings(state_dir).items() if name not in os.environ}
@@ -77,7 +69,7 @@ async def up(arguments: argparse.Namespace) -> int:
     try:
         await supervisor.start()
     except AlreadyRunning as error:
-        raise _already_running(error, state_dir, settings.timezone) from None
+        raise CliError(render.already_running(error, state_dir, settings.timezone)) from None
     environment = supervisor.environment
     currency = await recorded_currency(stack.endpoints.database_url)
     print(
@@ -123,34 +115,28 @@ async def status(arguments: argparse.Namespace) -> int:
     if output == "json":
         print(render.json(report.as_json()))
         return 0
-    print(render_status(report, settings.timezone))
+    print(render.status(report, settings.timezone))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    up_parser = subparsers.add_parser("up", help="start the embedded stack and all four services in the foreground")
-    up_parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
-                           help="tansu: the embedded broker (default); kafka: Apache Kafka (KRaft) from Maven Central, "
-                                "secured with SASL/SCRAM and TLS, under the state folder's kafka/")
-    up_parser.add_argument("--brokers", type=int, default=3, help="Apache Kafka nodes (--broker kafka; default: 3)")
-    args.examples(up_parser, "tokenhub up", "tokenhub up --broker kafka --brokers 3")
-    up_parser.set_defaults(handler=up)
-    status_parser = subparsers.add_parser(
-        "status", help="the local stack: every process, its restarts, each service's lag and recent faults",
-        description="What `tokenhub up` in this folder supervises: each process with its pid, state and restarts; "
-                    "each service's lag (records on its input topics not handled yet; a lower bound on the embedded "
-                    "broker) and outbox (events stored, not yet published); the faults it recovered from. "
-                    "Exits 3 when nothing runs here.")
-    args.add_output(status_parser)
-    args.examples(status_parser, "tokenhub status", "tokenhub status --json")
-    status_parser.set_defaults(handler=status)
-    run = subparsers.add_parser("run", help="run one service (what docker-compose and tokenhub up start)")
-    run.add_argument("service", choices=SERVICES, help=f"the service: {', '.join(SERVICES)}")
-    args.examples(run, "tokenhub run metering")
-    run.set_defaults(handler=run_service)
-    init_parser = subparsers.add_parser("init", help="create topics and apply migrations (what docker-compose's init runs)")
-    args.examples(init_parser, "tokenhub init")
-    init_parser.set_defaults(handler=init)
+    command, arg = args.command, args.arg
+    command(subparsers, "up", "start the embedded stack and all four services in the foreground", up,
+            arg("--broker", choices=("tansu", "kafka"), default="tansu",
+                help="tansu: the embedded broker (default); kafka: Apache Kafka (KRaft) from Maven Central, "
+                     "secured with SASL/SCRAM and TLS, under the state folder's kafka/"),
+            arg("--brokers", type=int, default=3, help="Apache Kafka nodes (--broker kafka; default: 3)"),
+            examples=("tokenhub up", "tokenhub up --broker kafka --brokers 3"))
+    command(subparsers, "status", "the local stack: every process, its restarts, each service's lag and recent faults", status,
+            output=True, examples=("tokenhub status", "tokenhub status --json"),
+            description="What `tokenhub up` in this folder supervises: each process with its pid, state and restarts; "
+                        "each service's lag (records on its input topics not handled yet; a lower bound on the embedded "
+                        "broker) and outbox (events stored, not yet published); the faults it recovered from. "
+                        "Exits 3 when nothing runs here.")
+    command(subparsers, "run", "run one service (what docker-compose and tokenhub up start)", run_service,
+            arg("service", choices=SERVICES, help=f"the service: {', '.join(SERVICES)}"), examples=("tokenhub run metering",))
+    command(subparsers, "init", "create topics and apply migrations (what docker-compose's init runs)", init,
+            examples=("tokenhub init",))
 
 
 def _clock_line(kept: dict[str, str], state_dir: Path) -> str:
@@ -161,39 +147,3 @@ def _clock_line(kept: dict[str, str], state_dir: Path) -> str:
         return (f"  clock     {kept['TOKENHUB_NOW']}, fixed: the data is the demo's, and so is the day "
                 f"({state_dir / DEMO_ENV_FILE})\n")
     return ""
-
-
-def render_status(report: StackStatus, zone: str) -> str:
-    """The stack's processes, lag and faults; times in company time, the zone said once."""
-    supervisor = report.supervisor or {}
-
-    def shown(text: str | None) -> str:
-        if not text:
-            return "-"
-        return f"{datetime.fromisoformat(text).astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S}"
-
-    lines = [f"Token Hub is up in {report.state_dir} (supervisor pid {supervisor.get('pid')}, "
-             f"since {shown(supervisor.get('started_at'))}); times in {zone}", "",
-             f"{'process':<10} {'pid':>8}  {'state':<10} {'since':<19} {'restarts':>8}  last exit"]
-    for process in report.processes:
-        last = (f"{process['last_exit_code']} at {shown(process['last_exit_at'])}"
-                if process.get("last_exit_code") is not None else "-")
-        lines.append(f"{process['name']:<10} {process.get('pid') or '-':>8}  {process['state']:<10} "
-                     f"{shown(process.get('started_at')):<19} {process['restarts']:>8}  {last}")
-    lines += ["", f"{'service':<10} {'lag':>10}  {'outbox':>8}  input topics (records not handled yet)"]
-    for lag in report.lags:
-        topics = ", ".join(f"{topic} {count}" for topic, count in lag.by_topic.items()) or "-"
-        lines.append(f"{lag.service:<10} {_figure(lag.records_behind):>10}  {_figure(lag.outbox_events):>8}  {topics}")
-    if report.faults:
-        lines += ["", "recent faults:"]
-        for fault in report.faults[-10:]:
-            resumed = (f"back after {fault['seconds_to_resume']:.1f} s" if fault.get("seconds_to_resume") is not None
-                       else "not back yet")
-            lines.append(f"  {shown(fault['noticed_at'])}  {fault['process']} exited with status {fault['exit_code']}; "
-                         f"{resumed}: {fault['outcome']}")
-    lines += [f"(unmeasured: {problem})" for problem in report.problems]
-    return "\n".join(lines)
-
-
-def _figure(value: int | None) -> str:
-    return "?" if value is None else f"{value:,}"

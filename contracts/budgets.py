@@ -10,6 +10,7 @@ the same topic: it is the ledger's one alerts channel."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar, Final, Literal
 
@@ -174,3 +175,15 @@ class ConflictingDuplicate(Event):
 
 BUDGET_EVENT_MODELS: Final = (BudgetSet, BudgetThresholdCrossed, QuotaExhausted, QuotaRestored, ConflictingDuplicate,
                               QuotaStateChanged)
+
+
+def budget_set(*, payer_bu: str, consumer_bu: str | None, month: str, amount: object, thresholds_percent: tuple[Decimal, ...],
+               hard_limit: object, currency: str, actor: str, reason: str, now: datetime) -> BudgetSet:
+    """A payer's monthly budget (for one consumer's spend, or all of it) from
+    `month` on, set by `actor` at `now`; invalid values raise pydantic's ValidationError."""
+    return BudgetSet.model_validate({
+        "id": budget_set_id(payer_bu, consumer_bu, month, now.isoformat()), "event_time": now,
+        "cause_id": f"{actor}:budget:{payer_bu}", "payer_bu": payer_bu, "consumer_bu": consumer_bu, "period_from": month,
+        "amount": amount, "thresholds_percent": thresholds_percent, "hard_limit": hard_limit, "currency": currency,
+        "actor": actor, "reason": reason, "set_at": now,
+    })

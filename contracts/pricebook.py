@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tokenhub.contracts.events import PeriodTiers, PriceBookPublished
+from tokenhub.contracts.events import InvoiceIssued, InvoiceLine, PeriodTiers, PriceBookPublished
 from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.money import line_amount, quantize
 
@@ -131,3 +131,14 @@ def price_source(books: BookIndex, *, model: str, token_class: str, unit_price: 
         if tiers:
             return PriceSource(book.book_id, book.version, None if None in tiers else tiers[0])
     return None
+
+
+def line_source(invoice: InvoiceIssued, line: InvoiceLine, books: BookIndex) -> PriceSource | None:
+    """Which book version (and context tier) priced an invoice line."""
+    if line.kind == "period_tier":
+        book = books.in_force(line.model, invoice.period_end - timedelta(microseconds=1))
+        return PriceSource(book.book_id, book.version, None) if book else None
+    if line.token_class is None or line.unit_price_per_million is None:
+        return None
+    return price_source(books, model=line.model, token_class=line.token_class, unit_price=line.unit_price_per_million,
+                        payer_bu=invoice.payer_bu, before=invoice.period_end)

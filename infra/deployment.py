@@ -10,12 +10,14 @@ and refused once it has: amounts already posted would change their meaning.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Final
 
 import asyncpg
 import structlog
 
-from tokenhub.infra.settings import Settings
+from tokenhub.infra.settings import ENV_PREFIX, Settings, load_settings
 
 log = structlog.get_logger()
 
@@ -68,3 +70,20 @@ async def recorded_currency(database_url: str) -> str | None:
         return await connection.fetchval(SELECT_CURRENCY)
     finally:
         await connection.close()
+
+
+def adopt_recorded_currency(settings: Settings) -> Settings:
+    """The deployment's recorded currency in place of this terminal's, for this
+    process and every `load_settings` in it (docs/architecture.md decision 4).
+    Without a reachable, initialised database, the settings stay as they are: a
+    command that needs the database says so itself."""
+    if not settings.database_url:
+        return settings
+    try:
+        recorded = asyncio.run(recorded_currency(settings.database_url))
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return settings
+    if recorded is None or recorded == settings.currency:
+        return settings
+    os.environ[f"{ENV_PREFIX}CURRENCY"] = recorded
+    return load_settings()

@@ -15,7 +15,7 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 import pytest
 
-from tokenhub.cli.main import adopt_recorded_currency
+from tokenhub.infra.deployment import adopt_recorded_currency
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.pricebook import book_from_document
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
