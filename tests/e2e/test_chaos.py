@@ -31,9 +31,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.test_supervision import (  # noqa: F401 - tmp_path is the fixture, outside pytest's base folder
-    processes, start_up, status, stop_up, tmp_path, tokenhub, wait_for,
-)
+from tests.e2e.test_supervision import processes, start_up, status, stop_up, tokenhub, wait_for
 from tokenhub.client import usage_event
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.infra.pipeline import counters

@@ -15,7 +15,7 @@ from typing import Final
 
 import httpx
 
-from tests.e2e.test_up import START_TIMEOUT_S, _environment, _start_up, _stop_up, _tokenhub, _wait_for, tmp_path  # noqa: F401
+from tests.e2e.test_up import START_TIMEOUT_S, _environment, _start_up, _stop_up, _tokenhub, _wait_for
 from tests.integration.test_dashboard import _console_errors, _open, _shot, _table, chromium, chromium_installed
 
 EVENTS: Final = 200
@@ -39,7 +39,7 @@ def _api_ready(url: str) -> int:
         return 0
 
 
-def test_tokenhub_up_after_the_demo_shows_the_demos_figures(tmp_path: Path) -> None:  # noqa: F811
+def test_tokenhub_up_after_the_demo_shows_the_demos_figures(tmp_path: Path) -> None:
     printed = _demo(tmp_path)
     assert printed.startswith("the demo keeps its data in .tokenhub, for tokenhub up to start on.\n")
     # cainiao pays only for itself: the demo recomputes its spend and prints the ledger's to 12 places.

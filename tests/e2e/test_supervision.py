@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psutil
-import pytest
 
 START_TIMEOUT_S = 120
 RECOVERY_TIMEOUT_S = 90
@@ -94,17 +90,6 @@ def restarted(cwd: Path, name: str, old_pid: int, restarts: int) -> dict[str, An
         return process
     return None
 
-
-@pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """A folder of its own under the system's temporary folder, not under pytest's:
-    pytest closes its base folder (mode 0700) at the start of every session, and
-    PostgreSQL, run as its own user, must traverse the parents of its data folder."""
-    folder = Path(tempfile.mkdtemp(prefix="tokenhub-up-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_up_refuses_a_second_up_and_restarts_what_dies(tmp_path: Path) -> None:

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Final, TypeVar
 
 import asyncpg
 import psutil
-import pytest
 
 from tokenhub.client import usage_event
 from tokenhub.infra.pipeline import counters
@@ -129,18 +126,6 @@ def _ledger_duplicates(cwd: Path) -> int:
             await connection.close()
     return asyncio.run(read())
 
-
-@pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """A folder of its own under the system's temporary folder, not under
-    pytest's: pytest closes its own base folder (mode 0700) at the start of every
-    session, and PostgreSQL, run as its own user, must traverse the parents of
-    its data folder while it runs, whoever else starts a test session meanwhile."""
-    folder = Path(tempfile.mkdtemp(prefix="tokenhub-up-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_up_serves_commands_stops_cleanly_and_restarts_without_double_counting(tmp_path: Path) -> None:

@@ -79,8 +79,22 @@ async def test_quota_state_published_and_usage_over_quota_billed_and_marked(back
     last_month_day = this_month.start - timedelta(days=1)
     last_month = containing(last_month_day, "month", ZONE)
     payer = world.bu("shop")
-    services.stop_one("ledger")
-    services.start("ledger", extra_env={"TOKENHUB_NOW": (last_month_day + timedelta(hours=12)).isoformat()})
+    # The ledger and invoicing on last month's clock: the ledger's quota month is last
+    # month's, and invoicing leaves last month open until this test closes it, even when
+    # other tests' usage of today has moved its event-time watermark past it.
+    clock = {"TOKENHUB_NOW": (last_month_day + timedelta(hours=12)).isoformat()}
+    for service in ("ledger", "invoicing"):
+        services.stop_one(service)
+        services.start(service, extra_env=clock)
+    try:
+        await _over_quota_and_its_invoice(world, services, payer, this_month, last_month_day, last_month)
+    finally:
+        services.stop_one("invoicing")
+        services.start("invoicing")
+
+
+async def _over_quota_and_its_invoice(world: World, services: Any, payer: str, this_month: Any, last_month_day: datetime,
+                                      last_month: Any) -> None:
     connection = await asyncpg.connect(world.settings.database_url)
     try:
         await world.publish(["shop"])
