@@ -93,6 +93,11 @@ class Pricing:
             currency = await unit.settlement_currency() or self.runtime.settings.currency
             in_currency, refused = domain.in_settlement_currency(received, currency)
             await unit.refuse_books(refused)
+            # Refused, like bad usage: kept with its bytes and reason, and on the
+            # dead-letter topic where operators and the dashboard see it.
+            by_value = {record.value: record for record in records}
+            for _, value, reason in refused:
+                await self.runtime.dead_letter(by_value[value], reason)
             stored, conflicts = await unit.store_books(in_currency)
             models = sorted({entry.model for book in stored for entry in book.models})
             unparked, still_parked = await _unpark(unit, models) if models else (0, 0)

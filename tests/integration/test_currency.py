@@ -18,13 +18,13 @@ import pytest
 from tokenhub.infra.deployment import adopt_recorded_currency
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.pricebook import book_from_document
-from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED
+from tokenhub.contracts.topics import DEAD_LETTER, PRICEBOOK_PUBLISHED
 from tokenhub.infra.deployment import CurrencyLocked, record_currency, recorded_currency
 from tokenhub.infra.migrate import migrate
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.infra.settings import Settings
 from tokenhub.services.common.kafka import send_events
-from tests.integration.support import World, delta, read_counters
+from tests.integration.support import World, delta, published_values, read_counters
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -108,3 +108,6 @@ async def test_pricing_refuses_a_book_in_another_currency_and_keeps_it_with_its_
                                   "(import a foreign list with an explicit rate)")]
     assert stored == 0
     assert delta(await read_counters(world.settings), before, "pricing.books") == 0
+    # And on the dead-letter topic, with its reason, as bad usage is.
+    (dead,) = await published_values(world.settings.bootstrap_servers or "", DEAD_LETTER.name, book.book_id.encode(), 1)
+    assert dead == canonical_json(book)
