@@ -31,8 +31,8 @@ from tests.e2e.test_up import (
     _tokenhub,
     _usage_file,
     _wait_for,
-    tmp_path,  # noqa: F401 - a fixture: a folder PostgreSQL's own user can traverse
 )
+from tests.e2e.conftest import tmp_path  # noqa: F401 - a fixture: a folder PostgreSQL's own user can traverse
 from tokenhub.audit.log import read_topic
 from tokenhub.contracts.topics import USAGE_REPORTED
 
