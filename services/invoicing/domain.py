@@ -510,6 +510,14 @@ def _months(first: Period, last: Period, zone: str) -> list[Period]:
     return months
 
 
+def close_horizon(watermark: datetime, now: datetime, lateness_hours: int) -> datetime:
+    """Periods that ended by this moment are due. The lateness is allowed after
+    whichever comes first, the event-time watermark or the clock: an event time
+    ahead of the clock (a skewed producer, a line dated at its period's end) must
+    not close a period the moment it ends."""
+    return min(watermark, now) - timedelta(hours=lateness_hours)
+
+
 def plan_periods(plans: Sequence[Plan], cycles: Mapping[str, PeriodKind], invoiced: set[tuple[str, str]],
                  end: datetime, zone: str, since: datetime | None = None) -> list[tuple[str, Period]]:
     """(payer, period) of every billing period a plan covers that ended by `end`

@@ -72,10 +72,7 @@ async def close_due_periods(runtime: Runtime) -> list[InvoiceIssued]:
         watermark = await unit.event_time_watermark()
         if watermark is None:
             return []
-        # The lateness is allowed after whichever comes first, the watermark or the
-        # clock: an event time ahead of the clock (a skewed producer, a tier line
-        # dated at its period's end) must not close a period the moment it ends.
-        horizon = min(watermark, now) - timedelta(hours=settings.allowed_lateness_hours)
+        horizon = domain.close_horizon(watermark, now, settings.allowed_lateness_hours)
         due = await unit.due_periods(horizon)
         plans = await unit.plans()
         if plans:

@@ -30,6 +30,7 @@ from tokenhub.services.invoicing.domain import (
     carrier_period,
     chain_heads,
     check_close,
+    close_horizon,
     drafts_of,
     issue_invoice,
     period_tier_lines,
@@ -344,3 +345,11 @@ def test_late_usage_of_a_closed_period_re_evaluates_its_tier_charge_on_the_next_
     assert adjustment.total_amount == D("0.75")
     same = {"2026-02": TierState(state["2026-02"].tokens, {("qwen-max", "qwen-platform"): D("2.75")})}
     assert period_tier_lines(MARCH, "taobao-tmall", late, BOOKS, [], ZONE, same, {"2026-02": february}) == []
+
+
+def test_the_lateness_runs_from_the_earlier_of_the_watermark_and_the_clock() -> None:
+    now = datetime(2026, 3, 14, 12, tzinfo=UTC)
+    # The usual case: the watermark behind the clock.
+    assert close_horizon(now - timedelta(hours=1), now, 48) == now - timedelta(hours=49)
+    # An event time two days ahead of the clock does not cut the lateness short.
+    assert close_horizon(now + timedelta(days=2), now, 48) == now - timedelta(hours=48)
