@@ -518,6 +518,16 @@ def close_horizon(watermark: datetime, now: datetime, lateness_hours: int) -> da
     return min(watermark, now) - timedelta(hours=lateness_hours)
 
 
+def due_periods(open_totals: Sequence[tuple[str, str]], invoiced: set[tuple[str, str]], zone: str) -> list[str]:
+    """The periods a close at the horizon would invoice, by their end: those with open
+    totals of a payer that has no invoice for the period yet. Open totals of a period
+    its payer was invoiced for (late usage, credits) wait for that payer's next
+    invoice, so closing their period again would issue nothing; asked after every
+    batch, it must not (each close takes the invoices lock)."""
+    names = {period for payer_bu, period in open_totals if (payer_bu, period) not in invoiced}
+    return sorted(names, key=lambda name: (parse(name, zone).end, name))
+
+
 def plan_periods(plans: Sequence[Plan], cycles: Mapping[str, PeriodKind], invoiced: set[tuple[str, str]],
                  end: datetime, zone: str, since: datetime | None = None) -> list[tuple[str, Period]]:
     """(payer, period) of every billing period a plan covers that ended by `end`

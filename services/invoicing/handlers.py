@@ -73,10 +73,11 @@ async def close_due_periods(runtime: Runtime) -> list[InvoiceIssued]:
         if watermark is None:
             return []
         horizon = domain.close_horizon(watermark, now, settings.allowed_lateness_hours)
-        due = await unit.due_periods(horizon)
+        open_totals = await unit.open_payer_periods(horizon)
         plans = await unit.plans()
+        invoiced = await unit.invoiced_of([payer_bu for payer_bu, _ in open_totals] + [plan.payer_bu for plan in plans])
+        due = domain.due_periods(open_totals, invoiced, settings.timezone)
         if plans:
-            invoiced = await unit.invoiced_of([plan.payer_bu for plan in plans])
             # A month back: the periods before were due at earlier batches, and a close
             # (by command or at a month's end) looks over every plan from its start.
             planned = domain.plan_periods(plans, await unit.cycles(), invoiced, horizon, settings.timezone,

@@ -32,6 +32,7 @@ from tokenhub.services.invoicing.domain import (
     check_close,
     close_horizon,
     drafts_of,
+    due_periods,
     issue_invoice,
     period_tier_lines,
     plan_periods,
@@ -353,3 +354,14 @@ def test_the_lateness_runs_from_the_earlier_of_the_watermark_and_the_clock() -> 
     assert close_horizon(now - timedelta(hours=1), now, 48) == now - timedelta(hours=49)
     # An event time two days ahead of the clock does not cut the lateness short.
     assert close_horizon(now + timedelta(days=2), now, 48) == now - timedelta(hours=48)
+
+
+def test_a_period_is_due_only_while_a_payer_with_open_totals_has_no_invoice_for_it() -> None:
+    """Late usage of a period its payer was invoiced for waits for the payer's next
+    invoice: the period is not due again for it, so no close after every batch."""
+    open_totals = [("shop", "2026-11"), ("shop", "2026-10"), ("games", "2026-11"), ("games", "2026-W44")]
+    assert due_periods(open_totals, set(), ZONE) == ["2026-10", "2026-W44", "2026-11"]
+    assert due_periods(open_totals, {("shop", "2026-11")}, ZONE) == ["2026-10", "2026-W44", "2026-11"]
+    assert due_periods(open_totals, {("shop", "2026-11"), ("games", "2026-11"), ("shop", "2026-10")},
+                       ZONE) == ["2026-W44"]
+    assert due_periods([], set(), ZONE) == []

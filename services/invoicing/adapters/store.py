@@ -126,10 +126,6 @@ SELECT_BOOKS: Final = "select payload from invoicing.price_books"
 # --- after every batch: is a period due? -------------------------------------------------
 
 SELECT_WATERMARK: Final = "select max(latest_event_time) from invoicing.chains"
-SELECT_DUE_PERIODS: Final = """
-select distinct period, period_end from invoicing.chain_totals
-where invoice_id is null and period_end <= $1 order by period_end, period
-"""
 
 # --- closing -------------------------------------------------------------------------------
 
@@ -386,10 +382,6 @@ class Unit:
     async def event_time_watermark(self) -> datetime | None:
         """The latest event time of any posting applied."""
         return await self._connection.fetchval(SELECT_WATERMARK)
-
-    async def due_periods(self, horizon: datetime) -> list[str]:
-        """Periods with open totals that ended by `horizon`, in order of their end."""
-        return [row["period"] for row in await self._connection.fetch(SELECT_DUE_PERIODS, horizon)]
 
     # --- closing -----------------------------------------------------------------------
 
