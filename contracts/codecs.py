@@ -1,5 +1,6 @@
-"""Compiled codecs for the internal hops: TokenConsumed and Priced as msgspec
-structs, decoded and encoded without a Python call per field.
+"""Compiled codecs for the internal hops: TokenConsumed, Priced and
+LedgerPosted as msgspec structs, decoded and encoded without a Python call per
+field.
 
 The pydantic models in `contracts.events` stay the published contract and the
 source of the JSON Schemas. These structs mirror them field for field, and
@@ -26,7 +27,16 @@ from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 import msgspec
-from tokenhub.contracts.events import ID_LENGTH_MAX, NAME_LENGTH_MAX, QUANTITY_MAX, Priced, TokenConsumed, decode
+from tokenhub.contracts.events import (
+    ID_LENGTH_MAX,
+    NAME_LENGTH_MAX,
+    QUANTITY_MAX,
+    LedgerPosted,
+    Priced,
+    PricedLine,
+    TokenConsumed,
+    decode,
+)
 from tokenhub.contracts.ids import SLUG_LENGTH_MAX
 from tokenhub.contracts.money import PRECISION, format_amount
 
@@ -106,9 +116,52 @@ class PricedWire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     invoice_id: uuid.UUID | None = None
 
 
+class PostingWire(msgspec.Struct, frozen=True, kw_only=True):
+    """`events.Posting` on the wire: its quantities at the fixed scale."""
+
+    ledger: Literal["money", "tokens"]
+    account: str
+    debit: PlainDecimal
+    credit: PlainDecimal
+
+
+class PostedWire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """`events.LedgerPosted` on the wire. Without its `entry_hash` (None, so
+    left out) it encodes to the content the hash covers."""
+
+    id: uuid.UUID
+    schema_version: int
+    event_time: AwareTime
+    cause_id: CauseId
+    type: Literal["ledger.posted"]
+    priced_id: uuid.UUID
+    kind: Literal["charge", "reversal", "correction", "adjustment"]
+    corrects_id: uuid.UUID | None = None
+    payer_bu: BuId
+    consumer_bu: BuId
+    provider_bu: BuId
+    app: Name | None = None
+    model: Name
+    book_id: Name | None = None
+    book_version: int | None = None
+    currency: str
+    lines: tuple[PricedLineWire, ...]
+    amount: PlainDecimal
+    tokens: SignedQuantity
+    postings: tuple[PostingWire, ...]
+    chain: BuId
+    sequence: Annotated[int, msgspec.Meta(ge=1)]
+    entry_hash: str | None = None
+    previous_hash: str
+    posted_at: AwareTime
+    invoice_id: uuid.UUID | None = None
+    overage: Literal[True] | None = None
+
+
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 _CONSUMED: Final = msgspec.json.Decoder(ConsumedWire)
 _PRICED: Final = msgspec.json.Decoder(PricedWire)
+_POSTED: Final = msgspec.json.Decoder(PostedWire)
 
 
 def _plain(value: Decimal) -> str:
@@ -135,14 +188,31 @@ def priced_wire(event: Priced) -> PricedWire:
         payer_bu=event.payer_bu, consumer_bu=event.consumer_bu, provider_bu=event.provider_bu, app=event.app,
         model=event.model, book_id=event.book_id, book_version=event.book_version, context_tier=event.context_tier,
         price_factor=None if event.price_factor is None else _plain(event.price_factor), currency=event.currency,
-        lines=tuple(PricedLineWire(token_class=line.token_class, tokens=line.tokens,
-                                   unit_price_per_million=format_amount(line.unit_price_per_million),
-                                   amount=format_amount(line.amount)) for line in event.lines),
+        lines=tuple(_line_wire(line) for line in event.lines),
         total_tokens=event.total_tokens, total_amount=format_amount(event.total_amount), invoice_id=event.invoice_id,
     )
 
 
-def encode(wire: ConsumedWire | PricedWire) -> bytes:
+def _line_wire(line: PricedLine) -> PricedLineWire:
+    return PricedLineWire(token_class=line.token_class, tokens=line.tokens,
+                          unit_price_per_million=format_amount(line.unit_price_per_million), amount=format_amount(line.amount))
+
+
+def posted_wire(event: LedgerPosted) -> PostedWire:
+    return PostedWire(
+        id=event.id, schema_version=event.schema_version, event_time=event.event_time, cause_id=event.cause_id,
+        type=event.type, priced_id=event.priced_id, kind=event.kind, corrects_id=event.corrects_id,
+        payer_bu=event.payer_bu, consumer_bu=event.consumer_bu, provider_bu=event.provider_bu, app=event.app,
+        model=event.model, book_id=event.book_id, book_version=event.book_version, currency=event.currency,
+        lines=tuple(_line_wire(line) for line in event.lines), amount=format_amount(event.amount), tokens=event.tokens,
+        postings=tuple(PostingWire(ledger=posting.ledger, account=posting.account, debit=format_amount(posting.debit),
+                                   credit=format_amount(posting.credit)) for posting in event.postings),
+        chain=event.chain, sequence=event.sequence, entry_hash=event.entry_hash, previous_hash=event.previous_hash,
+        posted_at=event.posted_at, invoice_id=event.invoice_id, overage=event.overage,
+    )
+
+
+def encode(wire: ConsumedWire | PricedWire | PostedWire) -> bytes:
     """The canonical bytes of an event on the wire."""
     return _ENCODER.encode(wire)
 
@@ -173,3 +243,11 @@ def decode_priced(value: bytes) -> PricedWire:
         return _PRICED.decode(value)
     except msgspec.ValidationError:
         return priced_wire(decode(Priced, value))
+
+
+def decode_posted(value: bytes) -> PostedWire:
+    """A LedgerPosted from ledger.posted, as `decode_consumed` does for TokenConsumed."""
+    try:
+        return _POSTED.decode(value)
+    except msgspec.ValidationError:
+        return posted_wire(decode(LedgerPosted, value))

@@ -16,7 +16,8 @@ from aiokafka.structs import ConsumerRecord
 
 from tokenhub.contracts.budgets import BudgetAlert, BudgetSet
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import LedgerPosted, Priced, decode
+from tokenhub.contracts.codecs import PostedWire, PricedWire
+from tokenhub.contracts.events import decode
 from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED, QUOTA_STATE
 from tokenhub.services.common.outbox import OutboxRow
 from tokenhub.services.common.runtime import Runtime, maybe_crash
@@ -37,7 +38,7 @@ def _no_fault(point: str) -> None:
 @dataclass
 class BatchOutcome:
     received: int = 0
-    posted: list[LedgerPosted] = field(default_factory=list)
+    posted: list[PostedWire] = field(default_factory=list)
     conflicts: list[uuid.UUID] = field(default_factory=list)
     alerts: list[BudgetAlert] = field(default_factory=list)
 
@@ -76,7 +77,7 @@ async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetim
     decision = domain.decide_batch(batch, stored, heads, now, marks)
     posted = [entry.posted for entry in decision.entries]
     await unit.write_entries(decision.entries)
-    await unit.add_to_balances(domain.balance_deltas(posted))
+    await unit.add_to_balances(domain.balance_deltas([entry.transfer for entry in decision.entries]))
     await unit.save_chain_heads(decision.heads.values())
     raised = await unit.raise_conflicts(decision.conflicts)
     alerted = {alert.id: alert for alert in decision.conflicts if alert.id in raised}  # two copies alike: one alert
@@ -94,8 +95,8 @@ async def post_values(unit: LedgerUnit, values: Sequence[bytes], *, now: datetim
 
 # --- budgets -----------------------------------------------------------------------
 
-async def _overage_marks(unit: LedgerUnit, events: Sequence[Priced], known: tuple[BudgetSet, ...],
-                         zone: str) -> Callable[[list[Priced]], list[bool]] | None:
+async def _overage_marks(unit: LedgerUnit, events: Sequence[PricedWire], known: tuple[BudgetSet, ...],
+                         zone: str) -> Callable[[list[PricedWire]], list[bool]] | None:
     """How the batch's new entries are marked over quota: from the month-to-date
     spend before the batch of the payers with a hard limit. None when no payer
     of the batch has one (most batches: nothing more is read)."""
@@ -104,10 +105,10 @@ async def _overage_marks(unit: LedgerUnit, events: Sequence[Priced], known: tupl
         return None
     months = {(event.payer_bu, budgets.month_of(event.event_time, zone)) for event in events if event.payer_bu in limited}
     spend = await unit.period_spend(months)
-    return lambda fresh: budgets.overage_marks(fresh, known, spend, zone)
+    return lambda fresh: budgets.overage_marks(domain.charges(fresh), known, spend, zone)
 
 
-async def _budgets_after_posting(unit: LedgerUnit, posted: list[LedgerPosted], known: tuple[BudgetSet, ...],
+async def _budgets_after_posting(unit: LedgerUnit, posted: list[PostedWire], known: tuple[BudgetSet, ...],
                                  now: datetime, zone: str) -> list[BudgetAlert]:
     """Month-to-date spend, then the budget alerts it causes: thresholds crossed,
     quotas exhausted, and quotas of earlier months restored as a later one begins.

@@ -1,8 +1,10 @@
 """The compiled codecs of the internal hops (`contracts.codecs`) and the pydantic
 models write the same canonical bytes, for the golden files and for generated
 events; what the hot path builds without validation (metering's TokenConsumed,
-pricing's Priced) equals what validation builds; and pricing gives the same
-Priced from a TokenConsumed decoded either way, or rebuilt from its Priced."""
+pricing's Priced, the ledger's LedgerPosted) equals what validation builds;
+pricing gives the same Priced from a TokenConsumed decoded either way, or
+rebuilt from its Priced; and the ledger posts the same entry, byte for byte,
+whether a Priced took its compiled path or the contract's model."""
 
 from __future__ import annotations
 
@@ -11,14 +13,26 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import msgspec
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json
-from tokenhub.contracts.events import QUANTITY_MAX, Priced, PricedLine, PriceBookPublished, TokenConsumed, decode
+from tokenhub.contracts.events import (
+    QUANTITY_MAX,
+    LedgerPosted,
+    Posting,
+    Priced,
+    PricedLine,
+    PriceBookPublished,
+    TokenConsumed,
+    decode,
+)
+from tokenhub.contracts.ids import derive_id
 from tokenhub.contracts.tokens import KNOWN_CLASSES
+from tokenhub.services.ledger import domain as ledger
 from tokenhub.services.metering.domain import RawUsage, meter
 from tokenhub.services.pricing.domain import price
 from tokenhub.services.pricing.reprice import consumption_of, reverse
@@ -26,6 +40,7 @@ from tests.contract.examples import BOOK, CATALOGUE, GOLDEN_DIR, LIMITS, USAGE
 
 CONSUMED_GOLDEN = sorted(GOLDEN_DIR.glob("token_consumed*.json"))
 PRICED_GOLDEN = sorted(GOLDEN_DIR.glob("priced*.json"))
+POSTED_GOLDEN = sorted(GOLDEN_DIR.glob("ledger_posted*.json"))
 
 slugs = st.from_regex(r"[a-z0-9]{1,10}(-[a-z0-9]{1,8}){0,2}", fullmatch=True)
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
@@ -146,3 +161,101 @@ def test_the_compiled_decoder_refuses_what_the_contract_refuses_and_passes_the_r
     assert isinstance(codecs.decode_consumed(canonical_json(document)).id, uuid.UUID)
     with pytest.raises(msgspec.DecodeError):
         codecs.decode_consumed(b"not json")
+
+
+# --- the ledger: LedgerPosted on the compiled path ---------------------------------------
+
+def _validated_entry(priced: Priced, head: ledger.ChainHead, posted_at: datetime, overage: bool) -> LedgerPosted:
+    """The entry as the contract's model builds it, validated field by field:
+    the reference the ledger's compiled path must equal byte for byte."""
+    unhashed = LedgerPosted(
+        id=derive_id("posted", str(priced.id)), event_time=priced.event_time, cause_id=str(priced.id),
+        priced_id=priced.id, kind=priced.kind, corrects_id=priced.corrects_id, payer_bu=priced.payer_bu,
+        consumer_bu=priced.consumer_bu, provider_bu=priced.provider_bu, app=priced.app, model=priced.model,
+        book_id=priced.book_id, book_version=priced.book_version, currency=priced.currency, lines=priced.lines,
+        amount=priced.total_amount, tokens=priced.total_tokens,
+        postings=tuple(Posting.model_validate(posting.model_dump()) for posting in ledger.postings_for(priced)),
+        chain=head.chain, sequence=head.sequence + 1, entry_hash="", previous_hash=head.head_hash, posted_at=posted_at,
+        invoice_id=priced.invoice_id, overage=True if overage else None)
+    return unhashed.model_copy(update={"entry_hash": ledger.hash_entry(ledger.hashed_content(unhashed), head.head_hash)})
+
+
+@pytest.mark.parametrize("path", POSTED_GOLDEN, ids=lambda path: path.name)
+def test_golden_ledger_posted_is_the_same_bytes_through_either_codec(path) -> None:  # noqa: ANN001
+    golden = path.read_bytes().strip()
+    assert canonical_json(decode(LedgerPosted, golden)) == golden
+    assert codecs.encode(codecs.decode_posted(golden)) == golden
+    assert codecs.encode(codecs.posted_wire(decode(LedgerPosted, golden))) == golden
+
+
+@pytest.mark.parametrize("path", PRICED_GOLDEN, ids=lambda path: path.name)
+@pytest.mark.parametrize("overage", [False, True])
+def test_the_ledger_posts_a_golden_priced_as_the_validated_model_does(path, overage: bool) -> None:  # noqa: ANN001
+    golden = path.read_bytes().strip()
+    wire, payload = ledger.read_priced(golden)
+    assert payload == golden and ledger._as_the_contract_writes(wire, golden), "canonical input takes the compiled path"
+    priced = decode(Priced, golden)
+    head = ledger.ChainHead(priced.payer_bu, 11, "5e" * 32)
+    posted_at = datetime(2026, 3, 14, 3, 0, 0, 250000, tzinfo=UTC)
+    posted = ledger.post_batch([wire], {priced.payer_bu: head}, posted_at, [overage])
+    assert posted.payloads == [canonical_json(_validated_entry(priced, head, posted_at, overage))]
+    assert codecs.encode(posted.posted[0]) == posted.payloads[0]
+
+
+posting_times = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2100, 1, 1),
+                             timezones=st.sampled_from([UTC, timezone(timedelta(hours=8))]))
+
+
+@given(priced_events(), st.integers(0, 10**6), posting_times, st.booleans())
+def test_the_ledger_posts_a_generated_priced_as_the_validated_model_does(event: Priced, sequence: int,
+                                                                         posted_at: datetime, overage: bool) -> None:
+    """The ledger's compiled path (msgspec decoding, the entry built and encoded
+    as a struct) against the contract's models validated field by field: the
+    same canonical bytes, so the same hash and chain."""
+    canonical = canonical_json(event)
+    wire, payload = ledger.read_priced(canonical)
+    assert payload == canonical and ledger._as_the_contract_writes(wire, canonical)
+    head = ledger.ChainHead(event.payer_bu, sequence, "a7" * 32)
+    (entry,), (entry_bytes,), heads, (movements,) = ledger.post_batch([wire], {event.payer_bu: head}, posted_at,
+                                                                       [overage])
+    expected = _validated_entry(event, head, posted_at.astimezone(UTC), overage)
+    assert entry_bytes == canonical_json(expected) == codecs.encode(codecs.posted_wire(expected))
+    assert decode(LedgerPosted, entry_bytes) == expected
+    assert heads[event.payer_bu] == ledger.ChainHead(event.payer_bu, sequence + 1, expected.entry_hash)
+    assert movements == ledger.transfer(expected) == ledger.transfer(entry)
+    assert ledger.rebuild_entry(payload, event.payer_bu, sequence + 1, head.head_hash, posted_at, overage) == (
+        entry, entry_bytes)
+
+
+@given(priced_events(), st.sampled_from(["spaced", "offset", "short_amounts", "unknown_field", "defaults_left_out"]))
+def test_a_priced_not_written_canonically_posts_as_the_contract_reads_it(event: Priced, form: str) -> None:
+    """Input the contract's model reads differently from the compiled decoder
+    (not in the canonical form) goes through the model, so the bytes posted are
+    the canonical ones whatever form the Priced came in."""
+    canonical = canonical_json(event)
+    document = orjson.loads(canonical)
+    if form == "spaced":
+        value = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    elif form == "offset":
+        value = canonical_json(document | {"event_time": event.event_time.astimezone(timezone(timedelta(hours=8))).isoformat()})
+    elif form == "short_amounts":
+        value = canonical_json(document | {"total_amount": f"{event.total_amount.normalize():f}",
+                                           "lines": [line | {"amount": f"{Decimal(line['amount']).normalize():f}"}
+                                                     for line in document["lines"]]})
+    elif form == "unknown_field":
+        value = canonical_json(document | {"carbon_grams": "1.5"})
+    else:
+        value = canonical_json({name: item for name, item in document.items() if name not in ("kind", "schema_version")}
+                               ) if event.kind == "charge" and event.schema_version == 1 else canonical
+    wire, payload = ledger.read_priced(value)
+    assert payload == canonical and codecs.encode(wire) == canonical
+    now = datetime(2026, 3, 14, 3, 0, tzinfo=UTC)
+    assert ledger.post_batch([wire], {}, now).payloads == ledger.post_batch([event], {}, now).payloads
+
+
+def test_the_ledger_refuses_a_priced_the_contract_refuses() -> None:
+    golden = orjson.loads((GOLDEN_DIR / "priced.json").read_bytes())
+    for change in ({"payer_bu": "Not A Slug"}, {"total_amount": "1.000000000000"},
+                   {"total_tokens": golden["total_tokens"] + 1}, {"lines": [golden["lines"][0] | {"token_class": "Input"}]}):
+        with pytest.raises(ValueError):
+            ledger.read_priced(canonical_json(golden | change))

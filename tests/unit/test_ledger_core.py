@@ -8,10 +8,12 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 import pytest
 
 import tokenhub.contracts
+from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import LedgerPosted, MissingFields, Posting, Priced, decode, unchecked
 from tokenhub.contracts.ids import derive_id
@@ -55,7 +57,7 @@ def test_a_reversal_posts_the_opposite_sides_with_positive_figures() -> None:
     assert all(posting.debit >= 0 and posting.credit >= 0 for posting in legs)
     spend = next(posting for posting in legs if posting.account == "bu:taobao-tmall:spend")
     assert spend.credit == PRICED.total_amount
-    deltas = balance_deltas(post_batch([PRICED, reversal.model_copy(update={"id": PRICED.consumed_id})], {}, POSTED_AT)[0])
+    deltas = balance_deltas(post_batch([PRICED, reversal.model_copy(update={"id": PRICED.consumed_id})], {}, POSTED_AT).transfers)
     assert all(debit == credit for debit, credit in deltas.values())
 
 
@@ -67,21 +69,22 @@ def test_unbalanced_legs_are_refused() -> None:
 
 def test_each_entry_links_to_its_predecessor() -> None:
     second = PRICED.model_copy(update={"id": PRICED.consumed_id})
-    posted, payloads, heads = post_batch([PRICED, second], {}, POSTED_AT)
+    posted, payloads, heads, _ = post_batch([PRICED, second], {}, POSTED_AT)
     assert [entry.sequence for entry in posted] == [1, 2]
-    assert payloads == [canonical_json(entry) for entry in posted]
+    assert payloads == [codecs.encode(entry) for entry in posted]
     assert posted[0].previous_hash == GENESIS_HASH
     assert posted[1].previous_hash == posted[0].entry_hash
     assert heads["taobao-tmall"] == ChainHead("taobao-tmall", 2, posted[1].entry_hash)
-    for entry in posted:
+    models = [decode(LedgerPosted, payload) for payload in payloads]
+    for entry in models:
         assert hash_entry(hashed_content(entry), entry.previous_hash) == entry.entry_hash
-    tampered = posted[0].model_copy(update={"amount": posted[0].amount + 1})
-    assert hash_entry(hashed_content(tampered), tampered.previous_hash) != posted[0].entry_hash
+    tampered = models[0].model_copy(update={"amount": models[0].amount + 1})
+    assert hash_entry(hashed_content(tampered), tampered.previous_hash) != models[0].entry_hash
 
 
 def test_chains_continue_from_their_stored_heads() -> None:
     head = ChainHead("taobao-tmall", 41, "ab" * 32)
-    posted, _, _ = post_batch([PRICED], {"taobao-tmall": head}, POSTED_AT)
+    posted = post_batch([PRICED], {"taobao-tmall": head}, POSTED_AT).posted
     assert (posted[0].sequence, posted[0].previous_hash) == (42, "ab" * 32)
 
 
@@ -109,13 +112,13 @@ def test_entries_equal_the_fully_validated_model_byte_for_byte(path: Path, poste
     priced = decode(Priced, path.read_bytes())
     adjustment = priced.model_copy(update={"id": PRICED.consumed_id, "kind": "adjustment", "invoice_id": PRICED.id})
     head = ChainHead(priced.payer_bu, 7, "cd" * 32)
-    posted, payloads, _ = post_batch([priced, adjustment], {priced.payer_bu: head}, posted_at)
+    posted, payloads, _, _ = post_batch([priced, adjustment], {priced.payer_bu: head}, posted_at)
     expected_first = _validated_entry(priced, head, posted_at)
     expected_second = _validated_entry(adjustment, ChainHead(priced.payer_bu, 8, expected_first.entry_hash), posted_at)
     for entry, payload, expected in zip(posted, payloads, (expected_first, expected_second), strict=True):
         assert payload == canonical_json(expected)
         assert decode(LedgerPosted, payload) == expected
-        assert canonical_json(entry) == payload
+        assert codecs.encode(entry) == payload
     assert post(priced, head, posted_at) == expected_first
 
 
@@ -128,8 +131,8 @@ def test_a_free_reversal_keeps_its_negative_zero_byte_for_byte() -> None:
         line.update(unit_price_per_million="0.000000000000", amount="-0.000000000000")
     priced = decode(Priced, orjson.dumps(reversal | {"total_amount": "-0.000000000000"}))
     head = ChainHead(priced.payer_bu, 3, "ab" * 32)
-    (entry,), (payload,), _ = post_batch([priced], {priced.payer_bu: head}, POSTED_AT)
-    assert payload == canonical_json(_validated_entry(priced, head, POSTED_AT)) == canonical_json(entry)
+    (entry,), (payload,), _, _ = post_batch([priced], {priced.payer_bu: head}, POSTED_AT)
+    assert payload == canonical_json(_validated_entry(priced, head, POSTED_AT)) == codecs.encode(entry)
     assert orjson.loads(payload)["postings"][0]["debit"] == "-0.000000000000"
 
 
@@ -153,7 +156,7 @@ def test_a_batch_posts_each_new_id_once_and_names_copies_with_other_bytes() -> N
     batch = receive([original, original, forged_bytes, forged_bytes])
     decision = decide_batch(batch, {}, {}, POSTED_AT)
     assert [entry.posted.priced_id for entry in decision.entries] == [PRICED.id]
-    assert decision.entries[0].priced == original and decision.entries[0].payload == canonical_json(decision.entries[0].posted)
+    assert decision.entries[0].priced == original and decision.entries[0].payload == codecs.encode(decision.entries[0].posted)
     assert (len(decision.conflicts), decision.duplicates) == (2, 1)
     assert len({alert.id for alert in decision.conflicts}) == 1, "one alert per distinct content"
     assert decision.heads == {PRICED.payer_bu: ChainHead(PRICED.payer_bu, 1, decision.entries[0].posted.entry_hash)}
@@ -205,8 +208,10 @@ def test_a_free_reversal_rebuilds_with_its_negative_zero() -> None:
 
 
 def test_legs_that_are_not_two_transfers_are_refused() -> None:
-    (entry,) = post_batch([PRICED], {}, POSTED_AT).posted
+    batch = post_batch([PRICED], {}, POSTED_AT)
+    (entry,) = batch.posted
+    assert transfer(entry) == batch.transfers[0] == transfer(post(PRICED, ChainHead(PRICED.payer_bu, 0, GENESIS_HASH), POSTED_AT))
     money_debit, money_credit, tokens_debit, tokens_credit = entry.postings
-    skewed = money_credit.model_copy(update={"credit": money_credit.credit + Decimal("0.000000000001")})
+    skewed = msgspec.structs.replace(money_credit, credit=f"{Decimal(money_credit.credit) + Decimal('0.000000000001')}")
     with pytest.raises(UnbalancedEntry, match=str(PRICED.id)):
-        transfer(entry.model_copy(update={"postings": (money_debit, skewed, tokens_debit, tokens_credit)}))
+        transfer(msgspec.structs.replace(entry, postings=(money_debit, skewed, tokens_debit, tokens_credit)))
