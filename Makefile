@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m tokenhub.contracts.schema_export
-	$(BIN)/python -m tokenhub.cli.outputs
+	$(BIN)/python -m tokenhub.views.outputs
 
 up: $(STAMP)
 	$(BIN)/tokenhub up

@@ -45,7 +45,7 @@ from tokenhub.contracts.pricebook import BookIndex, book_from_document
 from tokenhub.contracts.settlement import SettlementNetted
 from tokenhub.infra.embedded import wait_for_port
 from tokenhub.infra.pipeline import LocalPipeline, counters, settled, wait_until
-from tokenhub.infra.settings import Settings
+from tokenhub.infra.settings import STACK_ENV_FILE, Settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.outbox import relay_now
 from tokenhub.services.invoicing import queries as invoicing_queries
@@ -219,7 +219,6 @@ async def serve_dashboard(pipeline: LocalPipeline) -> DashboardAccess:
     return DashboardAccess(f"http://127.0.0.1:{port}/dashboard/", f"http://127.0.0.1:{port}/docs")
 
 
-
 def demo_books() -> BookIndex:
     """The one book the demo publishes, read from the same file, for naming
     which version and tier priced each invoice line."""
@@ -235,3 +234,16 @@ async def until_stopped() -> None:
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stopping.set)
     await stopping.wait()
+
+
+async def keep_serving(pipeline: LocalPipeline, announce: Callable[[DashboardAccess], None]) -> None:
+    """`tokenhub demo --keep`: the API and dashboard on the demo's stack, which
+    commands in other terminals find as they find `tokenhub up`'s, until SIGINT
+    or SIGTERM; `announce` hears where the dashboard is, once it answers."""
+    access = await serve_dashboard(pipeline)
+    pipeline.stack.write_env_file(pipeline.state_dir / STACK_ENV_FILE, KEPT_SETTINGS)
+    try:
+        announce(access)
+        await until_stopped()
+    finally:
+        (pipeline.state_dir / STACK_ENV_FILE).unlink(missing_ok=True)

@@ -12,10 +12,11 @@ from tokenhub.api import bench, keys
 from tokenhub.api.access import ROLES
 from tokenhub.api.app import serve
 from tokenhub.api.settings import ApiSettings
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.periods import PeriodError, parse_time
 from tokenhub.infra.settings import load_settings
+from tokenhub.views import documents, keys as views
 
 _DURATION = re.compile(r"^(\d+)([dh])$")
 
@@ -44,12 +45,9 @@ async def apikey(arguments: argparse.Namespace) -> int:
                                                 _expiry(arguments.expires, now))
             except (keys.KeyNotIssued, ValueError) as error:
                 raise CliError(str(error)) from None
-            if args.output_format(arguments) == "json":
-                print(render.json({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu,
-                                   "owner": owner}))
-            else:
-                print(f"key {key_id} ({arguments.role}{' for ' + arguments.bu if arguments.bu else ''}, owner {owner}):\n"
-                      f"{key}\nIt is shown once; only its SHA-256 is stored.")
+            print(documents.json({"key_id": key_id, "key": key, "role": arguments.role, "bu": arguments.bu, "owner": owner})
+                  if args.output_format(arguments) == "json"
+                  else views.created(key_id, key, arguments.role, arguments.bu, owner))
             return 0
         if arguments.action == "revoke":
             if not await keys.revoke(connection, arguments.key_id, now, f"{owner}: {arguments.reason}"):
@@ -57,15 +55,7 @@ async def apikey(arguments: argparse.Namespace) -> int:
             print(f"revoked key {arguments.key_id}; the API refuses it within a second")
             return 0
         rows = await keys.listing(connection)
-    if args.output_format(arguments) == "json":
-        print(render.json(rows))
-        return 0
-    zone = settings.timezone
-    print(render.table(["key", "role", "bu", "owner", "created", "expires", "revoked", "reason"],
-                       [[row["key_id"], row["role"], row["bu"] or "-", row["owner"], render.local(row["created_at"], zone),
-                         render.local(row["expires_at"], zone) if row["expires_at"] else "-",
-                         render.local(row["revoked_at"], zone) if row["revoked_at"] else "-", row["reason"]]
-                        for row in rows], right=set()) if rows else "(no keys)")
+    print(documents.json(rows) if args.output_format(arguments) == "json" else views.listing(rows, settings.timezone))
     return 0
 
 
@@ -80,7 +70,7 @@ async def api_bench(arguments: argparse.Namespace) -> int:
     result = await bench.run(url=arguments.url, key=arguments.key, rate=arguments.rate, seconds=arguments.seconds,
                              payers_count=arguments.payers, postings_per_payer=arguments.postings)
     if args.output_format(arguments) == "json":
-        print(render.json(result.document()))
+        print(documents.json(result.document()))
     else:
         print("\n".join(result.lines()))
     return 0 if result.errors == 0 else 1

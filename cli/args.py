@@ -20,12 +20,12 @@ import asyncpg
 import orjson
 import yaml
 
-from tokenhub.cli import render
-from tokenhub.cli.errors import CliError, UsageError, not_one_of
+from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.contracts.periods import Period, PeriodError, containing, parse, parse_time
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.metering import queries as metering_queries
+from tokenhub.views import documents, errors, text
 
 TIME_HELP = "ISO time with zone, for example 2026-03-14T12:00:00+08:00"
 PERIOD_HELP = "ISO period name: a month 2026-03, a week 2026-W11 or a day 2026-03-14"
@@ -106,7 +106,7 @@ def read_document(path: str) -> Any:
     """A YAML (.yaml, .yml) or JSON file."""
     file = Path(path)
     if not file.exists():
-        raise CliError(f"no such file: {path}")
+        raise CliError(errors.no_such_file(path))
     text = file.read_text()
     is_yaml = file.suffix in (".yaml", ".yml")
     try:
@@ -120,7 +120,7 @@ async def known_bu(pool: asyncpg.Pool, bu: str | None, option: str = "--bu") -> 
     is not registered says so instead of printing zeros."""
     names = await metering_queries.display_names(pool)
     if bu is not None and bu not in names:
-        raise not_one_of(option, bu, sorted(names))
+        raise CliError(errors.not_one_of(option, bu, sorted(names)))
     return names
 
 
@@ -147,7 +147,10 @@ async def query(read: Callable[..., Awaitable[T]], *parameters: Any, **options: 
 async def show(arguments: argparse.Namespace, read: Callable[..., Awaitable[list[Any]]], columns: list[str], empty: str) -> int:
     """A listing command: the rows `read` returns, as JSON or a table (`empty` when there are none)."""
     rows = await query(read)
-    render.show(rows, columns, output_format(arguments), load_settings().timezone, empty)
+    if output_format(arguments) == "json":
+        print(documents.json(rows))
+    else:
+        print(text.rows_table(rows, columns, load_settings().timezone) if rows else empty)
     return 0
 
 

@@ -1,5 +1,6 @@
 """`tokenhub replay`, `verify`, `restore` and `statement`: the auditor's
-commands. The arithmetic lives in `tokenhub.audit`; here are arguments and rendering."""
+commands. The arithmetic lives in `tokenhub.audit` and the reports' text in
+`tokenhub.views.audit`; here are the arguments."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from tokenhub.audit.replay import replay
 from tokenhub.audit.restore import restore
 from tokenhub.audit.statement import Unbalanced, statement
 from tokenhub.audit.verify import verify
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError
+from tokenhub.cli.progress import progress_bar
 from tokenhub.infra.settings import clock, load_settings
+from tokenhub.views import audit as views, documents
 
 IDLE_TIMEOUT_S_DEFAULT: Final = 3.0
 """Seconds without a record that end reading a topic (end offsets are not trusted)."""
 
-
-# --- replay -----------------------------------------------------------------------------
 
 async def replay_command(arguments: argparse.Namespace) -> int:
     settings = load_settings()
@@ -31,12 +32,10 @@ async def replay_command(arguments: argparse.Namespace) -> int:
         await args.known_bu(pool, arguments.bu)
         report = await replay(pool, bootstrap_servers, source=arguments.source, bu=arguments.bu, as_of=as_of,
                               with_reprice=arguments.reprice, idle_timeout_s=arguments.idle_timeout,
-                              progress=render.progress_bar)
-    print(render.json(report.document()) if output == "json" else render.replay(report))
+                              progress=progress_bar)
+    print(documents.json(report.document()) if output == "json" else views.replay(report))
     return 0 if report.ok else 1
 
-
-# --- verify -----------------------------------------------------------------------------
 
 async def verify_command(arguments: argparse.Namespace) -> int:
     settings = load_settings()
@@ -45,12 +44,10 @@ async def verify_command(arguments: argparse.Namespace) -> int:
     async with args.database(settings) as pool:
         await args.known_bu(pool, arguments.bu)
         report = await verify(pool, bootstrap_servers, scope=arguments.bu, minor_units=settings.currency_minor_units,
-                              zone=settings.timezone, idle_timeout_s=arguments.idle_timeout, progress=render.progress_bar)
-    print(render.json(report.document()) if output == "json" else render.verify(report))
+                              zone=settings.timezone, idle_timeout_s=arguments.idle_timeout, progress=progress_bar)
+    print(documents.json(report.document()) if output == "json" else views.verify(report))
     return 0 if report.ok else 1
 
-
-# --- restore -------------------------------------------------------------------------------
 
 async def restore_command(arguments: argparse.Namespace) -> int:
     settings = load_settings()
@@ -60,16 +57,12 @@ async def restore_command(arguments: argparse.Namespace) -> int:
     async with args.database(settings) as pool:
         try:
             report = await restore(pool, arguments.into, bootstrap_servers, source=arguments.source, now=clock(settings),
-                                   zone=settings.timezone, idle_timeout_s=arguments.idle_timeout, progress=render.progress_bar)
+                                   zone=settings.timezone, idle_timeout_s=arguments.idle_timeout, progress=progress_bar)
         except (OSError, asyncpg.PostgresError) as error:
             raise CliError(f"cannot restore into {arguments.into}: {error}") from None
-    print(f"restored {report.posted} entries from {report.priced} Priced ({arguments.source}); "
-          f"{report.duplicates} duplicates, {report.conflicts} conflicting copies skipped; {report.budgets} budgets; "
-          f"{report.alerts} budget alerts recorded; {report.outbox_cleared} outbox rows dropped (already published)")
+    print(views.restored(report, arguments.source))
     return 0
 
-
-# --- statement --------------------------------------------------------------------------------
 
 async def statement_command(arguments: argparse.Namespace) -> int:
     settings = load_settings()
@@ -85,7 +78,7 @@ async def statement_command(arguments: argparse.Namespace) -> int:
             raise CliError(str(error)) from None
     if not found.lines and not any(found.closing.values()):
         raise CliError(f"no postings for business unit {arguments.bu}")
-    print(render.json(found.document()) if output == "json" else render.statement(found, settings.currency, settings.timezone))
+    print(documents.json(found.document()) if output == "json" else views.statement(found, settings.currency, settings.timezone))
     return 0
 
 

@@ -1,12 +1,11 @@
-"""How the CLI says what went wrong: one line, in the project's words, naming
-the field and the fix. Every failure of one kind reads the same in every command."""
+"""How the CLI says what went wrong: one line and a non-zero exit; argparse's
+complaints in the project's words. The wording of other failures is
+`tokenhub.views.errors`, so every failure of one kind reads the same everywhere."""
 
 from __future__ import annotations
 
 import re
 from typing import Final
-
-from pydantic import ValidationError
 
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
@@ -19,17 +18,6 @@ class CliError(Exception):
 
 class UsageError(CliError):
     """The command line itself is wrong: exit 2, and a pointer to --help."""
-
-
-def no_such_file(path: object) -> CliError:
-    """The one wording for a file that is not there."""
-    return CliError(f"no such file: {path}")
-
-
-def not_one_of(what: str, given: object, choices: object) -> CliError:
-    """The one wording for a value outside a known set: the choices are listed."""
-    listed = ", ".join(str(choice) for choice in choices) or "none exist yet"  # type: ignore[attr-defined]
-    return CliError(f"{what} {given} is not one of: {listed}")
 
 
 _ARGPARSE: Final = (
@@ -60,44 +48,3 @@ def usage_message(message: str) -> str:
         if match:
             return render(match)
     return message
-
-
-_PYDANTIC_PREFIXES: Final = re.compile(r"^(Value error|Assertion failed), ")
-_PYDANTIC_WORDS: Final = {
-    "missing": "is required",
-    "extra_forbidden": "is not a known field",
-}
-
-
-def _human(title: str) -> str:
-    """`FundingAgreement` -> `funding agreement`."""
-    return re.sub(r"(?<!^)(?=[A-Z])", " ", title).lower()
-
-
-def _location(parts: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def validation_message(error: ValidationError) -> str:
-    """A model's first complaint, as `what field: why` with pydantic's own framing removed."""
-    first = error.errors()[0]
-    field = _location(tuple(first["loc"]))
-    reason = _PYDANTIC_WORDS.get(first["type"]) or _PYDANTIC_PREFIXES.sub("", first["msg"])
-    reason = reason[:1].lower() + reason[1:]
-    subject = f"{_human(error.title)} {field}" if field else _human(error.title)
-    more = error.error_count() - 1
-    return f"{subject}: {reason}" + (f" (and {more} more)" if more else "")
-
-
-def one_line(error: BaseException) -> str:
-    """Any failure as the one line a person reads."""
-    if isinstance(error, ValidationError):
-        return validation_message(error)
-    if isinstance(error, FileNotFoundError) and error.filename is not None:
-        return str(no_such_file(error.filename))
-    if isinstance(error, OSError) and error.strerror and error.filename is not None:
-        return f"{error.filename}: {error.strerror.lower()}"
-    return " ".join(str(error).split()) or type(error).__name__

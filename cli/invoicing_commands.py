@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError
-from tokenhub.cli.render import table
 from tokenhub.contracts.periods import PeriodError
 from tokenhub.infra.settings import clock, load_settings
 from tokenhub.services.invoicing import queries, tools
@@ -18,6 +17,7 @@ from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.metering import queries as metering_queries
 from tokenhub.services.metering import registry
 from tokenhub.services.pricing import queries as pricing_queries
+from tokenhub.views import documents, invoices as views
 
 
 async def invoice(arguments: argparse.Namespace) -> int:
@@ -35,16 +35,16 @@ async def invoice(arguments: argparse.Namespace) -> int:
         raise CliError("no invoice matches" + (f" {arguments.bu}" if arguments.bu else "")
                        + (f" for {arguments.period}" if arguments.period else "") + "; `tokenhub invoice list` shows them")
     if output == "json":
-        print(render.json(render.invoices_document(found, books)))
+        print(documents.json(views.invoices_document(found, books)))
     elif output == "csv":
-        print(render.invoice_csv(found, books))
+        print(views.invoice_csv(found, books))
     elif output == "html":
-        print(render.invoice_html(found, settings.timezone, books, names))
+        print(views.invoice_html(found, settings.timezone, books, names))
     elif arguments.action == "list":
-        print(render.invoice_list(found, settings.timezone) if found else "no invoices yet: a period closes at its "
+        print(views.invoice_list(found, settings.timezone) if found else "no invoices yet: a period closes at its "
               "end plus the allowed lateness, or with `tokenhub invoice close --period PERIOD`")
     else:
-        print("\n\n".join(render.invoice_text(invoice, settings.timezone, books) for invoice in found))
+        print("\n\n".join(views.invoice_text(invoice, settings.timezone, books) for invoice in found))
     return 0
 
 
@@ -57,8 +57,7 @@ async def close(arguments: argparse.Namespace) -> int:
                                               early=arguments.early)
     except PeriodNotEnded as error:
         raise CliError(f"{error} Pass --early to close it now.") from error
-    print(f"closed {period.name} ({render.period_range(period.start, period.end, settings.timezone)}): "
-          f"{len(issued)} invoices issued, {published} events published")
+    print(views.closed(period, len(issued), published, settings.timezone))
     if now < period.end:
         print(what_follows_an_early_close(period))
     return 0
@@ -70,9 +69,9 @@ async def settle(arguments: argparse.Namespace) -> int:
     async with args.database(settings) as pool:
         settlement, final = await queries.settlement(pool, settings, month)
     if args.output_format(arguments) == "json":
-        print(render.json({"final": final, **settlement.model_dump()}))
+        print(documents.json({"final": final, **settlement.model_dump()}))
     else:
-        print(render.settlement(settlement, final))
+        print(views.settlement(settlement, final))
     return 0
 
 
@@ -84,24 +83,8 @@ async def spend(arguments: argparse.Namespace) -> int:
     async with args.database(settings, size_max=1) as pool:
         await args.known_bu(pool, arguments.bu)
         found = await queries.spend(pool, settings, arguments.bu, month)
-    if args.output_format(arguments) == "json":
-        print(render.json({
-            "bu": arguments.bu, "period": month.name, "period_start": month.start, "period_end": month.end,
-            "spend": found.total, "overage": found.overage, "lines": found.rows,
-            "period_tiers": [{"model": line.model, "tokens": line.tokens, "charge": line.amount} for line in found.period_tiers],
-        }))
-        return 0
-    print(f"{arguments.bu}: month to date {month.name} ({render.period_range(month.start, month.end, settings.timezone)}), "
-          f"{found.total:,.6f} {settings.currency}")
-    if found.overage:
-        print(f"over quota: {found.overage:,.6f} {settings.currency} of it was posted while the quota was exhausted "
-              "(billed all the same, part of the total)")
-    print(table(["consumer", "app", "model", "class", "Tokens", "amount", "overage"],
-                [[row["consumer_bu"], row["app"], row["model"], row["token_class"], f"{row['tokens']:,}",
-                  f"{row['amount']:,.6f}", f"{row['overage']:,.6f}" if row["overage"] else "-"] for row in found.rows],
-                right={4, 5, 6}))
-    for line in found.period_tiers:
-        print(f"period tier so far: {line.model} at {line.tokens:,} Tokens -> {line.amount:,.6f} {settings.currency}")
+    print(documents.json(views.spend_document(arguments.bu, month, found)) if args.output_format(arguments) == "json"
+          else views.spend_text(arguments.bu, month, found, settings.currency, settings.timezone))
     return 0
 
 
@@ -124,7 +107,7 @@ async def plan(arguments: argparse.Namespace) -> int:
         if arguments.action == "list":
             await args.known_bu(pool, arguments.bu)
             rows = await queries.plans(pool, bu=arguments.bu)
-            print(render.json(rows) if args.output_format(arguments) == "json" else render.plans(rows))
+            print(documents.json(rows) if args.output_format(arguments) == "json" else views.plans(rows))
             return 0
         actor = args.actor(arguments)
         models = {row["model_id"]: row for row in await metering_queries.models(pool)}

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 from decimal import Decimal
 
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError
 from tokenhub.contracts.budgets import BudgetSet, budget_set
 from tokenhub.contracts.money import to_decimal
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.ledger import queries as ledger_queries, tools
 from tokenhub.services.metering import queries as metering_queries, registry
+from tokenhub.views import documents, ledger as views
 
 
 async def balance(arguments: argparse.Namespace) -> int:
@@ -22,8 +23,8 @@ async def balance(arguments: argparse.Namespace) -> int:
     async with args.database(settings) as pool:
         names = await args.known_bu(pool, arguments.bu)
         rows = await ledger_queries.balances(pool, names=names, bu=arguments.bu, as_of=as_of, by=arguments.by)
-    print(render.json(render.balances_document(rows)) if output == "json"
-          else render.balances_table(rows, settings.currency, one_bu=arguments.bu))
+    print(documents.json(views.balances_document(rows)) if output == "json"
+          else views.balances_table(rows, settings.currency, one_bu=arguments.bu))
     return 0
 
 
@@ -50,10 +51,7 @@ async def budget_set_command(arguments: argparse.Namespace) -> int:
     if refusal is not None:
         raise CliError(refusal.text({"payer_bu": "--bu", "consumer_bu": "--consumer"}) + "; nothing was published")
     await tools.publish_budget(settings, budget)
-    scope = f" for consumer {budget.consumer_bu}" if budget.consumer_bu else ""
-    limit = f", hard limit {budget.hard_limit:f}" if budget.hard_limit is not None else ""
-    print(f"budget {budget.amount:f} {budget.currency} a month for {budget.payer_bu}{scope} from {budget.period_from}"
-          f" (thresholds {', '.join(f'{t:f}' for t in budget.thresholds_percent)} %{limit}) published as {budget.id}")
+    print(views.budget_published(budget))
     return 0
 
 
@@ -63,13 +61,13 @@ async def budget_show(arguments: argparse.Namespace) -> int:
     month = args.month(arguments.period, settings, "budgets are monthly").name
     async with args.database(settings) as pool:
         await args.known_bu(pool, arguments.bu)
-        rows = [render.budget_document(status) for status in await ledger_queries.budgets(pool, month=month, bu=arguments.bu)]
+        rows = [views.budget_document(status) for status in await ledger_queries.budgets(pool, month=month, bu=arguments.bu)]
     if arguments.bu and not rows:
         raise CliError(f"no budget for {arguments.bu} in {month}; set one with `tokenhub budget set --bu {arguments.bu}`")
     if output == "json":
-        print(render.json(rows))
+        print(documents.json(rows))
         return 0
-    print(render.budgets_table(rows, settings.currency))
+    print(views.budgets_table(rows, settings.currency))
     return 0
 
 

@@ -27,11 +27,12 @@ from tokenhub.cli import (
     pricing_commands,
     stack,
 )
-from tokenhub.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, UsageError, one_line, usage_message
+from tokenhub.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, UsageError, usage_message
 from tokenhub.infra.deployment import adopt_recorded_currency
 from tokenhub.infra.settings import load_settings
 from tokenhub.services.common.logging import configure_logging
 from tokenhub.services.common.runtime import collect_garbage_less_often
+from tokenhub.views.errors import one_line
 
 EXIT_BROKEN_PIPE: Final = 128 + 13
 """What a shell reports for a process ended by SIGPIPE: the reader went away."""

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from tokenhub.bench.load import usage_messages
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError, UsageError
-from tokenhub.contracts.canonical import canonical_json
+from tokenhub.cli.progress import progress
 from tokenhub.contracts.registry import (
     BusinessUnit,
     ConversionTable,
@@ -28,6 +28,7 @@ from tokenhub.contracts.registry import (
 )
 from tokenhub.infra.settings import Settings, clock, load_settings
 from tokenhub.services.metering import queries, registry, tools
+from tokenhub.views import documents, metering as views
 
 MODEL_OPTIONS: Final = {"provider_bu": "--provider", "token_classes": "--classes"}
 FUNDING_OPTIONS: Final = {"consumer_bu": "--consumer", "payers": "--payer", "agreement_id": "AGREEMENT_ID"}
@@ -53,43 +54,25 @@ async def publish_changes(settings: Settings, changes: list[RegistryChanged], wa
     await tools.publish_changes(settings, changes)
     print(f"published {what}")
     if wait_s <= 0:
-        print("not waiting for metering's answer (--wait 0): `tokenhub bu list`, `model list`, `funding list` and "
-              "`conversion show` show what it applied")
+        print(views.NOT_WAITING_FOR_REGISTRY)
         return 0
-    outcomes = await tools.registry_outcomes(settings, changes, wait_s)
-    refused = [outcome.reason for outcome in outcomes if isinstance(outcome, queries.Refused)]
-    unanswered = outcomes.count(None)
-    applied = outcomes.count("applied")
-    one = len(changes) == 1
+    applied, reasons, failure = views.registry_answer(await tools.registry_outcomes(settings, changes, wait_s), wait_s)
     if applied:
-        print(("metering applied it" if one else "metering applied "
-               + ("them" if applied == len(changes) else f"{applied} of {len(changes)}"))
-              + ": usage sent from now on is metered against " + ("it" if one else "them"))
-    for reason in refused if not one else []:
-        print(f"refused: {reason}", file=sys.stderr)
-    if refused:
-        unanswered_too = f"; {unanswered} not answered within {wait_s:g} s" if unanswered else ""
-        raise CliError(f"metering refused it: {refused[0]}" if one else
-                       f"metering refused {len(refused)} of {len(changes)} changes (reasons above){unanswered_too}")
-    if unanswered:
-        raise CliError(f"metering has not answered within {wait_s:g} s (is metering running? `tokenhub status`); "
-                       + ("the change waits on registry.changed and metering applies or refuses it when it reads it"
-                          if one else f"{unanswered} changes wait on registry.changed and metering applies or refuses "
-                                      "them when it reads them"))
+        print(applied)
+    for reason in reasons:
+        print(reason, file=sys.stderr)
+    if failure:
+        raise CliError(failure)
     return 0
 
 
 async def registry_import(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     changes = registry_changes(args.read_document(arguments.file), args.actor(arguments), arguments.reason, clock(settings))
-    # Checked as metering will check them, in order, against the registry as it
-    # stands, so nothing is published that metering would refuse.
-    received = [registry.read(canonical_json(change)) for change in changes]
-    decision = registry.decide(received, await args.query(queries.registry), answered=())
-    if decision.refused:
-        first = decision.refused[0][1]
-        more = f" (and {len(decision.refused) - 1} more)" if len(decision.refused) > 1 else ""
-        raise CliError(f"{arguments.file}: {first}{more}; nothing was published")
+    refused = tools.refusals(changes, await args.query(queries.registry))
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise CliError(f"{arguments.file}: {refused[0]}{more}; nothing was published")
     return await publish_changes(settings, changes, arguments.wait_s, f"{len(changes)} registry changes")
 
 
@@ -105,8 +88,8 @@ async def emit(arguments: argparse.Namespace) -> int:
     else:
         raise UsageError("give a FILE of JSON-lines CloudEvents (- for stdin) or --generate N")
     report = await tools.emit(settings, messages, arguments.wait_s,
-                              progress=(lambda values: render.progress(values, "emit")) if output == "text" else None)
-    print(render.json(report) if output == "json" else render.emit_text(report))
+                              progress=(lambda values: progress(values, "emit")) if output == "text" else None)
+    print(documents.json(report) if output == "json" else views.emit_text(report))
     return 0
 
 
@@ -168,9 +151,9 @@ async def conversion(arguments: argparse.Namespace) -> int:
         return await _publish_change("conversion_table", table, str(table.version), arguments)
     rows = await args.query(queries.conversion_tables)
     if args.output_format(arguments) == "json":
-        print(render.json(rows))
+        print(documents.json(rows))
         return 0
-    print(render.conversion_tables(rows, load_settings().timezone) if rows
+    print(views.conversion_tables(rows, load_settings().timezone) if rows
           else "no conversion table yet: `tokenhub conversion publish FILE`")
     return 0
 
@@ -183,19 +166,13 @@ async def rejected_command(arguments: argparse.Namespace) -> int:
                                     after=_uuid(arguments.after) if arguments.after else None, limit=arguments.limit)
         except (queries.UnknownRejected, ValueError) as error:
             raise CliError(str(error)) from None
-        if args.output_format(arguments) == "json":
-            print(render.json({"rejected": page.rows, "total": page.total, "next_after": page.next_after}))
-            return 0
-        render.show(page.rows, ["rejected_id", "reason_code", "usage_source", "usage_id", "message", "resubmitted_at"], "text",
-                    settings.timezone, "nothing rejected" + (f" for {arguments.reason_code}" if arguments.reason_code else ""))
-        more = f"; next page: --after {page.next_after}" if page.next_after else ""
-        print(f"{len(page.rows)} shown of {page.total}{more}")
+        print(documents.json({"rejected": page.rows, "total": page.total, "next_after": page.next_after})
+              if args.output_format(arguments) == "json" else views.rejected_page(page, arguments.reason_code, settings.timezone))
         return 0
     if arguments.action == "stats":
         stats = await args.query(queries.rejected_stats)
-        print(render.json({"total": stats.total, "by_reason": stats.by_reason, "by_source": stats.by_source,
-                           "other_sources": stats.others}) if args.output_format(arguments) == "json"
-              else render.rejected_stats(stats))
+        print(documents.json(views.rejected_stats_document(stats)) if args.output_format(arguments) == "json"
+              else views.rejected_stats(stats))
         return 0
     rejected_id = _uuid(arguments.rejected_id)
     try:
@@ -204,7 +181,7 @@ async def rejected_command(arguments: argparse.Namespace) -> int:
     except tools.NoSuchRejected:
         raise CliError(f"no rejected usage {arguments.rejected_id}; `tokenhub rejected list` shows their ids") from None
     how = f"corrected from {arguments.file}" if arguments.file else "as it was"
-    print(f"resubmitted {arguments.rejected_id} ({how}): {render.resubmitted(verdict, arguments.wait_s)}")
+    print(f"resubmitted {arguments.rejected_id} ({how}): {views.resubmitted(verdict, arguments.wait_s)}")
     return 1 if isinstance(verdict, queries.Rejection) else 0
 
 

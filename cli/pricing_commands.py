@@ -10,10 +10,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.contracts.events import PriceBookPublished
-from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.pricebook import book_from_document
 from tokenhub.contracts.registry import ConversionTable
 from tokenhub.infra.settings import clock, load_settings
@@ -22,6 +21,7 @@ from tokenhub.services.metering import queries as metering_queries
 from tokenhub.services.pricing import queries, tools
 from tokenhub.services.pricing.litellm import LiteLLMImportError, import_book
 from tokenhub.services.pricing.validation import PriceBookInvalid
+from tokenhub.views import documents, pricing as views, text
 
 
 async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace) -> PriceBookPublished:
@@ -32,8 +32,7 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
         await tools.publish_book(settings, book, retroactive=arguments.retroactive)
     except (PriceBookInvalid, tools.BookExists) as error:
         raise CliError(str(error)) from None
-    print(f"published price book {book.book_id} version {book.version} effective {book.effective_from.isoformat()} "
-          f"({len(book.models)} models)")
+    print(views.book_published(book))
     # Wait for pricing to store it, so a `tokenhub reprice` typed next sees the new version.
     if not await tools.book_stored(settings, book):
         print(f"pricing has not stored it within {tools.PUBLISH_CONFIRM_S:.0f} s (is the pricing service running?); "
@@ -55,13 +54,12 @@ async def show(arguments: argparse.Namespace) -> int:
     async with args.database(settings, size_max=1) as pool:
         found = await queries.prices_in_force(pool, at, arguments.model)
     if not found:
-        raise CliError(f"no price applies to {arguments.model or 'any model'} at {render.local(at, settings.timezone)}; "
+        raise CliError(f"no price applies to {arguments.model or 'any model'} at {text.local(at, settings.timezone)}; "
                        "`tokenhub pricebook publish FILE` publishes one")
     if output == "json":
-        print(render.json([{"book_id": book.book_id, "version": book.version, "effective_from": book.effective_from,
-                            "currency": book.currency, **price.model_dump(exclude_none=True)} for book, price in found]))
+        print(documents.json(views.prices_document(found)))
         return 0
-    print(render.prices(found, settings.timezone))
+    print(views.prices(found, settings.timezone))
     return 0
 
 
@@ -118,15 +116,9 @@ async def parked(arguments: argparse.Namespace) -> int:
     async with args.database(settings, size_max=1) as pool:
         rows, total = await queries.parked(pool, arguments.limit)
     if output == "json":
-        print(render.json([{"consumed_id": row.consumed_id, "payer_bu": row.payer_bu, "model": row.model,
-                            "event_time": row.event_time, "parked_at": row.parked_at, "reason": row.reason} for row in rows]))
-    elif not rows:
-        print("nothing parked: every consumption has a price")
+        print(documents.json(views.parked_document(rows)))
     else:
-        print(render.table(["consumed id", "payer", "model", "event time", "why"],
-                           [[str(row.consumed_id), row.payer_bu, row.model, render.local(row.event_time, settings.timezone),
-                             row.reason] for row in rows], right=set()))
-        print(f"{total} parked" + (f", the first {len(rows)} shown (--limit)" if total > len(rows) else ""))
+        print(views.parked(rows, total, settings.timezone) if rows else "nothing parked: every consumption has a price")
     return 0
 
 
@@ -137,12 +129,9 @@ async def reprice(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     report = await tools.reprice(settings, start, end, arguments.model)
     if args.output_format(arguments) == "json":
-        print(render.json({"examined": report.examined, "corrected": report.corrected, "events": 2 * report.corrected,
-                           "unpriceable": report.unpriceable, "difference": report.difference}))
+        print(documents.json(views.repriced_document(report)))
         return 0
-    print(f"examined {report.examined} priced consumptions; corrected {report.corrected} "
-          f"({2 * report.corrected} events: a reversal and a correction each); "
-          f"spend changes by {format_amount(report.difference)} {settings.currency}")
+    print(views.repriced(report, settings.currency))
     if report.unpriceable:
         print(f"{report.unpriceable} left as they were: the books in force no longer price them", file=sys.stderr)
     return 0

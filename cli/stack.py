@@ -14,7 +14,7 @@ from typing import Final
 import structlog
 
 from tokenhub.api.settings import api_port
-from tokenhub.cli import args, render
+from tokenhub.cli import args
 from tokenhub.cli.errors import CliError
 from tokenhub.infra.deployment import recorded_currency
 from tokenhub.infra.boot import prepare
@@ -26,6 +26,7 @@ from tokenhub.infra.settings import load_settings
 from tokenhub.infra.state import DEMO_ENV_FILE, kept_settings
 from tokenhub.infra.status import stack_status
 from tokenhub.infra.supervisor import AlreadyRunning, GaveUp, StackSupervisor, lock_holder
+from tokenhub.views import documents, stack as views
 
 __all__ = ["SERVICES", "init", "up", "run_service", "status", "register"]
 
@@ -38,10 +39,7 @@ log = structlog.get_logger()
 async def init(arguments: argparse.Namespace) -> int:
     settings = load_settings()
     bootstrap_servers, database_url = settings.require_stack()
-    report = await prepare(bootstrap_servers, database_url)
-    print(f"topics and migrations ready ({len(report.migrations)} migrations applied, "
-          f"{len(report.topics_created)} topics created, {report.republished_total} produced events republished); "
-          f"settlement currency {report.currency}")
+    print(views.prepared(await prepare(bootstrap_servers, database_url)))
     return 0
 
 
@@ -58,7 +56,7 @@ async def up(arguments: argparse.Namespace) -> int:
     state_dir = Path(settings.state_dir)
     holder = lock_holder(state_dir)
     if holder is not None:  # checked again under the lock: this is only the early, clear answer
-        raise CliError(render.already_running(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since")),
+        raise CliError(views.already_running(AlreadyRunning(state_dir, holder.get("pid"), holder.get("since")),
                                               state_dir, settings.timezone))
     stack = open_stack(arguments.broker, state_dir=state_dir, durable=True, brokers=arguments.brokers)
     # On a demo's data, the demo's clock (the environment's settings go first).
@@ -69,24 +67,14 @@ async def up(arguments: argparse.Namespace) -> int:
     try:
         await supervisor.start()
     except AlreadyRunning as error:
-        raise CliError(render.already_running(error, state_dir, settings.timezone)) from None
+        raise CliError(views.already_running(error, state_dir, settings.timezone)) from None
     environment = supervisor.environment
     currency = await recorded_currency(stack.endpoints.database_url)
-    print(
-        "Token Hub is up.\n"
-        f"  broker    {stack.endpoints.bootstrap_servers}\n"
-        f"  database  {stack.endpoints.database_url}\n"
-        f"  currency  {currency} (the deployment's settlement currency, recorded at first start)\n"
-        f"{_clock_line(kept, state_dir)}"
-        f"  services  {', '.join(SERVICES)} (logs in {state_dir / 'logs'})\n"
-        f"  ingest    http://127.0.0.1:{environment['TOKENHUB_HTTP_PORT']}/v1/events (API keys: tokenhub keys create)\n"
-        f"  api       http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/docs (keys: tokenhub apikey create --role finance --reason ...)\n"
-        f"  dashboard http://127.0.0.1:{environment['TOKENHUB_API_PORT']}/dashboard/ (sign in with an API key)\n"
-        "PostgreSQL, the broker and the services are supervised: what dies is restarted (tokenhub status).\n"
-        "In another terminal in this folder: tokenhub emit --generate 1000, tokenhub balance\n"
-        "Ctrl-C stops everything.",
-        flush=True,
-    )
+    print(views.up(bootstrap_servers=stack.endpoints.bootstrap_servers, database_url=stack.endpoints.database_url,
+                   currency=currency, clock=views.clock_line(os.environ.get("TOKENHUB_NOW"), kept.get("TOKENHUB_NOW"),
+                                                             state_dir / DEMO_ENV_FILE),
+                   services=SERVICES, state_dir=state_dir, http_port=environment["TOKENHUB_HTTP_PORT"],
+                   api_port=environment["TOKENHUB_API_PORT"]), flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -108,14 +96,14 @@ async def status(arguments: argparse.Namespace) -> int:
     report = await stack_status(state_dir, settings) if lock_holder(state_dir) else None
     if report is None:
         if output == "json":
-            print(render.json({"state_dir": str(state_dir), "running": False}))
+            print(documents.json({"state_dir": str(state_dir), "running": False}))
         else:
             print(f"Token Hub is not running in {state_dir} (start it with tokenhub up)")
         return EXIT_NOT_RUNNING
     if output == "json":
-        print(render.json(report.as_json()))
+        print(documents.json(report.as_json()))
         return 0
-    print(render.status(report, settings.timezone))
+    print(views.status(report, settings.timezone))
     return 0
 
 
@@ -137,13 +125,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             arg("service", choices=SERVICES, help=f"the service: {', '.join(SERVICES)}"), examples=("tokenhub run metering",))
     command(subparsers, "init", "create topics and apply migrations (what docker-compose's init runs)", init,
             examples=("tokenhub init",))
-
-
-def _clock_line(kept: dict[str, str], state_dir: Path) -> str:
-    """A fixed clock is said: month to date, pages and accepted usage go by it."""
-    if os.environ.get("TOKENHUB_NOW"):
-        return f"  clock     {os.environ['TOKENHUB_NOW']}, fixed (TOKENHUB_NOW)\n"
-    if "TOKENHUB_NOW" in kept:
-        return (f"  clock     {kept['TOKENHUB_NOW']}, fixed: the data is the demo's, and so is the day "
-                f"({state_dir / DEMO_ENV_FILE})\n")
-    return ""

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import AwareDatetime
 
-from tokenhub.api import reads, render
+from tokenhub.api import reads
 from tokenhub.api.access import Principal
 from tokenhub.api.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, BadCursor, decode_cursor, encode_cursor, page
 from tokenhub.api.routes.quota import NAME_LENGTH_MAX, SLUG
@@ -43,8 +43,10 @@ from tokenhub.api.models import (
 from tokenhub.api.web import AUTH_ERRORS, NOT_FOUND, ApiError, hub_of, principal, require_sees
 from tokenhub.contracts.events import InvoiceIssued
 from tokenhub.contracts.periods import PeriodError, containing, parse
+from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.api.webhooks import settlement_for
+from tokenhub.views import invoices as invoice_views
 
 router = APIRouter(tags=["reads"])
 ERRORS: Final = {**AUTH_ERRORS, **NOT_FOUND}
@@ -235,11 +237,12 @@ async def invoice(request: Request, invoice_id: uuid.UUID = Path(),
              if invoice.invoice_id == invoice_id]
     if not found:
         raise ApiError(404, f"no invoice {invoice_id}")
-    if format == "csv":
-        return PlainTextResponse(render.invoice_csv(found), media_type="text/csv")
-    if format == "html":
+    if format in ("csv", "html"):  # the CLI's renderings, byte for byte (`tokenhub invoice show --format`)
+        books = BookIndex.of(await reads.price_books(hub.reader))
+        if format == "csv":
+            return PlainTextResponse(invoice_views.invoice_csv(found, books), media_type="text/csv")
         names = {row["bu_id"]: row["display_name"] for row in await reads.registry(hub.reader, "business-units")}
-        return HTMLResponse(render.invoice_html(found, names))
+        return HTMLResponse(invoice_views.invoice_html(found, hub.settings.timezone, books, names))
     return Response(found[0].model_dump_json().encode(), media_type="application/json")
 
 

@@ -26,7 +26,7 @@ from tokenhub.infra.pipeline import Timeout, wait_until
 from tokenhub.infra.settings import Settings, clock
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.common.kafka import client_options, send_events, usage_client_options
-from tokenhub.services.metering import domain, queries
+from tokenhub.services.metering import domain, queries, registry
 from tokenhub.services.metering.adapters import keys, rejected
 from tokenhub.services.metering.queries import FundingRow, Outcome, Rejection, SentUsage, Snapshot, Verdict
 
@@ -55,6 +55,14 @@ async def publish_change(settings: Settings, kind: RegistryKind, entity: Any, en
     change = registry_change(kind, entity, entity_id, actor, reason, clock(settings))
     await publish_changes(settings, [change])
     return change
+
+
+def refusals(changes: Sequence[RegistryChanged], known: registry.Registry) -> list[str]:
+    """Why metering would refuse any of these changes, checked as it will check
+    them: in order, against the registry as it stands (`known`), so a tool
+    publishes nothing that metering would refuse."""
+    received = [registry.read(canonical_json(change)) for change in changes]
+    return [reason for _, reason in registry.decide(received, known, answered=()).refused]
 
 
 async def registry_outcomes(settings: Settings, changes: Sequence[RegistryChanged], wait_s: float) -> list[Outcome]:

@@ -1,5 +1,5 @@
 """Every --json output, as a person's tool gets it from the session's stack,
-matches its checked-in JSON Schema (cli/schemas/): amounts and Tokens as
+matches its checked-in JSON Schema (views/schemas/): amounts and Tokens as
 strings, times in one RFC 3339 form, each command's shape as documented."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 
 from tests.integration.support import World, emit, read_counters, wait_settled
-from tokenhub.cli import outputs
+from tokenhub.views import outputs
 from tokenhub.contracts.periods import containing
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

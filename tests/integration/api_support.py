@@ -49,15 +49,15 @@ class RunningApi:
             self.keys[name] = key
         return self.keys[name]
 
-    def cli(self, *arguments: str) -> Any:
-        """`tokenhub ... --json` as a person runs it; its JSON."""
+    def cli(self, *arguments: str, text: bool = False) -> Any:
+        """`tokenhub ... --json` as a person runs it; its JSON (`text`: what it printed)."""
         environment = {name: value for name, value in os.environ.items() if not name.startswith("TOKENHUB_")}
         environment.update({"TOKENHUB_BOOTSTRAP_SERVERS": self.bootstrap_servers, "TOKENHUB_DATABASE_URL": self.database_url})
         result = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", *arguments], env=environment, capture_output=True,
                                 text=True, timeout=CLI_TIMEOUT_S)
         if result.returncode != 0:
             raise AssertionError(f"tokenhub {' '.join(arguments)}: {result.stderr}")
-        return json.loads(result.stdout)
+        return result.stdout if text else json.loads(result.stdout)
 
 
 async def role_urls(database_url: str) -> dict[str, str]:

@@ -205,9 +205,14 @@ async def test_balances_statements_spend_and_invoices_equal_the_cli_to_the_last_
         invoice_id = invoices[0]["invoice_id"]
         assert same(await finance.invoice(invoice_id)) == same(cli_invoices[0])
         csv = await finance.invoice(invoice_id, "csv")
-        assert csv.splitlines()[-1].endswith(f",total,,,,,,,,{cli_invoices[0]['total']}")
+        assert csv.splitlines()[-1].endswith(f",total,,,,,,,,,,,{cli_invoices[0]['total']}")
         html = await finance.invoice(invoice_id, "html")
         assert f"Invoice {scene.shop}-" in html and "Shop" in html
+        # One rendering for both: the API's CSV and HTML are the CLI's, byte for byte (the CLI adds a newline).
+        period = invoices[0]["period"]
+        assert [invoice["invoice_id"] for invoice in invoices if invoice["period"] == period] == [invoice_id]
+        for form, served in (("csv", csv), ("html", html)):
+            assert api.cli("invoice", "show", "--bu", scene.shop, "--period", period, "--format", form, text=True) == served + "\n"
 
         settlement = await finance.settlement(scene.month.name)
         cli_settlement = api.cli("settle", "--period", scene.month.name, "--json")

@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tokenhub.cli import invoicing_commands, render
+from tokenhub.cli import invoicing_commands
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, Priced, decode
 from tokenhub.contracts.ids import derive_id
@@ -33,6 +33,7 @@ from tokenhub.services.invoicing import handlers, queries
 from tokenhub.services.pricing import queries as pricing_queries
 from tokenhub.services.invoicing.adapters.produced import produced_records
 from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
+from tokenhub.views import invoices as invoice_views
 from tests.contract.examples import PRICED
 from tests.integration.support import World, delta, emit, publish_events, published_values, read_counters, wait_settled
 from tests.integration.test_pricing import _json_output, _publish_book, cli_env  # noqa: F401 - a fixture
@@ -228,14 +229,14 @@ async def test_renderings_and_an_outside_consumer_validating_against_the_schemas
         books = BookIndex.of(await pricing_queries.price_books(pool))
     finally:
         await pool.close()
-    csv_text = render.invoice_csv(mine, books)
+    csv_text = invoice_views.invoice_csv(mine, books)
     header, first_line = csv_text.splitlines()[:2]
     assert header.startswith("invoice,payer,period")
     # Each line names the book version that priced it.
     columns = dict(zip(header.split(","), first_line.split(","), strict=True))
     assert (columns["book_id"], columns["book_version"]) == (f"{world.prefix}-book", "1"), columns
     assert csv_text.splitlines()[-1].endswith(f"{mine[0].total:f}")
-    html = render.invoice_html(mine, ZONE, books, {world.bu("shop"): "Shop <&> Co"})
+    html = invoice_views.invoice_html(mine, ZONE, books, {world.bu("shop"): "Shop <&> Co"})
     assert "Shop &lt;&amp;&gt; Co" in html and f"{mine[0].total:,.2f}" in html and "<!doctype html>" in html
 
     path = Path(__file__).resolve().parents[2] / "examples" / "billing_consumer.py"

@@ -29,7 +29,6 @@ from tokenhub.api import reads as api_reads
 from tokenhub.api.quota import POSTED_DECODER, QuotaBook
 from tokenhub.audit import log
 from tokenhub.audit.verify import verify
-from tokenhub.cli import render
 from tokenhub.contracts.budgets import BudgetSet, QuotaStateChanged
 from tokenhub.contracts.events import decode
 from tokenhub.contracts.periods import containing
@@ -39,6 +38,7 @@ from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.services.pricing import queries as pricing_queries
+from tokenhub.views import invoices as invoice_views
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ZONE = "Asia/Shanghai"
@@ -175,17 +175,17 @@ async def _over_quota_and_its_invoice(world: World, services: Any, payer: str, t
     lines = {(line.token_class, line.overage): (line.tokens, line.amount) for line in invoice.lines}
     assert lines == {("input", None): (300_000, Decimal("0.72")), ("output", None): (30_000, Decimal("0.288")),
                      ("input", True): (200_000, Decimal("0.48")), ("output", True): (20_000, Decimal("0.192"))}
-    assert render.overage_of(invoice) == Decimal("0.672")
+    assert invoice_views.overage_of(invoice) == Decimal("0.672")
     pool = await create_pool(world.settings.database_url or "", size_max=2)
     try:
         books = BookIndex.of(await pricing_queries.price_books(pool))
-        csv_rows = [row.split(",") for row in render.invoice_csv([invoice], books).splitlines()]
+        csv_rows = [row.split(",") for row in invoice_views.invoice_csv([invoice], books).splitlines()]
         overage_column = csv_rows[0].index("overage")
         assert sorted(row[overage_column] for row in csv_rows[1:] if row[4] == "usage") == ["", "", "true", "true"]
         assert csv_rows[-1][-1] == "1.680000000000"
-        html = render.invoice_html([invoice], ZONE, books)
+        html = invoice_views.invoice_html([invoice], ZONE, books)
         assert html.count("usage, over quota") == 2 and "0.672000000000" in html
-        document = render.invoices_document([invoice], books)[0]
+        document = invoice_views.invoices_document([invoice], books)[0]
         assert sorted(str(line["overage"]) for line in document["lines"]) == ["None", "None", "True", "True"]
 
         found = await invoicing_queries.spend(pool, world.settings, payer, last_month)

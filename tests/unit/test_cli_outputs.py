@@ -1,5 +1,5 @@
-"""Every --json output has a checked-in, versioned JSON Schema (cli/schemas/),
-the schemas are what cli/outputs.py says, and the forms `render.jsonable`
+"""Every --json output has a checked-in, versioned JSON Schema (views/schemas/),
+the schemas are what views/outputs.py says, and the forms `documents.jsonable`
 writes are the ones the schemas name."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from decimal import Decimal
 import jsonschema
 import pytest
 
-from tokenhub.cli import outputs, render
+from tokenhub.views import documents, outputs, text
 from tests.unit.test_cli_vocabulary import COMMANDS
 
-REGENERATE = "run `make schemas` (python -m tokenhub.cli.outputs) and commit the result"
+REGENERATE = "run `make schemas` (python -m tokenhub.views.outputs) and commit the result"
 
 
 def test_every_command_that_prints_json_has_a_schema() -> None:
@@ -37,7 +37,7 @@ def test_no_stale_schema_files() -> None:
 
 def test_the_forms_of_amounts_tokens_and_times() -> None:
     moment = datetime(2026, 3, 14, 10, 0, 0, 123000, tzinfo=timezone(timedelta(hours=8)))
-    document = json.loads(render.json({
+    document = json.loads(documents.json({
         "spend": Decimal("0.006720000000"), "tokens_consumed": 2200, "tokens": Decimal("15040.000000000000"),
         "closing": {"tokens_served": "15040.000000000000"}, "at": moment, "as_text": "2026-03-14T10:00:00+08:00",
         "id": uuid.UUID(int=1), "count": 3, "none": None}))
@@ -52,4 +52,4 @@ def test_the_forms_of_amounts_tokens_and_times() -> None:
         jsonschema.validate("2026-03-14T10:00:00+08:00", outputs.TIME)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate("1E+3", outputs.AMOUNT)
-    assert render.timestamp(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000000Z"
+    assert text.timestamp(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000000Z"

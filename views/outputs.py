@@ -1,8 +1,9 @@
 """The shape of every `--json` output, as JSON Schema: one document per command,
-versioned, exported into `cli/schemas/` (`make schemas`) and checked against
-what the commands print (tests/e2e/test_cli_json.py). The forms are the ones
-`render.jsonable` writes: amounts and Tokens as strings in plain notation, times
-in one RFC 3339 form (UTC, `Z`, microseconds), ids as strings.
+versioned, exported into `views/schemas/` (`make schemas`, the one place in
+this package that writes a file) and checked against what the commands print
+(tests/e2e/test_cli_json.py). The forms are the ones `documents.jsonable`
+writes: amounts and Tokens as strings in plain notation, times in one RFC 3339
+form (UTC, `Z`, microseconds), ids as strings.
 
 A change that removes or retypes a field is a new version of that output (its
 `$id` ends in the version); adding a field is not."""
