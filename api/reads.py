@@ -29,6 +29,7 @@ from tokenhub.contracts.ids import posted_id
 from tokenhub.contracts.periods import Period
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.settlement import SettlementNetted
+from tokenhub.contracts.stored import unpack
 from tokenhub.infra.settings import Settings
 from tokenhub.services.invoicing import queries as invoicing_queries
 from tokenhub.services.ledger import queries as ledger_queries
@@ -109,7 +110,7 @@ class Unbalanced(ValueError):
 def _entry(bu: str, row: asyncpg.Record) -> dict[str, Any]:
     """A statement entry from a journal row: its movements from the row's
     transfers (a reversal moves the other way round), checked against its Priced."""
-    priced = orjson.loads(row["priced"])
+    priced = orjson.loads(unpack(row["priced"]))
     spend = f"bu:{priced['payer_bu']}:spend"
     amount = row["amount"] if row["money_debit"] == spend else -row["amount"]
     tokens = row["tokens"] if row["tokens_debit"] == f"bu:{priced['consumer_bu']}:consumed" else -row["tokens"]

@@ -27,6 +27,7 @@ from tokenhub.audit.balances import (
 )
 from tokenhub.audit.log import Progress, event_id, read_topic, silent
 from tokenhub.audit.reprice import Repricing, load_pricing_inputs, reprice
+from tokenhub.contracts.stored import StoredPayloadError, unpack
 from tokenhub.contracts.topics import TOKENS_PRICED
 
 SELECT_PRICED_ARCHIVE: Final = "select priced as payload from ledger.journal"  # sums need no order
@@ -73,17 +74,17 @@ async def priced_from_archive(source: asyncpg.Connection | asyncpg.Pool) -> list
     decode = FIGURES_DECODER.decode
     try:
         if not isinstance(source, asyncpg.Pool):
-            return [decode(row[0]) for row in await source.fetch(SELECT_PRICED_ARCHIVE)]
+            return [decode(unpack(row[0])) for row in await source.fetch(SELECT_PRICED_ARCHIVE)]
         pages = await source.fetchval(SELECT_JOURNAL_PAGES)
         bounds = [(pages * part // ARCHIVE_PARTS, 0) for part in range(ARCHIVE_PARTS)] + [None]
 
         async def part(index: int) -> list[PricedFigures]:
             async with source.acquire() as connection:
                 rows = await connection.fetch(SELECT_PRICED_ARCHIVE_PART, bounds[index], bounds[index + 1])
-            return [decode(row[0]) for row in rows]
+            return [decode(unpack(row[0])) for row in rows]
 
         parts = await asyncio.gather(*(part(index) for index in range(ARCHIVE_PARTS)))
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+    except (msgspec.DecodeError, msgspec.ValidationError, StoredPayloadError) as error:
         raise NotReadable(f"an archived Priced cannot be read: {error}") from None
     return [figures for events in parts for figures in events]
 
@@ -91,8 +92,8 @@ async def priced_from_archive(source: asyncpg.Connection | asyncpg.Pool) -> list
 async def priced_events_from_archive(connection: asyncpg.Connection) -> list[PricedFacts]:
     """The facts repricing needs as well (causes, book versions)."""
     try:
-        return [PRICED_DECODER.decode(row["payload"]) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        return [PRICED_DECODER.decode(unpack(row["payload"])) for row in await connection.fetch(SELECT_PRICED_ARCHIVE)]
+    except (msgspec.DecodeError, msgspec.ValidationError, StoredPayloadError) as error:
         raise NotReadable(f"a Priced in the journal cannot be read: {error}") from None
 
 

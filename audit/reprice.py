@@ -14,6 +14,7 @@ import msgspec
 
 from tokenhub.audit.balances import PricedFacts
 from tokenhub.audit.log import exact, loads
+from tokenhub.contracts.stored import StoredPayloadError, unpack
 
 QUANTUM: Final = Decimal("0.000000000001")
 MILLION: Final = Decimal(1_000_000)
@@ -122,7 +123,8 @@ class Repricing:
     """Period tier adjustments: no TokenConsumed; verify checks them against their invoice."""
 
 
-# Every TokenConsumed, from metering's record of what it produced (pricing keeps no copy).
+# Every TokenConsumed, from metering's record of what it produced (pricing keeps no
+# copy), stored packed (contracts.stored).
 SELECT_CONSUMED: Final = "select payload from metering.consumed"
 SELECT_BOOKS: Final = "select book_id, version, payload from pricing.price_books"
 
@@ -131,8 +133,8 @@ async def load_pricing_inputs(connection: asyncpg.Connection) -> tuple[dict[str,
     consumed = {}
     for row in await connection.fetch(SELECT_CONSUMED):
         try:
-            event = CONSUMED_DECODER.decode(row["payload"])
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            event = CONSUMED_DECODER.decode(unpack(row["payload"]))
+        except (msgspec.DecodeError, msgspec.ValidationError, StoredPayloadError) as error:
             raise NotRecomputable(f"a TokenConsumed in metering's record cannot be read: {error}") from None
         consumed[event.id] = event
     books = {(row["book_id"], row["version"]): loads(row["payload"]) for row in await connection.fetch(SELECT_BOOKS)}

@@ -19,6 +19,7 @@ import asyncpg
 from tokenhub.audit.log import PROGRESS_EVERY, Progress, TopicRecord, event_id, loads_many, read_topic, silent
 from tokenhub.audit.replay import SELECT_ARCHIVE_COUNT
 from tokenhub.contracts.periods import parse_time
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.topics import BUDGETS_CONFIGURED, LEDGER_POSTED, TOKENS_PRICED
 from tokenhub.infra.migrate import migrate
 from tokenhub.services.common.db import create_pool
@@ -121,7 +122,7 @@ async def restore(source_pool: asyncpg.Pool, target_url: str, bootstrap_servers:
     await migrate(target_url)
     if source == "archive":
         async with source_pool.acquire() as connection:
-            placed = [(bytes(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"], row["overage"]))
+            placed = [(unpack(row["payload"]), Placement(row["chain"], row["sequence"], row["posted_at"], row["overage"]))
                       for row in await connection.fetch(SELECT_ARCHIVE_PLACED)]
             budget_values = [bytes(row["payload"]) for row in await connection.fetch(SELECT_BUDGET_ARCHIVE)]
     else:

@@ -15,6 +15,7 @@ from tokenhub.audit.balances import ACCOUNT_TOTALS, FIGURES, figures_document, f
 from tokenhub.audit.log import exact, loads_many
 from tokenhub.contracts.accounts import account_name, bu_accounts_pattern
 from tokenhub.contracts.ids import posted_id
+from tokenhub.contracts.stored import unpack
 
 SELECT_STATEMENT: Final = """
 select priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit, amount, tokens_debit, tokens_credit,
@@ -105,7 +106,7 @@ STATEMENT_LINES_MAX: Final = 100_000
 def _line(bu: str, row: asyncpg.Record) -> StatementLine:
     """A statement line from a journal row, its movements read from the row's
     transfers and checked against the Priced it holds."""
-    priced = loads_many(row["priced"])
+    priced = loads_many(unpack(row["priced"]))
     spend = account_name(priced["payer_bu"], "spend")
     amount = row["amount"] if row["money_debit"] == spend else -row["amount"]
     tokens = row["tokens"] if row["tokens_debit"] == account_name(priced["consumer_bu"], "consumed") else -row["tokens"]

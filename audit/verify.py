@@ -29,6 +29,7 @@ from tokenhub.audit.reprice import ConsumedFacts, load_pricing_inputs, reprice
 from tokenhub.contracts.accounts import account_name, parse_account
 from tokenhub.contracts.ids import NAMESPACE
 from tokenhub.contracts.periods import parse_time
+from tokenhub.contracts.stored import StoredPayloadError, unpack
 from tokenhub.contracts.topics import LEDGER_POSTED
 
 GENESIS: Final = "0" * 64
@@ -122,7 +123,7 @@ def row_name(chain: str, sequence: int, priced_id: object) -> str:
 # fixed scale: it is compared with the Priced's text, not computed with.
 SELECT_JOURNAL: Final = """
 select priced_id::text as priced_id, chain, sequence, event_time, posted_at, money_debit, money_credit,
-       amount::text as amount, tokens_debit, tokens_credit, tokens, entry_hash, priced, overage
+       amount::text as amount, tokens_debit, tokens_credit, tokens, entry_hash, priced, overage, app
 from ledger.journal
 where $1::text is null or chain = $1
 order by chain, sequence
@@ -265,8 +266,8 @@ def entry_bytes(priced: PricedFacts, chain: str, sequence: int, previous_hash: s
 def entry_content(priced: bytes, chain: str, sequence: int, previous_hash: str, posted_at: datetime,
                   overage: bool = False) -> dict[str, Any]:
     """The same entry as a JSON object, to name the fields where it differs from a published one."""
-    return loads_many(entry_bytes(PRICED_DECODER.decode(priced), chain, sequence, previous_hash, posted_at_text(posted_at),
-                                  overage=overage))
+    return loads_many(entry_bytes(PRICED_DECODER.decode(unpack(priced)), chain, sequence, previous_hash,
+                                  posted_at_text(posted_at), overage=overage))
 
 
 def entry_hash_of(entry: bytes, previous_hash: str) -> str:
@@ -295,7 +296,15 @@ def _transfer_differs(row: asyncpg.Record, priced: PricedFacts, transfers: Trans
         differing.append("event_time")
     if row["priced_id"] != priced.id:
         differing.append("priced_id")
+    if not _same_app(row["app"], priced.app, row["priced"]):
+        differing.append("app")
     return differing
+
+
+def _same_app(stored: str | None, priced_app: str | None, priced_bytes: bytes) -> bool:
+    """Whether a row's app column is its Priced's app. Rows written before the
+    column (migration 0037) have none, and hold their Priced as raw JSON."""
+    return stored == priced_app or (stored is None and priced_bytes[:1] == b"{")
 
 
 def _same_time(text: str, stored: datetime) -> bool:
@@ -344,7 +353,7 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
         while rows := await cursor.fetch(FETCH_ROWS):
             for row in rows:
                 (priced_id, chain, sequence, event_time, row_posted_at, money_debit, money_credit, amount,
-                 tokens_debit, tokens_credit, tokens, entry_hash, priced_bytes, overage) = row
+                 tokens_debit, tokens_credit, tokens, entry_hash, priced_bytes, overage, app) = row
                 last_sequence, last_hash = previous.get(chain, _GENESIS_PLACE)
                 stored_hash = entry_hash.hex()
                 previous[chain] = (sequence, stored_hash)
@@ -353,11 +362,11 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
                 if row_posted_at != posted_at[0]:  # a batch of entries shares its posting time
                     posted_at = (row_posted_at, posted_at_text(row_posted_at))
                 try:
-                    priced = decode(priced_bytes)
+                    priced = decode(unpack(priced_bytes))
                     transfers = expected_transfers(priced)
                     recomputed = entry_hash_of(entry_bytes(priced, chain, sequence, last_hash, posted_at[1], transfers,
                                                                       overage), last_hash)
-                except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                except (msgspec.DecodeError, msgspec.ValidationError, StoredPayloadError) as error:
                     chains.fail(row_name(chain, sequence, priced_id), f"its Priced cannot be read: {error}")
                     continue
                 if recomputed != stored_hash:
@@ -370,7 +379,7 @@ async def check_chains(connection: asyncpg.Connection, scope: str | None, chains
                         and tokens_debit == expected_tokens_debit and tokens_credit == expected_tokens_credit
                         and chain == priced.payer_bu and priced_id == priced.id
                         and amount == expected_amount.lstrip("-") and f"{tokens}{SCALE_SUFFIX}" == expected_tokens.lstrip("-")
-                        and _same_time(priced.event_time, event_time)):
+                        and _same_time(priced.event_time, event_time) and _same_app(app, priced.app, priced_bytes)):
                     differing = _transfer_differs(row, priced, transfers)
                     if differing:
                         posts.fail(row_name(chain, sequence, priced_id),
@@ -520,14 +529,21 @@ async def check_double_entry(connection: asyncpg.Connection, scope: str | None, 
 
 SELECT_PARKED_IDS: Final = "select consumed_id::text as id from pricing.parked"
 # What pricing published that the journal has not posted: an anti-join on both
-# primary keys, where the database is the faster place (it reads no payload
-# unless a payer's scope asks whose consumption each one was).
+# primary keys, where the database is the faster place (it sends no payload
+# unless a payer's scope asks whose consumption each one was: the payload is
+# stored packed, so that is read here).
 SELECT_PRICED_NOT_POSTED: Final = """
-select priced.priced_id::text as id,
-       case when $1::text is not null then convert_from(priced.payload, 'UTF8')::jsonb ->> 'consumed_id' end as consumed_id
+select priced.priced_id::text as id, case when $1::text is not null then priced.payload end as payload
 from pricing.priced priced
 where not exists (select from ledger.journal journal where journal.priced_id = priced.priced_id)
 """
+
+
+class _Consumed(msgspec.Struct, frozen=True):
+    consumed_id: str
+
+
+_CONSUMED_OF: Final = msgspec.json.Decoder(_Consumed)
 SELECT_COUNTERS: Final = """
 select 'metering.' || name, value from metering.counters union all select 'pricing.' || name, value from pricing.counters
 union all select 'ledger.' || name, value from ledger.counters union all select 'invoicing.' || name, value from invoicing.counters
@@ -550,7 +566,7 @@ async def check_exactly_once(connection: asyncpg.Connection, scope: str | None, 
             by_consumed[fact.priced.consumed_id].append(fact.priced)
     parked = {row["id"] for row in await connection.fetch(SELECT_PARKED_IDS)}
     for row in await connection.fetch(SELECT_PRICED_NOT_POSTED, scope):
-        source = consumed.get(row["consumed_id"])
+        source = None if row["payload"] is None else consumed.get(_CONSUMED_OF.decode(unpack(row["payload"])).consumed_id)
         if scope is not None and (source is None or source.payer_bu != scope):
             continue
         check.fail(f"Priced {row['id']}", "published by pricing but not posted (lost, or in flight: verify a settled pipeline)")

@@ -24,12 +24,14 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import asyncpg
+import msgspec
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,7 +43,9 @@ from tokenhub.audit.verify import verify
 from tokenhub.bench.load import generate_usage, seed_company
 from tokenhub.bench.passthrough import CLIENTS
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.ids import priced_id
 from tokenhub.contracts.periods import containing, parse_time
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.topics import PARTITIONS_DEFAULT
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.kafka.stack import KafkaStack
@@ -481,14 +485,29 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-LATENCY_QUERY: Final = """
-select consumed.usage_id, min(journal.posted_at) as posted_at
-from ledger.journal journal
-join (select usage_id, convert_from(payload, 'UTF8')::jsonb ->> 'id' as consumed_id from metering.consumed
-      where usage_id = any($1::text[])) consumed
-  on consumed.consumed_id = convert_from(journal.priced, 'UTF8')::jsonb ->> 'consumed_id'
-group by 1
-"""
+# When each usage event was first posted: the charge of each of its TokenConsumed,
+# whose id derives from the consumption's alone (contracts.ids.priced_id). The
+# consumptions' ids are in metering's record, stored packed, so read here.
+SELECT_LATENCY_CONSUMED: Final = "select usage_id, payload from metering.consumed where usage_id = any($1::text[])"
+SELECT_LATENCY_POSTED: Final = "select priced_id, posted_at from ledger.journal where priced_id = any($1::uuid[])"
+
+
+class _ConsumedId(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+
+
+_CONSUMED_ID: Final = msgspec.json.Decoder(_ConsumedId)
+
+
+async def first_posted(connection: asyncpg.Connection, usage_ids: list[str]) -> dict[str, datetime]:
+    """The earliest posting time of each usage event's charges, by usage id (events not posted left out)."""
+    charges = {priced_id(_CONSUMED_ID.decode(unpack(row["payload"])).id, "", None): row["usage_id"]
+               for row in await connection.fetch(SELECT_LATENCY_CONSUMED, usage_ids)}
+    posted: dict[str, datetime] = {}
+    for row in await connection.fetch(SELECT_LATENCY_POSTED, list(charges)):
+        usage_id = charges[row["priced_id"]]
+        posted[usage_id] = min(posted.get(usage_id, row["posted_at"]), row["posted_at"])
+    return posted
 
 
 async def run_bench(*, events: int | None = None, rate: int = LATENCY_RATE_DEFAULT, trace: Path | None = None,
@@ -561,8 +580,8 @@ async def run_bench(*, events: int | None = None, rate: int = LATENCY_RATE_DEFAU
                            sent_at=sent_at, label="latency sent")
             await _settle(connection, before, latency_count, sampler, {})
             ids = {f"bench-{run}-latency-{index}": moment for index, moment in sent_at.items()}
-            rows = await connection.fetch(LATENCY_QUERY, list(ids))
-            latencies = [max(0.0, (row["posted_at"].timestamp() - ids[row["usage_id"]]) * 1000) for row in rows]
+            posted = await first_posted(connection, list(ids))
+            latencies = [max(0.0, (posted_at.timestamp() - ids[usage_id]) * 1000) for usage_id, posted_at in posted.items()]
             report.latency_ms_p50 = round(percentile(latencies, 0.50), 1)
             report.latency_ms_p95 = round(percentile(latencies, 0.95), 1)
             report.latency_ms_p99 = round(percentile(latencies, 0.99), 1)

@@ -7,15 +7,19 @@ the columns' names (TypedDicts below), so they render as JSON as they are."""
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, Literal, TypedDict
 
 import asyncpg
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenhub.contracts.registry import ConversionTable
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.topics import USAGE_REPORTED
 from tokenhub.services.metering.adapters.store import load_registry
 from tokenhub.services.metering.domain import header_value
@@ -303,21 +307,32 @@ async def rejected_original(pool: asyncpg.Pool, rejected_id: uuid.UUID) -> Rejec
     return RejectedOriginal(bytes(row["original_bytes"]), headers, row["reason_code"])
 
 
-SELECT_TOKENS_BY_CLASS: Final = """
-select token.key as token_class, string_agg(distinct consumed.payload ->> 'model', ', ' order by consumed.payload ->> 'model') as models,
-       sum(token.value::bigint) as tokens
-from (select convert_from(payload, 'UTF8')::jsonb as payload from metering.consumed) consumed,
-     jsonb_each_text(consumed.payload -> 'tokens') token
-group by token.key order by tokens desc
-"""
-SELECT_FUNDING_SHARES: Final = """
-select payload ->> 'funding_agreement_id' as agreement, payload ->> 'consumer_bu' as consumer_bu,
-       payload ->> 'payer_bu' as payer_bu, payload ->> 'share_percent' as share, count(*) as events,
-       sum((select sum(value::bigint) from jsonb_each_text(payload -> 'tokens'))) as tokens
-from (select convert_from(payload, 'UTF8')::jsonb as payload from metering.consumed) consumed
-where payload ? 'funding_agreement_id'
-group by 1, 2, 3, 4 order by 1, 3
-"""
+# The payloads are stored packed (contracts.stored), so PostgreSQL cannot parse
+# them: the two figures below are summed here over metering's whole record,
+# read a cursor page at a time.
+SELECT_CONSUMED_PAYLOADS: Final = "select payload from metering.consumed"
+CONSUMED_PREFETCH: Final = 5_000
+"""Rows a cursor holds at a time: bounds memory whatever the record's size."""
+
+
+class _Consumption(msgspec.Struct, frozen=True):
+    """The fields of a TokenConsumed these figures sum; the rest is skipped undecoded."""
+
+    model: str
+    tokens: dict[str, int]
+    consumer_bu: str
+    payer_bu: str
+    share_percent: str
+    funding_agreement_id: str | None = None
+
+
+_CONSUMPTION: Final = msgspec.json.Decoder(_Consumption)
+
+
+async def _each_consumption(pool: asyncpg.Pool) -> AsyncIterator[_Consumption]:
+    async with pool.acquire() as connection, connection.transaction():
+        async for row in connection.cursor(SELECT_CONSUMED_PAYLOADS, prefetch=CONSUMED_PREFETCH):
+            yield _CONSUMPTION.decode(unpack(row[0]))
 
 
 @dataclass(frozen=True)
@@ -330,9 +345,14 @@ class ClassTokens:
 
 async def tokens_by_class(pool: asyncpg.Pool) -> list[ClassTokens]:
     """Tokens consumed per class over everything metering produced, most first."""
-    async with pool.acquire() as connection:
-        rows = await connection.fetch(SELECT_TOKENS_BY_CLASS)
-    return [ClassTokens(row["token_class"], row["models"], row["tokens"]) for row in rows]
+    tokens: dict[str, int] = defaultdict(int)
+    models: dict[str, set[str]] = defaultdict(set)
+    async for consumption in _each_consumption(pool):
+        for token_class, quantity in consumption.tokens.items():
+            tokens[token_class] += quantity
+            models[token_class].add(consumption.model)
+    return [ClassTokens(token_class, ", ".join(sorted(models[token_class])), Decimal(total))
+            for token_class, total in sorted(tokens.items(), key=lambda item: (-item[1], item[0]))]
 
 
 @dataclass(frozen=True)
@@ -349,10 +369,16 @@ class FundingShare:
 
 async def funding_shares(pool: asyncpg.Pool) -> list[FundingShare]:
     """Consumption split by funding agreements, per agreement and payer."""
-    async with pool.acquire() as connection:
-        rows = await connection.fetch(SELECT_FUNDING_SHARES)
-    return [FundingShare(row["agreement"], row["consumer_bu"], row["payer_bu"], row["share"], row["events"], row["tokens"])
-            for row in rows]
+    shares: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    async for consumption in _each_consumption(pool):
+        if consumption.funding_agreement_id is not None:
+            share = shares[consumption.funding_agreement_id, consumption.consumer_bu, consumption.payer_bu,
+                           consumption.share_percent]
+            share[0] += 1
+            share[1] += sum(consumption.tokens.values())
+    return [FundingShare(agreement, consumer_bu, payer_bu, share_percent, events, Decimal(tokens))
+            for (agreement, consumer_bu, payer_bu, share_percent), (events, tokens)
+            in sorted(shares.items(), key=lambda item: (item[0][0], item[0][2], item[0][1], item[0][3]))]
 
 
 # --- what metering answered about usage a producer sent ----------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.support import World, delta, emit, publish_events, read_counters, wait_settled
 from tokenhub.audit import balances, log, replay, restore, verify
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.topics import BUDGET_ALERTS, LEDGER_POSTED, TOKENS_PRICED
 from tokenhub.infra.migrate import migrate
 from tokenhub.infra.pipeline import wait_until
@@ -119,7 +120,7 @@ def _forge(rows: list[asyncpg.Record], from_sequence: int, amount_delta: Decimal
         if row["sequence"] < from_sequence:
             previous_hash = row["entry_hash"].hex()
             continue
-        priced = orjson.loads(row["priced"])
+        priced = orjson.loads(unpack(row["priced"]))
         amount = row["amount"]
         if row["sequence"] == from_sequence:
             priced["lines"][0]["amount"] = f"{Decimal(priced['lines'][0]['amount']) + amount_delta:.12f}"
@@ -210,8 +211,8 @@ async def test_a_conflicting_duplicate_posts_nothing_and_raises_one_alert(backen
     payer = world.bu("shop")
     connection = await asyncpg.connect(world.settings.database_url)
     try:
-        original = await connection.fetchval(
-            "select priced from ledger.journal where chain = $1 order by sequence limit 1", payer)
+        original = unpack(await connection.fetchval(
+            "select priced from ledger.journal where chain = $1 order by sequence limit 1", payer))
         spend_before = await connection.fetchval("select debit_total from ledger.balances where account = $1", f"bu:{payer}:spend")
         forged = orjson.loads(original)
         forged["lines"][0]["amount"] = f"{Decimal(forged['lines'][0]['amount']) + 1:.12f}"
@@ -337,10 +338,14 @@ async def test_a_priced_that_pricing_published_and_the_ledger_never_posted_is_na
     try:
         async with pool.acquire() as connection:
             # A copy of one of the payer's Priced under an id the journal has not posted, as if its posting were lost.
+            # (payloads are stored packed: the payer's is found by reading them back)
+            ours = [row["priced_id"] for row in await connection.fetch(
+                "select priced_id, payload from pricing.priced where model = $1", world.model)
+                    if orjson.loads(unpack(row["payload"]))["payer_bu"] == payer]
             await connection.execute(
                 "insert into pricing.priced (priced_id, kind, event_time, model, request_input_tokens, payload) "
                 "select $1, kind, event_time, model, request_input_tokens, payload from pricing.priced "
-                "where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $2 limit 1", lost, payer)
+                "where priced_id = $2", lost, ours[0])
         try:
             report = await verify.verify(pool, world.settings.bootstrap_servers, scope=payer)
             exactly_once = next(check for check in report.checks if check.name == "invariant-2")

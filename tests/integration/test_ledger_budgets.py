@@ -20,6 +20,7 @@ from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.periods import containing
 from tokenhub.contracts.topics import BUDGET_ALERTS, BUDGETS_CONFIGURED, TOKENS_PRICED
+from tokenhub.contracts.stored import unpack
 from tokenhub.infra.pipeline import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -104,7 +105,7 @@ async def test_budget_alerts_once_quota_exhausted_and_restored(backend) -> None:
         priced = await connection.fetch("select priced as payload from ledger.journal where chain = $1", payer)
         assert len(priced) == sent == 7
         before = await read_counters(world.settings)
-        await publish_events(world.settings, TOKENS_PRICED.name, [(payer.encode(), row["payload"]) for row in priced])
+        await publish_events(world.settings, TOKENS_PRICED.name, [(payer.encode(), unpack(row["payload"])) for row in priced])
 
         async def replayed() -> bool:
             return delta(await read_counters(world.settings), before, "ledger.duplicates") == 7

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
 from tokenhub.contracts.events import TokenConsumed, UsageReported
 from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED
+from tokenhub.contracts.stored import unpack
 from tokenhub.infra.embedded import free_port
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.metering import domain
@@ -40,7 +41,7 @@ async def _fetch(settings, query: str, *parameters):  # noqa: ANN001, ANN202
 async def _consumed(world: World) -> list[dict]:
     rows = await _fetch(world.settings, "select payload from metering.consumed where usage_source = $1 order by seq",
                         f"tests/{world.prefix}")
-    return [orjson.loads(row["payload"]) for row in rows]
+    return [orjson.loads(unpack(row["payload"])) for row in rows]
 
 
 async def _metrics(client: httpx.AsyncClient, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -529,8 +530,8 @@ async def test_the_sync_client_reports_and_metering_keeps_what_it_produced_keyed
         first, second = rows[2 * index], rows[2 * index + 1]
         assert bytes(first["content_sha256"]) == bytes.fromhex(sha256_hex(canonical_json(event)))
         assert (second["content_sha256"], first["usage_value"], second["usage_value"]) == (None, None, None)
-        consumed = [TokenConsumed.model_validate_json(row["payload"]) for row in (first, second)]
-        assert [canonical_json(item) for item in consumed] == [bytes(first["payload"]), bytes(second["payload"])]
+        consumed = [TokenConsumed.model_validate_json(unpack(row["payload"])) for row in (first, second)]
+        assert [canonical_json(item) for item in consumed] == [unpack(first["payload"]), unpack(second["payload"])]
         # 60 % and 40 % of 100..104 input Tokens, by largest remainder
         assert [(item.payer_bu, item.tokens["input"]) for item in consumed] == [
             (world.bu("alpha"), [60, 61, 61, 62, 62][index]), (world.bu("beta"), [40, 40, 41, 41, 42][index])]
@@ -539,11 +540,11 @@ async def test_the_sync_client_reports_and_metering_keeps_what_it_produced_keyed
     connection = await asyncpg.connect(world.settings.database_url)
     try:
         produced = [record async for record in produced_records(connection)
-                    if record[0] == TOKENS_CONSUMED.name and record[2] in {bytes(row["payload"]) for row in rows}]
+                    if record[0] == TOKENS_CONSUMED.name and record[2] in {unpack(row["payload"]) for row in rows}]
     finally:
         await connection.close()
     assert [(key, value) for _, key, value, headers in produced] == [
-        (TokenConsumed.model_validate_json(row["payload"]).payer_bu.encode(), bytes(row["payload"])) for row in rows]
+        (TokenConsumed.model_validate_json(unpack(row["payload"])).payer_bu.encode(), unpack(row["payload"])) for row in rows]
 
 
 async def test_rejected_usage_is_read_a_page_at_a_time_with_a_total_and_counted_by_reason_and_source(backend) -> None:

@@ -8,12 +8,14 @@ import random
 from decimal import Decimal
 
 import asyncpg
+import orjson
 import pytest
 
 from tokenhub.audit.replay import replay
 from tokenhub.services.ledger.queries import balances
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED
+from tokenhub.contracts.stored import unpack
 from tokenhub.infra.pipeline import wait_until
 from tokenhub.services.common.db import create_pool
 from tests.integration.support import (
@@ -99,9 +101,10 @@ async def test_duplicates_are_stopped_by_the_layer_they_reach(backend) -> None:
     # The same TokenConsumed again, straight onto tokens.consumed: pricing's record of what it priced stops them.
     connection = await asyncpg.connect(world.settings.database_url)
     try:
-        consumed = await connection.fetch(
-            "select convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' as payer_bu, payload from metering.consumed "
-            "where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' = $1", world.bu("shop"))
+        # Stored packed (contracts.stored): the canonical bytes are what was published.
+        consumed = [payload for row in await connection.fetch("select payload from metering.consumed where usage_source = $1",
+                                                              f"tests/{world.prefix}")
+                    if orjson.loads(payload := unpack(row["payload"]))["payer_bu"] == world.bu("shop")]
         priced = await connection.fetch(
             "select priced as payload from ledger.journal where chain = $1",
             world.bu("shop"))
@@ -109,8 +112,8 @@ async def test_duplicates_are_stopped_by_the_layer_they_reach(backend) -> None:
         await connection.close()
     posted = await published_values(world.settings.bootstrap_servers or "", LEDGER_POSTED.name, world.bu("shop").encode(), 50)
     assert len(consumed) == 50 and len(priced) == 50 and len(posted) == 50
-    await publish_events(world.settings, TOKENS_CONSUMED.name, [(row["payer_bu"].encode(), row["payload"]) for row in consumed])
-    await publish_events(world.settings, TOKENS_PRICED.name, [(world.bu("shop").encode(), row["payload"]) for row in priced])
+    await publish_events(world.settings, TOKENS_CONSUMED.name, [(world.bu("shop").encode(), payload) for payload in consumed])
+    await publish_events(world.settings, TOKENS_PRICED.name, [(world.bu("shop").encode(), unpack(row["payload"])) for row in priced])
     # And the same LedgerPosted again: invoicing's chain watermarks stop them.
     await publish_events(world.settings, LEDGER_POSTED.name, [(world.bu("shop").encode(), value) for value in posted])
 

@@ -55,8 +55,7 @@ WORK_LOG_EVENTS = {
 
 async def _metered(connection: asyncpg.Connection, prefix: str) -> int:
     return await connection.fetchval(
-        "select count(*) from metering.consumed where convert_from(payload, 'UTF8')::jsonb ->> 'payer_bu' like $1",
-        f"{prefix}-%")
+        "select count(*) from metering.consumed where usage_source = $1", f"tests/{prefix}")
 
 
 async def _leader_of(kafka, topic: str, partition: int) -> int:  # noqa: ANN001

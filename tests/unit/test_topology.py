@@ -30,7 +30,7 @@ SERVICES_DIR = ROOT / "services"
 TOPIC_CONSTANTS = {name: value for name, value in vars(topics).items() if isinstance(value, topics.TopicSpec)}
 REGENERATE = "run `make schemas`, which writes the tables from contracts/topics.py"
 # Calls that name a topic without publishing to it.
-NOT_PUBLISHING = {"subscribe", "require_consumes", "subscriber"}
+NOT_PUBLISHING = {"subscribe", "require_consumes", "subscriber", "pack"}  # pack: the type of a payload stored (contracts.stored)
 
 
 class TopicReferences(ast.NodeVisitor):

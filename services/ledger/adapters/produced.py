@@ -1,7 +1,7 @@
 """What the ledger produced, read back from its own tables for the republish
 into a broker that lost its topics (`infra.boot`, docs/architecture.md,
 durability): every LedgerPosted, rebuilt from its journal row (the Priced it
-posts, its chain place, its posting time) byte for byte as it was published
+posts, unpacked; its chain place, its posting time) byte for byte as it was published
 and held to its stored hash, chain by chain in sequence order, so a consumer
 that recognises duplicates by each chain's sequence sees no gap; then every
 budget and conflicting-duplicate alert raised, in the order raised (a conflict
@@ -19,6 +19,7 @@ from typing import Final
 import asyncpg
 import orjson
 
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.topics import BUDGET_ALERTS, BUDGETS_CONFIGURED, LEDGER_POSTED, QUOTA_STATE
 from tokenhub.services.common.outbox import ProducedRecord
 from tokenhub.services.ledger.domain import GENESIS_HASH, rebuild_entry
@@ -63,7 +64,7 @@ async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[Prod
         async for row in connection.cursor(SELECT_JOURNAL_IN_CHAIN_ORDER, prefetch=ROWS_PREFETCH):
             if row["chain"] != chain:
                 chain, head = row["chain"], GENESIS_HASH
-            posted, payload = rebuild_entry(row["priced"], chain, row["sequence"], head, row["posted_at"], row["overage"])
+            posted, payload = rebuild_entry(unpack(row["priced"]), chain, row["sequence"], head, row["posted_at"], row["overage"])
             if bytes.fromhex(posted.entry_hash) != row["entry_hash"]:
                 raise JournalDamaged(f"chain {chain} sequence {row['sequence']} does not rebuild into the entry "
                                      "its hash was taken of: run tokenhub verify")

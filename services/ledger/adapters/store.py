@@ -14,6 +14,8 @@ from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetAlert, BudgetSet, Conf
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import decode
 from tokenhub.contracts.periods import parse
+from tokenhub.contracts.stored import pack, unpack
+from tokenhub.contracts.topics import TOKENS_PRICED
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.ledger import budgets
 from tokenhub.services.ledger.domain import ChainHead, PostedEntry
@@ -33,9 +35,12 @@ on conflict (chain) do update set sequence = excluded.sequence, head_hash = excl
 """
 # One row per entry, written with COPY: the ids are new (read under the chain
 # locks first), and COPY costs PostgreSQL about a third less than
-# `insert ... select * from unnest(...)` for a batch of a thousand rows.
+# `insert ... select * from unnest(...)` for a batch of a thousand rows. The
+# Priced is stored packed (contracts.stored); its app has a column of its own
+# for the one query that asks for it (SELECT_FUNDED, migration 0037).
 JOURNAL_COLUMNS: Final = ("priced_id", "sequence", "event_time", "posted_at", "tokens", "chain", "money_debit",
-                          "money_credit", "amount", "tokens_debit", "tokens_credit", "entry_hash", "priced", "overage")
+                          "money_credit", "amount", "tokens_debit", "tokens_credit", "entry_hash", "priced", "overage",
+                          "app")
 UPSERT_BALANCES: Final = """
 insert into ledger.balances (ledger, account, debit_total, credit_total)
 select * from unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[])
@@ -121,13 +126,16 @@ select payer_bu, period from ledger.period_spend where payer_bu = any($1::text[]
 union select payer_bu, period from ledger.quota_states where payer_bu = any($1::text[]) and period >= $2
 """
 # Read when a quota runs out, for the consumers and apps it stops: the payer's
-# entries of one month, found by the block-range index on event time.
+# entries of one month, found by the block-range index on event time. The app
+# is the row's column; rows written before it (migration 0037) have none and
+# hold their Priced as raw JSON (first byte `{`), which the database can read.
 SELECT_FUNDED: Final = """
 select array_agg(distinct consumer_bu order by consumer_bu) as consumers,
        array_remove(array_agg(distinct app order by app), null) as apps
 from (select split_part(case when tokens_debit like '%:consumed' then tokens_debit else tokens_credit end, ':', 2)
              as consumer_bu,
-             convert_from(priced, 'UTF8')::jsonb ->> 'app' as app
+             coalesce(app, case when get_byte(priced, 0) = 123 then convert_from(priced, 'UTF8')::jsonb ->> 'app' end)
+             as app
       from ledger.journal
       where chain = $1 and event_time >= $2 and event_time < $3) as entries
 where $4::text = '*' or consumer_bu = $4
@@ -152,9 +160,9 @@ class LedgerUnit:
         return {row["chain"]: ChainHead(row["chain"], row["sequence"], row["head_hash"]) for row in rows}
 
     async def posted_priced(self, priced_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-        """The Priced bytes posted already, of these ids."""
+        """The Priced bytes posted already, of these ids (canonical, as they were received)."""
         rows = await self._connection.fetch(SELECT_POSTED_PRICED, list(set(priced_ids)))
-        return {row["priced_id"]: row["priced"] for row in rows}
+        return {row["priced_id"]: unpack(row["priced"]) for row in rows}
 
     async def write_entries(self, entries: Sequence[PostedEntry]) -> None:
         """One journal row per entry; the caller read that their ids are new under its chain locks."""
@@ -163,7 +171,8 @@ class LedgerUnit:
         await self._connection.copy_records_to_table("journal", schema_name=SCHEMA, columns=JOURNAL_COLUMNS, records=[
             (posted.priced_id, posted.sequence, posted.event_time, posted.posted_at, entry.transfer.tokens, posted.chain,
              entry.transfer.money_debit, entry.transfer.money_credit, entry.transfer.amount, entry.transfer.tokens_debit,
-             entry.transfer.tokens_credit, bytes.fromhex(posted.entry_hash), entry.priced, posted.overage is True)
+             entry.transfer.tokens_credit, bytes.fromhex(posted.entry_hash), pack(TOKENS_PRICED.name, entry.priced),
+             posted.overage is True, posted.app)
             for entry in entries for posted in (entry.posted,)
         ])
 

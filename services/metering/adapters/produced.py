@@ -3,6 +3,7 @@ a broker that lost its topics (`infra.boot`, docs/architecture.md, durability):
 - tokens.consumed: metering's record, one row per TokenConsumed, in production
   order; where the usage came over HTTP, the usage that metering published on
   usage.reported for it comes first, from the same record (migration 0017);
+  both stored packed, published as the canonical bytes `unpack` gives back;
 - usage.rejected: rebuilt from the stored originals, whose stored time is the
   event time of the UsageRejected published for them (the same bytes; rows
   stored before migration 0017 carry the time they were stored);
@@ -19,6 +20,7 @@ import msgspec
 import orjson
 
 from tokenhub.contracts.canonical import canonical_json
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.registry import RegistryChanged
 from tokenhub.contracts.topics import REGISTRY_CHANGED, TOKENS_CONSUMED, USAGE_REJECTED, USAGE_REPORTED
 from tokenhub.services.common.outbox import ProducedRecord
@@ -72,10 +74,11 @@ async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[Prod
     last = await connection.fetchval(SELECT_LAST_SEQ) or 0
     for start in range(0, last, PRODUCED_RANGE_ROWS):
         for row in await connection.fetch(SELECT_PRODUCED, start, start + PRODUCED_RANGE_ROWS):
-            parties = _PARTIES.decode(row["payload"])
+            payload = unpack(row["payload"])
+            parties = _PARTIES.decode(payload)
             if row["usage_value"] is not None:
-                yield USAGE_REPORTED.name, parties.consumer_bu.encode(), bytes(row["usage_value"]), ()
-            yield TOKENS_CONSUMED.name, parties.payer_bu.encode(), bytes(row["payload"]), ()
+                yield USAGE_REPORTED.name, parties.consumer_bu.encode(), unpack(row["usage_value"]), ()
+            yield TOKENS_CONSUMED.name, parties.payer_bu.encode(), payload, ()
     async with connection.transaction():
         async for row in connection.cursor(SELECT_REJECTED, prefetch=ROWS_PREFETCH):
             rejection = domain.Rejection(row["reason_code"], row["message"], row["usage_source"], row["usage_id"])

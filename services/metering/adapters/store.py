@@ -13,6 +13,7 @@ from typing import Final
 
 import asyncpg
 
+from tokenhub.contracts import stored as stored_payloads
 from tokenhub.contracts.events import UsageRejected
 from tokenhub.contracts.registry import (
     BusinessUnit,
@@ -21,6 +22,7 @@ from tokenhub.contracts.registry import (
     ModelEntry,
     RegistryChanged,
 )
+from tokenhub.contracts.topics import TOKENS_CONSUMED, USAGE_REPORTED
 from tokenhub.services.common.outbox import OutboxRow, bump_counters, stage
 from tokenhub.services.metering import domain
 from tokenhub.services.metering.adapters import keys
@@ -42,7 +44,8 @@ from metering.funding_agreements
 
 # metering.consumed holds each TokenConsumed produced, keyed by its usage's source
 # + id: the first row of an event carries the usage's content hash and is the
-# one in the unique index consumed_usage (migration 0017).
+# one in the unique index consumed_usage (migration 0017). Its payload and usage
+# value are stored packed (contracts.stored: zstd with a trained dictionary).
 CONSUMED_COLUMNS: Final = ("usage_source", "usage_id", "content_sha256", "usage_value", "payload")
 INSERT_FIRST_ROWS: Final = """
 insert into metering.consumed (usage_source, usage_id, content_sha256, usage_value, payload)
@@ -230,9 +233,10 @@ class Claims:
 
 @dataclass(frozen=True)
 class Produced:
-    """An accepted usage event as it is stored: its TokenConsumed as published
-    (canonical bytes, in the order of `metered.consumed`), and, for usage that
-    came over HTTP, the bytes metering publishes on usage.reported for it."""
+    """An accepted usage event: its TokenConsumed as published (canonical bytes,
+    in the order of `metered.consumed`), and, for usage that came over HTTP, the
+    bytes metering publishes on usage.reported for it; `rows` are how they are
+    stored (packed)."""
 
     metered: domain.Metered
     payloads: tuple[bytes, ...]
@@ -240,8 +244,11 @@ class Produced:
 
     def rows(self) -> list[tuple[str, str, bytes | None, bytes | None, bytes]]:
         source, usage_id = domain.key_of(self.metered)
-        first = (source, usage_id, bytes.fromhex(self.metered.content_sha256), self.usage_value, self.payloads[0])
-        return [first, *((source, usage_id, None, None, payload) for payload in self.payloads[1:])]
+        pack = stored_payloads.pack
+        usage_value = None if self.usage_value is None else pack(USAGE_REPORTED.name, self.usage_value)
+        first = (source, usage_id, bytes.fromhex(self.metered.content_sha256), usage_value,
+                 pack(TOKENS_CONSUMED.name, self.payloads[0]))
+        return [first, *((source, usage_id, None, None, pack(TOKENS_CONSUMED.name, payload)) for payload in self.payloads[1:])]
 
 
 @dataclass(frozen=True)
@@ -284,7 +291,8 @@ class MeteringUnit:
         go in with `on conflict do nothing`, and the other payers' rows of the
         events claimed that way follow."""
         connection = self._connection
-        rows = [row for item in candidates for row in item.rows()]
+        packed = [item.rows() for item in candidates]
+        rows = [row for item_rows in packed for row in item_rows]
         try:
             async with connection.transaction():
                 await connection.copy_records_to_table("consumed", schema_name=SCHEMA, columns=list(CONSUMED_COLUMNS),
@@ -292,10 +300,11 @@ class MeteringUnit:
             return {domain.key_of(item.metered) for item in candidates}
         except asyncpg.UniqueViolationError:
             pass
-        first_rows = [item.rows()[0] for item in candidates]
+        first_rows = [item_rows[0] for item_rows in packed]
         inserted = await connection.fetch(INSERT_FIRST_ROWS, *(list(values) for values in zip(*first_rows, strict=True)))
         claimed = {(row["usage_source"], row["usage_id"]) for row in inserted}
-        others = [row for item in candidates if domain.key_of(item.metered) in claimed for row in item.rows()[1:]]
+        others = [row for item, item_rows in zip(candidates, packed, strict=True) if domain.key_of(item.metered) in claimed
+                  for row in item_rows[1:]]
         if others:
             await connection.copy_records_to_table("consumed", schema_name=SCHEMA, columns=list(CONSUMED_COLUMNS),
                                                    records=others)

@@ -2,8 +2,9 @@
 a broker that lost its topics (`infra.boot`, docs/architecture.md, durability):
 every Priced pricing produced (charges, reversals and corrections; a superseded
 one is marked, never deleted) from its record `pricing.priced`, in production
-order, and the price book versions it keeps, as the full PriceBookPublished
-events they arrived as."""
+order (stored packed, published as the canonical bytes `unpack` gives back),
+and the price book versions it keeps, as the full PriceBookPublished events
+they arrived as."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
+from tokenhub.contracts.stored import unpack
 from tokenhub.contracts.topics import PRICEBOOK_PUBLISHED, TOKENS_PRICED
 from tokenhub.services.common.outbox import ProducedRecord
 
@@ -48,4 +50,5 @@ async def produced_records(connection: asyncpg.Connection) -> AsyncIterator[Prod
     last = await connection.fetchval(SELECT_LAST_SEQ) or 0
     for start in range(0, last, PRODUCED_RANGE_ROWS):
         for row in await connection.fetch(SELECT_PRODUCED, start, start + PRODUCED_RANGE_ROWS):
-            yield TOKENS_PRICED.name, _PAYER.decode(row["payload"]).payer_bu.encode(), bytes(row["payload"]), ()
+            payload = unpack(row["payload"])
+            yield TOKENS_PRICED.name, _PAYER.decode(payload).payer_bu.encode(), payload, ()

@@ -14,6 +14,7 @@ from typing import Final, Literal
 import asyncpg
 
 from tokenhub.contracts import codecs
+from tokenhub.contracts.stored import pack, unpack
 from tokenhub.contracts.codecs import ConsumedWire
 from tokenhub.contracts.events import Priced, PriceBookPublished, decode
 from tokenhub.contracts.pricebook import BookIndex
@@ -44,7 +45,9 @@ insert into pricing.refused_books (book_id, version, payload, reason) values ($1
 SELECT_BOOK_KEYS: Final = "select book_id, version from pricing.price_books"
 
 # pricing.priced holds each Priced produced, keyed by its id (a charge's id is its
-# TokenConsumed's: contracts.ids.priced_id), which is the dedup (migration 0018).
+# TokenConsumed's: contracts.ids.priced_id), which is the dedup (migration 0018),
+# its payload packed (contracts.stored). Parked consumption keeps its input as
+# received, unpacked: few rows, each deleted once a book prices it.
 PRICED_COLUMNS: Final = ("priced_id", "kind", "event_time", "model", "request_input_tokens", "payload")
 INSERT_PRICED: Final = """
 insert into pricing.priced (priced_id, kind, event_time, model, request_input_tokens, payload)
@@ -176,7 +179,7 @@ class PricingUnit:
             return []
         payloads = {event.id: codecs.encode_priced(event) for event, _ in priced}
         new_ids = await insert_new(self._connection, schema=SCHEMA, table="priced", columns=PRICED_COLUMNS, records=[
-            (event.id, event.kind, event.event_time, event.model, request_input_tokens, payloads[event.id])
+            (event.id, event.kind, event.event_time, event.model, request_input_tokens, pack(TOKENS_PRICED.name, payloads[event.id]))
             for event, request_input_tokens in priced], key_columns=1, fallback_sql=INSERT_PRICED)
         stored = [event for event, _ in priced if event.id in new_ids]
         await stage(self._connection, SCHEMA, [
@@ -189,7 +192,7 @@ class PricingUnit:
         rows = await self._connection.fetch(SELECT_CURRENT_PRICED, start, end, model, *after, limit)
         current = []
         for row in rows:
-            priced = decode(Priced, row["payload"])
+            priced = decode(Priced, unpack(row["payload"]))
             current.append(CurrentPriced(consumption_of(priced, row["request_input_tokens"]), priced, row["event_time"]))
         return current
 
