@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,7 @@ import yaml
 from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.contracts.periods import Period, PeriodError, containing, parse, parse_time
 from tokenhub.infra.settings import Settings, clock, load_settings
-from tokenhub.services.common.db import create_pool
+from tokenhub.services.common.db import pooled
 from tokenhub.services.metering import queries as metering_queries
 from tokenhub.views import documents, errors, text
 
@@ -124,15 +124,9 @@ async def known_bu(pool: asyncpg.Pool, bu: str | None, option: str = "--bu") -> 
     return names
 
 
-@asynccontextmanager
-async def database(settings: Settings, size_max: int = 2) -> AsyncIterator[asyncpg.Pool]:
+def database(settings: Settings, size_max: int = 2) -> AbstractAsyncContextManager[asyncpg.Pool]:
     """A pool on the stack's database for one command, closed after it."""
-    _, database_url = settings.require_stack()
-    pool = await create_pool(database_url, size_max=size_max)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pooled(settings.require_stack()[1], size_max=size_max)
 
 
 T = TypeVar("T")

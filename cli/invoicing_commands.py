@@ -95,7 +95,7 @@ async def cycle(arguments: argparse.Namespace) -> int:
         if refusal is not None:
             raise CliError(refusal.text() + "; the billing cycle is not changed")
         await set_cycle(pool, arguments.bu, arguments.every, args.actor(arguments), arguments.reason, clock(settings))
-    print(f"{arguments.bu} is billed every {arguments.every} from now on (periods nest in months)")
+    print(views.cycle_set(arguments.bu, arguments.every))
     return 0
 
 
@@ -122,13 +122,11 @@ async def plan(arguments: argparse.Namespace) -> int:
                                          model=arguments.model, provider_bu=models[arguments.model]["provider_bu"],
                                          first_month=arguments.first, last_month=arguments.last, actor=actor,
                                          reason=arguments.reason, now=now)
-                print(f"{made.payer_bu} is on {made.book_id}'s period tiers for {made.model} from {made.first_month} "
-                      f"to {made.last_month or 'further notice'}: every billing period in those months gets its tier "
-                      "line at close, the first tier's flat fee included, with or without usage")
+                print(views.plan_assigned(made))
             else:
                 ended = await end_plan(pool, settings, payer_bu=arguments.bu, model=arguments.model,
                                        last_month=arguments.last, actor=actor, reason=arguments.reason, now=now)
-                print(f"{ended.payer_bu}'s plan for {ended.model} ends with {ended.last_month}")
+                print(views.plan_ended(ended))
         except (PlanError, PeriodError) as error:
             raise CliError(str(error)) from error
     return 0

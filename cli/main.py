@@ -30,7 +30,7 @@ from tokenhub.cli import (
 from tokenhub.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, UsageError, usage_message
 from tokenhub.infra.deployment import adopt_recorded_currency
 from tokenhub.infra.settings import load_settings
-from tokenhub.services.common.logging import configure_logging
+from tokenhub.services.common.logging import LogFile, configure_logging
 from tokenhub.services.common.runtime import collect_garbage_less_often
 from tokenhub.views.errors import one_line
 
@@ -68,28 +68,6 @@ class Parser(argparse.ArgumentParser):
                                            if getattr(arguments, name, None))])
             raise UsageError(f"{prog}: {' '.join(extras)} is not an argument of this command (see `{prog} --help`)")
         return arguments
-
-
-class LogFile:
-    """A log file opened on the first line written, so a command that logs
-    nothing leaves no file behind."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = None
-
-    def write(self, text: str) -> int:
-        if self.file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = self.path.open("a", encoding="utf-8")
-        return self.file.write(text)
-
-    def flush(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-
-    def isatty(self) -> bool:
-        return False
 
 
 def _parser() -> Parser:

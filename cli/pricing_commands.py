@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,8 @@ from tokenhub.cli import args
 from tokenhub.cli.errors import CliError, UsageError
 from tokenhub.contracts.events import PriceBookPublished
 from tokenhub.contracts.pricebook import book_from_document
-from tokenhub.contracts.registry import ConversionTable
 from tokenhub.infra.settings import clock, load_settings
-from tokenhub.services.common.db import create_pool
-from tokenhub.services.metering import queries as metering_queries
+from tokenhub.services.metering import tools as metering_tools
 from tokenhub.services.pricing import queries, tools
 from tokenhub.services.pricing.litellm import LiteLLMImportError, import_book
 from tokenhub.services.pricing.validation import PriceBookInvalid
@@ -34,11 +31,8 @@ async def _publish_book(document: dict[str, Any], arguments: argparse.Namespace)
         raise CliError(str(error)) from None
     print(views.book_published(book))
     # Wait for pricing to store it, so a `tokenhub reprice` typed next sees the new version.
-    if not await tools.book_stored(settings, book):
-        print(f"pricing has not stored it within {tools.PUBLISH_CONFIRM_S:.0f} s (is the pricing service running?); "
-              "it will when it reads pricebook.published", file=sys.stderr)
-        return book
-    print("pricing has stored it; parked consumption it prices is being priced")
+    stored = await tools.book_stored(settings, book)
+    print(views.book_stored(stored, tools.PUBLISH_CONFIRM_S), file=sys.stdout if stored else sys.stderr)
     return book
 
 
@@ -74,7 +68,7 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
     except InvalidOperation:
         raise CliError(f"--rate {arguments.rate} is not a decimal number") from None
     effective_from = args.moment(arguments.effective_from, "--effective-from") or clock(settings)
-    table = await _conversion_table(effective_from) if settings.database_url else None
+    table = await metering_tools.conversion_table_at(settings.database_url, effective_from) if settings.database_url else None
     models = [name.strip() for name in arguments.models.split(",") if name.strip()] if arguments.models else None
     try:
         imported = import_book(price_map, models, book_id=arguments.book_id, version=arguments.version,
@@ -82,10 +76,8 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
                                source_currency=arguments.source_currency, table=table)
     except LiteLLMImportError as error:
         raise CliError(str(error)) from None
-    for reason in imported.skipped.values():
-        print(f"skipped: {reason}", file=sys.stderr)
-    for model, keys in imported.ignored.items():
-        print(f"{model}: left out {', '.join(keys)} (no such price in a book)", file=sys.stderr)
+    for line in views.left_out(imported):
+        print(line, file=sys.stderr)
     document = imported.document
     if arguments.output:
         Path(arguments.output).write_text(json.dumps(document, indent=2) + "\n")
@@ -97,15 +89,6 @@ async def import_litellm(arguments: argparse.Namespace) -> int:
     else:
         print(json.dumps(document, indent=2))
     return 0
-
-
-async def _conversion_table(moment: datetime) -> ConversionTable | None:
-    # Only the database: the import works without a broker.
-    pool = await create_pool(load_settings().database_url or "", size_max=1)
-    try:
-        return await metering_queries.conversion_table_at(pool, moment)
-    finally:
-        await pool.close()
 
 
 async def parked(arguments: argparse.Namespace) -> int:

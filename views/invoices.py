@@ -16,6 +16,7 @@ from tokenhub.contracts.events import InvoiceIssued, InvoiceLine
 from tokenhub.contracts.periods import Period
 from tokenhub.contracts.pricebook import BookIndex, line_source
 from tokenhub.contracts.settlement import SettlementNetted
+from tokenhub.services.invoicing.domain import Plan
 from tokenhub.services.invoicing.queries import Spend
 from tokenhub.views.text import local, money, period_range, table
 
@@ -207,3 +208,17 @@ def spend_document(bu: str, month: Period, found: Spend) -> dict[str, Any]:
 def closed(period: Period, issued: int, published: int, zone: str) -> str:
     return (f"closed {period.name} ({period_range(period.start, period.end, zone)}): "
             f"{issued} invoices issued, {published} events published")
+
+
+def plan_assigned(plan: Plan) -> str:
+    return (f"{plan.payer_bu} is on {plan.book_id}'s period tiers for {plan.model} from {plan.first_month} "
+            f"to {plan.last_month or 'further notice'}: every billing period in those months gets its tier "
+            "line at close, the first tier's flat fee included, with or without usage")
+
+
+def plan_ended(plan: Plan) -> str:
+    return f"{plan.payer_bu}'s plan for {plan.model} ends with {plan.last_month}"
+
+
+def cycle_set(bu: str, every: str) -> str:
+    return f"{bu} is billed every {every} from now on (periods nest in months)"

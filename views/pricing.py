@@ -8,6 +8,7 @@ from typing import Any
 from tokenhub.contracts.events import ModelPrice, PriceBookPublished
 from tokenhub.contracts.money import format_amount
 from tokenhub.services.pricing.handlers import RepriceReport
+from tokenhub.services.pricing.litellm import LiteLLMImport
 from tokenhub.services.pricing.queries import ParkedConsumption
 from tokenhub.views.text import local, table
 
@@ -38,6 +39,20 @@ def prices_document(found: list[tuple[PriceBookPublished, ModelPrice]]) -> list[
 def book_published(book: PriceBookPublished) -> str:
     return (f"published price book {book.book_id} version {book.version} effective {book.effective_from.isoformat()} "
             f"({len(book.models)} models)")
+
+
+def book_stored(stored: bool, waited_s: float) -> str:
+    """Whether pricing stored a book just published (a `tokenhub reprice` typed next sees it then)."""
+    if stored:
+        return "pricing has stored it; parked consumption it prices is being priced"
+    return (f"pricing has not stored it within {waited_s:.0f} s (is the pricing service running?); "
+            "it will when it reads pricebook.published")
+
+
+def left_out(imported: LiteLLMImport) -> list[str]:
+    """What an import from a LiteLLM price map left out, and why."""
+    return ([f"skipped: {reason}" for reason in imported.skipped.values()]
+            + [f"{model}: left out {', '.join(keys)} (no such price in a book)" for model, keys in imported.ignored.items()])
 
 
 def parked(rows: list[ParkedConsumption], total: int, zone: str) -> str:

@@ -4,7 +4,8 @@ and never run a statement themselves); read-only tools and boot open their own."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import asyncpg
@@ -51,6 +52,16 @@ async def create_pool(database_url: str, *, size_max: int = POOL_SIZE_MAX) -> as
     if pool is None:  # pragma: no cover - asyncpg returns None only when not awaited
         raise RuntimeError("could not create a database pool")
     return pool
+
+
+@asynccontextmanager
+async def pooled(database_url: str, *, size_max: int = POOL_SIZE_MAX) -> AsyncIterator[asyncpg.Pool]:
+    """A pool for one piece of work (a command, a tool's read), closed after it."""
+    pool = await create_pool(database_url, size_max=size_max)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 async def insert_new(connection: asyncpg.Connection, *, schema: str, table: str, columns: Sequence[str],

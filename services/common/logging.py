@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -86,3 +87,25 @@ def configure_logging(settings: Settings | None = None, *, stream: object = None
     logging.basicConfig(level=logging.WARNING, stream=output, format="%(levelname)s %(name)s %(message)s")
     for noisy in ("aiokafka", "faststream", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class LogFile:
+    """A log file opened on the first line written, so a command that logs
+    nothing leaves no file behind (a stream for `configure_logging`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = None
+
+    def write(self, text: str) -> int:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("a", encoding="utf-8")
+        return self.file.write(text)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def isatty(self) -> bool:
+        return False

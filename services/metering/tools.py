@@ -20,11 +20,11 @@ import orjson
 
 from tokenhub.client import UsageClient
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.registry import FundingAgreement, RegistryChanged, RegistryKind, registry_change
+from tokenhub.contracts.registry import ConversionTable, FundingAgreement, RegistryChanged, RegistryKind, registry_change
 from tokenhub.contracts.topics import REGISTRY_CHANGED
 from tokenhub.infra.pipeline import Timeout, wait_until
 from tokenhub.infra.settings import Settings, clock
-from tokenhub.services.common.db import create_pool
+from tokenhub.services.common.db import pooled
 from tokenhub.services.common.kafka import client_options, send_events, usage_client_options
 from tokenhub.services.metering import domain, queries, registry
 from tokenhub.services.metering.adapters import keys, rejected
@@ -55,6 +55,13 @@ async def publish_change(settings: Settings, kind: RegistryKind, entity: Any, en
     change = registry_change(kind, entity, entity_id, actor, reason, clock(settings))
     await publish_changes(settings, [change])
     return change
+
+
+async def conversion_table_at(database_url: str, moment: datetime) -> ConversionTable | None:
+    """The conversion table in force at `moment`, from the database alone (a
+    price map's import works without a broker)."""
+    async with pooled(database_url, size_max=1) as pool:
+        return await queries.conversion_table_at(pool, moment)
 
 
 def refusals(changes: Sequence[RegistryChanged], known: registry.Registry) -> list[str]:
@@ -223,10 +230,5 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str) -> bool:
         return await keys.revoke(connection, key_id)
 
 
-@contextlib.asynccontextmanager
-async def _database(settings: Settings):  # noqa: ANN202 - an async context manager of a pool
-    pool = await create_pool(settings.require_stack()[1], size_max=1)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+def _database(settings: Settings) -> contextlib.AbstractAsyncContextManager[asyncpg.Pool]:
+    return pooled(settings.require_stack()[1], size_max=1)

@@ -21,15 +21,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.support import World, emit, publish_events, read_counters, wait_settled
-from tokenhub.cli.errors import CliError
-from tokenhub.cli.metering_commands import publish_changes
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.registry import ModelEntry, registry_change
 from tokenhub.contracts.tokens import KNOWN_CLASSES
 from tokenhub.contracts.topics import DEAD_LETTER, REGISTRY_CHANGED
 from tokenhub.infra.pipeline import wait_until
+from tokenhub.services.metering import tools
 from tokenhub.services.metering.registry import CHOICES_LISTED_MAX
+from tokenhub.views.metering import registry_answer
 
 STATE_DIR = Path(tempfile.mkdtemp(prefix="tokenhub-e2e-"))
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -279,18 +279,19 @@ async def test_a_change_that_slips_past_the_cli_is_refused_by_metering_stored_an
     assert len(await _dead_letters(backend.endpoints.bootstrap_servers, ghost.encode())) == 1
 
 
-async def test_a_command_whose_change_metering_refuses_prints_the_reason_and_fails(backend, capsys) -> None:  # noqa: ANN001
-    """A race: the change passed the command's check, and metering refuses it (here
-    a model whose provider is not registered, as when the unit was never applied)."""
+async def test_a_change_metering_refuses_is_answered_with_its_reason(backend) -> None:  # noqa: ANN001
+    """A race: the change passed a tool's check, and metering refuses it (here a
+    model whose provider is not registered, as when the unit was never applied);
+    the answer a command reports (`tokenhub model add` fails with it) names the reason."""
     world = World(backend.settings)
     await world.publish(["shop"])
     ghost, nobody = f"{world.prefix}-raced", world.bu("raced-away")
     change = registry_change("model", ModelEntry(model_id=ghost, provider_bu=nobody, modality="text", token_classes=("input",)),
                              ghost, "alice", "raced", datetime.now(UTC))
-    with pytest.raises(CliError) as failed:
-        await publish_changes(world.settings, [change], WAIT_S, f"model {ghost}")
-    assert str(failed.value).startswith(f"metering refused it: model {ghost}: provider_bu {nobody} is not a registered "
-                                        "business unit (")
-    assert capsys.readouterr().out == f"published model {ghost}\n"
+    await tools.publish_changes(world.settings, [change])
+    applied, reasons, failure = registry_answer(await tools.registry_outcomes(world.settings, [change], WAIT_S), WAIT_S)
+    assert (applied, reasons) == (None, [])
+    assert failure is not None and failure.startswith(
+        f"metering refused it: model {ghost}: provider_bu {nobody} is not a registered business unit (")
     applied, refused = await _outcome(backend, ghost)
     assert (applied, [original for _, original in refused]) == (0, [canonical_json(change)])

@@ -4,17 +4,15 @@ effective in the past without `--retroactive`."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
-from tokenhub.cli import pricing_commands
-from tokenhub.cli.errors import CliError
 
 from tokenhub.contracts.events import BuAdjustment, ContextTier, PeriodTier, PeriodTiers, PriceBookPublished
 from tokenhub.services.pricing.validation import PriceBookInvalid, validate_book
@@ -96,15 +94,16 @@ def _document(**changes: object) -> dict:
      "overlap or are out of order"),
 ])
 def test_pricebook_publish_refuses_before_it_reaches_the_stack(document: dict, retroactive: bool, message: str,
-                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               tmp_path: Path) -> None:
     """The command validates first: no broker or database is configured here, and the
     refusal names the fault rather than the missing stack."""
-    for name in ("TOKENHUB_BOOTSTRAP_SERVERS", "TOKENHUB_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TOKENHUB_STATE_DIR", str(tmp_path / "no-stack"))
-    monkeypatch.setenv("TOKENHUB_NOW", "2026-03-10T00:00:00+08:00")
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("TOKENHUB_")}
+    environment.update({"TOKENHUB_STATE_DIR": str(tmp_path / "no-stack"), "TOKENHUB_NOW": "2026-03-10T00:00:00+08:00"})
     path = tmp_path / "book.json"
     path.write_text(json.dumps(document))
-    arguments = argparse.Namespace(file=str(path), retroactive=retroactive, actor="tests", reason="test book")
-    with pytest.raises(CliError, match=message):
-        asyncio.run(pricing_commands.publish(arguments))
+    command = ["pricebook", "publish", str(path), "--actor", "tests", "--reason", "test book",
+               *(["--retroactive"] if retroactive else [])]
+    result = subprocess.run([sys.executable, "-m", "tokenhub.cli.main", *command], env=environment, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == "", result
+    assert result.stderr.startswith("tokenhub pricebook publish: ") and message in result.stderr, result.stderr
