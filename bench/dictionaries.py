@@ -149,15 +149,22 @@ def measure() -> list[str]:
     size and the level would change."""
     fresh = samples(days=1, per_day=4_000, seed=SEED_DEFAULT + 1_000, first_day_end=MEASURE_DAY_END)
     lines = [f"{'kind':<16} {'events':>7} {'canonical B':>12} {'stored B':>9} {'ratio':>6} {'pack us':>8} {'unpack us':>10}"]
+    timed: dict[str, tuple[float, float]] = {}
     for kind, values in fresh.items():
         packed = [stored.pack(kind, value) for value in values]
         if [stored.unpack(value) for value in packed] != values:
             raise RuntimeError(f"{kind}: a payload does not come back byte for byte")
         canonical = statistics.fmean(map(len, values))
         size = statistics.fmean(map(len, packed))
+        timed[kind] = (_per_value_us(lambda value, kind=kind: stored.pack(kind, value), values),
+                       _per_value_us(stored.unpack, packed))
         lines.append(f"{kind:<16} {len(values):>7} {canonical:>12.0f} {size:>9.1f} {canonical / size:>6.2f} "
-                     f"{_per_value_us(lambda value, kind=kind: stored.pack(kind, value), values):>8.2f} "
-                     f"{_per_value_us(stored.unpack, packed):>10.2f}")
+                     f"{timed[kind][0]:>8.2f} {timed[kind][1]:>10.2f}")
+    usage = len(fresh["usage.reported"])
+    payers = len(fresh["tokens.consumed"]) / usage
+    lines.append(f"per usage event ({payers:.2f} payers each): packing its TokenConsumed once (metering) and its "
+                 f"Priced twice (pricing, the journal) {payers * (timed['tokens.consumed'][0] + 2 * timed['tokens.priced'][0]):.1f} us; "
+                 f"unpacking its Priced for replay or verify {payers * timed['tokens.priced'][1]:.1f} us")
     renamed = _renamed(fresh)
     lines.append("the same events with every business unit, model and app renamed (names not trained on):")
     for kind, values in renamed.items():
