@@ -2,7 +2,7 @@
 dictionary trained on events of its type.
 
 PostgreSQL compresses only values in rows over about 2 KB, and an event is
-600-800 bytes of JSON whose keys and most values repeat from one event to the
+300-800 bytes of JSON whose keys and most values repeat from one event to the
 next, so a dictionary of that shape stores it in about a quarter of its bytes
 (docs/architecture.md, "Storage and durability"). Only what is stored changes:
 the canonical bytes are what is hashed, chained and published, and every reader
@@ -32,7 +32,6 @@ from typing import Final
 import zstandard
 
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
-RAW_JSON_START: Final = ord("{")
 DICTIONARY_DIR: Final = Path(__file__).resolve().parent / "dictionaries"
 DICTIONARY_SUFFIX: Final = ".zdict"
 
@@ -43,7 +42,7 @@ WRITE_WITH: Final[dict[str, int]] = {
 }
 """The dictionary each kind of payload is written with now. Ids are in the
 range zstd leaves to applications (32,768 and up), under 65,536 so a frame
-spends two bytes naming its dictionary: 4K0NN, K the kind, NN its generation."""
+spends two bytes naming its dictionary: 4KNNN, K the kind, NNN its generation."""
 
 COMPRESSION_LEVEL: Final = 3
 """With a trained dictionary, level 9 stores a Priced in about 10 bytes fewer

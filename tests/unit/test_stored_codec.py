@@ -109,3 +109,15 @@ def test_threads_pack_and_unpack_with_contexts_of_their_own() -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert results == [True] * 800
+
+
+def test_the_training_script_reproduces_every_committed_dictionary_byte_for_byte() -> None:
+    """Deterministic training (fixed COVER parameters, one thread, seeded
+    samples): the committed files are what `python -m tokenhub.bench.dictionaries`
+    makes (about a second)."""
+    from tokenhub.bench import dictionaries as training
+
+    kinds = training.samples()
+    for kind, dictionary_id in stored.WRITE_WITH.items():
+        committed = (stored.DICTIONARY_DIR / f"{kind}.{dictionary_id}{stored.DICTIONARY_SUFFIX}").read_bytes()
+        assert training.train(kind, dictionary_id, kinds[kind]) == committed
