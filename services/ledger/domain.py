@@ -215,9 +215,22 @@ def _post_one(priced: PricedWire, head: ChainHead, posted_at: datetime,
         chain=head.chain, sequence=head.sequence + 1, previous_hash=head.head_hash, posted_at=posted_at,
         invoice_id=priced.invoice_id, overage=True if overage else None,
     )
-    entry_hash = _chain_hash(_ENTRY_ENCODER.encode(entry), head.head_hash)
-    entry = msgspec.structs.replace(entry, entry_hash=entry_hash)
-    return entry, _ENTRY_ENCODER.encode(entry), movements
+    content = _ENTRY_ENCODER.encode(entry)
+    entry_hash = _chain_hash(content, head.head_hash)
+    return msgspec.structs.replace(entry, entry_hash=entry_hash), _with_hash(content, entry_hash), movements
+
+
+_HASH_BEFORE: Final = b',"event_time":'
+"""The key the entry's hash is written before in sorted order ("currency" <
+"entry_hash" < "event_time", every entry has both). Outside strings only: a
+quotation mark inside a JSON string is always escaped."""
+
+
+def _with_hash(content: bytes, entry_hash: str) -> bytes:
+    """The entry's canonical bytes: its hashed content with the hash written in
+    its sorted place, as encoding the entry again would write it."""
+    at = content.index(_HASH_BEFORE)
+    return b"".join((content[:at], b',"entry_hash":"', entry_hash.encode(), b'"', content[at:]))
 
 
 def _chain_hash(content: bytes, previous_hash: str) -> str:
