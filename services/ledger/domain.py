@@ -164,15 +164,10 @@ def read_priced(value: bytes) -> tuple[PricedWire, bytes]:
     exactly as before."""
     try:
         event = _PRICED_DECODER.decode(value)
-    except msgspec.ValidationError:
-        event = None
-    else:
-        try:
-            fast = _as_the_contract_writes(event, value)
-        except ValueError:
-            fast = False
-        if fast:
+        if _as_the_contract_writes(event, value):
             return event, value
+    except (msgspec.DecodeError, ValueError, ArithmeticError):
+        pass  # the contract's model says what is wrong with it, or reads it its own way
     event = priced_wire(decode(Priced, value))
     return event, _ENTRY_ENCODER.encode(event)
 

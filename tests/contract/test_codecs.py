@@ -259,3 +259,6 @@ def test_the_ledger_refuses_a_priced_the_contract_refuses() -> None:
                    {"total_tokens": golden["total_tokens"] + 1}, {"lines": [golden["lines"][0] | {"token_class": "Input"}]}):
         with pytest.raises(ValueError):
             ledger.read_priced(canonical_json(golden | change))
+    for value in (b"not json", canonical_json(golden | {"price_factor": "abc"})):
+        with pytest.raises(ValueError):
+            ledger.read_priced(value)
