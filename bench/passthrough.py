@@ -34,6 +34,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from tokenhub.services.common.app import BATCH_WAIT_MS, batch_subscriber_options, tolerant_parser
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
+    FETCH_BYTES_MAX,
     FETCH_WAIT_MS_MAX,
     PARTITION_FETCH_BYTES_MAX,
     PRODUCER_BATCH_BYTES,
@@ -53,7 +54,7 @@ async def aiokafka_hop(bootstrap_servers: str, source: str, target: str) -> None
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap_servers, group_id=f"passthrough-{source}",
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 session_timeout_ms=SESSION_TIMEOUT_MS, max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
-                                fetch_max_wait_ms=FETCH_WAIT_MS_MAX, **client_options())
+                                fetch_max_bytes=FETCH_BYTES_MAX, fetch_max_wait_ms=FETCH_WAIT_MS_MAX, **client_options())
     producer = create_producer(bootstrap_servers, client_id=f"passthrough-{source}")
     await consumer.start()
     await producer.start()
@@ -87,6 +88,7 @@ def confluent_hop(bootstrap_servers: str, source: str, target: str) -> None:
         "enable.auto.commit": False,
         "session.timeout.ms": SESSION_TIMEOUT_MS,
         "max.partition.fetch.bytes": PARTITION_FETCH_BYTES_MAX,
+        "fetch.max.bytes": FETCH_BYTES_MAX,
         "fetch.wait.max.ms": FETCH_WAIT_MS_MAX,
     })
     producer = Producer({

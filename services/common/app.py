@@ -15,6 +15,7 @@ from faststream.middlewares import AckPolicy
 from tokenhub.contracts.topics import require_consumes
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
+    FETCH_BYTES_MAX,
     FETCH_WAIT_MS_MAX,
     HEARTBEAT_INTERVAL_MS,
     PARTITION_FETCH_BYTES_MAX,
@@ -75,6 +76,7 @@ def batch_subscriber_options(group_id: str) -> dict[str, Any]:
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
         "max_partition_fetch_bytes": PARTITION_FETCH_BYTES_MAX,
+        "fetch_max_bytes": FETCH_BYTES_MAX,
         "fetch_max_wait_ms": FETCH_WAIT_MS_MAX,
         "decoder": raw_decoder,
     }

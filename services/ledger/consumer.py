@@ -16,6 +16,7 @@ from tokenhub.contracts.topics import BUDGETS_CONFIGURED, TOKENS_PRICED
 from tokenhub.infra.topics import broker_cluster_id, topic_partitions
 from tokenhub.services.common.kafka import (
     BATCH_RECORDS_MAX,
+    FETCH_BYTES_MAX,
     FETCH_WAIT_MS_MAX,
     PARTITION_FETCH_BYTES_MAX,
     client_options,
@@ -52,6 +53,7 @@ class LedgerConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
+            fetch_max_bytes=FETCH_BYTES_MAX,
             fetch_max_wait_ms=FETCH_WAIT_MS_MAX,
             **client_options(self.runtime.settings),
         )
