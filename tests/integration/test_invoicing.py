@@ -5,7 +5,6 @@ outside consumer validates what is published against the exported schemas."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import uuid
@@ -17,7 +16,6 @@ import asyncpg
 import orjson
 import pytest
 
-from tokenhub.cli import invoicing_commands
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import InvoiceIssued, Priced, decode
 from tokenhub.contracts.ids import derive_id
@@ -36,7 +34,7 @@ from tokenhub.services.ledger.domain import GENESIS_HASH, ChainHead, post
 from tokenhub.views import invoices as invoice_views
 from tests.contract.examples import PRICED
 from tests.integration.support import World, delta, emit, publish_events, published_values, read_counters, wait_settled
-from tests.integration.test_pricing import _json_output, _publish_book, cli_env  # noqa: F401 - a fixture
+from tests.integration.test_pricing import _json_output, _publish_book, cli_env, tokenhub  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ZONE = "Asia/Shanghai"
@@ -290,7 +288,7 @@ async def _invoices_of(world: World, payer: str) -> list[InvoiceIssued]:
 
 
 async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_the_command_closes_one_on_demand(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     """Daily billing, so that the rule is seen whatever the day of the month: a day
     that ended more than the allowed lateness (48 h) before the event-time watermark
     is closed by the service itself; yesterday and today stay drafts, each with its
@@ -327,27 +325,22 @@ async def test_the_service_closes_a_period_at_its_watermark_plus_lateness_and_th
     assert listed[1].subtotal == world.expected_amount(2_000, 200)  # its own day only
     assert listed[2].subtotal == world.expected_amount(1_000, 100)
 
-    capsys.readouterr()
-    closing = argparse.Namespace(action="close", period=today.name, actor="tests", early=True)
-    assert await invoicing_commands.invoice(closing) == 0
-    assert "invoices issued" in capsys.readouterr().out
-    assert await invoicing_commands.invoice(closing) == 0  # again: nothing left to issue, no number used up
+    closing = ("invoice", "close", "--period", today.name, "--actor", "tests", "--early")
+    assert "invoices issued" in await tokenhub(*closing)
+    await tokenhub(*closing)  # again: nothing left to issue, no number used up
     listed = await _invoices_of(world, payer)
     assert [(invoice.period, invoice.number, invoice.status) for invoice in listed] == [
         (old_day.name, 1, "issued"), (yesterday.name, 2, "issued"), (today.name, 3, "issued")]
     assert [invoice.subtotal for invoice in listed[1:]] == [world.expected_amount(2_000, 200),
                                                              world.expected_amount(1_000, 100)]
 
-    capsys.readouterr()
-    assert await invoicing_commands.invoice(argparse.Namespace(action="show", bu=payer, period=today.name, json=False,
-                                                     format="html")) == 0
-    html = capsys.readouterr().out
+    html = await tokenhub("invoice", "show", "--bu", payer, "--period", today.name, "--format", "html")
     assert f"Shop ({payer})" in html and "Provider" in html  # display names beside the slugs
     assert f"Invoice {payer}-0003" in html and "Subtotal" in html and "Rounding" in html
 
 
 async def test_spend_month_to_date_shows_the_period_tier_reached_so_far(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     world = World(backend.settings)
     model = f"{world.prefix}-tiered"
     await world.publish(["shop"], extra_models=[{"model_id": model, "provider_bu": world.provider,
@@ -359,9 +352,7 @@ async def test_spend_month_to_date_shows_the_period_tier_reached_so_far(
             {"up_to_tokens": None, "unit_price_per_million": "5", "flat_fee": "0.5"}]}}])
 
     async def spend_now() -> dict:
-        capsys.readouterr()
-        assert await invoicing_commands.spend(argparse.Namespace(bu=world.bu("shop"), period=None, json=True)) == 0
-        return _json_output(capsys.readouterr().out)
+        return _json_output(await tokenhub("spend", "--bu", world.bu("shop"), "--json"))
 
     sent = 0
     for count, tier_tokens, charge in ((1, 50_000, "1.5"), (2, 150_000, "1.25")):

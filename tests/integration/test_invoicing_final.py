@@ -8,7 +8,6 @@ usage for a closed period re-evaluates that period's tier charge."""
 
 from __future__ import annotations
 
-import argparse
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,8 +18,6 @@ import pytest
 
 from tokenhub.audit.verify import Check, check_settlements_cover_their_invoices
 from tokenhub.audit.log import loads
-from tokenhub.cli import invoicing_commands
-from tokenhub.cli.errors import CliError
 from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.periods import containing
 from tokenhub.contracts.settlement import SettlementNetted
@@ -28,7 +25,8 @@ from tokenhub.contracts.topics import SETTLEMENTS_NETTED, TOKENS_PRICED
 from tokenhub.infra.pipeline import wait_until
 from tests.integration.support import World, emit, published_values, read_counters, wait_settled
 from tests.integration.test_invoicing import ZONE, _close, _previous_month_end, _query, _wait_invoicing_has
-from tests.integration.test_pricing import _balance, _json_output, _publish_book, cli_env  # noqa: F401 - a fixture
+from tests.integration.test_pricing import (  # noqa: F401 - cli_env is a fixture
+    CommandFailed, _balance, _json_output, _publish_book, cli_env, tokenhub)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 D = Decimal
@@ -36,12 +34,6 @@ GRADUATED = {"mode": "graduated", "tiers": [
     {"up_to_tokens": 100_000, "unit_price_per_million": "10", "flat_fee": "1"},
     {"up_to_tokens": None, "unit_price_per_million": "5", "flat_fee": "0.5"}]}
 VOLUME = {**GRADUATED, "mode": "volume"}
-
-
-async def _run(capsys: pytest.CaptureFixture[str], handler, **arguments) -> str:  # noqa: ANN001
-    capsys.readouterr()
-    assert await handler(argparse.Namespace(**arguments)) == 0
-    return capsys.readouterr().out
 
 
 async def _tiered_world(backend, tiers: dict, prices: dict[str, str]) -> World:  # noqa: ANN001
@@ -67,27 +59,27 @@ async def _spend(world: World, name: str) -> Decimal:
 
 
 async def test_closing_a_period_before_it_ends_needs_early_and_says_what_follows(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     now = datetime.now(UTC)
     today = containing(now, "day", ZONE)
     tomorrow = today.next(ZONE)
     for day in (today, tomorrow):
-        with pytest.raises(CliError) as refused:
-            await invoicing_commands.invoice(argparse.Namespace(action="close", period=day.name, actor="tests", early=False))
-        message = str(refused.value)
+        with pytest.raises(CommandFailed) as refused:
+            await tokenhub("invoice", "close", "--period", day.name, "--actor", "tests")
+        message = refused.value.said
         assert message.startswith(f"{day.name} has not ended: it ends at {day.end.isoformat()}, it is now ")
         assert message.endswith("Close it early only on purpose. Pass --early to close it now.")
     closed = await _query(World(backend.settings), "select count(*) as n from invoicing.closed_periods "
                           "where period = $1", tomorrow.name)
     assert closed[0]["n"] == 0  # refused: nothing closed
 
-    out = await _run(capsys, invoicing_commands.invoice, action="close", period=today.name, actor="tests", early=True)
+    out = await tokenhub("invoice", "close", "--period", today.name, "--actor", "tests", "--early")
     assert f"{today.name} was closed before it ends ({today.end.isoformat()}): its invoices are final." in out
     assert f"goes on each payer's next invoice as adjustment lines naming {today.name}" in out
 
 
 async def test_more_invoices_for_a_settled_month_revise_its_settlement_and_verify_holds_the_latest(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     world = World(backend.settings)
     await world.publish(["first", "second"])
     month_end = _previous_month_end()
@@ -97,7 +89,7 @@ async def test_more_invoices_for_a_settled_month_revise_its_settlement_and_verif
     await wait_settled(world.settings, before, 1)
     await _wait_invoicing_has(world, world.bu("first"), 1)
     await _close(world, month.name, world.bu("first"))
-    settled = _json_output(await _run(capsys, invoicing_commands.settle, period=month.name, json=True))
+    settled = _json_output(await tokenhub("settle", "--period", month.name, "--json"))
     first = D("0.24") + D("0.096")  # 100,000 x 2.4 / 1e6 + 10,000 x 9.6 / 1e6
     cells = {(flow["payer_bu"], flow["provider_bu"]): D(flow["amount"]) for flow in settled["matrix"]}
     assert settled["final"] is True and cells[(world.bu("first"), world.provider)] == first
@@ -110,13 +102,13 @@ async def test_more_invoices_for_a_settled_month_revise_its_settlement_and_verif
     await wait_settled(world.settings, before, 1)
     await _wait_invoicing_has(world, world.bu("second"), 1)
     (invoice,) = await _close(world, month.name, world.bu("second"))
-    revised = _json_output(await _run(capsys, invoicing_commands.settle, period=month.name, json=True))
+    revised = _json_output(await tokenhub("settle", "--period", month.name, "--json"))
     assert revised["revision"] == settled["revision"] + 1
     assert str(invoice.invoice_id) in revised["invoices"] and set(settled["invoices"]) < set(revised["invoices"])
     cells = {(flow["payer_bu"], flow["provider_bu"]): D(flow["amount"]) for flow in revised["matrix"]}
     assert (cells[(world.bu("first"), world.provider)], cells[(world.bu("second"), world.provider)]) == (
         first, D("0.12") + D("0.048"))
-    text = await _run(capsys, invoicing_commands.settle, period=month.name, json=False)
+    text = await tokenhub("settle", "--period", month.name)
     assert f"SETTLEMENT {month.name} [settled, revision {revised['revision']}]" in text
 
     # Published with its revision number, after the one it supersedes.
@@ -153,13 +145,13 @@ async def test_more_invoices_for_a_settled_month_revise_its_settlement_and_verif
             f"does not cover invoice {world.bu('second')}-0001 ({month.name})") in found
 
 
-async def test_a_draft_number_is_never_shown_twice(backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_draft_number_is_never_shown_twice(backend, cli_env: Path) -> None:
     """A daily payer whose yesterday was invoiced: late usage of yesterday and usage of
     today make one draft, today's, numbered after the invoice, carrying the late usage."""
     world = World(backend.settings)
     await world.publish(["shop"])
     payer = world.bu("shop")
-    await _run(capsys, invoicing_commands.cycle, bu=payer, every="day", actor="tests", reason="daily billing")
+    await tokenhub("billing-cycle", "--bu", payer, "--every", "day", "--actor", "tests", "--reason", "daily billing")
     now = datetime.now(UTC)
     today = containing(now, "day", ZONE)
     yesterday = containing(today.start - timedelta(hours=1), "day", ZONE)
@@ -167,14 +159,13 @@ async def test_a_draft_number_is_never_shown_twice(backend, cli_env: Path, capsy
     await emit(world.settings, [world.usage("shop", 1, 1_000, 100, time=yesterday.end - timedelta(hours=2))])
     await wait_settled(world.settings, before, 1)
     await _wait_invoicing_has(world, payer, 1)
-    await _run(capsys, invoicing_commands.invoice, action="close", period=yesterday.name, actor="tests", early=False)
+    await tokenhub("invoice", "close", "--period", yesterday.name, "--actor", "tests")
     before = await read_counters(world.settings)
     await emit(world.settings, [world.usage("shop", 2, 2_000, 200, time=yesterday.end - timedelta(hours=1)),
                                 world.usage("shop", 3, 3_000, 300, time=now - timedelta(minutes=1))])
     await wait_settled(world.settings, before, 2)
     await _wait_invoicing_has(world, payer, 3)
-    listed = _json_output(await _run(capsys, invoicing_commands.invoice, action="list", bu=payer, period=None, json=True,
-                                     format=None))
+    listed = _json_output(await tokenhub("invoice", "list", "--bu", payer, "--json"))
     assert [(invoice["period"], invoice["number"], invoice["status"]) for invoice in listed] == [
         (yesterday.name, 1, "issued"), (today.name, 2, "draft")]
     draft = listed[1]
@@ -185,16 +176,16 @@ async def test_a_draft_number_is_never_shown_twice(backend, cli_env: Path, capsy
 
 
 async def test_a_plan_charges_its_first_tier_fee_with_or_without_usage(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     world = await _tiered_world(backend, GRADUATED, {"input": "0", "output": "0"})
     model, book = f"{world.prefix}-tiered", f"{world.prefix}-tiers"
     now = datetime.now(UTC)
     this_month = containing(now, "month", ZONE)
     last_month = containing(this_month.start - timedelta(hours=1), "month", ZONE)
 
-    def assign(bu: str, first: str, **extra) -> argparse.Namespace:  # noqa: ANN003
-        return argparse.Namespace(action="assign", bu=bu, book=book, model=model, first=first, last=None,
-                                  actor="finance-ops", reason="platform fee agreed", **extra)
+    def assign(bu: str, first: str, plan_book: str = book) -> tuple[str, ...]:
+        return ("plan", "assign", "--bu", bu, "--book", plan_book, "--model", model, "--from", first,
+                "--actor", "finance-ops", "--reason", "platform fee agreed")
 
     for arguments, refused in (
             (assign(f"{world.prefix}-nobody", this_month.name),
@@ -204,25 +195,24 @@ async def test_a_plan_charges_its_first_tier_fee_with_or_without_usage(
             (assign(world.bu("idle"), last_month.name),
              re.escape(f"{last_month.name} has ended (at {last_month.end.isoformat()}): a plan starts in the current "
                        "month or later")),
-            (argparse.Namespace(**{**vars(assign(world.bu("idle"), this_month.name)), "book": f"{world.prefix}-book"}),
+            (assign(world.bu("idle"), this_month.name, f"{world.prefix}-book"),
              re.escape(f"price book {world.prefix}-book has no period tiers for {model}"))):
-        with pytest.raises(CliError) as error:
-            await invoicing_commands.plan(arguments)
-        assert re.fullmatch(refused, str(error.value)), str(error.value)
+        with pytest.raises(CommandFailed) as error:
+            await tokenhub(*arguments)
+        assert re.fullmatch(refused, error.value.said), str(error.value)
     for name in ("idle", "shop"):
-        out = await _run(capsys, invoicing_commands.plan, **vars(assign(world.bu(name), this_month.name)))
+        out = await tokenhub(*assign(world.bu(name), this_month.name))
         assert (f"{world.bu(name)} is on {book}'s period tiers for {model} from {this_month.name} to further notice"
                 in out)
-    with pytest.raises(CliError, match=f"already has a plan for {model} from {this_month.name}"):
-        await invoicing_commands.plan(assign(world.bu("idle"), this_month.name))
-    listed = _json_output(await _run(capsys, invoicing_commands.plan, action="list", bu=world.bu("idle"), json=True))
+    with pytest.raises(CommandFailed, match=f"already has a plan for {model} from {this_month.name}"):
+        await tokenhub(*assign(world.bu("idle"), this_month.name))
+    listed = _json_output(await tokenhub("plan", "list", "--bu", world.bu("idle"), "--json"))
     assert [(row["model"], row["book_id"], row["provider_bu"], row["first_month"], row["last_month"], row["actor"],
              row["reason"]) for row in listed] == [
         (model, book, world.provider, this_month.name, None, "finance-ops", "platform fee agreed")]
 
     # Before any usage, the payer's draft shows the fee that is due.
-    drafts = _json_output(await _run(capsys, invoicing_commands.invoice, action="list", bu=world.bu("idle"), period=None,
-                                     json=True, format=None))
+    drafts = _json_output(await tokenhub("invoice", "list", "--bu", world.bu("idle"), "--json"))
     assert [(draft["period"], draft["number"], draft["status"], [(line["kind"], line["amount"]) for line in draft["lines"]])
             for draft in drafts] == [(this_month.name, 1, "draft", [("period_tier", "1.000000000000")])]
 
@@ -246,12 +236,12 @@ async def test_a_plan_charges_its_first_tier_fee_with_or_without_usage(
         return (await _spend(world, "idle"), await _spend(world, "shop")) == (D("1"), D("2.75"))
     await wait_until(posted, 60, "the fees posted to the ledger as adjustments")
 
-    out = await _run(capsys, invoicing_commands.plan, action="end", bu=world.bu("shop"), model=model,
-                     last=this_month.name, actor="finance-ops", reason="contract ends")
+    out = await tokenhub("plan", "end", "--bu", world.bu("shop"), "--model", model, "--last", this_month.name,
+                         "--actor", "finance-ops", "--reason", "contract ends")
     assert out.strip().endswith(f"{world.bu('shop')}'s plan for {model} ends with {this_month.name}")
-    with pytest.raises(CliError, match=f"has ended: periods already billed under the plan stay billed"):
-        await invoicing_commands.plan(argparse.Namespace(action="end", bu=world.bu("idle"), model=model,
-                                                         last=last_month.name, actor="finance-ops", reason="oops"))
+    with pytest.raises(CommandFailed, match=f"has ended: periods already billed under the plan stay billed"):
+        await tokenhub("plan", "end", "--bu", world.bu("idle"), "--model", model, "--last", last_month.name,
+                       "--actor", "finance-ops", "--reason", "oops")
 
 
 async def test_late_usage_for_a_closed_period_re_evaluates_its_tier_charge(backend) -> None:

@@ -6,8 +6,10 @@ context ranges, per-image and per-second prices included."""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import json
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,8 +20,6 @@ import asyncpg
 import orjson
 import pytest
 
-from tokenhub.cli import pricing_commands
-from tokenhub.cli.errors import CliError
 from tokenhub.services.ledger.queries import balances
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, decode
@@ -40,6 +40,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "litellm_prices.json"
 D = Decimal
 WAIT_S = 60.0
+CLI_TIMEOUT_S = 120
 
 
 @pytest.fixture
@@ -52,14 +53,29 @@ def cli_env(backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def _json_output(captured: str) -> Any:
-    """The command's JSON document; in-process, structlog's lines may precede it on stdout."""
+    """The command's JSON document (a command may say more before it)."""
     lines = captured.splitlines()
     start = next(index for index, line in enumerate(lines) if line in ("{", "[", "[]"))
     return json.loads("\n".join(lines[start:]))
 
 
-def _arguments(**values: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{"actor": "tests", "retroactive": True, "json": True, **values})
+class CommandFailed(Exception):
+    """A command's non-zero exit; the message is the line it printed on stderr,
+    `said` that line without the command's name (`tokenhub invoice close: `)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.said = line.split(": ", 1)[1] if line.startswith("tokenhub ") and ": " in line else line
+
+
+async def tokenhub(*arguments: str) -> str:
+    """`tokenhub ...` as a person runs it in the environment `cli_env` set; what it
+    printed. In a thread, so that this test's event loop keeps running meanwhile."""
+    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "tokenhub.cli.main", *arguments],
+                                     capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    if result.returncode != 0:
+        raise CommandFailed(result.stderr.strip())
+    return result.stdout
 
 
 async def _query(world: World, query: str, *parameters: Any) -> list[asyncpg.Record]:
@@ -75,7 +91,7 @@ async def _publish(world: World, directory: Path, book_id: str, version: int, ef
     path = directory / f"{book_id}-v{version}.json"
     path.write_text(json.dumps({"book_id": book_id, "version": version, "currency": "CNY",
                                 "effective_from": effective.isoformat(), "models": models}))
-    assert await pricing_commands.publish(_arguments(file=str(path), reason="test book")) == 0
+    await tokenhub("pricebook", "publish", str(path), "--retroactive", "--actor", "tests", "--reason", "test book")
     await _wait_book(world, book_id, version)
 
 
@@ -130,7 +146,7 @@ async def _priced(world: World, bu: str) -> list[Priced]:
 
 
 async def test_consumption_without_a_price_is_parked_listed_then_priced_when_a_book_arrives(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     world = World(backend.settings)
     model = f"{world.prefix}-new"
     await world.publish(["shop"], extra_models=[{"model_id": model, "provider_bu": world.provider,
@@ -147,9 +163,8 @@ async def test_consumption_without_a_price_is_parked_listed_then_priced_when_a_b
     assert (delta(after_parking, before, "pricing.parked"), delta(after_parking, before, "pricing.priced")) == (12, 0)
     assert await _balance(world, "shop") == (D(0), D(0), 0)
 
-    capsys.readouterr()
-    assert await pricing_commands.parked(_arguments(limit=100_000)) == 0
-    listed = [row for row in _json_output(capsys.readouterr().out) if row["model"] == model]
+    listed = [row for row in _json_output(await tokenhub("pricing", "parked", "--limit", "100000", "--json"))
+              if row["model"] == model]
     assert len(listed) == 12
     assert {row["payer_bu"] for row in listed} == {world.bu("shop")}
     assert all(row["reason"].startswith(f"no price book prices {model} at ") for row in listed)
@@ -164,21 +179,20 @@ async def test_consumption_without_a_price_is_parked_listed_then_priced_when_a_b
     rows = await _query(world, "select count(*) as n from pricing.parked where model = $1", model)
     assert rows[0]["n"] == 0
     refusal = f"version 1 of book {world.prefix}-late is already published and never changes; publish version 2"
-    with pytest.raises(CliError, match=refusal):
+    with pytest.raises(CommandFailed, match=refusal):
         await _publish(world, cli_env, f"{world.prefix}-late", 1, datetime.now(UTC) - timedelta(days=1),
                        [{"model": model, "unit_prices_per_million": {"input": "0", "output": "0"}}])
     assert {(event.book_id, event.book_version, event.kind) for event in await _priced(world, "shop")} == {
         (f"{world.prefix}-late", 1, "charge")}
 
 
-async def _reprice_command(start: datetime, end: datetime, model: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    capsys.readouterr()
-    assert await pricing_commands.reprice(_arguments(start=start.isoformat(), end=end.isoformat(), model=model)) == 0
-    return _json_output(capsys.readouterr().out)
+async def _reprice_command(start: datetime, end: datetime, model: str) -> dict[str, Any]:
+    return _json_output(await tokenhub("reprice", "--from", start.isoformat(), "--to", end.isoformat(), "--model", model,
+                                       "--json"))
 
 
 async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     world = World(backend.settings)
     await world.publish(["shop"])
     sizes = [(10_000 + index * 37, 1_000 + index) for index in range(30)]
@@ -201,7 +215,7 @@ async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference
         spend_before, _, _ = await _balance(world, "shop")
         posted_before = await read_counters(world.settings)
         target = sum((line_amount(i, D(input_price)) + line_amount(o, D(output_price)) for i, o in sizes), D(0))
-        report = await _reprice_command(*window, world.model, capsys)
+        report = await _reprice_command(*window, world.model)
         assert report == {"examined": 30, "corrected": 30, "events": 60, "unpriceable": 0,
                           "difference": f"{target - spend_before:.12f}"}
 
@@ -230,7 +244,7 @@ async def test_a_retroactive_correction_moves_balances_by_exactly_the_difference
         assert correction.id == priced_id(charge.consumed_id, f"{world.prefix}-book", 2, kind="correction")
 
     counted = await read_counters(world.settings)
-    assert await _reprice_command(*window, world.model, capsys) == {  # the same version again: no further effect
+    assert await _reprice_command(*window, world.model) == {  # the same version again: no further effect
         "examined": 30, "corrected": 0, "events": 0, "unpriceable": 0, "difference": "0"}
     assert delta(await read_counters(world.settings), counted, "pricing.reversed") == 0
 
@@ -249,7 +263,7 @@ async def _registered_models(world: World, models: dict[str, tuple[str, list[str
 
 
 async def test_an_imported_litellm_map_prices_usage_with_its_context_ranges_and_units(
-        backend, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backend, cli_env: Path) -> None:
     world = World(backend.settings)
     names = {"qwen-max-intl": ("text", ["input", "cache_read", "output", "reasoning"]),
              "qwen-plus-intl": ("text", ["input", "output", "reasoning"]),
@@ -272,16 +286,14 @@ async def test_an_imported_litellm_map_prices_usage_with_its_context_ranges_and_
     price_map = cli_env / "prices.json"
     price_map.write_text(text)
     book_id = f"{world.prefix}-litellm"
-    assert await pricing_commands.import_litellm(_arguments(
-        file=str(price_map), models=",".join(f"{world.prefix}-{name}" for name in names), rate="7.2",
-        source_currency="USD", book_id=book_id, version=1, effective_from=(slot + timedelta(hours=1)).isoformat(),
-        output=None, publish=True, reason="list prices")) == 0
+    await tokenhub("pricebook", "import-litellm", str(price_map), "--models", ",".join(f"{world.prefix}-{name}" for name in names),
+                   "--rate", "7.2", "--source-currency", "USD", "--book-id", book_id, "--version", "1",
+                   "--effective-from", (slot + timedelta(hours=1)).isoformat(), "--publish", "--retroactive",
+                   "--actor", "tests", "--reason", "list prices")
     await _wait_book(world, book_id, 1)
 
-    capsys.readouterr()
-    assert await pricing_commands.show(_arguments(model=f"{world.prefix}-wan-video-intl",
-                                                  as_of=(slot + timedelta(days=1)).isoformat())) == 0
-    shown = _json_output(capsys.readouterr().out)[0]
+    shown = _json_output(await tokenhub("pricebook", "show", f"{world.prefix}-wan-video-intl",
+                                        "--as-of", (slot + timedelta(days=1)).isoformat(), "--json"))[0]
     assert (shown["book_id"], shown["unit_prices_per_million"]) == (book_id, {"video": "180.000000000000"})
     assert f"conversion table v{table['version']}" in shown["note"]
     rows = await _query(world, "select convert_from(payload, 'UTF8')::jsonb as book from pricing.price_books "

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tokenhub.cli.errors import EXIT_USAGE
-from tokenhub.cli.main import EXIT_BROKEN_PIPE, main
+EXIT_USAGE = 2
+"""The command line itself is wrong (as argparse and most tools say)."""
+EXIT_BROKEN_PIPE = 128 + 13
+"""What a shell reports for a process ended by SIGPIPE."""
 
 
 def _environment() -> dict[str, str]:
@@ -34,16 +36,15 @@ def _tokenhub(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
      "tokenhub invoice list: --colour is not an argument of this command (see `tokenhub invoice list --help`)"),
     (["registry"], "tokenhub registry: missing FILE, --reason (see `tokenhub registry --help`)"),
 ])
-def test_a_wrong_command_line_is_one_line_naming_the_argument(arguments: list[str], line: str,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(arguments) == EXIT_USAGE
-    captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("", line + "\n")
+def test_a_wrong_command_line_is_one_line_naming_the_argument(arguments: list[str], line: str, tmp_path: Path) -> None:
+    result = _tokenhub(tmp_path, *arguments)
+    assert (result.returncode, result.stdout, result.stderr) == (EXIT_USAGE, "", line + "\n")
 
 
-def test_an_unknown_command_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["blance"]) == EXIT_USAGE
-    error = capsys.readouterr().err
+def test_an_unknown_command_lists_the_commands(tmp_path: Path) -> None:
+    result = _tokenhub(tmp_path, "blance")
+    assert result.returncode == EXIT_USAGE
+    error = result.stderr
     assert error.startswith("tokenhub: blance is not a command here; one of up, ")
     assert {"balance", "emit", "invoice", "verify"} <= set(error.split("; one of ")[1].split(" (see")[0].split(", "))
     assert error.endswith(" (see `tokenhub --help`)\n") and len(error.splitlines()) == 1
