@@ -455,6 +455,7 @@ class BudgetRow(Body):
 
 class SettledMonth(Body):
     period: str
+    revision: int = Field(description="the settlement's latest revision: 1, then one more each time a later close adds invoices to the month")
     settled_at: datetime
 
 

@@ -106,9 +106,9 @@ def invoice_csv(invoices: list[InvoiceIssued], books: BookIndex) -> str:
                              (source.context_tier or "") if source else "", line.tokens,
                              f"{line.unit_price_per_million:f}" if line.unit_price_per_million is not None else "",
                              "true" if line.overage else "", f"{line.amount:f}"))
-        blank = ("",) * 11
-        writer.writerow((number, invoice.payer_bu, invoice.period, invoice.status, "rounding", *blank[:-1], f"{invoice.rounding:f}"))
-        writer.writerow((number, invoice.payer_bu, invoice.period, invoice.status, "total", *blank[:-1], f"{invoice.total:f}"))
+        blank = ("",) * (len(INVOICE_CSV_COLUMNS) - 6)  # every column between the kind and the amount
+        writer.writerow((number, invoice.payer_bu, invoice.period, invoice.status, "rounding", *blank, f"{invoice.rounding:f}"))
+        writer.writerow((number, invoice.payer_bu, invoice.period, invoice.status, "total", *blank, f"{invoice.total:f}"))
     return buffer.getvalue().rstrip("\n")
 
 
