@@ -56,6 +56,11 @@ def client_options(settings: Settings | None = None) -> dict[str, Any]:
     return (settings or load_settings()).kafka_security().aiokafka_options()
 
 
+def confluent_client_options(settings: Settings | None = None) -> dict[str, str]:
+    """The same security options as librdkafka's configuration properties (confluent-kafka's clients)."""
+    return (settings or load_settings()).kafka_security().confluent_options()
+
+
 def usage_client_options(settings: Settings | None = None) -> dict[str, Any]:
     """The producer client's (`tokenhub.client.UsageClient`) security and idempotence."""
     settings = settings or load_settings()
