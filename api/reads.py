@@ -22,7 +22,6 @@ import asyncpg
 import orjson
 
 from tokenhub.contracts.accounts import account_name
-from tokenhub.contracts.budgets import WHOLE_PAYER, BudgetSet
 from tokenhub.contracts.money import format_amount
 from tokenhub.contracts.events import InvoiceIssued, PriceBookPublished, decode
 from tokenhub.contracts.ids import posted_id

@@ -16,7 +16,6 @@ from tokenhub.contracts.events import (
     Priced,
     PricedLine,
     PriceBookPublished,
-    TokenConsumed,
     unchecked,
 )
 from tokenhub.contracts.ids import priced_id
