@@ -65,7 +65,7 @@ def samples(days: int = SAMPLE_DAYS, per_day: int = SAMPLE_EVENTS_PER_DAY, seed:
             metered = metering.meter(metering.RawUsage(value), catalogue, limits)
             kinds["usage.reported"].append(value)
             for consumed in metered.consumed:
-                encoded = codecs.encode_consumed(consumed)
+                encoded = codecs.encode(consumed)
                 kinds["tokens.consumed"].append(encoded)
                 kinds["tokens.priced"].append(codecs.encode_priced(pricing.price_in_force(codecs.decode_consumed(encoded), books)))
     return kinds

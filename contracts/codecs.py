@@ -1,6 +1,7 @@
 """Compiled codecs for the internal hops: TokenConsumed, Priced and
 LedgerPosted as msgspec structs, decoded and encoded without a Python call per
-field.
+field; and usage as metering's compiled path reads it (`UsageWire`), which
+metering takes only where it reads exactly as `UsageReported` does.
 
 The pydantic models in `contracts.events` stay the published contract and the
 source of the JSON Schemas. These structs mirror them field for field, and
@@ -28,9 +29,11 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 from tokenhub.contracts.events import (
+    CLOUDEVENTS_TYPE,
     ID_LENGTH_MAX,
     NAME_LENGTH_MAX,
     QUANTITY_MAX,
+    SOURCE_LENGTH_MAX,
     LedgerPosted,
     Priced,
     PricedLine,
@@ -80,6 +83,56 @@ class ConsumedWire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     payer_index: Annotated[int, msgspec.Meta(ge=0)]
     payer_count: Annotated[int, msgspec.Meta(ge=1)]
     funding_agreement_id: str | None = None
+
+
+class UsageDataWire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """`events.UsageData` as metering's compiled path reads it: counts are JSON
+    integers in range, never booleans, strings or fractions; an unknown field is
+    refused, as the contract refuses it. The business unit's slug and the exact
+    decimals (`video_seconds`, `audio_seconds`: a string or an integer as
+    received) are checked and parsed by metering after decoding, with the
+    contract's own functions."""
+
+    consumer_bu: str
+    app: Name | None = None
+    product: Name | None = None
+    model: Name
+    input_tokens: Quantity | None = None
+    cache_read_tokens: Quantity | None = None
+    cache_write_tokens: Quantity | None = None
+    output_tokens: Quantity | None = None
+    reasoning_tokens: Quantity | None = None
+    embedding_tokens: Quantity | None = None
+    image_count: Quantity | None = None
+    image_size: Name | None = None
+    video_seconds: str | int | None = None
+    video_resolution: Name | None = None
+    audio_seconds: str | int | None = None
+    agent_steps: Quantity | None = None
+    tool_calls: Quantity | None = None
+    api_calls: Quantity | None = None
+
+
+class UsageWire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """`events.UsageReported` without extension attributes, as metering's compiled
+    path reads it. `time` is read as the string received and `video_seconds` /
+    `audio_seconds` as received; metering parses them with the contract's rules
+    and puts the `datetime` and the `Decimal`s in their place
+    (`msgspec.structs.replace`), and that struct encodes to the usage's
+    canonical form."""
+
+    specversion: Literal["1.0"]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_LENGTH_MAX)]
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=SOURCE_LENGTH_MAX)]
+    type: Literal["com.tokenhub.usage.v1"]
+    time: str
+    subject: Annotated[str, msgspec.Meta(max_length=SOURCE_LENGTH_MAX)] | None = None
+    datacontenttype: Literal["application/json"] | None = None
+    data: UsageDataWire
+
+
+if CLOUDEVENTS_TYPE != "com.tokenhub.usage.v1":  # pragma: no cover - a module that cannot import
+    raise ImportError("UsageWire.type must name the contract's CloudEvents type")
 
 
 class PricedLineWire(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,6 +278,12 @@ def encode_consumed(event: TokenConsumed) -> bytes:
 def encode_priced(event: Priced) -> bytes:
     """`canonical_json(event)`, without pydantic's per-field serializers."""
     return _ENCODER.encode(priced_wire(event))
+
+
+def read_usage(envelope: dict[str, object]) -> UsageWire:
+    """A usage envelope (a dict from JSON or ce_ headers) as `UsageWire`, types and
+    bounds checked strictly; raises `msgspec.ValidationError` for anything else."""
+    return msgspec.convert(envelope, UsageWire, strict=True)
 
 
 def decode_consumed(value: bytes) -> ConsumedWire:

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
+import msgspec
 import orjson
 from pydantic import ValidationError
 
+from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageRejected, UsageReported, unchecked
-from tokenhub.contracts.ids import consumed_id, derive_id
-from tokenhub.contracts.money import split_largest_remainder
+from tokenhub.contracts.codecs import ConsumedWire, UsageDataWire, UsageWire
+from tokenhub.contracts.events import QUANTITY_MAX, UsageData, UsageRejected, UsageReported
+from tokenhub.contracts.ids import check_slug, consumed_id, derive_id
+from tokenhub.contracts.money import split_largest_remainder, to_decimal
 from tokenhub.contracts.registry import ConversionTable, FundingAgreement, ModelEntry
 from tokenhub.contracts.tokens import class_order, context_input_tokens
 
@@ -108,13 +112,21 @@ class Rejection:
     duplicate, whatever the registry or the clock say now."""
 
 
+Usage = UsageReported | UsageWire
+"""A valid usage event: read by the compiled path (`read_usage`), or by the
+contract's model when the compiled path could not be certain to read it the same."""
+
+
 @dataclass(frozen=True)
 class Metered:
-    """An accepted usage event: its idempotency key, content hash and consumption."""
+    """An accepted usage event: its idempotency key, content hash and consumption
+    (one TokenConsumed per payer, in the wire form the contract writes)."""
 
-    usage: UsageReported
+    usage: Usage
     content_sha256: str
-    consumed: tuple[TokenConsumed, ...]
+    consumed: tuple[ConsumedWire, ...]
+    canonical: bytes
+    """The usage's canonical form, which `content_sha256` hashes."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +210,7 @@ def structured(raw: RawUsage, metered: Metered) -> bytes:
     the bytes received when they are the whole event (structured mode), the
     event's canonical form when its attributes came as headers (binary mode)."""
     if any(name.startswith(CE_HEADER_PREFIX) for name, _ in raw.headers):
-        return canonical_json(metered.usage)
+        return metered.canonical
     return raw.value
 
 
@@ -243,7 +255,55 @@ def validate_envelope(envelope: dict[str, object]) -> UsageReported:
         raise UsageError(reason_code, message, source, usage_id) from None  # type: ignore[arg-type]
 
 
-def check_time(usage: UsageReported, limits: Limits) -> None:
+_COMPILED_TIME: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
+"""The usage times the compiled path parses itself: RFC 3339 with an upper-case
+`T`, at most microseconds and an offset, which `datetime.fromisoformat` reads
+exactly as the contract's model does (a unit test holds them equal, offsets and
+calendar edges included; Python alone would also take an offset of `+00:60`).
+Any other form, valid or not, goes to the model."""
+
+_DECIMAL_FIELDS: Final = ("video_seconds", "audio_seconds")
+
+
+def read_usage(envelope: dict[str, object]) -> tuple[Usage, bytes]:
+    """A usage event and its canonical bytes. The compiled path reads what it is
+    certain to read as the contract's model does, with the same values and the
+    same canonical bytes; everything else (extension attributes, other time
+    forms, exponent decimals, anything invalid) goes to the model, which
+    normalises it or says what is wrong with it (`validate_envelope`)."""
+    usage = _compiled_usage(envelope)
+    if usage is not None:
+        return usage, codecs.encode(usage)
+    validated = validate_envelope(envelope)
+    return validated, canonical_json(validated)
+
+
+def _compiled_usage(envelope: dict[str, object]) -> UsageWire | None:
+    try:
+        usage = codecs.read_usage(envelope)
+        data = usage.data
+        check_slug(data.consumer_bu)
+        if _COMPILED_TIME.fullmatch(usage.time) is None:
+            return None
+        moment = datetime.fromisoformat(usage.time).astimezone(UTC)
+        decimals: dict[str, Decimal] = {}
+        for name in _DECIMAL_FIELDS:
+            value = getattr(data, name)
+            if value is not None:
+                exact = to_decimal(value)
+                if "E" in str(exact):
+                    return None  # the contract writes it in plain notation; the encoder would not
+                decimals[name] = exact
+    except (msgspec.ValidationError, ValueError, OverflowError, ArithmeticError):
+        return None  # the model says what is wrong, or reads it its own way (MoneyError is a ValueError)
+    if decimals:
+        usage = msgspec.structs.replace(usage, data=msgspec.structs.replace(data, **decimals))
+    return msgspec.structs.replace(usage, time=moment)
+
+
+def check_time(usage: Usage, limits: Limits) -> None:
     if usage.time > limits.now + limits.future_skew:
         raise UsageError(Reason.TIME_IN_FUTURE, f"event time {usage.time.isoformat()} is more than "
                          f"{int(limits.future_skew.total_seconds())} s in the future", usage.source, usage.id)
@@ -252,7 +312,7 @@ def check_time(usage: UsageReported, limits: Limits) -> None:
                          f"window of {limits.accepted_window.days} days", usage.source, usage.id)
 
 
-def to_tokens(data: UsageData, model: ModelEntry, table: ConversionTable | None) -> tuple[dict[str, int], dict[str, Decimal], int | None]:
+def to_tokens(data: UsageData | UsageDataWire, model: ModelEntry, table: ConversionTable | None) -> tuple[dict[str, int], dict[str, Decimal], int | None]:
     """Token quantities per class, raw units measured, and the conversion version used."""
     tokens: dict[str, int] = {}
     raw_units: dict[str, Decimal] = {}
@@ -297,16 +357,16 @@ def meter(raw: RawUsage, catalogue: Catalogue, limits: Limits) -> Metered:
     """Validate one usage event and turn it into one TokenConsumed per payer."""
     if len(raw.value) > limits.message_bytes_max:
         raise UsageError(Reason.OVERSIZED, f"message of {len(raw.value)} bytes exceeds {limits.message_bytes_max}")
-    usage = validate_envelope(parse_envelope(raw))
-    content_sha256 = sha256_hex(canonical_json(usage))
+    usage, canonical = read_usage(parse_envelope(raw))
+    content_sha256 = sha256_hex(canonical)
     try:
-        return Metered(usage, content_sha256, _consumption(usage, catalogue, limits))
+        return Metered(usage, content_sha256, _consumption(usage, catalogue, limits), canonical)
     except UsageError as error:
         rejection = error.rejection
         raise UsageError(rejection.reason_code, rejection.message, usage.source, usage.id, content_sha256) from None
 
 
-def _consumption(usage: UsageReported, catalogue: Catalogue, limits: Limits) -> tuple[TokenConsumed, ...]:
+def _consumption(usage: Usage, catalogue: Catalogue, limits: Limits) -> tuple[ConsumedWire, ...]:
     check_time(usage, limits)
     data = usage.data
     if data.consumer_bu not in catalogue.business_units:
@@ -321,55 +381,53 @@ def _consumption(usage: UsageReported, catalogue: Catalogue, limits: Limits) -> 
     return split_by_payer(usage, model, tokens, raw_units, conversion_version, agreement)
 
 
+_WHOLE: Final = Decimal(100)
+"""The share of a consumer who pays for itself, in percent."""
+
+
 def split_by_payer(
-    usage: UsageReported,
+    usage: Usage,
     model: ModelEntry,
     tokens: dict[str, int],
     raw_units: dict[str, Decimal],
     conversion_version: int | None,
     agreement: FundingAgreement | None,
-) -> tuple[TokenConsumed, ...]:
+) -> tuple[ConsumedWire, ...]:
     """One TokenConsumed per payer; each class split by largest remainder so the
     parts sum exactly to the whole (docs/architecture.md decision 1, invariant 6)."""
     data = usage.data
-    payers = [(share.bu, share.percent) for share in agreement.payers] if agreement else [(data.consumer_bu, Decimal(100))]
-    weights = [percent for _, percent in payers]
-    parts_by_class = {token_class: split_largest_remainder(quantity, weights) for token_class, quantity in tokens.items()}
+    if agreement is None:  # the usual case: the consumer pays all, nothing to split
+        payers = [(data.consumer_bu, _WHOLE)]
+        parts_by_class = {token_class: [quantity] for token_class, quantity in tokens.items()}
+    else:
+        payers = [(share.bu, share.percent) for share in agreement.payers]
+        weights = [percent for _, percent in payers]
+        parts_by_class = {token_class: split_largest_remainder(quantity, weights) for token_class, quantity in tokens.items()}
     request_input = context_input_tokens(tokens)
     cause = str(derive_id("usage", usage.source, usage.id))
     ordered = sorted(parts_by_class.items(), key=lambda item: class_order(item[0]))
-    # Built without validation: every value comes from the validated usage, the
-    # registry's validated entries or the arithmetic above (quantities checked
-    # against QUANTITY_MAX in `to_tokens`); tests hold the result equal to the
-    # validated model. Classes in canonical order, as the model's validator puts them.
-    consumed = (
-        unchecked(TokenConsumed, {
-            "id": consumed_id(usage.source, usage.id, payer_bu),
-            "schema_version": 1,
-            "event_time": usage.time,
-            "cause_id": cause,
-            "type": "tokens.consumed",
-            "usage_source": usage.source,
-            "usage_id": usage.id,
-            "payer_bu": payer_bu,
-            "consumer_bu": data.consumer_bu,
-            "provider_bu": model.provider_bu,
-            "app": data.app,
-            "product": data.product,
-            "model": data.model,
-            "tokens": {token_class: parts[index] for token_class, parts in ordered if parts[index]},
-            "request_input_tokens": request_input,
-            "raw_units": raw_units,
-            "conversion_version": conversion_version,
-            "share_percent": percent,
-            "payer_index": index,
-            "payer_count": len(payers),
-            "funding_agreement_id": agreement.agreement_id if agreement else None,
-        })
-        for index, (payer_bu, percent) in enumerate(payers)
-    )
-    # A payer whose share rounds to no Token at all gets no event; the parts still sum to the whole.
-    return tuple(event for event in consumed if event.tokens)
+    # Built in the wire form without validation: every value comes from the
+    # validated usage, the registry's validated entries or the arithmetic above
+    # (quantities checked against QUANTITY_MAX in `to_tokens`); exact decimals in
+    # plain notation, as the contract writes them. tests/contract/test_codecs.py
+    # holds the bytes equal to the validated model's. Classes in canonical order,
+    # as the model's validator puts them.
+    units = {name: f"{value:f}" for name, value in raw_units.items()}
+    agreement_id = agreement.agreement_id if agreement else None
+    payer_count = len(payers)
+    consumed = []
+    for index, (payer_bu, percent) in enumerate(payers):
+        payer_tokens = {token_class: parts[index] for token_class, parts in ordered if parts[index]}
+        if not payer_tokens:
+            continue  # a payer whose share rounds to no Token at all gets no event; the parts still sum to the whole
+        consumed.append(ConsumedWire(
+            id=consumed_id(usage.source, usage.id, payer_bu), schema_version=1, event_time=usage.time, cause_id=cause,
+            type="tokens.consumed", usage_source=usage.source, usage_id=usage.id, payer_bu=payer_bu,
+            consumer_bu=data.consumer_bu, provider_bu=model.provider_bu, app=data.app, product=data.product,
+            model=data.model, tokens=payer_tokens, request_input_tokens=request_input, raw_units=units,
+            conversion_version=conversion_version, share_percent=f"{percent:f}", payer_index=index,
+            payer_count=payer_count, funding_agreement_id=agreement_id))
+    return tuple(consumed)
 
 
 # --- a batch: first sightings, duplicates and conflicts ---------------------------------

@@ -83,7 +83,7 @@ class Metering:
             catalogue = await unit.catalogue()
             accepted, refused = domain.meter_each([incoming.raw for incoming in batch], catalogue, limits)
             candidates = domain.first_sightings(accepted, refused)
-            produced = {position: Produced(metered, tuple(codecs.encode_consumed(event) for event in metered.consumed),
+            produced = {position: Produced(metered, tuple(codecs.encode(event) for event in metered.consumed),
                                            domain.structured(batch[position].raw, metered) if publish_usage else None)
                         for position, metered in candidates.fresh}
             claims = await unit.claim(list(produced.values()), [

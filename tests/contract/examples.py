@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tokenhub.client import usage_event
+from tokenhub.contracts import codecs
 from tokenhub.contracts.budgets import BudgetSet, budget_set_id
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import (
@@ -19,7 +20,9 @@ from tokenhub.contracts.events import (
     ContextTier,
     ModelPrice,
     PriceBookPublished,
+    TokenConsumed,
     UsageRejected,
+    decode,
 )
 from tokenhub.contracts.ids import consumed_id, derive_id
 from tokenhub.contracts.periods import parse
@@ -68,7 +71,8 @@ CATALOGUE = Catalogue(
 LIMITS = Limits(now=datetime(2026, 3, 14, 3, 0, tzinfo=UTC), accepted_window=timedelta(days=35),
                 future_skew=timedelta(minutes=5), message_bytes_max=65536)
 
-CONSUMED = meter(RawUsage(canonical_json(USAGE)), CATALOGUE, LIMITS).consumed[0]
+# Metering builds it in the wire form; the example is the contract's model of the same bytes.
+CONSUMED = decode(TokenConsumed, codecs.encode(meter(RawUsage(canonical_json(USAGE)), CATALOGUE, LIMITS).consumed[0]))
 PRICED = price(CONSUMED, BOOK)
 POSTED = post(PRICED, ChainHead("taobao-tmall", 0, GENESIS_HASH), datetime(2026, 3, 14, 2, 30, 16, tzinfo=UTC))
 REJECTED = UsageRejected(

@@ -29,6 +29,7 @@ from tokenhub.audit.balances import PRICED_DECODER, rebuild
 from tokenhub.audit.replay import projection
 from tokenhub.audit.reprice import load_pricing_inputs, reprice
 from tokenhub.client import usage_event
+from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, TokenConsumed, decode
 from tokenhub.contracts.pricebook import BookIndex
@@ -140,7 +141,7 @@ async def test_records_replace_archives_and_dedup_keys_without_changing_a_figure
                     usage = usage_event(consumed.usage_source, consumed.usage_id, consumed.event_time, data)
                     limits = metering.Limits(consumed.event_time, timedelta(days=35), timedelta(minutes=5), 65_536)
                     resent.append(metering.meter(metering.RawUsage(canonical_json(usage)), catalogue, limits))
-                claims = await unit.claim([metering_store.Produced(item, tuple(canonical_json(event) for event in item.consumed))
+                claims = await unit.claim([metering_store.Produced(item, tuple(codecs.encode(event) for event in item.consumed))
                                            for item in resent])
             assert claims.claimed == set()
             assert {key: stored.content_sha256 for key, stored in claims.stored.items()} == {

@@ -186,7 +186,7 @@ async def test_raw_rows_of_the_release_read_replay_verify_and_restore_as_before_
         async with metering_store.MeteringStore(lambda: pool).unit() as unit:
             limits = metering.Limits(moment, timedelta(days=35), timedelta(minutes=5), 65_536)
             metered = metering.meter(metering.RawUsage(canonical_json(usage)), await unit.catalogue(), limits)
-            payloads = tuple(codecs.encode_consumed(event) for event in metered.consumed)
+            payloads = tuple(codecs.encode(event) for event in metered.consumed)
             claims = await unit.claim([metering_store.Produced(metered, payloads)])
         assert claims.claimed == {metering.key_of(metered)} and len(payloads) == 1
         async with pricing_store.PricingStore(lambda: pool).unit(books="shared") as unit:

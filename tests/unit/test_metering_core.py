@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import contextlib
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from unittest import mock
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tokenhub.bench.load import DAY_END_DEFAULT, generate_usage, registry_document
+from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json, sha256_hex
-from tokenhub.contracts.events import QUANTITY_MAX
-from tokenhub.contracts.registry import ConversionRule, ConversionTable, FundingAgreement, ModelEntry, PayerShare
+from tokenhub.contracts.events import QUANTITY_MAX, TokenConsumed, UsageData, UsageReported
+from tokenhub.contracts.registry import (
+    PAYLOAD_MODELS,
+    REGISTRY_SECTIONS,
+    ConversionRule,
+    ConversionTable,
+    FundingAgreement,
+    ModelEntry,
+    PayerShare,
+)
+from tokenhub.services.metering import domain as metering
 from tokenhub.services.metering.domain import (
     Catalogue,
+    Limits,
     Reason,
     RawUsage,
     Rejection,
@@ -29,7 +45,7 @@ from tokenhub.services.metering.domain import (
     rejection_key,
     sorted_headers,
 )
-from tests.contract.examples import CATALOGUE, LIMITS, USAGE
+from tests.contract.examples import CATALOGUE, GOLDEN_DIR, LIMITS, USAGE
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -246,3 +262,187 @@ def test_content_mode_follows_the_kafka_binding() -> None:
     for content_type in (b"application/cloudevents+json", b"application/cloudevents+json; charset=utf-8"):
         headers = (("content-type", content_type), ("ce_id", b"other"), ("ce_source", b"elsewhere"))
         assert meter(RawUsage(structured, headers), CATALOGUE, LIMITS).consumed == expected.consumed
+
+
+# --- the compiled path against the contract's model -------------------------------------
+# `read_usage` takes a compiled path (msgspec, `contracts.codecs.UsageWire`) only for
+# input it reads exactly as `UsageReported` does; these tests meter every input both
+# ways (the second with the compiled path switched off, so only the contract's model
+# reads it) and require the same outcome to the byte: the usage's canonical bytes and
+# content hash, each TokenConsumed's bytes, or the same rejection, reason and message.
+
+def _demo_catalogue() -> Catalogue:
+    """The demo company's registry: funding splits, images, video, agents and APIs."""
+    document = registry_document()
+    entities = {kind: [PAYLOAD_MODELS[kind].model_validate(item) for item in document.get(section) or []]
+                for section, kind in REGISTRY_SECTIONS.items()}
+    return Catalogue(
+        business_units=frozenset(unit.bu_id for unit in entities["business_unit"]),
+        models={model.model_id: model for model in entities["model"]},
+        conversion_tables=tuple(sorted(entities["conversion_table"], key=lambda table: table.effective_from)),
+        funding=tuple(entities["funding_agreement"]))
+
+
+DEMO_CATALOGUE = _demo_catalogue()
+DEMO_LIMITS = Limits(now=DAY_END_DEFAULT, accepted_window=timedelta(days=2), future_skew=timedelta(minutes=5),
+                     message_bytes_max=65536)
+_USAGE_FIELDS = tuple(UsageData.model_fields)
+
+
+def _outcome(raw: RawUsage, *, compiled: bool) -> tuple:
+    """What metering makes of one message, in bytes and values."""
+    with contextlib.ExitStack() as stack:
+        if not compiled:
+            stack.enter_context(mock.patch.object(metering, "_compiled_usage", lambda envelope: None))
+        try:
+            metered = meter(raw, DEMO_CATALOGUE, DEMO_LIMITS)
+        except UsageError as error:
+            return ("rejected", error.rejection)
+    usage = metered.usage
+    values = (usage.source, usage.id, usage.time, usage.time.utcoffset(),
+              tuple(getattr(usage.data, name) for name in _USAGE_FIELDS))
+    return ("accepted", metered.canonical, metered.content_sha256, tuple(codecs.encode(event) for event in metered.consumed),
+            values)
+
+
+def _same_either_way(raw: RawUsage) -> tuple:
+    compiled = _outcome(raw, compiled=True)
+    assert compiled == _outcome(raw, compiled=False)
+    if compiled[0] == "accepted":
+        _, canonical, content_sha256, payloads, _ = compiled
+        assert canonical == canonical_json(UsageReported.model_validate(orjson.loads(canonical)))
+        assert content_sha256 == sha256_hex(canonical)
+        for payload in payloads:  # what the contract's model makes of each TokenConsumed, validated field by field
+            assert canonical_json(TokenConsumed.model_validate(orjson.loads(payload))) == payload
+    return compiled
+
+
+def test_golden_and_generated_usage_take_the_compiled_path_and_give_what_the_model_gives() -> None:
+    golden = (GOLDEN_DIR / "usage_reported.json").read_bytes().strip()
+    assert metering._compiled_usage(orjson.loads(golden)) is not None
+    assert _outcome(RawUsage(golden), compiled=True) == _outcome(RawUsage(golden), compiled=False)
+    assert meter(RawUsage(golden), CATALOGUE, LIMITS).canonical == golden
+    splits = 0
+    for usage in generate_usage(400, day_end=DAY_END_DEFAULT):
+        value = canonical_json(usage)
+        assert metering._compiled_usage(orjson.loads(value)) is not None, value
+        outcome = _same_either_way(RawUsage(value))
+        assert outcome[0] == "accepted" and outcome[1] == value
+        splits += len(outcome[3]) > 1
+    assert splits > 0, "funding splits are among the generated usage"
+
+
+_TIME_FORMS = ("iso", "z", "seconds", "milliseconds", "lower", "space", "no_zone", "nanoseconds", "epoch", "date_only")
+
+
+def _time_text(moment: datetime, form: str) -> object:
+    if form == "iso":
+        return moment.isoformat()
+    if form == "z":
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if form in ("seconds", "milliseconds"):
+        return moment.isoformat(timespec=form)
+    if form == "lower":
+        return moment.isoformat().replace("T", "t")
+    if form == "space":
+        return moment.isoformat(sep=" ")
+    if form == "no_zone":
+        return moment.replace(tzinfo=None).isoformat()
+    if form == "nanoseconds":
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "789+05:30"
+    if form == "epoch":
+        return int(moment.timestamp())
+    return moment.date().isoformat()
+
+
+_near_now = st.datetimes(min_value=DAY_END_DEFAULT.replace(tzinfo=None) - timedelta(days=2, hours=1),
+                         max_value=DAY_END_DEFAULT.replace(tzinfo=None) + timedelta(minutes=10),
+                         timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5, minutes=-30))]))
+_texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=12) | st.sampled_from(
+    ["", "x" * 129, "x" * 257, "x" * 513])
+_odd = st.sampled_from([None, True, False, 1.5, 10.0, "12", -1, QUANTITY_MAX, QUANTITY_MAX + 1, [], {}])
+_counts = st.integers(0, 200_000) | st.integers(-10, QUANTITY_MAX + 10) | _odd
+_decimals = st.sampled_from(["5", "10", "2.5", " 5 ", "1e2", "1E-7", "0.0000001", "-1", "0", "-0", "NaN", "Infinity",
+                             "abc", "1_0", "", 5, 10, 0, 2.5, True, None]) | st.decimals(
+    min_value=Decimal("0"), max_value=Decimal("1e6"), allow_nan=False, places=3).map(str)
+_data_fields = {
+    "consumer_bu": st.sampled_from(sorted(DEMO_CATALOGUE.business_units)) | st.sampled_from(
+        ["no-such-bu", "Not-A-Slug", "", "a" * 65, 7, None]),
+    "model": st.sampled_from(sorted(DEMO_CATALOGUE.models)) | st.sampled_from(["no-such-model", "", None, 3]),
+    "app": st.none() | st.sampled_from(["search", "lab", "scan"]) | _texts | _odd,
+    "product": st.none() | _texts,
+    "input_tokens": _counts, "cache_read_tokens": _counts, "cache_write_tokens": _counts, "output_tokens": _counts,
+    "reasoning_tokens": _counts, "embedding_tokens": _counts, "image_count": _counts,
+    "image_size": st.sampled_from(["1024x1024", "2048x2048", "64x64", "", None, 1024]),
+    "video_seconds": _decimals, "video_resolution": st.sampled_from(["720p", "1080p", "4k", "", None]),
+    "audio_seconds": _decimals, "agent_steps": _counts, "tool_calls": _counts, "api_calls": _counts,
+    "mystery_tokens": _counts,
+}
+_attributes = {
+    "specversion": st.just("1.0") | st.sampled_from(["1.1", 1, None]),
+    "id": st.from_regex(r"req-[0-9]{1,6}", fullmatch=True) | _texts | _odd,
+    "source": st.sampled_from(["gateway/taobao", "gateway/quark"]) | _texts | _odd,
+    "type": st.just("com.tokenhub.usage.v1") | st.sampled_from(["com.tokenhub.usage.v2", None]),
+    "subject": st.none() | _texts | _odd,
+    "datacontenttype": st.none() | st.sampled_from(["application/json", "text/plain", 1]),
+    "traceparent": st.sampled_from(["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 5, None]),
+}
+
+
+@st.composite
+def usage_messages(draw: st.DrawFn) -> RawUsage:
+    """Usage as producers send it, valid or not: the fields of a real event, each
+    sometimes left out, out of range, of another JSON type or in another form."""
+    model = draw(st.sampled_from(sorted(DEMO_CATALOGUE.models)))
+    data: dict[str, object] = {"consumer_bu": draw(st.sampled_from(sorted(DEMO_CATALOGUE.business_units))),
+                               "model": model, "input_tokens": draw(st.integers(1, 100_000))}
+    for name in draw(st.lists(st.sampled_from(sorted(_data_fields)), max_size=4, unique=True)):
+        data[name] = draw(_data_fields[name])
+    if draw(st.sampled_from(range(10))) == 9:  # now and then, not by the generator's bias to its bounds
+        del data[draw(st.sampled_from(["consumer_bu", "model", "input_tokens"]))]
+    moment = draw(_near_now)
+    envelope: dict[str, object] = {"specversion": "1.0", "id": draw(st.from_regex(r"req-[0-9]{1,6}", fullmatch=True)),
+                                   "source": "gateway/taobao", "type": "com.tokenhub.usage.v1",
+                                   "time": _time_text(moment, draw(st.sampled_from(_TIME_FORMS))), "data": data}
+    for name in draw(st.lists(st.sampled_from(sorted(_attributes)), max_size=2, unique=True)):
+        envelope[name] = draw(_attributes[name])
+    if draw(st.sampled_from(range(10))) == 9:  # now and then, not by the generator's bias to its bounds
+        del envelope[draw(st.sampled_from(["id", "source", "time", "data", "specversion"]))]
+    if draw(st.booleans()) and all(isinstance(value, str) for name, value in envelope.items() if name != "data"):
+        body = envelope.pop("data", None)  # binary mode: attributes as ce_ headers
+        return RawUsage(orjson.dumps(body), tuple((f"ce_{name}", value.encode()) for name, value in envelope.items()))
+    return RawUsage(orjson.dumps(envelope))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(usage_messages())
+def test_generated_usage_gives_the_same_bytes_or_the_same_reason_either_way(raw: RawUsage) -> None:
+    _same_either_way(raw)
+
+
+def test_the_compiled_path_reads_a_time_only_as_the_model_reads_it() -> None:
+    """Every offset the pattern lets through, and the calendar's edges: what the
+    compiled path reads, the model reads to the same instant; the rest is the model's."""
+    base = orjson.loads((GOLDEN_DIR / "usage_reported.json").read_bytes())
+    offsets = [f"{sign}{hours:02d}:{minutes:02d}" for sign in "+-" for hours in range(100) for minutes in range(100)]
+    dates = [f"{year}-{month:02d}-{day:02d}" for year in ("2024", "2026", "0001", "9999")
+             for month in range(14) for day in range(33)]
+    clocks = [f"{hours:02d}:{minutes:02d}:{seconds:02d}" for hours in (0, 23, 24, 99) for minutes in (0, 59, 60)
+              for seconds in (0, 59, 60, 61)]
+    texts = ([f"2026-03-14T10:30:15{offset}" for offset in offsets] + [f"{date}T10:30:15Z" for date in dates]
+             + [f"2026-03-14T{clock}.5+08:00" for clock in clocks] + [f"0001-01-01T00:00:00{offset}" for offset in offsets[::7]]
+             + [f"9999-12-31T23:59:59.999999{offset}" for offset in offsets[::7]])
+    compiled = 0
+    for text in texts:
+        envelope = {**base, "time": text}
+        try:
+            usage = metering._compiled_usage(envelope)
+        except OverflowError:  # pragma: no cover - the compiled path hands these to the model
+            raise
+        if usage is None:
+            continue
+        compiled += 1
+        validated = UsageReported.model_validate(envelope)
+        assert (usage.time, usage.time.tzinfo) == (validated.time, validated.time.tzinfo), text
+        assert codecs.encode(usage) == canonical_json(validated), text
+    assert compiled > 2000
