@@ -12,6 +12,7 @@ import hashlib
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, localcontext
@@ -423,14 +424,16 @@ def _without_hashes(content: dict[str, Any]) -> dict[str, Any]:
 
 
 async def check_published(connection: asyncpg.Connection | None, stored: dict[str, list[StoredEntry]],
-                          published: list[TopicRecord], check: Check) -> None:
+                          published: list[TopicRecord], check: Check,
+                          head_of: Callable[[bytes], PublishedHead | None] | None = None) -> None:
     """Against the public log: every sequence published once with the stored
     hash. Where they differ, the first entry whose content differs is the one
     rewritten; later ones were only re-hashed to hide it (the journal rows
-    behind a difference are read again to tell which)."""
+    behind a difference are read again to tell which). `head_of` gives a
+    record's head decoded while it was read, if it was."""
     heads: dict[str, dict[int, tuple[PublishedHead, bytes]]] = defaultdict(dict)
     for record in published:
-        head = published_head(record.value)
+        head = (head_of or published_head)(record.value)
         if head is None:
             check.fail(f"ledger.posted partition {record.partition} offset {record.offset}", "not a JSON object")
             continue
@@ -973,11 +976,21 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
         # holds as many entries as the snapshot the chains are read from.
         counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
+        # Each record's head is decoded once, as it is read, and kept by the
+        # identity of its bytes (which the records hold) for the checks after.
+        decoded: dict[int, PublishedHead | None] = {}
+
+        def distinct(value: bytes) -> tuple[object, object] | None:
+            head = decoded[id(value)] = published_head(value)
+            return _counted(head, scope)
+
+        def head_of(value: bytes) -> PublishedHead | None:
+            return decoded[id(value)] if id(value) in decoded else published_head(value)
+
         async def read_published() -> list[TopicRecord]:
             expected = await counted
             return await read_topic(bootstrap_servers or "", LEDGER_POSTED.name, expected=expected,
-                                    idle_timeout_s=idle_timeout_s, distinct=lambda value: _chain_sequence(value, scope),
-                                    progress=progress)
+                                    idle_timeout_s=idle_timeout_s, distinct=distinct, progress=progress)
 
         reading = asyncio.ensure_future(read_published()) if bootstrap_servers else None
         try:
@@ -991,8 +1004,8 @@ async def verify(pool: asyncpg.Pool, bootstrap_servers: str | None, *, scope: st
                   "meanwhile read ledger.posted")
         if bootstrap_servers:
             if scope is not None:
-                records = [record for record in records if _chain_sequence(record.value, scope) is not None]
-            await check_published(connection, stored, records, published)
+                records = [record for record in records if _counted(head_of(record.value), scope) is not None]
+            await check_published(connection, stored, records, published, head_of)
             clock.lap("published: heads against the journal")
         else:
             published.skipped = "no broker configured"
@@ -1026,9 +1039,8 @@ class _StepClock:
         self.started = now
 
 
-def _chain_sequence(value: bytes, scope: str | None) -> tuple[object, object] | None:
-    """What makes a ledger.posted record distinct; None: not counted (another chain, or unreadable)."""
-    head = published_head(value)
+def _counted(head: PublishedHead | None, scope: str | None) -> tuple[object, object] | None:
+    """What makes a ledger.posted record distinct, by its head; None: not counted (another chain, or unreadable)."""
     if head is None or (scope is not None and head.chain != scope):
         return None
     return (head.chain, head.sequence)
