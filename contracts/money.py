@@ -57,6 +57,10 @@ class MoneyError(ValueError):
     """A value cannot be an exact amount."""
 
 
+class OutOfRange(MoneyError):
+    """An exact decimal with more digits before or after the point than any figure here can have."""
+
+
 def to_decimal(value: Any) -> Decimal:
     """Parse an exact decimal from a Decimal, int or string; refuse floats."""
     kind = type(value)  # exact types first: this runs for every amount of every event
@@ -79,6 +83,11 @@ def to_decimal(value: Any) -> Decimal:
         raise MoneyError(f"not an amount: {type(value).__name__}")
     if not result.is_finite():
         raise MoneyError(f"amounts must be finite, got {value!r}")
+    if result.adjusted() >= PRECISION or result.as_tuple().exponent < -PRECISION:
+        # Written out in plain notation (as every event writes it), "1e999999999"
+        # would be a billion digits: refused here, before anything formats it.
+        raise OutOfRange(f"{str(value)[:32]} is out of range: at most {PRECISION} digits before the point and "
+                         f"{PRECISION} after it")
     return result
 
 

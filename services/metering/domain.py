@@ -24,7 +24,7 @@ from tokenhub.contracts.canonical import canonical_json, sha256_hex
 from tokenhub.contracts.codecs import ConsumedWire, UsageDataWire, UsageWire
 from tokenhub.contracts.events import QUANTITY_MAX, UsageData, UsageRejected, UsageReported
 from tokenhub.contracts.ids import check_slug, consumed_id, derive_id
-from tokenhub.contracts.money import split_largest_remainder, to_decimal
+from tokenhub.contracts.money import OutOfRange, split_largest_remainder, to_decimal
 from tokenhub.contracts.registry import ConversionTable, FundingAgreement, ModelEntry
 from tokenhub.contracts.tokens import class_order, context_input_tokens
 
@@ -242,6 +242,8 @@ def _reason_for(error: ValidationError) -> tuple[str, str]:
         return Reason.NEGATIVE_QUANTITY, f"{location} must not be negative"
     if kind in ("less_than_equal", "less_than"):
         return Reason.ABSURD_QUANTITY, f"{location} is larger than any real request"
+    if isinstance(first.get("ctx", {}).get("error"), OutOfRange):
+        return Reason.ABSURD_QUANTITY, f"{location} has more digits than any real quantity, got {_shown(first['input'])}"
     return Reason.INVALID_FIELD, f"{location}: {first['msg']}"
 
 

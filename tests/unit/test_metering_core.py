@@ -146,6 +146,17 @@ def test_absurd_non_text_quantities_are_rejected_with_a_reason_not_an_exception(
     assert _reason(_video(**data), catalogue=VIDEO_CATALOGUE) == Reason.ABSURD_QUANTITY
 
 
+@pytest.mark.parametrize("seconds", ["1e999999999", "-1e999999999", "1e-999999999", "0e-999999999"])
+def test_a_decimal_too_long_to_write_out_is_refused_before_anything_writes_it(seconds: str) -> None:
+    """In plain notation each would be a billion digits: refused while reading,
+    before the content hash formats the usage (which took seconds and a gigabyte)."""
+    with pytest.raises(UsageError) as caught:
+        meter(_video(video_seconds=seconds, video_resolution="720p"), VIDEO_CATALOGUE, LIMITS)
+    rejection = caught.value.rejection
+    assert (rejection.reason_code, rejection.message, rejection.content_sha256) == (
+        Reason.ABSURD_QUANTITY, f'data.video_seconds has more digits than any real quantity, got "{seconds}"', None)
+
+
 def test_a_request_input_beyond_the_limit_is_absurd_even_when_each_class_is_not() -> None:
     assert _reason(_raw(input_tokens=QUANTITY_MAX, cache_read_tokens=1)) == Reason.ABSURD_QUANTITY
     assert _reason(_video(video_seconds="-1", video_resolution="720p"), catalogue=VIDEO_CATALOGUE) == Reason.NEGATIVE_QUANTITY
