@@ -97,15 +97,21 @@ def operations() -> dict[str, Any]:
     return found
 
 
-def export(directory: Path = SCHEMAS_DIR) -> list[Path]:
+def write_documents(directory: Path, named: dict[str, str]) -> list[Path]:
+    """Write each document under its file name where it differs from what is
+    there; the files written (the CLI's output schemas are written the same way)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, content in documents().items():
+    for name, content in named.items():
         path = directory / name
         if not path.exists() or path.read_text() != content:
             path.write_text(content)
-        written.append(path)
+            written.append(path)
     return written
+
+
+def export(directory: Path = SCHEMAS_DIR) -> list[Path]:
+    return write_documents(directory, documents())
 
 
 def with_tables(text: str) -> str:

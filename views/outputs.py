@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+from tokenhub.contracts.schema_export import write_documents
+
 VERSION: Final = 1
 SCHEMAS_DIR: Final = Path(__file__).parent / "schemas"
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -180,14 +182,7 @@ def documents() -> dict[str, str]:
 
 
 def export(directory: Path = SCHEMAS_DIR) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, content in documents().items():
-        path = directory / name
-        if not path.exists() or path.read_text() != content:
-            path.write_text(content)
-            written.append(path)
-    return written
+    return write_documents(directory, documents())
 
 
 if __name__ == "__main__":

