@@ -38,7 +38,10 @@ CHUNKS_AHEAD_MAX = 2
 so the kill lands while events are still being produced, not after."""
 KILL_AFTER_CHUNKS = 6
 RESTART_AFTER_CHUNKS = 11
-CONSUMERS = ("shop", "maps", "video", "cloud")
+CONSUMERS = tuple(f"unit{index:02d}" for index in range(16))
+"""Usage is keyed by consumer, so the consumers decide which partitions carry work:
+with four, all of them landed on one instance's partitions about one run in eight,
+and the other instance had nothing to do; with sixteen, about one in 30,000."""
 SETTLE_TIMEOUT_S = 240.0
 SERVICES_READY_S = 180.0
 LOG_READ_IDLE_S = 30.0
