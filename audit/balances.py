@@ -137,28 +137,27 @@ def _units(text: str) -> int | None:
     return None
 
 
-def _rebuild_in_units(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]]) -> Balances:
-    """The whole rebuild, as `rebuild` does it, counted in integers: an amount at
-    the fixed scale and a whole Token count add as ints (exactly, as Decimals
-    add them) and become Decimals once per BU and figure; an event in any other
-    form takes the Decimal path."""
-    counted: dict[str, list[int]] = {}
-    others: Balances = defaultdict(zero)
+Counts = dict[str, list[int]]
+"""Per BU, in the order BUs came: spend and revenue in 10^-12, Tokens consumed
+and served, and a bit per figure added to (in FIGURES' order)."""
+
+
+def count_in_units(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]], counted: Counts,
+                   others: list[PricedFigures | PricedFacts]) -> None:
+    """Add events to `counted` in integers: an amount at the fixed scale and a
+    whole Token count. An event in any other form is kept in `others`, in the
+    order it came, for `balances_in_units` to add as Decimals; its BUs are
+    counted (at zero) where they came, so the order of BUs is the events' order."""
     for event in events:
         if not isinstance(event, PricedFigures | PricedFacts):
             event = figures(event)
         amount = _units(event.total_amount) if type(event.total_amount) is str else None
         tokens = event.total_tokens
         if amount is None or type(tokens) is not int:
-            exact_amount, exact_tokens = exact(event.total_amount), exact(tokens)
-            others[event.payer_bu]["spend"] += exact_amount
-            others[event.provider_bu]["revenue"] += exact_amount
-            others[event.consumer_bu]["tokens_consumed"] += exact_tokens
-            others[event.provider_bu]["tokens_served"] += exact_tokens
+            others.append(event)
             for bu in (event.payer_bu, event.provider_bu, event.consumer_bu):  # the BUs in the order they came
                 counted.setdefault(bu, [0, 0, 0, 0, 0])
             continue
-        # Per BU: spend, revenue, consumed, served, and a bit per figure added to (in FIGURES' order).
         payer = counted.get(event.payer_bu) or counted.setdefault(event.payer_bu, [0, 0, 0, 0, 0])
         payer[0] += amount
         payer[4] |= 1
@@ -169,17 +168,54 @@ def _rebuild_in_units(events: Iterable[PricedFigures | PricedFacts | Mapping[str
         consumer = counted.get(event.consumer_bu) or counted.setdefault(event.consumer_bu, [0, 0, 0, 0, 0])
         consumer[2] += tokens
         consumer[4] |= 4
+
+
+def add_counts(counted: Counts, part: Counts) -> None:
+    """Add the counts of a later part of the events to `counted`: integers add
+    exactly in any grouping, and a BU new to `counted` comes after those it has,
+    as it would have come had the parts been counted as one."""
+    for bu, row in part.items():
+        mine = counted.get(bu)
+        if mine is None:
+            counted[bu] = list(row)
+            continue
+        for figure in range(4):
+            mine[figure] += row[figure]
+        mine[4] |= row[4]
+
+
+def balances_in_units(counted: Counts, others: Iterable[PricedFigures | PricedFacts]) -> Balances:
+    """The counts as Decimals, once per BU and figure, and the events of other
+    forms added as `rebuild` adds them, in their order."""
+    extra: Balances = defaultdict(zero)
+    for event in others:
+        exact_amount, exact_tokens = exact(event.total_amount), exact(event.total_tokens)
+        extra[event.payer_bu]["spend"] += exact_amount
+        extra[event.provider_bu]["revenue"] += exact_amount
+        extra[event.consumer_bu]["tokens_consumed"] += exact_tokens
+        extra[event.provider_bu]["tokens_served"] += exact_tokens
     totals: Balances = {}
     for bu, row in counted.items():
         values = totals[bu] = zero()
         for figure, name in enumerate(FIGURES):
             if row[4] & (1 << figure):
                 values[name] = Decimal(row[figure]).scaleb(-AMOUNT_PLACES) if figure < 2 else Decimal(row[figure])
-    for bu, values in others.items():
+    for bu, values in extra.items():
         mine = totals[bu]
         for name in FIGURES:
             mine[name] += values[name]
     return totals
+
+
+def _rebuild_in_units(events: Iterable[PricedFigures | PricedFacts | Mapping[str, Any]]) -> Balances:
+    """The whole rebuild, as `rebuild` does it, counted in integers: an amount at
+    the fixed scale and a whole Token count add as ints (exactly, as Decimals
+    add them) and become Decimals once per BU and figure; an event in any other
+    form takes the Decimal path."""
+    counted: Counts = {}
+    others: list[PricedFigures | PricedFacts] = []
+    count_in_units(events, counted, others)
+    return balances_in_units(counted, others)
 
 
 def figures_of(rows: Iterable[asyncpg.Record | dict[str, Any]]) -> Balances:

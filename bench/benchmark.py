@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tokenhub.audit.balances import rebuild
-from tokenhub.audit.replay import priced_from_archive, priced_from_topic
+from tokenhub.audit.replay import balances_from_archive, priced_from_topic
 from tokenhub.audit.verify import verify
 from tokenhub.bench.load import generate_usage, seed_company
 from tokenhub.bench.passthrough import CLIENTS
@@ -91,7 +91,8 @@ where n.nspname = any($1::text[]) and c.relkind = 'i'
 order by bytes desc limit $2
 """
 REPLAY_CONNECTIONS: Final = 2
-"""The archive is read in two parts at once (`audit.replay.ARCHIVE_PARTS`)."""
+"""The archive is read in two parts at once (`audit.replay.ARCHIVE_PARTS`) where
+it is read in this process; worker processes connect on their own."""
 PROGRESS_INTERVAL_S: Final = 2.0
 """How often a long phase says how far it is."""
 
@@ -614,13 +615,12 @@ async def _replay(report: Report, bootstrap_servers: str, database_url: str) -> 
         async with pool.acquire(), pool.acquire():
             pass  # connected before the clock starts, as a replay's pool is once it runs
         started = time.monotonic()
-        events = await priced_from_archive(pool)
-        rebuild(events)
-        report.replay_archive_events_per_s = round(len(events) / (time.monotonic() - started), 1)
+        events, _ = await balances_from_archive(pool, database_url)
+        report.replay_archive_events_per_s = round(events / (time.monotonic() - started), 1)
         report.replay_archive_ratio_to_baseline = _ratio(report.replay_archive_events_per_s, report.baseline_events_per_s)
-        report.replay_events = len(events)
+        report.replay_events = events
         started = time.monotonic()
-        topic_events, _ = await priced_from_topic(bootstrap_servers, len(events), 5.0, progress=Throttled("replay"))
+        topic_events, _ = await priced_from_topic(bootstrap_servers, events, 5.0, progress=Throttled("replay"))
         rebuild(topic_events)
         report.replay_topic_events_per_s = round(len(topic_events) / (time.monotonic() - started), 1)
     finally:

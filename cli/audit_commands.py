@@ -25,14 +25,14 @@ IDLE_TIMEOUT_S_DEFAULT: Final = 3.0
 
 async def replay_command(arguments: argparse.Namespace) -> int:
     settings = load_settings()
-    bootstrap_servers, _ = settings.require_stack()
+    bootstrap_servers, database_url = settings.require_stack()
     as_of = args.moment(arguments.as_of, "--as-of")
     output = args.output_format(arguments)
     async with args.database(settings) as pool:
         await args.known_bu(pool, arguments.bu)
         report = await replay(pool, bootstrap_servers, source=arguments.source, bu=arguments.bu, as_of=as_of,
                               with_reprice=arguments.reprice, idle_timeout_s=arguments.idle_timeout,
-                              progress=progress_bar)
+                              progress=progress_bar, database_url=database_url)
     print(documents.json(report.document()) if output == "json" else views.replay(report))
     return 0 if report.ok else 1
 

@@ -4,6 +4,9 @@ repricing, shares, rebuilt balances."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +20,7 @@ from hypothesis import strategies as st
 
 import tokenhub.contracts
 from tests.contract.examples import BOOK, CONSUMED, POSTED, PRICED
-from tokenhub.audit import balances, log, reprice, restore, verify
+from tokenhub.audit import balances, log, replay, reprice, restore, verify
 from tokenhub.contracts.canonical import canonical_json
 from tokenhub.contracts.events import Priced, decode
 from tokenhub.contracts.money import line_amount, split_largest_remainder
@@ -244,6 +247,50 @@ def test_a_whole_rebuild_counted_in_integers_equals_the_decimal_one(events: list
     assert list(counted) == list(added)
     assert {bu: {figure: f"{value:f}" for figure, value in values.items()} for bu, values in counted.items()} == {
         bu: {figure: f"{value:f}" for figure, value in values.items()} for bu, values in added.items()}
+
+
+@given(st.lists(st.tuples(_BUS, _BUS, _BUS, _AMOUNT_TEXTS, st.integers(-10**15, 10**15)), max_size=30),
+       st.lists(st.integers(0, 30), max_size=4))
+def test_parts_counted_apart_and_added_equal_the_whole_rebuild(events: list, cuts: list[int]) -> None:
+    """What replay's worker processes do: each part of the events counted on its
+    own (`count_in_units`), the counts added in the parts' order; the same figures,
+    written the same way, BUs in the same order as the whole counted at once."""
+    rows = [balances.PricedFigures(f"p{index}", "2026-03-01T00:00:00Z", payer, provider, consumer, amount, tokens)
+            for index, (payer, provider, consumer, amount, tokens) in enumerate(events)]
+    bounds = [0, *sorted(min(cut, len(rows)) for cut in cuts), len(rows)]
+    counted: balances.Counts = {}
+    others: list[balances.PricedFigures] = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        part: balances.Counts = {}
+        part_others: list[balances.PricedFigures] = []
+        balances.count_in_units(rows[start:end], part, part_others)
+        balances.add_counts(counted, part)
+        others += part_others
+    merged = balances.balances_in_units(counted, others)
+    for whole in (balances.rebuild(rows), balances.rebuild(rows, as_of=datetime(2026, 4, 1, tzinfo=UTC))):
+        assert list(merged) == list(whole)
+        assert {bu: {figure: str(value) for figure, value in values.items()} for bu, values in merged.items()} == {
+            bu: {figure: str(value) for figure, value in values.items()} for bu, values in whole.items()}
+
+
+@pytest.mark.parametrize(("target", "arguments", "deadline_s", "reason"), [
+    (os._exit, (3,), 60.0, "ended with exit code 3 before sending its part"),
+    (time.sleep, (60,), 0.2, "1 of its readers were not done after"),
+])
+def test_a_replay_worker_that_dies_or_hangs_fails_the_replay_instead_of_being_waited_for(
+        target, arguments, deadline_s: float, reason: str) -> None:  # noqa: ANN001
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=arguments, daemon=True)
+    process.start()
+    sender.close()
+    try:
+        with pytest.raises(replay.NotReadable, match=reason):
+            replay._collect([process], [receiver], time.monotonic() + deadline_s)
+    finally:
+        process.kill()
+        process.join()
+        receiver.close()
 
 
 @given(st.datetimes(min_value=datetime(1969, 12, 1), max_value=datetime(2100, 1, 1)),
